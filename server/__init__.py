@@ -1,0 +1,1 @@
+"""Kein Shopstream: server."""
