@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh machine, start the services it
+# talks to when they are not running, and run the whole suite. Extra arguments go to
+# pytest (e.g. `bash scripts/test.sh tests/server -x`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=0
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing system packages ($*) and no apt-get: install them by hand" >&2; return 1
+  fi
+  if [ "$apt_updated" = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+say "system packages"
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then echo "installing ${missing[*]}"; apt_install "${missing[@]}"; fi
+
+say "python environment (.venv)"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+
+say "services"
+# Redis: tests use TEST_REDIS_URL, or a local server on 6379, started here if needed.
+if [ -z "${TEST_REDIS_URL:-}" ]; then
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    echo "starting redis-server on 127.0.0.1:6379"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+    for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+  export TEST_REDIS_URL=redis://127.0.0.1:6379/0
+fi
+# PostgreSQL: TEST_DATABASE_URL, else a local server on 5432 if one answers, else the
+# tests start the embedded PostgreSQL that the server itself uses by default.
+if [ -z "${TEST_DATABASE_URL:-}" ] && command -v pg_isready >/dev/null 2>&1 \
+   && pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null \
+   && psql -h 127.0.0.1 -U postgres -d postgres -Atc 'select 1' >/dev/null 2>&1; then
+  export TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres
+fi
+echo "database: ${TEST_DATABASE_URL:-embedded (pgserver)}; redis: $TEST_REDIS_URL"
+
+say "tests"
+exec .venv/bin/python -m pytest -q "$@"

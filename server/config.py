@@ -1,0 +1,154 @@
+"""Settings: read the environment (and CLI flags) once, cast, validate, hide secrets."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class Secret:
+    """Hold a secret value that never appears in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        """Return the secret itself; call only where it is used."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed."""
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the server is configured by; built once at start-up."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("./var")
+    database_url: Secret | None = None  # None: embedded PostgreSQL in data_dir/pg
+    redis_url: Secret | None = None
+    jwt_secret: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 30 * 24 * 3600
+    max_body_bytes: int = 1024 * 1024
+    max_upload_bytes: int = 5 * 1024 * 1024
+    login_attempts_per_minute: int = 10
+    public_url: str = ""
+    log_requests: bool = True
+    # Payments: Stripe when a secret key is set, otherwise the offline provider.
+    stripe_secret_key: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    stripe_webhook_secret: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_publishable_key: str = ""
+    hold_ttl_seconds: int = 600
+    # Media: never a default STUN server (aiortc's built-in default is a public host).
+    ice_servers: tuple[str, ...] = ()
+    ice_host_addresses: tuple[str, ...] = ()  # empty: every non-loopback address
+    max_viewers_per_room: int = 500
+    remb_bitrate_bps: int = 2_500_000
+    publisher_grace_seconds: float = 15.0
+    # The database role the application's queries run as (RLS applies to it).
+    db_app_role: str = "shopstream_app"
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from environment variables, then apply non-None overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+
+        def take(name: str, field: str, cast: Any = str) -> None:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return
+            try:
+                values[field] = cast(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+
+        take("SHOPSTREAM_HOST", "host")
+        take("SHOPSTREAM_PORT", "port", int)
+        take("SHOPSTREAM_DATA_DIR", "data_dir", Path)
+        take("DATABASE_URL", "database_url", Secret)
+        take("REDIS_URL", "redis_url", Secret)
+        take("JWT_SECRET", "jwt_secret", Secret)
+        take("ACCESS_TOKEN_TTL", "access_token_ttl", int)
+        take("REFRESH_TOKEN_TTL", "refresh_token_ttl", int)
+        take("MAX_BODY_BYTES", "max_body_bytes", int)
+        take("MAX_UPLOAD_BYTES", "max_upload_bytes", int)
+        take("LOGIN_ATTEMPTS_PER_MINUTE", "login_attempts_per_minute", int)
+        take("PUBLIC_URL", "public_url")
+        take("STRIPE_SECRET_KEY", "stripe_secret_key", Secret)
+        take("STRIPE_WEBHOOK_SECRET", "stripe_webhook_secret", Secret)
+        take("STRIPE_API_BASE", "stripe_api_base")
+        take("STRIPE_PUBLISHABLE_KEY", "stripe_publishable_key")
+        take("HOLD_TTL_SECONDS", "hold_ttl_seconds", int)
+        take("ICE_SERVERS", "ice_servers", lambda v: tuple(_split(v)))
+        take("ICE_HOST_ADDRESSES", "ice_host_addresses", lambda v: tuple(_split(v)))
+        take("MAX_VIEWERS_PER_ROOM", "max_viewers_per_room", int)
+        take("REMB_BITRATE_BPS", "remb_bitrate_bps", int)
+        take("PUBLISHER_GRACE_SECONDS", "publisher_grace_seconds", float)
+        take("DB_APP_ROLE", "db_app_role")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ConfigError for values the server cannot run with."""
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port {self.port} is out of range")
+        if self.access_token_ttl < 10:
+            raise ConfigError("ACCESS_TOKEN_TTL must be at least 10 seconds")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("MAX_BODY_BYTES must be at least 1024")
+        if self.jwt_secret and len(self.jwt_secret.get()) < 32:
+            raise ConfigError("JWT_SECRET must be at least 32 characters")
+        if self.db_app_role and not self.db_app_role.replace("_", "").isalnum():
+            raise ConfigError("DB_APP_ROLE must be a plain identifier")
+        for url in self.ice_servers:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ConfigError(f"ICE server {url!r} must start with stun:, turn: or turns:")
+
+    def with_jwt_secret_from_data_dir(self) -> Settings:
+        """Return settings whose JWT secret is the one kept in the data folder.
+
+        Without JWT_SECRET the server generates a secret once and keeps it in
+        `data_dir/jwt_secret` (mode 0600), so tokens survive restarts and no
+        secret is ever hard-coded.
+        """
+        if self.jwt_secret:
+            return self
+        path = self.data_dir / "jwt_secret"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        return dataclasses.replace(self, jwt_secret=Secret(path.read_text().strip()))

@@ -1,0 +1,207 @@
+"""Database: the embedded server, the connection pool, migrations and caller context.
+
+Row-level security pattern
+--------------------------
+Migrations run as the connecting (owner) user. Application queries run as
+`settings.db_app_role`, a role without BYPASSRLS that every pooled connection switches
+to with `SET ROLE` (the `role` setting survives the pool's `RESET ALL`). Each
+transaction names its caller with ONE statement before any query:
+
+    SELECT set_config('app.user_id', $1, true), set_config('app.system', $2, true)
+
+`true` makes both settings local to the transaction, so a pooled connection never
+carries one caller's identity into the next. Policies in `sql/migrations/0002_rls.sql`
+compare rows with `app_user_id()`; `Database.transaction(system=True)` is for trusted
+server work without a caller (webhooks, expiry sweeps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+log = logging.getLogger("shopstream.db")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
+# Any constant shared by every process of this app; two starting at once serialise on it.
+MIGRATION_LOCK_KEY = 0x5E0B_5743
+
+SET_CALLER = "SELECT set_config('app.user_id', $1, true), set_config('app.system', $2, true)"
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class MigrationError(RuntimeError):
+    """A migration file is malformed, or differs from the one already applied."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Read `NNNN_name.sql` files in version order; each must open with `-- Why:`."""
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        version, _, name = path.stem.partition("_")
+        if not version.isdigit() or not name:
+            raise MigrationError(f"{path.name}: expected NNNN_name.sql")
+        sql = path.read_text()
+        if not sql.lstrip().startswith("-- Why:"):
+            raise MigrationError(f"{path.name}: must start with a '-- Why:' comment")
+        migrations.append(Migration(version, name, sql))
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"duplicate migration versions in {directory}")
+    return migrations
+
+
+async def migrate(dsn: str, app_role: str, *, quiet: bool = False) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction; return their versions.
+
+    An advisory lock serialises concurrent callers; a second process waits, then finds
+    nothing left to do. Already-applied files must not have changed.
+    """
+    conn = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute(CREATE_MIGRATIONS_TABLE)
+            done = {
+                r["version"]: r["checksum"]
+                for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+            }
+            for m in load_migrations():
+                if m.version in done:
+                    if done[m.version] != m.checksum:
+                        raise MigrationError(
+                            f"migration {m.version}_{m.name} changed after it was applied"
+                        )
+                    continue
+                async with conn.transaction():
+                    await conn.execute(m.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                        m.version, m.name, m.checksum,
+                    )
+                applied.append(m.version)
+                if not quiet:
+                    log.info("applied migration %s_%s", m.version, m.name)
+            if app_role:
+                await _grant_app_role(conn, app_role)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+    return applied
+
+
+async def _grant_app_role(conn: asyncpg.Connection, role: str) -> None:
+    """Create the application role if missing and give it exactly the rights it needs."""
+    ident = '"' + role.replace('"', '""') + '"'
+    # Roles are cluster-wide: another database's migration may create it concurrently.
+    with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        if not exists:
+            await conn.execute(f"CREATE ROLE {ident} NOLOGIN NOBYPASSRLS")
+    with contextlib.suppress(asyncpg.DuplicateObjectError):
+        await conn.execute(f"GRANT {ident} TO CURRENT_USER")
+    await conn.execute(
+        f"""
+        GRANT USAGE ON SCHEMA public TO {ident};
+        GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {ident};
+        GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {ident};
+        REVOKE UPDATE, DELETE, TRUNCATE ON inventory_events, schema_migrations FROM {ident};
+        REVOKE INSERT ON schema_migrations FROM {ident};
+        """
+    )
+
+
+class Database:
+    """The application's pool, with transactions that carry the caller for RLS."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, app_role: str, *, min_size: int = 2, max_size: int = 20
+    ) -> Database:
+        """Open a pool whose connections all run as the application role."""
+
+        async def init(conn: asyncpg.Connection) -> None:
+            if app_role:
+                await conn.execute(f'SET ROLE "{app_role}"')
+
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=init, command_timeout=30
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, user_id: str | None = None, *, system: bool = False, isolation: str = "read_committed"
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """Run a transaction as `user_id` (or as trusted server work with `system=True`)."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation=isolation):
+            await conn.execute(SET_CALLER, user_id or "", "on" if system else "off")
+            yield conn
+
+    async def ping(self) -> bool:
+        """Return True when the database answers a query within two seconds."""
+        try:
+            async with asyncio.timeout(2):
+                return await self.pool.fetchval("SELECT 1") == 1
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+
+
+class EmbeddedPostgres:
+    """Run PostgreSQL from the `pgserver` package inside the data folder."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = (data_dir / "pg").resolve()
+        self._server = None
+
+    def start(self) -> str:
+        """Start (or reuse) the server and return a DSN for its `shopstream` database."""
+        import pgserver  # imported lazily: only the embedded mode needs it
+
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        exists = self._server.psql(
+            "SELECT 1 FROM pg_database WHERE datname = 'shopstream';"
+        )
+        if "(0 rows)" in exists:
+            self._server.psql("CREATE DATABASE shopstream;")
+        return self._server.get_uri("shopstream")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

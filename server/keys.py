@@ -1,0 +1,35 @@
+"""Typed application state: every shared object lives under one of these keys."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from server.auth import Passwords, RateLimiter, Tokens
+    from server.config import Settings
+    from server.db import Database
+    from server.middleware import HttpMetrics
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+DB: web.AppKey[Database] = web.AppKey("db")
+TOKENS: web.AppKey[Tokens] = web.AppKey("tokens")
+PASSWORDS: web.AppKey[Passwords] = web.AppKey("passwords")
+LOGIN_LIMITER: web.AppKey[RateLimiter] = web.AppKey("login_limiter")
+METRICS: web.AppKey[HttpMetrics] = web.AppKey("metrics")
+# Filled by later subsystems (media SFU, realtime hub, payments); typed as Any here so
+# that this module does not import them.
+SFU: web.AppKey[Any] = web.AppKey("sfu")
+HUB: web.AppKey[Any] = web.AppKey("hub")
+PAYMENTS: web.AppKey[Any] = web.AppKey("payments")
+REDIS: web.AppKey[Any] = web.AppKey("redis")
+
+# Per-request state set by the middleware and the route wrapper (server/api.py).
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+IDENTITY: web.RequestKey[Any] = web.RequestKey("identity", object)  # server.auth.Identity
+AUTH_ERROR: web.RequestKey[Any] = web.RequestKey("auth_error", object)
+BEARER: web.RequestKey[str] = web.RequestKey("bearer", str)
+BODY: web.RequestKey[Any] = web.RequestKey("body", object)
+QUERY: web.RequestKey[dict[str, Any]] = web.RequestKey("query", dict)
+SPEC: web.RequestKey[Any] = web.RequestKey("spec", object)

@@ -1,0 +1,85 @@
+"""Middleware behaviour every route shares: error JSON, ids, limits, health, metrics."""
+
+from __future__ import annotations
+
+from tests.factories import Factory
+
+
+async def test_malformed_json_is_400(client) -> None:
+    resp = await client.post(
+        "/api/v1/auth/login", data=b'{"email": ', headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "malformed_json"
+
+
+async def test_wrong_content_type_is_415(client) -> None:
+    resp = await client.post("/api/v1/auth/login", data=b"email=x", headers={"Content-Type": "text/plain"})
+    assert resp.status == 415
+    assert (await resp.json())["error"]["code"] == "unsupported_media_type"
+
+
+async def test_oversized_body_is_413(client, settings) -> None:
+    body = b'{"email": "' + b"a" * (settings.max_body_bytes + 10) + b'"}'
+    resp = await client.post("/api/v1/auth/login", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    assert (await resp.json())["error"]["code"] == "payload_too_large"
+
+
+async def test_unknown_route_and_method_give_error_json(client) -> None:
+    resp = await client.get("/api/v1/does-not-exist")
+    assert resp.status == 404
+    assert (await resp.json())["error"]["code"] == "not_found"
+    resp = await client.put("/api/v1/auth/login", json={})
+    assert resp.status == 405
+    assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_request_id_is_echoed_or_generated(client) -> None:
+    resp = await client.get("/healthz", headers={"X-Request-Id": "abc-123"})
+    assert resp.headers["X-Request-Id"] == "abc-123"
+    resp = await client.get("/healthz", headers={"X-Request-Id": "bad id with spaces"})
+    assert resp.headers["X-Request-Id"] != "bad id with spaces" and len(resp.headers["X-Request-Id"]) == 32
+
+
+async def test_health_ready_and_metrics(client, factory: Factory) -> None:
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.get("/readyz")
+    assert resp.status == 200 and (await resp.json())["status"] == "ready"
+    await factory.user()
+    text = await (await client.get("/metrics")).text()
+    assert 'shopstream_http_requests_total{method="POST",route="/api/v1/auth/signup",status="201"}' in text
+    assert "shopstream_http_request_duration_seconds_bucket" in text
+
+
+async def test_openapi_lists_every_registered_route(client) -> None:
+    doc = await (await client.get("/api/v1/openapi.json")).json()
+    assert doc["openapi"].startswith("3.1")
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    missing = []
+    for resource in client.app.router.resources():
+        path = resource.canonical
+        if not (path.startswith("/api/") or path in ("/healthz", "/readyz", "/metrics")):
+            continue
+        for route in resource:
+            if route.method in ("HEAD", "OPTIONS"):
+                continue
+            if (route.method, path) not in documented:
+                missing.append((route.method, path))
+    assert not missing, f"routes missing from OpenAPI: {missing}"
+
+
+async def test_access_log_line_is_json(aiohttp_client, clean_db, tmp_path, caplog) -> None:
+    import json
+    import logging
+
+    from server.app import create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings(tmp_path, log_requests=True), clean_db, run_migrations=False)
+    client = await aiohttp_client(app)
+    with caplog.at_level(logging.INFO, logger="shopstream.access"):
+        await client.get("/healthz", headers={"X-Request-Id": "req-1"})
+    line = json.loads(caplog.records[-1].getMessage())
+    assert line["route"] == "/healthz" and line["status"] == 200 and line["requestId"] == "req-1"
+    assert {"method", "ms", "userId"} <= set(line)
