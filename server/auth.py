@@ -168,8 +168,12 @@ class RateLimiter:
         self.max_keys = max_keys
         self._hits: dict[str, deque[float]] = {}
 
-    def hit(self, key: str) -> int:
-        """Record an attempt; return 0 if allowed, else the seconds to wait."""
+    def hit(self, key: str, weight: float = 1.0) -> int:
+        """Record an attempt; return 0 if allowed, else the seconds to wait.
+
+        `weight` below 1 gives a key a proportionally larger budget (one client address
+        may carry many accounts' logins).
+        """
         now = time.monotonic()
         hits = self._hits.get(key)
         if hits is None:
@@ -178,7 +182,7 @@ class RateLimiter:
             hits = self._hits[key] = deque()
         while hits and hits[0] <= now - self.window:
             hits.popleft()
-        if len(hits) >= self.limit:
+        if len(hits) >= self.limit / weight:
             return max(1, int(hits[0] + self.window - now + 0.999))
         hits.append(now)
         return 0

@@ -88,7 +88,10 @@ async def login(request: web.Request) -> web.Response:
     email = data["email"].strip().lower()
     limiter = request.app[LOGIN_LIMITER]
     # Per account and per client address: one guesser cannot lock out everyone.
-    wait = max(limiter.hit("email:" + email), limiter.hit("ip:" + (request.remote or "")))
+    wait = max(
+        limiter.hit("email:" + email),
+        limiter.hit("ip:" + (request.remote or ""), weight=0.1),
+    )
     if wait:
         raise rate_limited(wait, "too many login attempts; try again later")
     async with request.app[DB].transaction(system=True) as conn:
