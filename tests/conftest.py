@@ -7,7 +7,6 @@ temporary folder, as the server itself does by default.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import tempfile
@@ -108,10 +107,3 @@ async def factory(client: TestClient, clean_db: str) -> AsyncIterator[Factory]:
     f = Factory(client, clean_db)
     yield f
     await f.close()
-
-
-@pytest.fixture(scope="session")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    import uvloop
-
-    return uvloop.EventLoopPolicy()
