@@ -62,6 +62,8 @@ class Settings:
     stripe_api_base: str = "https://api.stripe.com"
     stripe_publishable_key: str = ""
     hold_ttl_seconds: int = 600
+    hold_sweep_seconds: float = 5.0  # how often expired holds are released
+    stripe_max_network_retries: int = 2
     # Media: never a default STUN server (aiortc's built-in default is a public host).
     ice_servers: tuple[str, ...] = ()
     ice_host_addresses: tuple[str, ...] = ()  # empty: every non-loopback address
@@ -109,6 +111,8 @@ class Settings:
         take("STRIPE_API_BASE", "stripe_api_base")
         take("STRIPE_PUBLISHABLE_KEY", "stripe_publishable_key")
         take("HOLD_TTL_SECONDS", "hold_ttl_seconds", int)
+        take("HOLD_SWEEP_SECONDS", "hold_sweep_seconds", float)
+        take("STRIPE_MAX_NETWORK_RETRIES", "stripe_max_network_retries", int)
         take("ICE_SERVERS", "ice_servers", lambda v: tuple(_split(v)))
         take("ICE_HOST_ADDRESSES", "ice_host_addresses", lambda v: tuple(_split(v)))
         take("MAX_VIEWERS_PER_ROOM", "max_viewers_per_room", int)
