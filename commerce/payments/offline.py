@@ -29,6 +29,7 @@ DECLINED_CARDS = {
     "4000000000009987": "Your card was declined (lost card).",
     "4000000000000069": "Your card has expired.",
     "4000000000000127": "Your card's security code is incorrect.",
+    "4000000000000341": "Your card was declined.",
 }
 SELECT_INTENT = """
 SELECT provider_intent_id, client_secret, status, amount, currency, refunded_amount, last_error

@@ -18,7 +18,8 @@ from commerce.payments.base import SUCCEEDED, Intent
 log = logging.getLogger("shopstream.payments")
 
 
-def _intent(obj: Any) -> Intent:
+def _intent(resource: Any) -> Intent:
+    obj = resource.to_dict() if hasattr(resource, "to_dict") else resource
     charge = obj.get("latest_charge")
     refunded = int(charge.get("amount_refunded") or 0) if isinstance(charge, dict) else 0
     error = obj.get("last_payment_error")
@@ -46,7 +47,7 @@ class StripeProvider:
         self, amount: int, currency: str, idempotency_key: str, metadata: dict[str, str]
     ) -> Intent:
         try:
-            obj = await self._client.payment_intents.create_async(
+            obj = await self._client.v1.payment_intents.create_async(
                 params={
                     "amount": amount, "currency": currency.lower(), "metadata": metadata,
                     "payment_method_types": ["card"],
@@ -59,7 +60,7 @@ class StripeProvider:
 
     async def retrieve_intent(self, intent_id: str) -> Intent:
         try:
-            obj = await self._client.payment_intents.retrieve_async(
+            obj = await self._client.v1.payment_intents.retrieve_async(
                 intent_id, params={"expand": ["latest_charge"]}
             )
         except stripe.StripeError as exc:
@@ -68,7 +69,7 @@ class StripeProvider:
 
     async def refund(self, intent_id: str, amount: int, idempotency_key: str) -> Intent:
         try:
-            await self._client.refunds.create_async(
+            await self._client.v1.refunds.create_async(
                 params={"payment_intent": intent_id, "amount": amount},
                 options={"idempotency_key": idempotency_key},
             )
@@ -78,7 +79,7 @@ class StripeProvider:
 
     async def cancel_intent(self, intent_id: str) -> Intent:
         try:
-            return _intent(await self._client.payment_intents.cancel_async(intent_id))
+            return _intent(await self._client.v1.payment_intents.cancel_async(intent_id))
         except stripe.InvalidRequestError:
             # Already succeeded or canceled: report what it is now.
             intent = await self.retrieve_intent(intent_id)
