@@ -106,6 +106,7 @@ class Settings:
         take("MAX_UPLOAD_BYTES", "max_upload_bytes", int)
         take("LOGIN_ATTEMPTS_PER_MINUTE", "login_attempts_per_minute", int)
         take("PUBLIC_URL", "public_url")
+        take("LOG_REQUESTS", "log_requests", lambda v: v.lower() not in ("0", "false", "no", "off"))
         take("STRIPE_SECRET_KEY", "stripe_secret_key", Secret)
         take("STRIPE_WEBHOOK_SECRET", "stripe_webhook_secret", Secret)
         take("STRIPE_API_BASE", "stripe_api_base")
