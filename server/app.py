@@ -15,9 +15,14 @@ from server.config import Settings
 from server.db import Database, migrate
 from server.keys import DB, LOGIN_LIMITER, METRICS, PASSWORDS, SETTINGS, TOKENS
 from server.middleware import HttpMetrics, request_context
+from server.payments import payments_ctx
 from server.routes import auth as auth_routes
+from server.routes import checkout as checkout_routes
+from server.routes import inventory as inventory_routes
 from server.routes import me as me_routes
 from server.routes import ops as ops_routes
+from server.routes import orders as orders_routes
+from server.routes import webhooks as webhooks_routes
 
 log = logging.getLogger("shopstream")
 
@@ -25,7 +30,10 @@ log = logging.getLogger("shopstream")
 def build_api() -> Api:
     """Collect every declared route of the server."""
     api = Api()
-    for module in (ops_routes, auth_routes, me_routes):
+    for module in (
+        ops_routes, auth_routes, me_routes,
+        checkout_routes, orders_routes, webhooks_routes, inventory_routes,
+    ):
         api.include(module.api)
     return api
 
@@ -54,4 +62,5 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
         await app[DB].close()
 
     app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(payments_ctx)  # needs app[DB]
     return app

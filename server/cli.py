@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     common(sub.add_parser("migrate", help="apply database migrations and exit"))
     common(sub.add_parser("seed", help="load the demo data and exit"))
+    common(sub.add_parser(
+        "check-inventory",
+        help="check stock = sum of inventory events and held + sold <= stocked; exit 1 on a violation",
+    ))
     return parser
 
 
@@ -128,6 +132,25 @@ async def _seed(settings: Settings) -> None:
             print(f"{account['role']:<7} {account['email']}  password: {account['password']}")
 
 
+async def _check_inventory(settings: Settings) -> None:
+    import json
+
+    import asyncpg
+
+    from commerce.inventory_check import check_inventory
+
+    async with database_dsn(settings) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                report = await check_inventory(conn)
+        finally:
+            await conn.close()
+    print(json.dumps(report, indent=2))
+    if not report["ok"]:
+        raise SystemExit(1)
+
+
 def run(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a coroutine on uvloop."""
     import uvloop
@@ -148,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         "demo": lambda: _serve(settings, demo=True),
         "migrate": lambda: _migrate(settings),
         "seed": lambda: _seed(settings),
+        "check-inventory": lambda: _check_inventory(settings),
     }
     run(commands[args.command])
 

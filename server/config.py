@@ -62,6 +62,8 @@ class Settings:
     stripe_api_base: str = "https://api.stripe.com"
     stripe_publishable_key: str = ""
     hold_ttl_seconds: int = 600
+    hold_sweep_seconds: float = 5.0  # how often expired holds are released
+    stripe_max_network_retries: int = 2
     # Media: never a default STUN server (aiortc's built-in default is a public host).
     ice_servers: tuple[str, ...] = ()
     ice_host_addresses: tuple[str, ...] = ()  # empty: every non-loopback address
@@ -104,11 +106,14 @@ class Settings:
         take("MAX_UPLOAD_BYTES", "max_upload_bytes", int)
         take("LOGIN_ATTEMPTS_PER_MINUTE", "login_attempts_per_minute", int)
         take("PUBLIC_URL", "public_url")
+        take("LOG_REQUESTS", "log_requests", lambda v: v.lower() not in ("0", "false", "no", "off"))
         take("STRIPE_SECRET_KEY", "stripe_secret_key", Secret)
         take("STRIPE_WEBHOOK_SECRET", "stripe_webhook_secret", Secret)
         take("STRIPE_API_BASE", "stripe_api_base")
         take("STRIPE_PUBLISHABLE_KEY", "stripe_publishable_key")
         take("HOLD_TTL_SECONDS", "hold_ttl_seconds", int)
+        take("HOLD_SWEEP_SECONDS", "hold_sweep_seconds", float)
+        take("STRIPE_MAX_NETWORK_RETRIES", "stripe_max_network_retries", int)
         take("ICE_SERVERS", "ice_servers", lambda v: tuple(_split(v)))
         take("ICE_HOST_ADDRESSES", "ice_host_addresses", lambda v: tuple(_split(v)))
         take("MAX_VIEWERS_PER_ROOM", "max_viewers_per_room", int)

@@ -112,3 +112,76 @@ class Factory:
                 )
             variant_ids.append(str(variant_id))
         return {"id": str(product_id), "variantIds": variant_ids, **values}
+
+
+# --- checkout (branch checkout): addresses, carts, coupons and users in bulk -------------
+
+ADDRESS_ROW = ("1 Main St", "Springfield", "12345", "US")
+
+
+async def make_address(factory: Factory, user: User) -> str:
+    """Insert an address for `user` and return its id."""
+    conn = await factory.conn()
+    return str(await conn.fetchval(
+        "INSERT INTO addresses (user_id, line1, city, postal_code, country) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        user.id, *ADDRESS_ROW,
+    ))
+
+
+async def make_cart(factory: Factory, user: User, lines: list[tuple[dict[str, Any], int, int]],
+                    coupon_id: str | None = None) -> str:
+    """Fill the user's active cart with (product, variant index, qty) lines; return the cart id."""
+    conn = await factory.conn()
+    cart_id = await conn.fetchval(
+        "INSERT INTO carts (user_id, coupon_id) VALUES ($1, $2) RETURNING id", user.id, coupon_id
+    )
+    for product, index, qty in lines:
+        await conn.execute(
+            "INSERT INTO cart_items (cart_id, product_id, variant_id, qty, price_at_add) VALUES ($1, $2, $3, $4, $5)",
+            cart_id, product["id"], product["variantIds"][index], qty, product["price"],
+        )
+    return str(cart_id)
+
+
+async def make_coupon(factory: Factory, **overrides: Any) -> dict[str, Any]:
+    """Insert a coupon (10 % off, no limits unless given) and return its columns."""
+    values: dict[str, Any] = {
+        "code": f"SAVE{next(_seq)}{secrets.token_hex(2).upper()}", "discount_type": "percent",
+        "value": 10, "currency": None, "usage_limit": None, "per_user_limit": None, "seller_id": None,
+    }
+    values.update(overrides)
+    conn = await factory.conn()
+    values["id"] = str(await conn.fetchval(
+        """INSERT INTO coupons (code, discount_type, value, currency, usage_limit, per_user_limit, seller_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
+        values["code"], values["discount_type"], values["value"], values["currency"],
+        values["usage_limit"], values["per_user_limit"], values["seller_id"],
+    ))
+    return values
+
+
+async def make_buyers(factory: Factory, count: int) -> list[tuple[User, str]]:
+    """Create `count` users with one address each directly in SQL (no argon2); mint tokens.
+
+    Returns (user, address id) pairs; the tokens are real access tokens of the app.
+    """
+    from server.keys import TOKENS
+
+    conn = await factory.conn()
+    tag = secrets.token_hex(4)
+    rows = await conn.fetch(
+        """WITH u AS (
+               INSERT INTO users (email, password_hash)
+               SELECT 'bulk' || g || '-' || $2 || '@example.test', 'x' FROM generate_series(1, $1) g
+               RETURNING id),
+           p AS (INSERT INTO profiles (id, name) SELECT id, 'Buyer' FROM u)
+           INSERT INTO addresses (user_id, line1, city, postal_code, country)
+           SELECT id, '1 Main St', 'Springfield', '12345', 'US' FROM u RETURNING user_id, id""",
+        count, tag,
+    )
+    tokens = factory.client.app[TOKENS]
+    return [
+        (User(id=str(r["user_id"]), email="", password="", refresh_token="",
+              access_token=tokens.access_token(str(r["user_id"]), "user")), str(r["id"]))
+        for r in rows
+    ]

@@ -1,0 +1,322 @@
+"""Checkout: one session per idempotency key; totals, orders, a payment and stock holds.
+
+`create_checkout_session` is the domain entry point (HTTP and the realtime `buy:now`
+both call it). It runs in two steps:
+
+1. One transaction as the buyer: claim the idempotency key (INSERT ... ON CONFLICT DO
+   NOTHING; a concurrent identical request waits on that row and then reads it), lock
+   the coupon row and take a redemption, insert the payment, one order per seller, the
+   order items, the stock holds with their inventory events, and last take the stock
+   with `UPDATE ... SET stock = stock - $2 WHERE id = $1 AND stock >= $2` per variant in
+   id order. A variant short of stock raises OutOfStock and the whole transaction
+   (key included) rolls back. The hot variant rows are locked only for that last step.
+2. Outside any transaction, create the provider's intent with an idempotency key
+   derived from the payment id and store it on the payment (first writer wins). A
+   replay or a retry after a provider failure repeats this step and gets the same intent.
+
+Lock order (see commerce/holds.py): coupon row, then variants in id order.
+The cart path leaves the cart active; it is marked converted when the payment succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from commerce import coupons
+from commerce.errors import CouponInvalid, IdempotencyConflict, Invalid, NotFound, OutOfStock
+from commerce.payments.base import PaymentProvider
+
+CLAIM_KEY = """
+INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING RETURNING key
+"""
+READ_KEY = "SELECT request_hash, response FROM idempotency_keys WHERE user_id = $1 AND key = $2"
+STORE_KEY_RESPONSE = "UPDATE idempotency_keys SET response = $3 WHERE user_id = $1 AND key = $2"
+SELECT_ADDRESS = """
+SELECT line1, line2, city, state, postal_code, country, phone FROM addresses
+WHERE id = $1 AND user_id = $2
+"""
+SELECT_ACTIVE_CART = "SELECT id, coupon_id FROM carts WHERE user_id = $1 AND status = 'active'"
+SELECT_CART_LINES = "SELECT product_id, variant_id, qty FROM cart_items WHERE cart_id = $1 ORDER BY created_at, id"
+SELECT_VARIANTS = """
+SELECT v.id, v.product_id, v.seller_id, v.stock, coalesce(v.price_override, p.price) AS price,
+       p.currency, p.status
+FROM product_variants v JOIN products p ON p.id = v.product_id
+WHERE v.id = ANY($1::uuid[])
+"""
+LOCK_COUPON_BY_CODE = f"SELECT {coupons.COUPON_COLUMNS} FROM coupons WHERE code = $1 FOR UPDATE"
+LOCK_COUPON_BY_ID = f"SELECT {coupons.COUPON_COLUMNS} FROM coupons WHERE id = $1 FOR UPDATE"
+COUNT_USER_REDEMPTIONS = """
+SELECT count(*) FROM coupon_redemptions
+WHERE coupon_id = $1 AND user_id = $2 AND status IN ('held', 'redeemed')
+"""
+TAKE_COUPON_USE = """
+UPDATE coupons SET used_count = used_count + 1
+WHERE id = $1 AND (usage_limit IS NULL OR used_count < usage_limit) RETURNING used_count
+"""
+INSERT_REDEMPTION = "INSERT INTO coupon_redemptions (coupon_id, user_id, payment_id) VALUES ($1, $2, $3)"
+SELECT_LIVESTREAM = "SELECT id FROM livestreams WHERE id = $1"
+INSERT_PAYMENT = """
+INSERT INTO payments (user_id, provider, amount, currency, expires_at, cart_id)
+VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), $6) RETURNING id, expires_at
+"""
+INSERT_ORDERS = """
+INSERT INTO orders (user_id, seller_id, payment_id, livestream_id, coupon_id, shipping_address,
+                    subtotal, discount, total, currency)
+SELECT $1, s.seller_id, $2, $3, $4, $5, s.subtotal, s.discount, s.subtotal - s.discount, $6
+FROM unnest($7::uuid[], $8::bigint[], $9::bigint[]) AS s(seller_id, subtotal, discount)
+RETURNING id, seller_id
+"""
+INSERT_ORDER_ITEMS = """
+INSERT INTO order_items (order_id, product_id, variant_id, qty, price)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int[], $5::bigint[])
+"""
+# Holds and their 'hold' inventory events in one statement; the stock itself is taken
+# afterwards, so the variant rows stay unlocked as long as possible.
+INSERT_HOLDS_AND_EVENTS = """
+WITH h AS (
+    INSERT INTO stock_holds (payment_id, order_id, variant_id, qty, expires_at)
+    SELECT $1, s.order_id, s.variant_id, s.qty, $2
+    FROM unnest($3::uuid[], $4::uuid[], $5::int[]) AS s(order_id, variant_id, qty)
+    RETURNING id, order_id, variant_id, qty
+)
+INSERT INTO inventory_events (product_id, variant_id, delta, reason, order_id, hold_id)
+SELECT s.product_id, h.variant_id, -h.qty, 'hold', h.order_id, h.id
+FROM h JOIN unnest($4::uuid[], $6::uuid[]) AS s(variant_id, product_id) ON s.variant_id = h.variant_id
+"""
+TAKE_STOCK = "UPDATE product_variants SET stock = stock - $2 WHERE id = $1 AND stock >= $2 RETURNING stock"
+SELECT_SESSION = """
+SELECT p.id, p.provider, p.provider_intent_id, p.client_secret, p.amount, p.currency,
+       p.expires_at, p.status,
+       array(SELECT o.id FROM orders o WHERE o.payment_id = p.id ORDER BY o.seller_id) AS order_ids
+FROM payments p WHERE p.id = $1
+"""
+STORE_INTENT = """
+UPDATE payments SET provider_intent_id = coalesce(provider_intent_id, $2),
+                    client_secret = coalesce(client_secret, $3), updated_at = now()
+WHERE id = $1 RETURNING provider_intent_id, client_secret
+"""
+
+Transaction = Callable[..., AbstractAsyncContextManager[asyncpg.Connection]]
+
+
+@dataclass(frozen=True)
+class Line:
+    product_id: str
+    variant_id: str
+    qty: int
+
+
+@dataclass
+class Session:
+    """A checkout session: the response body and what changed (for notifications)."""
+
+    body: dict[str, Any]
+    created: bool
+    variant_ids: list[str] = field(default_factory=list)
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    """Hash a request body canonically: same content, same hash, whatever the key order."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+async def create_checkout_session(
+    transaction: Transaction, provider: PaymentProvider, *, user_id: str, idempotency_key: str,
+    body: dict[str, Any], hold_ttl_seconds: int,
+) -> Session:
+    """Create (or replay) the checkout session for this buyer and idempotency key.
+
+    `body` is `{addressId}` (the active cart) or `{addressId, items: [{productId,
+    variantId, qty}], couponCode?, livestreamId?}` (buy now). Raises NotFound,
+    Invalid, OutOfStock, CouponInvalid, IdempotencyConflict, PaymentProviderError.
+    """
+    digest = request_hash(body)
+    variant_ids: list[str] = []
+    async with transaction(user_id) as conn:
+        if await conn.fetchval(CLAIM_KEY, user_id, idempotency_key, digest) is None:
+            row = await conn.fetchrow(READ_KEY, user_id, idempotency_key)
+            if row["request_hash"] != digest:
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was used with a different request", key=idempotency_key
+                )
+            payment_id = json.loads(row["response"])["paymentId"]
+            created = False
+        else:
+            payment_id, variant_ids = await _hold(conn, user_id, body, hold_ttl_seconds, provider.name)
+            await conn.execute(STORE_KEY_RESPONSE, user_id, idempotency_key,
+                               json.dumps({"paymentId": payment_id}))
+            created = True
+    return Session(await _session_body(transaction, provider, user_id, payment_id), created, variant_ids)
+
+
+async def _session_body(
+    transaction: Transaction, provider: PaymentProvider, user_id: str, payment_id: str
+) -> dict[str, Any]:
+    async with transaction(user_id) as conn:
+        row = await conn.fetchrow(SELECT_SESSION, payment_id)
+    intent_id, secret = row["provider_intent_id"], row["client_secret"]
+    if intent_id is None:
+        intent = await provider.create_intent(
+            row["amount"], row["currency"], f"checkout-{payment_id}", {"paymentId": payment_id}
+        )
+        async with transaction(user_id) as conn:
+            stored = await conn.fetchrow(STORE_INTENT, payment_id, intent.id, intent.client_secret)
+        intent_id, secret = stored["provider_intent_id"], stored["client_secret"]
+    return {
+        "orderIds": [str(o) for o in row["order_ids"]], "paymentId": str(row["id"]),
+        "paymentIntentId": intent_id, "clientSecret": secret, "amount": row["amount"],
+        "currency": row["currency"], "expiresAt": _iso(row["expires_at"]),
+        "provider": row["provider"], "status": row["status"],
+    }
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+async def _lines(conn: asyncpg.Connection, user_id: str, body: dict[str, Any]) -> tuple[list[Line], Any, Any]:
+    """Return the lines to buy (duplicates merged), the cart id and the cart's coupon id."""
+    cart_id = coupon_id = None
+    if "items" in body:
+        raw = [(i["productId"], i["variantId"], int(i["qty"])) for i in body["items"]]
+    else:
+        cart = await conn.fetchrow(SELECT_ACTIVE_CART, user_id)
+        if cart is None:
+            raise Invalid("the cart is empty", fields={"cart": "empty"})
+        cart_id, coupon_id = cart["id"], cart["coupon_id"]
+        raw = [(str(r["product_id"]), str(r["variant_id"]), r["qty"])
+               for r in await conn.fetch(SELECT_CART_LINES, cart_id)]
+    if not raw:
+        raise Invalid("the cart is empty", fields={"cart": "empty"})
+    merged: dict[str, Line] = {}
+    for product_id, variant_id, qty in raw:
+        variant_id = _uuid(variant_id, "variantId")
+        product_id = _uuid(product_id, "productId")
+        prev = merged.get(variant_id)
+        if prev is not None and prev.product_id != product_id:
+            raise NotFound("variant not found", variantId=variant_id)
+        merged[variant_id] = Line(product_id, variant_id, qty + (prev.qty if prev else 0))
+    return [merged[v] for v in sorted(merged)], cart_id, coupon_id
+
+
+def _uuid(value: str, name: str) -> str:
+    import uuid
+
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise NotFound(f"{name} not found", **{name: value}) from None
+
+
+async def _hold(
+    conn: asyncpg.Connection, user_id: str, body: dict[str, Any], ttl: int, provider_name: str
+) -> tuple[str, list[str]]:
+    """Create the payment, orders, items and holds; take the stock. Return (payment id, variant ids)."""
+    lines, cart_id, cart_coupon_id = await _lines(conn, user_id, body)
+    variants = {str(r["id"]): r for r in await conn.fetch(SELECT_VARIANTS, [ln.variant_id for ln in lines])}
+    short = []
+    for line in lines:
+        v = variants.get(line.variant_id)
+        if v is None or str(v["product_id"]) != line.product_id or v["status"] != "active":
+            raise NotFound("variant not found", variantId=line.variant_id)
+        if v["stock"] < line.qty:
+            short.append(line.variant_id)
+    # A cheap early answer for the common sold-out case; TAKE_STOCK below decides.
+    if short:
+        raise OutOfStock("not enough stock", variantIds=short)
+    currencies = {variants[ln.variant_id]["currency"] for ln in lines}
+    if len(currencies) != 1:
+        raise Invalid("all items of one checkout must have the same currency")
+    currency = currencies.pop()
+
+    address = await conn.fetchrow(SELECT_ADDRESS, _uuid(body["addressId"], "addressId"), user_id)
+    if address is None:
+        raise NotFound("address not found", addressId=body["addressId"])
+    livestream_id = body.get("livestreamId")
+    if livestream_id is not None:
+        livestream_id = _uuid(livestream_id, "livestreamId")
+        if await conn.fetchval(SELECT_LIVESTREAM, livestream_id) is None:
+            raise NotFound("livestream not found", livestreamId=livestream_id)
+
+    # Per seller (sorted, so order ids come back in a stable order): subtotal.
+    by_seller: dict[str, list[Line]] = {}
+    for line in lines:
+        by_seller.setdefault(str(variants[line.variant_id]["seller_id"]), []).append(line)
+    sellers = sorted(by_seller)
+    subtotals = [sum(variants[ln.variant_id]["price"] * ln.qty for ln in by_seller[s]) for s in sellers]
+    subtotal = sum(subtotals)
+
+    coupon = None
+    code = body.get("couponCode")
+    if code:
+        coupon = await conn.fetchrow(LOCK_COUPON_BY_CODE, coupons.normalize_code(code))
+        if coupon is None:
+            raise CouponInvalid("no coupon has this code", reason="unknown")
+    elif cart_coupon_id is not None:
+        coupon = await conn.fetchrow(LOCK_COUPON_BY_ID, cart_coupon_id)
+    discount = 0
+    if coupon is not None:
+        discount = coupons.discount_for(coupon, subtotal=subtotal, currency=currency,
+                                        seller_ids=set(sellers))
+        used = await conn.fetchval(COUNT_USER_REDEMPTIONS, coupon["id"], user_id)
+        if coupon["per_user_limit"] is not None and used >= coupon["per_user_limit"]:
+            raise CouponInvalid("you have already used this coupon", reason="per_user_limit")
+        if await conn.fetchval(TAKE_COUPON_USE, coupon["id"]) is None:
+            raise CouponInvalid("this coupon has been used up", reason="exhausted")
+    discounts = _split_discount(discount, subtotals)
+    total = subtotal - discount
+    if total <= 0:
+        raise Invalid("the total must be more than zero")
+
+    payment = await conn.fetchrow(INSERT_PAYMENT, user_id, provider_name, total, currency, float(ttl), cart_id)
+    payment_id = payment["id"]
+    if coupon is not None:
+        await conn.execute(INSERT_REDEMPTION, coupon["id"], user_id, payment_id)
+    orders = await conn.fetch(
+        INSERT_ORDERS, user_id, payment_id, livestream_id, coupon["id"] if coupon else None,
+        json.dumps(_address_json(address)), currency, sellers, subtotals, discounts,
+    )
+    order_of = {str(r["seller_id"]): r["id"] for r in orders}
+    line_orders = [order_of[str(variants[ln.variant_id]["seller_id"])] for ln in lines]
+    ids = [ln.variant_id for ln in lines]
+    qtys = [ln.qty for ln in lines]
+    await conn.execute(
+        INSERT_ORDER_ITEMS, line_orders, [ln.product_id for ln in lines], ids, qtys,
+        [variants[v]["price"] for v in ids],
+    )
+    await conn.execute(
+        INSERT_HOLDS_AND_EVENTS, payment_id, payment["expires_at"], line_orders, ids, qtys,
+        [ln.product_id for ln in lines],
+    )
+    # Last: take the stock, in variant-id order (lines are sorted by variant id).
+    for line in lines:
+        if await conn.fetchval(TAKE_STOCK, line.variant_id, line.qty) is None:
+            raise OutOfStock("not enough stock", variantIds=[line.variant_id])
+    return str(payment_id), ids
+
+
+def _split_discount(discount: int, subtotals: list[int]) -> list[int]:
+    """Share a discount across orders in proportion to their subtotals."""
+    total = sum(subtotals)
+    if not discount or not total:
+        return [0] * len(subtotals)
+    shares = [discount * s // total for s in subtotals]
+    # The rounding remainder (fewer cents than orders) goes to the largest order.
+    shares[subtotals.index(max(subtotals))] += discount - sum(shares)
+    return shares
+
+
+def _address_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "line1": row["line1"], "line2": row["line2"], "city": row["city"], "state": row["state"],
+        "postalCode": row["postal_code"], "country": row["country"], "phone": row["phone"],
+    }

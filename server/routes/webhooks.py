@@ -1,0 +1,54 @@
+"""Stripe webhooks: verify the signature, then hand the event to commerce.webhooks."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from commerce import webhooks
+from commerce.payments.stripe_provider import WebhookSignatureError, verify_webhook
+from server.api import Api, json_response
+from server.errors import ApiError
+from server.keys import DB, PAYMENTS, SETTINGS
+from server.payments import after_commit
+
+api = Api()
+
+# Stripe's own default: an event signed more than five minutes ago is refused.
+SIGNATURE_TOLERANCE_SECONDS = 300
+RECEIVED = {
+    "type": "object", "required": ["received", "handled"],
+    "properties": {"received": {"type": "boolean"}, "handled": {"type": "boolean"}},
+}
+
+
+@api.route(
+    "POST", "/api/v1/webhooks/stripe", auth="none", tags=("webhooks",), response=RECEIVED,
+    errors=(502,),
+    summary="Stripe events (Stripe-Signature verified, tolerance 300 s); unknown types are "
+            "answered 200 and ignored",
+)
+async def stripe_webhook(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    limit = settings.max_body_bytes
+    if (request.content_length or 0) > limit:
+        raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+    payload = await request.read()
+    if len(payload) > limit:
+        raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+    try:
+        verify_webhook(payload, request.headers.get("Stripe-Signature"),
+                       settings.stripe_webhook_secret.get(), SIGNATURE_TOLERANCE_SECONDS)
+    except WebhookSignatureError as exc:
+        raise ApiError(400, "invalid_signature", str(exc)) from None
+    try:
+        event = json.loads(payload)
+        event["id"], event["type"], event["data"]["object"]  # noqa: B018 - shape check
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        raise ApiError(400, "malformed_event", "the event is not a Stripe event object") from None
+    handled, outcome = await webhooks.process_event(
+        request.app[DB].transaction, request.app[PAYMENTS], event
+    )
+    await after_commit(request.app, outcome)
+    return json_response({"received": True, "handled": handled})
