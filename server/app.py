@@ -15,9 +15,13 @@ from server.config import Settings
 from server.db import Database, migrate
 from server.keys import DB, LOGIN_LIMITER, METRICS, PASSWORDS, SETTINGS, TOKENS
 from server.middleware import HttpMetrics, request_context
+from server.routes import admin as admin_routes
 from server.routes import auth as auth_routes
+from server.routes import catalog as catalog_routes
 from server.routes import me as me_routes
 from server.routes import ops as ops_routes
+from server.routes import seller_products as seller_product_routes
+from server.routes import wishlist as wishlist_routes
 
 log = logging.getLogger("shopstream")
 
@@ -25,7 +29,10 @@ log = logging.getLogger("shopstream")
 def build_api() -> Api:
     """Collect every declared route of the server."""
     api = Api()
-    for module in (ops_routes, auth_routes, me_routes):
+    for module in (
+        ops_routes, auth_routes, me_routes, catalog_routes, seller_product_routes,
+        wishlist_routes, admin_routes,
+    ):
         api.include(module.api)
     return api
 
