@@ -193,7 +193,7 @@ async def _read_json(request: web.Request, validator: jsonschema.Draft202012Vali
         fields: dict[str, str] = {}
         for error in errors[:20]:
             where = ".".join(str(p) for p in error.absolute_path)
-            if error.validator == "required":
+            if error.validator in ("required", "dependentRequired"):
                 missing = error.message.split("'")[1] if "'" in error.message else ""
                 where = ".".join(filter(None, [where, missing]))
             if error.validator == "additionalProperties":
