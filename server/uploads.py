@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from server.errors import ApiError, validation_error
 
@@ -63,7 +64,7 @@ async def read_image_part(request: web.Request, limit: int) -> bytes:
                 if len(data) > limit:
                     raise ApiError(413, "payload_too_large", f"an image may be at most {limit} bytes")
             return bytes(data)
-    except (ValueError, AssertionError, RuntimeError) as exc:
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
         # aiohttp's multipart reader signals a malformed body with these.
         raise validation_error(f"malformed multipart body: {exc}", file="malformed body") from None
     raise validation_error("multipart field 'file' is required", file="required")
