@@ -115,8 +115,10 @@ def _route_name(spec: RouteSpec) -> str:
 
 
 def _wrap(spec: RouteSpec) -> Handler:
+    # A body schema for another content type (multipart) only documents the request.
     body_validator = (
-        jsonschema.Draft202012Validator(spec.body) if spec.body is not None else None
+        jsonschema.Draft202012Validator(spec.body)
+        if spec.body is not None and spec.request_content_type == "application/json" else None
     )
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -147,6 +149,8 @@ def _parse_query(spec: RouteSpec, request: web.Request) -> dict[str, Any]:
             if "default" in schema:
                 values[name] = schema["default"]
             continue
+        if "\x00" in raw:
+            raise validation_error(f"{name} must not contain NUL", **{name: "contains NUL"})
         kind = schema.get("type")
         value: Any = raw
         if kind == "integer":
@@ -179,11 +183,17 @@ async def _read_json(request: web.Request, validator: jsonschema.Draft202012Vali
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "malformed_json", "request body is not valid JSON") from None
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if not errors and (where := _nul_path(data)) is not None:
+        # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the query.
+        raise ApiError(
+            400, "validation_error", f"invalid request body: {where or 'body'}: contains NUL",
+            {"fields": {where or "body": "contains NUL"}},
+        )
     if errors:
         fields: dict[str, str] = {}
         for error in errors[:20]:
             where = ".".join(str(p) for p in error.absolute_path)
-            if error.validator == "required":
+            if error.validator in ("required", "dependentRequired"):
                 missing = error.message.split("'")[1] if "'" in error.message else ""
                 where = ".".join(filter(None, [where, missing]))
             if error.validator == "additionalProperties":
@@ -196,6 +206,24 @@ async def _read_json(request: web.Request, validator: jsonschema.Draft202012Vali
             {"fields": fields},
         )
     return data
+
+
+def _nul_path(data: Any, where: str = "") -> str | None:
+    """Return the dotted path of the first string (or key) holding a NUL character."""
+    if isinstance(data, str):
+        return where if "\x00" in data else None
+    if isinstance(data, dict):
+        for key, value in data.items():
+            path = ".".join(filter(None, [where, str(key)]))
+            if "\x00" in key:
+                return path
+            if (found := _nul_path(value, path)) is not None:
+                return found
+    if isinstance(data, list):
+        for i, value in enumerate(data):
+            if (found := _nul_path(value, ".".join(filter(None, [where, str(i)])))) is not None:
+                return found
+    return None
 
 
 def path_id(request: web.Request, name: str = "id") -> str:

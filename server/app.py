@@ -16,13 +16,17 @@ from server.db import Database, migrate
 from server.keys import DB, LOGIN_LIMITER, METRICS, PASSWORDS, SETTINGS, TOKENS
 from server.middleware import HttpMetrics, request_context
 from server.payments import payments_ctx
+from server.routes import admin as admin_routes
 from server.routes import auth as auth_routes
+from server.routes import catalog as catalog_routes
 from server.routes import checkout as checkout_routes
 from server.routes import inventory as inventory_routes
 from server.routes import me as me_routes
 from server.routes import ops as ops_routes
 from server.routes import orders as orders_routes
+from server.routes import seller_products as seller_product_routes
 from server.routes import webhooks as webhooks_routes
+from server.routes import wishlist as wishlist_routes
 
 log = logging.getLogger("shopstream")
 
@@ -31,8 +35,9 @@ def build_api() -> Api:
     """Collect every declared route of the server."""
     api = Api()
     for module in (
-        ops_routes, auth_routes, me_routes,
-        checkout_routes, orders_routes, webhooks_routes, inventory_routes,
+        ops_routes, auth_routes, me_routes, catalog_routes, seller_product_routes,
+        wishlist_routes, admin_routes, checkout_routes, orders_routes, webhooks_routes,
+        inventory_routes,
     ):
         api.include(module.api)
     return api

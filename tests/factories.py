@@ -113,6 +113,25 @@ class Factory:
             variant_ids.append(str(variant_id))
         return {"id": str(product_id), "variantIds": variant_ids, **values}
 
+    async def category(self, slug: str, *, parent: str | None = None, name: str | None = None) -> str:
+        """Insert a category (under `parent`, a category id) and return its id."""
+        conn = await self.conn()
+        category_id = await conn.fetchval(
+            "INSERT INTO categories (name, slug, parent_id) VALUES ($1, $2, $3) RETURNING id",
+            name or slug.title(), slug, parent,
+        )
+        return str(category_id)
+
+    async def ledger(self, variant_id: str) -> tuple[int, int]:
+        """Return a variant's (stock column, sum of its inventory events)."""
+        conn = await self.conn()
+        row = await conn.fetchrow(
+            """SELECT v.stock, coalesce((SELECT sum(delta) FROM inventory_events e
+                                         WHERE e.variant_id = v.id), 0)::int AS ledger
+               FROM product_variants v WHERE v.id = $1""",
+            variant_id,
+        )
+        return int(row["stock"]), int(row["ledger"])
 
 # --- checkout (branch checkout): addresses, carts, coupons and users in bulk -------------
 
