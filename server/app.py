@@ -18,6 +18,7 @@ from server.middleware import HttpMetrics, request_context
 from server.routes import auth as auth_routes
 from server.routes import me as me_routes
 from server.routes import ops as ops_routes
+from server.routes import realtime as realtime_routes
 
 log = logging.getLogger("shopstream")
 
@@ -25,7 +26,7 @@ log = logging.getLogger("shopstream")
 def build_api() -> Api:
     """Collect every declared route of the server."""
     api = Api()
-    for module in (ops_routes, auth_routes, me_routes):
+    for module in (ops_routes, auth_routes, me_routes, realtime_routes):
         api.include(module.api)
     return api
 
@@ -54,4 +55,5 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
         await app[DB].close()
 
     app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(realtime_routes.realtime_context)
     return app
