@@ -94,7 +94,7 @@ class EventsClient:
         self.inbox = inbox
         self._closer = closer
 
-    async def send(self, kind: str, **payload: Any) -> None:
+    async def send(self, kind: str, /, **payload: Any) -> None:
         await self._send(json.dumps({"type": kind, "payload": payload}))
 
     async def send_raw(self, data: str | bytes) -> None:
