@@ -341,8 +341,10 @@ class Hub:
                 if now >= self._next_housekeeping:
                     self._next_housekeeping = now + 1.0
                     await self._housekeeping(now)
-            except (asyncpg.PostgresError, OSError) as exc:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 log.warning("realtime housekeeping failed: %s", exc)
+            except Exception:  # noqa: BLE001 - one bad tick must not stop every room's delivery
+                log.exception("realtime tick failed")
 
     def flush(self, now: float) -> None:
         """Send each room's batch of events, then direct events and retries."""

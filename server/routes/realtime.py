@@ -102,7 +102,8 @@ async def events_socket(request: web.Request) -> web.StreamResponse:
         raise not_found("livestream not found")
     await ws.prepare(request)
     transport = request.transport
-    assert transport is not None  # just upgraded: the connection is open
+    if transport is None:  # the client left during the upgrade
+        return ws
     conn = await realtime.open(
         livestream_id, WebSocketTransport(transport, lambda: transport.close()), participant
     )
