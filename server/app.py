@@ -24,6 +24,7 @@ from server.routes import inventory as inventory_routes
 from server.routes import me as me_routes
 from server.routes import ops as ops_routes
 from server.routes import orders as orders_routes
+from server.routes import realtime as realtime_routes
 from server.routes import seller_products as seller_product_routes
 from server.routes import webhooks as webhooks_routes
 from server.routes import wishlist as wishlist_routes
@@ -37,7 +38,7 @@ def build_api() -> Api:
     for module in (
         ops_routes, auth_routes, me_routes, catalog_routes, seller_product_routes,
         wishlist_routes, admin_routes, checkout_routes, orders_routes, webhooks_routes,
-        inventory_routes,
+        inventory_routes, realtime_routes,
     ):
         api.include(module.api)
     return api
@@ -68,4 +69,5 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
 
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(payments_ctx)  # needs app[DB]
+    app.cleanup_ctx.append(realtime_routes.realtime_context)
     return app

@@ -35,6 +35,14 @@ class ConfigError(ValueError):
     """A setting is missing or malformed."""
 
 
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
@@ -70,6 +78,13 @@ class Settings:
     max_viewers_per_room: int = 500
     remb_bitrate_bps: int = 2_500_000
     publisher_grace_seconds: float = 15.0
+    # Realtime events: batching tick (0 sends every event on its own), chat limits,
+    # and the prefix of every Redis key and channel (several deployments may share one).
+    realtime_tick_ms: int = 100
+    realtime_batching: bool = True
+    chat_rate_limit: int = 5
+    chat_rate_window: int = 10
+    redis_prefix: str = "shopstream:"
     # The database role the application's queries run as (RLS applies to it).
     db_app_role: str = "shopstream_app"
 
@@ -119,6 +134,11 @@ class Settings:
         take("MAX_VIEWERS_PER_ROOM", "max_viewers_per_room", int)
         take("REMB_BITRATE_BPS", "remb_bitrate_bps", int)
         take("PUBLISHER_GRACE_SECONDS", "publisher_grace_seconds", float)
+        take("REALTIME_TICK_MS", "realtime_tick_ms", int)
+        take("REALTIME_BATCHING", "realtime_batching", _bool)
+        take("CHAT_RATE_LIMIT", "chat_rate_limit", int)
+        take("CHAT_RATE_WINDOW", "chat_rate_window", int)
+        take("REDIS_PREFIX", "redis_prefix")
         take("DB_APP_ROLE", "db_app_role")
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
@@ -137,6 +157,10 @@ class Settings:
             raise ConfigError("JWT_SECRET must be at least 32 characters")
         if self.db_app_role and not self.db_app_role.replace("_", "").isalnum():
             raise ConfigError("DB_APP_ROLE must be a plain identifier")
+        if not 10 <= self.realtime_tick_ms <= 1000:
+            raise ConfigError("REALTIME_TICK_MS must be between 10 and 1000")
+        if self.chat_rate_limit < 1 or self.chat_rate_window < 1:
+            raise ConfigError("CHAT_RATE_LIMIT and CHAT_RATE_WINDOW must be positive")
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ConfigError(f"ICE server {url!r} must start with stun:, turn: or turns:")

@@ -204,3 +204,25 @@ async def make_buyers(factory: Factory, count: int) -> list[tuple[User, str]]:
               access_token=tokens.access_token(str(r["user_id"]), "user")), str(r["id"]))
         for r in rows
     ]
+
+async def make_livestream(
+    factory: Factory, seller: User, *, status: str = "live", chat_settings: dict[str, Any] | None = None,
+    products: tuple[str, ...] = (), highlighted: str | None = None,
+) -> str:
+    """Insert a livestream of `seller` showing `products` (ids); return its id."""
+    import json
+
+    conn = await factory.conn()
+    livestream_id = await conn.fetchval(
+        """INSERT INTO livestreams (seller_id, title, status, stream_key, room, chat_settings)
+           VALUES ($1, 'Live', $2, $3, $4, $5::jsonb) RETURNING id""",
+        seller.seller_id, status, secrets.token_urlsafe(16), secrets.token_hex(8),
+        json.dumps(chat_settings or {}),
+    )
+    for position, product_id in enumerate(products):
+        await conn.execute(
+            """INSERT INTO live_products (livestream_id, product_id, position, highlighted_at)
+               VALUES ($1, $2, $3, CASE WHEN $4 THEN now() END)""",
+            livestream_id, product_id, position, product_id == highlighted,
+        )
+    return str(livestream_id)

@@ -1,0 +1,141 @@
+"""The event protocol of DESIGN.md: validate client messages, build and encode server events.
+
+Every message is JSON text `{"type": ..., "payload": {...}}`; the server may send an
+array of events in one message (batching). Client messages are validated strictly here:
+anything malformed, unknown or too large becomes a `ProtocolError`, which the session
+answers with an `error` event, never by dropping the connection.
+
+Server events are encoded once (`event()` returns the JSON text of one event) and the
+same text is shared by every recipient; `batch()` joins several into one message
+without decoding them again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+MAX_MESSAGE_BYTES = 4096
+CHAT_MAX_CHARS = 500  # chat_messages.message CHECK in 0001_schema.sql
+REACTION_KINDS = ("heart", "like", "fire", "clap", "laugh", "wow")
+
+_UUID = {
+    "type": "string",
+    "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+}
+_REF = {"type": "string", "minLength": 1, "maxLength": 64}
+_QTY = {"type": "integer", "minimum": 1, "maximum": 99}
+
+
+def _schema(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "object", "additionalProperties": False, "required": required,
+        "properties": {"ref": _REF, **properties},
+    }
+
+
+# One schema per client message type; `ref` is optional unless the answer must be
+# matched to its request (cart and buy-now acks).
+CLIENT_SCHEMAS: dict[str, dict[str, Any]] = {
+    "chat:send": _schema(["message"], message={"type": "string", "minLength": 1, "maxLength": CHAT_MAX_CHARS}),
+    "reaction:send": _schema(["kind"], kind={"enum": list(REACTION_KINDS)}),
+    "cart:add": _schema(["productId", "variantId", "qty", "ref"], productId=_UUID, variantId=_UUID, qty=_QTY),
+    "buy:now": _schema(
+        ["productId", "variantId", "qty", "ref"],
+        productId=_UUID, variantId=_UUID, qty=_QTY, addressId=_UUID,
+    ),
+    "auth": _schema(["accessToken"], accessToken={"type": "string", "minLength": 1, "maxLength": 4096}),
+}
+_VALIDATORS = {name: jsonschema.Draft202012Validator(s) for name, s in CLIENT_SCHEMAS.items()}
+
+
+class ProtocolError(Exception):
+    """A client message the server refuses; answered with an `error` event carrying `code`."""
+
+    def __init__(self, code: str, message: str, ref: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+        self.details = details
+
+
+@dataclass(frozen=True)
+class ClientMessage:
+    """One validated client message."""
+
+    type: str
+    payload: dict[str, Any]
+
+    @property
+    def ref(self) -> str | None:
+        return self.payload.get("ref")
+
+
+def parse(data: str | bytes) -> ClientMessage:
+    """Validate one client message; raise ProtocolError naming what is wrong."""
+    if isinstance(data, bytes):
+        raise ProtocolError("bad_message", "messages must be JSON text, not binary")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    try:
+        message = json.loads(data)
+    except ValueError:
+        raise ProtocolError("malformed_json", "message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_message", 'expected an object {"type": ..., "payload": {...}}')
+    payload = message.get("payload", {})
+    ref = payload.get("ref") if isinstance(payload, dict) else None
+    ref = ref if isinstance(ref, str) and 0 < len(ref) <= 64 else None
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_message", "type must be a string", ref)
+    if set(message) - {"type", "payload"}:
+        raise ProtocolError("bad_message", "only type and payload are allowed at the top level", ref)
+    validator = _VALIDATORS.get(kind)
+    if validator is None:
+        raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}", ref)
+    if not isinstance(payload, dict):
+        raise ProtocolError("validation_error", "payload must be an object", ref)
+    errors = sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        where = ".".join(str(p) for p in error.absolute_path) or "payload"
+        raise ProtocolError("validation_error", f"{where}: {error.message}"[:200], ref, field=where)
+    return ClientMessage(kind, payload)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def event(kind: str, payload: dict[str, Any]) -> str:
+    """Return the JSON text of one server event."""
+    return _dumps({"type": kind, "payload": payload})
+
+
+def batch(events: list[str]) -> str:
+    """Join encoded events into one message: the event itself, or an array of several."""
+    if len(events) == 1:
+        return events[0]
+    return "[" + ",".join(events) + "]"
+
+
+def decode(message: str) -> list[dict[str, Any]]:
+    """Split a server message into its events (for clients, tests and benchmarks)."""
+    value = json.loads(message)
+    return value if isinstance(value, list) else [value]
+
+
+def error(code: str, message: str, ref: str | None = None, **details: Any) -> str:
+    payload: dict[str, Any] = {"code": code, "message": message, "ref": ref}
+    if details:
+        payload["details"] = details
+    return event("error", payload)
+
+
+def ack(ref: str | None, **data: Any) -> str:
+    return event("ack", {"ref": ref, **data})

@@ -1,0 +1,132 @@
+"""The two ways events reach a client: a WebSocket and an RTCDataChannel labelled `events`.
+
+Both implement the hub's `Transport`: `send_text` writes at once or reports that it
+would block, and never waits. The hub keeps what could not be written in the
+connection's bounded queue and retries on its next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from signaling import events
+from signaling.hub import Connection, Participant
+
+if TYPE_CHECKING:
+    from aiortc import RTCDataChannel
+
+    from signaling.sessions import Realtime
+
+WEBSOCKET_HIGH_WATER = 256 * 1024  # bytes waiting in the socket buffer before we hold back
+DATACHANNEL_HIGH_WATER = 1024 * 1024  # RTCDataChannel.bufferedAmount before we hold back
+DATACHANNEL_INBOX = 64  # client messages waiting to be handled on one channel
+
+
+def websocket_text_frame(payload: bytes) -> bytes:
+    """Return one unmasked, final text frame (RFC 6455 section 5.2): what a server sends."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+class WebSocketTransport:
+    """Write text frames straight to an upgraded connection's socket transport.
+
+    aiohttp's `send_str` is a coroutine that may wait for the socket to drain; the hub
+    must never wait for one recipient, so frames are written to the asyncio transport
+    directly (uncompressed frames, which aiohttp itself also writes synchronously), and
+    a full socket buffer counts as "would block".
+    """
+
+    kind = "websocket"
+
+    def __init__(self, transport: asyncio.WriteTransport, close: Callable[[], None],
+                 high_water: int = WEBSOCKET_HIGH_WATER) -> None:
+        self._transport = transport
+        self._close = close
+        self.high_water = high_water
+
+    def send_text(self, text: str) -> bool:
+        transport = self._transport
+        if transport.is_closing():
+            return True  # gone: nothing to keep for it
+        if transport.get_write_buffer_size() > self.high_water:
+            return False
+        transport.write(websocket_text_frame(text.encode()))
+        return True
+
+    def close(self) -> None:
+        self._close()
+
+
+class DataChannelTransport:
+    """Send on an aiortc RTCDataChannel; its `bufferedAmount` is the backpressure signal."""
+
+    kind = "datachannel"
+
+    def __init__(self, channel: RTCDataChannel, high_water: int = DATACHANNEL_HIGH_WATER) -> None:
+        self.channel = channel
+        self.high_water = high_water
+
+    def send_text(self, text: str) -> bool:
+        channel = self.channel
+        if channel.readyState != "open":
+            return True
+        if channel.bufferedAmount > self.high_water:
+            return False
+        channel.send(text)
+        return True
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+async def attach_datachannel(
+    realtime: Realtime, livestream_id: str, channel: RTCDataChannel,
+    participant: Participant | None = None, *, publisher: bool = False,
+) -> Connection:
+    """Serve the event protocol on a peer connection's `events` DataChannel.
+
+    Call it from the SFU when the client's channel arrives (`pc.on("datachannel")`),
+    with the participant its watch/publish token proved (`await realtime.identify(token)`)
+    or None for an anonymous viewer. Client messages are handled one at a time in
+    arrival order; the session ends when the channel closes.
+    """
+    inbox: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=DATACHANNEL_INBOX)
+    conn: Connection | None = None
+
+    @channel.on("message")
+    def on_message(data: str | bytes) -> None:
+        try:
+            inbox.put_nowait(data)
+        except asyncio.QueueFull:
+            if conn is not None:
+                conn.send_direct(events.error("rate_limited", "too many messages on this channel"))
+
+    conn = await realtime.open(livestream_id, DataChannelTransport(channel), participant,
+                               publisher=publisher)
+    session = conn
+
+    async def pump() -> None:
+        while True:
+            await realtime.handle(session, await inbox.get())
+
+    task = asyncio.create_task(pump(), name=f"events-dc-{conn.session_id}")
+
+    def on_close() -> None:
+        realtime.close(session)
+        task.cancel()
+
+    channel.on("close", on_close)
+    if channel.readyState == "closed":
+        on_close()
+    return conn
+

@@ -1,0 +1,206 @@
+"""Hub behaviour: buy-now and cart through the commerce seam, reactions, figures, slow recipients."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from commerce.errors import OutOfStock
+from server import notify
+from server.keys import HUB
+from signaling.hub import Hub, HubOptions
+from tests.factories import Factory, make_livestream
+from tests.signaling.conftest import ws_client
+
+TAKE_STOCK = """
+UPDATE product_variants SET stock = stock - $2 WHERE id = $1 AND stock >= $2 RETURNING stock
+"""
+
+
+class LedgerCommerce:
+    """A stand-in for the checkout branch's functions (NOT our commerce code): it takes
+    stock with the same conditional UPDATE the real hold uses. Replace with the real
+    `create_checkout_session`/`add_item` adapter at merge."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.calls: list[dict[str, Any]] = []
+
+    async def add_to_cart(self, user_id: str, product_id: str, variant_id: str, qty: int) -> dict[str, Any]:
+        return {"items": [{"productId": product_id, "variantId": variant_id, "qty": qty}]}
+
+    async def buy_now(self, user_id: str, **kw: Any) -> dict[str, Any]:
+        self.calls.append({"userId": user_id, **kw})
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            left = await conn.fetchval(TAKE_STOCK, kw["variant_id"], kw["qty"])
+        finally:
+            await conn.close()
+        if left is None:
+            raise OutOfStock("not enough stock", variants=[kw["variant_id"]])
+        return {"orderIds": ["o"], "paymentIntentId": f"pi_{kw['idempotency_key']}", "amount": 1000}
+
+
+async def test_cart_and_buy_now_answer_unavailable_until_commerce_is_installed(
+    client: TestClient, factory: Factory, closing,
+) -> None:
+    seller = await factory.seller()
+    buyer = await factory.user()
+    product = await factory.product(seller)
+    livestream_id = await make_livestream(factory, seller)
+    c = await ws_client(client, livestream_id, buyer.access_token)
+    closing.append(c)
+    item = {"productId": product["id"], "variantId": product["variantIds"][0], "qty": 1}
+    await c.send("cart:add", **item, ref="c")
+    assert (await c.expect("error", ref="c"))["code"] == "unavailable"
+    await c.send("buy:now", **item, ref="b")
+    assert (await c.expect("error", ref="b"))["code"] == "unavailable"
+    await c.send("buy:now", **item)
+    assert (await c.expect("error"))["code"] == "validation_error", "buy-now needs a ref to answer"
+
+
+async def test_concurrent_buy_now_over_the_channel_never_oversells(
+    client: TestClient, factory: Factory, clean_db: str, closing,
+) -> None:
+    seller = await factory.seller()
+    product = await factory.product(seller, stock=5)
+    variant_id = product["variantIds"][0]
+    livestream_id = await make_livestream(factory, seller, products=(product["id"],))
+    realtime = client.server.app[HUB]
+    realtime.commerce = LedgerCommerce(clean_db)
+    buyers = [await factory.user() for _ in range(12)]
+    clients = [await ws_client(client, livestream_id, b.access_token) for b in buyers]
+    closing.extend(clients)
+
+    await asyncio.gather(*(
+        c.send("buy:now", productId=product["id"], variantId=variant_id, qty=1, ref="go") for c in clients
+    ))
+    answers = [await asyncio.wait_for(_first(c, ("ack", "error")), 10) for c in clients]
+    acks = [p for kind, p in answers if kind == "ack"]
+    errors = [p for kind, p in answers if kind == "error"]
+    assert len(acks) == 5 and len(errors) == 7
+    assert {e["code"] for e in errors} == {"out_of_stock"}
+    assert all(a["checkout"]["paymentIntentId"].startswith(f"pi_live:{livestream_id}:go") for a in acks)
+    conn = await factory.conn()
+    assert await conn.fetchval("SELECT stock FROM product_variants WHERE id = $1", variant_id) == 0
+    update = await clients[0].expect("stock:update", stock=0, timeout=5)
+    assert update["variantId"] == variant_id
+    await clients[0].send("cart:add", productId=product["id"], variantId=variant_id, qty=2, ref="cart")
+    assert (await clients[0].expect("ack", ref="cart"))["cart"]["items"][0]["qty"] == 2
+
+
+async def _first(c: Any, kinds: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    while True:
+        for event in list(c.inbox.unread):
+            if event["type"] in kinds:
+                c.inbox.unread.remove(event)
+                return event["type"], event["payload"]
+        await asyncio.sleep(0.02)
+
+
+async def test_reactions_are_summed_per_tick_and_state_changes_reach_everyone(
+    client: TestClient, factory: Factory, closing,
+) -> None:
+    seller = await factory.seller()
+    livestream_id = await make_livestream(factory, seller)
+    viewers = [await ws_client(client, livestream_id) for _ in range(3)]
+    closing.extend(viewers)
+    for _ in range(4):
+        await viewers[0].send("reaction:send", kind="heart")
+    await viewers[1].send("reaction:send", kind="fire")
+    total: dict[str, int] = {}
+    async with asyncio.timeout(5):
+        while total != {"heart": 4, "fire": 1}:
+            counts = (await viewers[2].expect("reaction"))["counts"]
+            for kind, n in counts.items():
+                total[kind] = total.get(kind, 0) + n
+    assert len(viewers[2].inbox.of("reaction")) < 5, "reactions are aggregated"
+    await notify.room_event(client.server.app, livestream_id, "stream:state", {"state": "paused"})
+    for v in viewers:
+        assert await v.expect("stream:state") == {"state": "paused"}
+    late = await ws_client(client, livestream_id)
+    closing.append(late)
+    assert late.welcome["room"]["state"] == "paused"
+
+
+async def test_viewer_figures_are_written_to_the_livestream(
+    client: TestClient, factory: Factory, closing,
+) -> None:
+    seller = await factory.seller()
+    livestream_id = await make_livestream(factory, seller)
+    viewers = [await ws_client(client, livestream_id) for _ in range(3)]
+    await viewers[0].expect("viewer:count", count=3)
+    await asyncio.sleep(1.2)
+    for v in viewers:
+        await v.close()
+    hub: Hub = client.server.app[HUB].hub
+    conn = await factory.conn()
+    async with asyncio.timeout(5):
+        while livestream_id in hub.rooms:
+            await asyncio.sleep(0.1)
+    row = await conn.fetchrow(
+        "SELECT peak_viewers, total_viewers, watch_seconds FROM livestreams WHERE id = $1", livestream_id)
+    assert row["peak_viewers"] == 3 and row["total_viewers"] == 3
+    assert 3 <= row["watch_seconds"] <= 8
+
+
+class StuckTransport:
+    """A recipient whose socket buffer is full: every send would block."""
+
+    kind = "test"
+
+    def __init__(self) -> None:
+        self.writable = False
+        self.sent: list[str] = []
+
+    def send_text(self, text: str) -> bool:
+        if not self.writable:
+            return False
+        self.sent.append(text)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_slow_recipient_is_skipped_and_its_queue_is_bounded(
+    client: TestClient, factory: Factory, closing,
+) -> None:
+    seller = await factory.seller()
+    livestream_id = await make_livestream(factory, seller)
+    realtime = client.server.app[HUB]
+    hub: Hub = realtime.hub
+    stuck = StuckTransport()
+    slow = await realtime.open(livestream_id, stuck, None)
+    fast = await ws_client(client, livestream_id)
+    closing.append(fast)
+    limit = hub.options.max_pending
+    for n in range(limit + 50):
+        hub.deliver(livestream_id, "chat:new", {"id": str(n)})
+        hub.flush(0.0)
+    assert len(slow.pending) == limit and slow.dropped >= 50
+    for n in range(limit + 50):
+        await fast.expect("chat:new", id=str(n))
+    stuck.writable = True
+    hub.flush(0.0)
+    assert not slow.pending and len(stuck.sent) == limit
+    realtime.close(slow)
+
+
+async def test_unbatched_mode_sends_each_event_on_its_own(
+    client: TestClient, factory: Factory, closing,
+) -> None:
+    seller = await factory.seller()
+    livestream_id = await make_livestream(factory, seller)
+    hub: Hub = client.server.app[HUB].hub
+    hub.options = HubOptions(batching=False)
+    viewer = await ws_client(client, livestream_id)
+    closing.append(viewer)
+    for n in range(5):
+        hub.deliver(livestream_id, "chat:new", {"id": str(n)})
+    for n in range(5):
+        await viewer.expect("chat:new", id=str(n))
+    assert viewer.inbox.messages == len(viewer.inbox.all)
