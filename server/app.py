@@ -15,7 +15,11 @@ from server.config import Settings
 from server.db import Database, migrate
 from server.keys import DB, LOGIN_LIMITER, METRICS, PASSWORDS, SETTINGS, TOKENS
 from server.middleware import HttpMetrics, request_context
+from server.routes import analytics as analytics_routes
 from server.routes import auth as auth_routes
+from server.routes import cart as cart_routes
+from server.routes import coupons as coupon_routes
+from server.routes import livestreams as livestream_routes
 from server.routes import me as me_routes
 from server.routes import ops as ops_routes
 
@@ -25,7 +29,10 @@ log = logging.getLogger("shopstream")
 def build_api() -> Api:
     """Collect every declared route of the server."""
     api = Api()
-    for module in (ops_routes, auth_routes, me_routes):
+    for module in (
+        ops_routes, auth_routes, me_routes, cart_routes, coupon_routes, livestream_routes,
+        analytics_routes,
+    ):
         api.include(module.api)
     return api
 
