@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from commerce.errors import Invalid, NotFound
+from commerce.values import iso
 
 REVENUE_STATUSES = ["paid", "shipped", "delivered"]
 
@@ -53,7 +54,7 @@ async def seller_summary(
     if since and until and until <= since:
         raise Invalid("to must be after from", fields={"to": "must be after from"})
     figures = await _order_figures(conn, seller_id, since, until, None)
-    return {"from": _iso(since), "to": _iso(until), **figures}
+    return {"from": iso(since), "to": iso(until), **figures}
 
 
 async def livestream_summary(conn: asyncpg.Connection, seller_id: str, livestream_id: str) -> dict[str, Any]:
@@ -92,7 +93,3 @@ async def _order_figures(
         "byCurrency": by_currency,
         "ordersByStatus": {r["status"]: r["n"] for r in statuses},
     }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None

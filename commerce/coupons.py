@@ -13,6 +13,7 @@ import asyncpg
 
 from commerce.errors import Conflict, CouponInvalid, Invalid, NotFound
 from commerce.paging import decode_cursor, page
+from commerce.values import iso, parse_moment
 
 COUPON_COLUMNS = """
 id, code, seller_id, discount_type, value, currency, min_subtotal, starts_at, ends_at,
@@ -93,7 +94,7 @@ def coupon_summary(coupon: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     return {
         "code": coupon["code"], "discountType": coupon["discount_type"], "value": coupon["value"],
         "currency": coupon["currency"], "minSubtotal": coupon["min_subtotal"],
-        "endsAt": _iso(coupon["ends_at"]),
+        "endsAt": iso(coupon["ends_at"]),
     }
 
 
@@ -119,7 +120,7 @@ def coupon_json(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": str(row["id"]), "code": row["code"], "discountType": row["discount_type"],
         "value": row["value"], "currency": row["currency"], "minSubtotal": row["min_subtotal"],
-        "startsAt": _iso(row["starts_at"]), "endsAt": _iso(row["ends_at"]),
+        "startsAt": iso(row["starts_at"]), "endsAt": iso(row["ends_at"]),
         "usageLimit": row["usage_limit"], "perUserLimit": row["per_user_limit"],
         "usedCount": row["used_count"], "createdAt": row["created_at"].isoformat(),
     }
@@ -134,7 +135,8 @@ async def create_coupon(conn: asyncpg.Connection, seller_id: str, data: dict[str
     """
     kind = data["discountType"]
     currency = data.get("currency")
-    starts_at, ends_at = _when(data, "startsAt"), _when(data, "endsAt")
+    starts_at = parse_moment(data.get("startsAt"), "startsAt")
+    ends_at = parse_moment(data.get("endsAt"), "endsAt")
     fields: dict[str, str] = {}
     if kind == "percent" and data["value"] > 100:
         fields["value"] = "a percent coupon is at most 100"
@@ -174,20 +176,3 @@ async def get_coupon(conn: asyncpg.Connection, seller_id: str, coupon_id: str) -
     if row is None:
         raise NotFound("coupon not found")
     return coupon_json(row)
-
-
-def _when(data: dict[str, Any], key: str) -> datetime | None:
-    raw = data.get(key)
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise Invalid(f"{key} is not an ISO 8601 date-time", fields={key: "not a date-time"}) from None
-    if value.tzinfo is None:
-        raise Invalid(f"{key} needs a time zone offset", fields={key: "missing time zone"})
-    return value
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None

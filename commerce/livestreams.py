@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from commerce.errors import Conflict, Forbidden, Invalid, InvalidState, NotFound
 from commerce.paging import decode_cursor, page
+from commerce.values import iso, parse_moment
 
 # state -> the states it may move to
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -95,8 +95,8 @@ def livestream_json(row: asyncpg.Record, *, with_key: bool = False) -> dict[str,
     data: dict[str, Any] = {
         "id": str(row["id"]), "title": row["title"], "description": row["description"],
         "status": row["status"], "isLive": row["status"] in ("live", "paused"),
-        "scheduledAt": _iso(row["scheduled_at"]), "startedAt": _iso(row["started_at"]),
-        "endedAt": _iso(row["ended_at"]), "room": row["room"],
+        "scheduledAt": iso(row["scheduled_at"]), "startedAt": iso(row["started_at"]),
+        "endedAt": iso(row["ended_at"]), "room": row["room"],
         "thumbnailUrl": row["thumbnail_url"],
         "seller": {"id": str(row["seller_id"]), "displayName": row["seller_name"]},
         "highlightedProductId": _str(row["highlighted_product_id"]),
@@ -140,7 +140,7 @@ async def create_livestream(conn: asyncpg.Connection, seller_id: str, data: dict
     """Create a scheduled livestream with a fresh stream key and room name."""
     livestream_id = await conn.fetchval(
         INSERT_LIVESTREAM, seller_id, data["title"], data.get("description", ""),
-        _when(data, "scheduledAt"), _new_stream_key(), "room_" + secrets.token_hex(8),
+        parse_moment(data.get("scheduledAt"), "scheduledAt"), _new_stream_key(), "room_" + secrets.token_hex(8),
     )
     return await get_own_livestream(conn, seller_id, str(livestream_id))
 
@@ -163,7 +163,7 @@ async def update_livestream(
                chat_settings = chat_settings || $8::jsonb
            WHERE id = $1""",
         livestream_id, "title" in data, data.get("title"), "description" in data,
-        data.get("description"), "scheduledAt" in data, _when(data, "scheduledAt"),
+        data.get("description"), "scheduledAt" in data, parse_moment(data.get("scheduledAt"), "scheduledAt"),
         json.dumps(chat or {}),
     )
     return await get_own_livestream(conn, seller_id, livestream_id)
@@ -348,7 +348,7 @@ async def stream_products(
     return [
         {
             **_summary_json(r), "position": r["position"],
-            "highlightedAt": _iso(r["highlighted_at"]),
+            "highlightedAt": iso(r["highlighted_at"]),
         }
         for r in rows
     ]
@@ -406,23 +406,6 @@ def _chat_json(row: asyncpg.Record) -> dict[str, Any]:
         "message": row["message"], "ts": int(row["created_at"].timestamp()),
         "createdAt": row["created_at"].isoformat(),
     }
-
-
-def _when(data: dict[str, Any], key: str) -> datetime | None:
-    raw = data.get(key)
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise Invalid(f"{key} is not an ISO 8601 date-time", fields={key: "not a date-time"}) from None
-    if value.tzinfo is None:
-        raise Invalid(f"{key} needs a time zone offset", fields={key: "missing time zone"})
-    return value
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def _str(value: Any) -> str | None:

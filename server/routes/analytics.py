@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from aiohttp import web
 
 from commerce import analytics
-from commerce.errors import Invalid
 from commerce.seller_scope import seller_of
+from commerce.values import parse_moment
 from server.api import Api, json_response, path_id
 from server.keys import DB, IDENTITY, QUERY
 
@@ -47,19 +45,6 @@ LIVESTREAM_ANALYTICS = {
 }
 
 
-def _moment(query: dict[str, str], name: str) -> datetime | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise Invalid(f"{name} is not an ISO 8601 date-time", fields={name: "not a date-time"}) from None
-    if value.tzinfo is None:
-        raise Invalid(f"{name} needs a time zone offset", fields={name: "missing time zone"})
-    return value
-
-
 @api.route(
     "GET", "/api/v1/seller/analytics", summary="My orders, revenue and units sold",
     auth="seller", tags=("seller",), query={"from": DATE_TIME_QUERY, "to": DATE_TIME_QUERY},
@@ -67,7 +52,8 @@ def _moment(query: dict[str, str], name: str) -> datetime | None:
 )
 async def seller_analytics(request: web.Request) -> web.Response:
     user_id, query = request[IDENTITY].user_id, request[QUERY]
-    since, until = _moment(query, "from"), _moment(query, "to")
+    since = parse_moment(query.get("from"), "from")
+    until = parse_moment(query.get("to"), "to")
     # Orders carry RLS: running as the seller's user shows exactly their own orders.
     async with request.app[DB].transaction(user_id) as conn:
         seller_id = await seller_of(conn, user_id)
