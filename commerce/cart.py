@@ -73,6 +73,9 @@ WHERE id = $1
 
 def check_qty(qty: Any) -> int:
     """Return qty when it is a whole number in 1..99; else raise Invalid naming the field."""
+    # JSON Schema's "integer" admits 3.0; treat it as the whole number it is.
+    if isinstance(qty, float) and qty.is_integer():
+        qty = int(qty)
     if isinstance(qty, bool) or not isinstance(qty, int) or not 1 <= qty <= MAX_QTY:
         raise Invalid(f"qty must be a whole number from 1 to {MAX_QTY}", fields={"qty": "1..99"})
     return qty
@@ -94,7 +97,7 @@ async def add_item(
     OutOfStock, Conflict `currency_mismatch`, `qty_limit` or `cart_full`.
     Usable from the realtime layer (`cart:add`) as well as from HTTP.
     """
-    check_qty(qty)
+    qty = check_qty(qty)
     try:
         # Realtime callers pass strings straight from a client message.
         product_id, variant_id = str(uuid.UUID(product_id)), str(uuid.UUID(variant_id))
@@ -131,7 +134,7 @@ async def add_item(
 
 async def set_item_qty(conn: asyncpg.Connection, user_id: str, item_id: str, qty: int) -> dict[str, Any]:
     """Set a line's quantity (stock checked); NotFound for a line not in the user's cart."""
-    check_qty(qty)
+    qty = check_qty(qty)
     cart = await conn.fetchrow(LOCK_CART, user_id)
     line = await conn.fetchrow(SELECT_LINE_FOR_UPDATE, item_id, cart["id"])
     if line is None:

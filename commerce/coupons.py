@@ -34,7 +34,11 @@ def normalize_code(code: str) -> str:
 
 async def find_coupon(conn: asyncpg.Connection, code: str) -> asyncpg.Record:
     """Return the coupon with this code, or raise CouponInvalid (unknown code)."""
-    row = await conn.fetchrow(SELECT_COUPON_BY_CODE, normalize_code(code))
+    code = normalize_code(code)
+    # No stored code is longer or holds NUL (which PostgreSQL text refuses outright).
+    if len(code) > 40 or "\x00" in code:
+        raise CouponInvalid("no coupon has this code", reason="unknown")
+    row = await conn.fetchrow(SELECT_COUPON_BY_CODE, code)
     if row is None:
         raise CouponInvalid("no coupon has this code", reason="unknown")
     return row

@@ -12,7 +12,7 @@ from server.keys import DB, IDENTITY, QUERY
 
 api = Api()
 
-DATE_TIME_QUERY = {"type": "string", "maxLength": 40}
+DATE_TIME_QUERY = {"type": "string", "format": "date-time", "maxLength": 40}
 CURRENCY_FIGURES = {
     "type": "object", "required": ["currency", "orders", "revenue", "units"],
     "properties": {

@@ -79,8 +79,9 @@ CHAT_MESSAGE = {
     },
 }
 DATE_TIME = {"type": ["string", "null"], "format": "date-time", "maxLength": 40}
-TITLE = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}
-DESCRIPTION = {"type": "string", "maxLength": 5000}
+# PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database.
+TITLE = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"}
+DESCRIPTION = {"type": "string", "maxLength": 5000, "pattern": r"^[^\x00]*$"}
 LIVESTREAM_IN = {
     "type": "object", "additionalProperties": False, "required": ["title"],
     "properties": {"title": TITLE, "description": DESCRIPTION, "scheduledAt": DATE_TIME},
@@ -91,7 +92,7 @@ CHAT_SETTINGS = {
         "slowModeSeconds": {"type": "integer", "minimum": 0, "maximum": 3600},
         "blockedWords": {
             "type": "array", "maxItems": 200, "uniqueItems": True,
-            "items": {"type": "string", "minLength": 1, "maxLength": 50, "pattern": r"\S"},
+            "items": {**TITLE, "maxLength": 50},
         },
         "blockLinks": {"type": "boolean"},
     },

@@ -205,3 +205,12 @@ async def test_concurrent_adds_never_exceed_stock(client, factory: Factory) -> N
     assert statuses == [200] * 7 + [409] * 5
     cart = await (await client.get(CART, headers=user.headers)).json()
     assert cart["items"][0]["qty"] == 7
+
+
+async def test_integral_float_qty_and_nul_coupon_code_are_not_server_errors(client, factory: Factory) -> None:
+    seller, user = await factory.seller(), await factory.user()
+    product = await factory.product(seller)
+    resp = await client.post(ITEMS, json={**line(product), "qty": 3.0}, headers=user.headers)
+    assert resp.status == 200 and (await resp.json())["items"][0]["qty"] == 3
+    resp = await client.post("/api/v1/me/cart/apply-coupon", json={"code": "A\u0000B"}, headers=user.headers)
+    assert resp.status == 400

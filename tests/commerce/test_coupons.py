@@ -163,3 +163,15 @@ async def test_per_user_limit_counts_this_users_redemptions(
     error = (await resp.json())["error"]
     assert resp.status == 409 and error["details"]["reason"] == "exhausted" and error["details"]["scope"] == "user"
     assert (await client.post(APPLY, json={"code": code}, headers=other.headers)).status == 200
+
+
+async def test_find_coupon_refuses_impossible_codes_without_a_query_error(client) -> None:
+    from commerce import coupons
+    from commerce.errors import CouponInvalid
+    from server.keys import DB
+
+    async with client.app[DB].transaction(system=True) as conn:
+        for code in ("A\x00B", "X" * 41):
+            with pytest.raises(CouponInvalid) as caught:
+                await coupons.find_coupon(conn, code)
+            assert caught.value.details["reason"] == "unknown"

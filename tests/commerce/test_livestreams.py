@@ -284,3 +284,14 @@ async def test_record_viewer_stats(client, factory: Factory, rows: CommerceRows)
             await ls.record_viewer_stats(conn, str(uuid.uuid4()), peak=1)
         data = await ls.get_livestream(conn, stream_id)
     assert data["viewers"] == {"peak": 12, "total": 15, "watchSeconds": 360}
+
+
+async def test_nul_in_text_is_400_not_a_database_error(client, factory: Factory) -> None:
+    seller = await factory.seller()
+    resp = await client.post(SELLER_LS, json={"title": "a\u0000b"}, headers=seller.headers)
+    assert resp.status == 400 and "title" in (await resp.json())["error"]["details"]["fields"]
+    stream = await _create(client, seller)
+    resp = await client.patch(
+        f"{SELLER_LS}/{stream['id']}", json={"chatSettings": {"blockedWords": ["x\u0000"]}}, headers=seller.headers
+    )
+    assert resp.status == 400
