@@ -83,8 +83,12 @@ def check_qty(qty: Any) -> int:
 
 async def get_cart(conn: asyncpg.Connection, user_id: str) -> dict[str, Any]:
     """Return the user's active cart (creating it on first use) with server totals."""
-    await conn.execute(ENSURE_CART, user_id)
     cart = await conn.fetchrow(SELECT_CART, user_id)
+    if cart is None:
+        # A racing first request may insert first: DO NOTHING waits for it, and the
+        # next statement's snapshot sees its row.
+        await conn.execute(ENSURE_CART, user_id)
+        cart = await conn.fetchrow(SELECT_CART, user_id)
     return await _cart_json(conn, user_id, cart)
 
 

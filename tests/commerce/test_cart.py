@@ -214,3 +214,12 @@ async def test_integral_float_qty_and_nul_coupon_code_are_not_server_errors(clie
     assert resp.status == 200 and (await resp.json())["items"][0]["qty"] == 3
     resp = await client.post("/api/v1/me/cart/apply-coupon", json={"code": "A\u0000B"}, headers=user.headers)
     assert resp.status == 400
+
+
+async def test_concurrent_first_reads_create_one_cart(client, factory: Factory) -> None:
+    user = await factory.user()
+    responses = await asyncio.gather(*(client.get(CART, headers=user.headers) for _ in range(15)))
+    assert {r.status for r in responses} == {200}
+    assert len({(await r.json())["id"] for r in responses}) == 1
+    conn = await factory.conn()
+    assert await conn.fetchval("SELECT count(*) FROM carts WHERE user_id = $1", user.id) == 1
