@@ -77,6 +77,11 @@ WHERE lp.livestream_id = $1 AND ($2 OR p.status = 'active')
 GROUP BY p.id, lp.position, lp.highlighted_at, lp.id
 ORDER BY lp.position, lp.id
 """
+SELECT_PRODUCT_ON_STREAM = """
+SELECT p.seller_id, p.status, lp.id AS live_product_id
+FROM products p LEFT JOIN live_products lp ON lp.product_id = p.id AND lp.livestream_id = $1
+WHERE p.id = $2
+"""
 SELECT_CHAT_PAGE = """
 SELECT m.id, m.user_id, m.message, m.created_at, pr.name
 FROM chat_messages m JOIN profiles pr ON pr.id = m.user_id
@@ -322,21 +327,23 @@ async def highlight_product(
     """Mark an attached product as highlighted now; return its product JSON for the room.
 
     NotFound for a product that is not the seller's; Conflict `not_attached` for the
-    seller's own product that is not on this stream; InvalidState once the stream ended.
+    seller's own product that is not on this stream, `product_inactive` for a draft or
+    archived one (viewers could not buy it); InvalidState once the stream ended.
     """
     row = await _own_row(conn, seller_id, livestream_id)
     if row["status"] == "ended":
         raise InvalidState("this livestream has ended", status="ended")
-    marked = await conn.fetchval(
-        """UPDATE live_products SET highlighted_at = clock_timestamp()
-           WHERE livestream_id = $1 AND product_id = $2 RETURNING id""",
-        livestream_id, product_id,
-    )
-    if marked is None:
-        owner = await conn.fetchval("SELECT seller_id FROM products WHERE id = $1", product_id)
-        if owner is None or str(owner) != seller_id:
-            raise NotFound("product not found")
+    product = await conn.fetchrow(SELECT_PRODUCT_ON_STREAM, livestream_id, product_id)
+    if product is None or str(product["seller_id"]) != seller_id:
+        raise NotFound("product not found")
+    if product["live_product_id"] is None:
         raise Conflict("attach the product to the livestream first", code="not_attached")
+    if product["status"] != "active":
+        raise Conflict("only an active product can be highlighted", code="product_inactive")
+    await conn.execute(
+        "UPDATE live_products SET highlighted_at = clock_timestamp() WHERE id = $1",
+        product["live_product_id"],
+    )
     return await _product_summary(conn, product_id)
 
 

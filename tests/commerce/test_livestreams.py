@@ -225,6 +225,11 @@ async def test_draft_products_are_not_listed_publicly(client, factory: Factory) 
     assert resp.status == 201 and len((await resp.json())["items"]) == 1
     listed = await (await client.get(f"/api/v1/livestreams/{stream['id']}/products")).json()
     assert listed["items"] == []
+    # Nor can the room be shown a product nobody may buy.
+    resp = await client.post(
+        f"{SELLER_LS}/{stream['id']}/highlight", json={"productId": draft["id"]}, headers=seller.headers
+    )
+    assert resp.status == 409 and (await resp.json())["error"]["code"] == "product_inactive"
 
 
 async def test_public_listing_by_status_with_pagination(client, factory: Factory, rows: CommerceRows) -> None:
@@ -295,3 +300,16 @@ async def test_nul_in_text_is_400_not_a_database_error(client, factory: Factory)
         f"{SELLER_LS}/{stream['id']}", json={"chatSettings": {"blockedWords": ["x\u0000"]}}, headers=seller.headers
     )
     assert resp.status == 400
+
+
+async def test_highlight_after_the_end_is_refused(client, factory: Factory, hub: RecordingHub) -> None:
+    seller = await factory.seller()
+    stream = await _create(client, seller)
+    url = f"{SELLER_LS}/{stream['id']}"
+    product = await factory.product(seller)
+    await client.post(f"{url}/products", json={"productId": product["id"]}, headers=seller.headers)
+    await client.post(f"{url}/start", headers=seller.headers)
+    await client.post(f"{url}/end", headers=seller.headers)
+    resp = await client.post(f"{url}/highlight", json={"productId": product["id"]}, headers=seller.headers)
+    assert resp.status == 409 and (await resp.json())["error"]["code"] == "invalid_state"
+    assert [e[1] for e in hub.events] == ["stream:state", "stream:state"]
