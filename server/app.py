@@ -17,10 +17,14 @@ from server.keys import DB, LOGIN_LIMITER, METRICS, PASSWORDS, SETTINGS, TOKENS
 from server.middleware import HttpMetrics, request_context
 from server.payments import payments_ctx
 from server.routes import admin as admin_routes
+from server.routes import analytics as analytics_routes
 from server.routes import auth as auth_routes
+from server.routes import cart as cart_routes
 from server.routes import catalog as catalog_routes
 from server.routes import checkout as checkout_routes
+from server.routes import coupons as coupon_routes
 from server.routes import inventory as inventory_routes
+from server.routes import livestreams as livestream_routes
 from server.routes import me as me_routes
 from server.routes import ops as ops_routes
 from server.routes import orders as orders_routes
@@ -38,7 +42,8 @@ def build_api() -> Api:
     for module in (
         ops_routes, auth_routes, me_routes, catalog_routes, seller_product_routes,
         wishlist_routes, admin_routes, checkout_routes, orders_routes, webhooks_routes,
-        inventory_routes, realtime_routes,
+        inventory_routes, realtime_routes, cart_routes, coupon_routes, livestream_routes,
+        analytics_routes,
     ):
         api.include(module.api)
     return api
