@@ -13,6 +13,7 @@ from aiohttp import WSMsgType, web
 from server import notify
 from server.api import Api, json_response, path_id
 from server.errors import ApiError, not_found, unauthenticated
+from server.shop import ShopCommerce
 from server.keys import BODY, DB, HUB, IDENTITY, QUERY, REDIS, SETTINGS, TOKENS
 from signaling import chat
 from signaling.bus import Bus, connect
@@ -67,7 +68,7 @@ async def realtime_context(app: web.Application) -> AsyncIterator[None]:
     realtime = Realtime(
         hub, Chat(database.transaction, limits, rate_limit=settings.chat_rate_limit,
                   rate_window=settings.chat_rate_window),
-        limits, authenticate,
+        limits, authenticate, commerce=ShopCommerce(app),
     )
     await realtime.start()
     app[HUB] = realtime

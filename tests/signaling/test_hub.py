@@ -5,61 +5,34 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import asyncpg
 from aiohttp.test_utils import TestClient
 
-from commerce.errors import OutOfStock
 from server import notify
 from server.keys import HUB
 from signaling.hub import Hub, HubOptions
-from tests.factories import Factory, make_livestream
+from tests.factories import Factory, make_address, make_livestream
 from tests.signaling.conftest import ws_client
 
-TAKE_STOCK = """
-UPDATE product_variants SET stock = stock - $2 WHERE id = $1 AND stock >= $2 RETURNING stock
-"""
-
-
-class LedgerCommerce:
-    """A stand-in for the checkout branch's functions (NOT our commerce code): it takes
-    stock with the same conditional UPDATE the real hold uses. Replace with the real
-    `create_checkout_session`/`add_item` adapter at merge."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.calls: list[dict[str, Any]] = []
-
-    async def add_to_cart(self, user_id: str, product_id: str, variant_id: str, qty: int) -> dict[str, Any]:
-        return {"items": [{"productId": product_id, "variantId": variant_id, "qty": qty}]}
-
-    async def buy_now(self, user_id: str, **kw: Any) -> dict[str, Any]:
-        self.calls.append({"userId": user_id, **kw})
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            left = await conn.fetchval(TAKE_STOCK, kw["variant_id"], kw["qty"])
-        finally:
-            await conn.close()
-        if left is None:
-            raise OutOfStock("not enough stock", variants=[kw["variant_id"]])
-        return {"orderIds": ["o"], "paymentIntentId": f"pi_{kw['idempotency_key']}", "amount": 1000}
-
-
-async def test_cart_and_buy_now_answer_unavailable_until_commerce_is_installed(
+async def test_cart_and_buy_now_need_a_signed_in_user_and_an_address(
     client: TestClient, factory: Factory, closing,
 ) -> None:
     seller = await factory.seller()
     buyer = await factory.user()
     product = await factory.product(seller)
     livestream_id = await make_livestream(factory, seller)
+    anonymous = await ws_client(client, livestream_id)
     c = await ws_client(client, livestream_id, buyer.access_token)
-    closing.append(c)
+    closing.extend([anonymous, c])
     item = {"productId": product["id"], "variantId": product["variantIds"][0], "qty": 1}
-    await c.send("cart:add", **item, ref="c")
-    assert (await c.expect("error", ref="c"))["code"] == "unavailable"
+    await anonymous.send("buy:now", **item, ref="a")
+    assert (await anonymous.expect("error", ref="a"))["code"] == "unauthenticated"
     await c.send("buy:now", **item, ref="b")
-    assert (await c.expect("error", ref="b"))["code"] == "unavailable"
+    error = await c.expect("error", ref="b")
+    assert error["code"] == "validation_error" and "address" in error["message"]
     await c.send("buy:now", **item)
     assert (await c.expect("error"))["code"] == "validation_error", "buy-now needs a ref to answer"
+    await c.send("cart:add", **item, ref="c")
+    assert (await c.expect("ack", ref="c"))["cart"]["items"][0]["variantId"] == item["variantId"]
 
 
 async def test_concurrent_buy_now_over_the_channel_never_oversells(
@@ -69,9 +42,9 @@ async def test_concurrent_buy_now_over_the_channel_never_oversells(
     product = await factory.product(seller, stock=5)
     variant_id = product["variantIds"][0]
     livestream_id = await make_livestream(factory, seller, products=(product["id"],))
-    realtime = client.server.app[HUB]
-    realtime.commerce = LedgerCommerce(clean_db)
     buyers = [await factory.user() for _ in range(12)]
+    for buyer in buyers:
+        await make_address(factory, buyer)
     clients = [await ws_client(client, livestream_id, b.access_token) for b in buyers]
     closing.extend(clients)
 
@@ -83,13 +56,22 @@ async def test_concurrent_buy_now_over_the_channel_never_oversells(
     errors = [p for kind, p in answers if kind == "error"]
     assert len(acks) == 5 and len(errors) == 7
     assert {e["code"] for e in errors} == {"out_of_stock"}
-    assert all(a["checkout"]["paymentIntentId"].startswith(f"pi_live:{livestream_id}:go") for a in acks)
+    assert len({a["checkout"]["paymentIntentId"] for a in acks}) == 5
     conn = await factory.conn()
     assert await conn.fetchval("SELECT stock FROM product_variants WHERE id = $1", variant_id) == 0
+    # Real holds: five orders attributed to the live room, and the ledger agrees.
+    assert await conn.fetchval("SELECT count(*) FROM orders WHERE livestream_id = $1", livestream_id) == 5
+    assert await conn.fetchval(
+        "SELECT sum(delta) FROM inventory_events WHERE variant_id = $1", variant_id) == 0
+    # Replaying the same ref returns the same session, taking nothing more.
+    await clients[0].send("buy:now", productId=product["id"], variantId=variant_id, qty=1, ref="go")
+    kind, replay = await asyncio.wait_for(_first(clients[0], ("ack", "error")), 10)
+    assert kind == answers[0][0]
     update = await clients[0].expect("stock:update", stock=0, timeout=5)
     assert update["variantId"] == variant_id
+    # The cart obeys the same stock: the sold-out variant is refused.
     await clients[0].send("cart:add", productId=product["id"], variantId=variant_id, qty=2, ref="cart")
-    assert (await clients[0].expect("ack", ref="cart"))["cart"]["items"][0]["qty"] == 2
+    assert (await clients[0].expect("error", ref="cart"))["code"] == "out_of_stock"
 
 
 async def _first(c: Any, kinds: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
