@@ -13,10 +13,12 @@ from server.api import Api
 from server.auth import Passwords, RateLimiter, Tokens
 from server.config import Settings
 from server.db import Database, migrate
-from server.keys import DB, LOGIN_LIMITER, METRICS, PASSWORDS, SETTINGS, TOKENS
+from server.keys import DB, GATEWAY, LOGIN_LIMITER, METRICS, PASSWORDS, SETTINGS, TOKENS
+from server.keys import SFU as SFU_KEY
 from server.middleware import HttpMetrics, request_context
 from server.routes import auth as auth_routes
 from server.routes import me as me_routes
+from server.routes import media as media_routes
 from server.routes import ops as ops_routes
 
 log = logging.getLogger("shopstream")
@@ -25,7 +27,7 @@ log = logging.getLogger("shopstream")
 def build_api() -> Api:
     """Collect every declared route of the server."""
     api = Api()
-    for module in (ops_routes, auth_routes, me_routes):
+    for module in (ops_routes, auth_routes, me_routes, media_routes):
         api.include(module.api)
     return api
 
@@ -54,4 +56,30 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
         await app[DB].close()
 
     app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(media)
     return app
+
+
+async def media(app: web.Application) -> AsyncIterator[None]:
+    """Run the SFU and its gateway; on shutdown close every peer connection."""
+    from media import SFU, IceServer, MediaSettings
+    from server import notify
+    from signaling.whip import MediaGateway
+
+    settings = app[SETTINGS]
+    sfu = SFU(MediaSettings(
+        ice_servers=[IceServer(urls=url) for url in settings.ice_servers],
+        ice_host_addresses=list(settings.ice_host_addresses) or None,
+        max_viewers_per_room=settings.max_viewers_per_room,
+        remb_bitrate_bps=settings.remb_bitrate_bps,
+        publisher_grace_seconds=settings.publisher_grace_seconds,
+    ))
+
+    async def room_event(livestream_id: str, event_type: str, payload: dict) -> None:
+        await notify.room_event(app, livestream_id, event_type, payload)
+
+    app[SFU_KEY] = sfu
+    app[GATEWAY] = MediaGateway(sfu, app[DB], room_event)
+    app[METRICS].registry.register(media_routes.RoomMetrics(sfu))
+    yield
+    await app[GATEWAY].close()
