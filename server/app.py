@@ -13,7 +13,8 @@ from server.api import Api
 from server.auth import Passwords, RateLimiter, Tokens
 from server.config import Settings
 from server.db import Database, migrate
-from server.keys import DB, LOGIN_LIMITER, METRICS, PASSWORDS, SETTINGS, TOKENS
+from server.keys import DB, GATEWAY, HUB, LOGIN_LIMITER, METRICS, PASSWORDS, SETTINGS, TOKENS
+from server.keys import SFU as SFU_KEY
 from server.middleware import HttpMetrics, request_context
 from server.payments import payments_ctx
 from server.routes import admin as admin_routes
@@ -26,6 +27,7 @@ from server.routes import coupons as coupon_routes
 from server.routes import inventory as inventory_routes
 from server.routes import livestreams as livestream_routes
 from server.routes import me as me_routes
+from server.routes import media as media_routes
 from server.routes import ops as ops_routes
 from server.routes import orders as orders_routes
 from server.routes import realtime as realtime_routes
@@ -35,16 +37,18 @@ from server.routes import wishlist as wishlist_routes
 
 log = logging.getLogger("shopstream")
 
+ROUTE_MODULES = (
+    ops_routes, auth_routes, me_routes, catalog_routes, seller_product_routes, wishlist_routes,
+    admin_routes, cart_routes, coupon_routes, livestream_routes, analytics_routes,
+    checkout_routes, orders_routes, webhooks_routes, inventory_routes, realtime_routes,
+    media_routes,
+)
+
 
 def build_api() -> Api:
     """Collect every declared route of the server."""
     api = Api()
-    for module in (
-        ops_routes, auth_routes, me_routes, catalog_routes, seller_product_routes,
-        wishlist_routes, admin_routes, checkout_routes, orders_routes, webhooks_routes,
-        inventory_routes, realtime_routes, cart_routes, coupon_routes, livestream_routes,
-        analytics_routes,
-    ):
+    for module in ROUTE_MODULES:
         api.include(module.api)
     return api
 
@@ -73,6 +77,33 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
         await app[DB].close()
 
     app.cleanup_ctx.append(database)
+    # Opened in this order, closed in reverse: media sessions end before the hub stops.
     app.cleanup_ctx.append(payments_ctx)  # needs app[DB]
     app.cleanup_ctx.append(realtime_routes.realtime_context)
+    app.cleanup_ctx.append(media)
     return app
+
+
+async def media(app: web.Application) -> AsyncIterator[None]:
+    """Run the SFU and its gateway; on shutdown close every peer connection."""
+    from media import SFU, IceServer, MediaSettings
+    from server import notify
+    from signaling.whip import MediaGateway
+
+    settings = app[SETTINGS]
+    sfu = SFU(MediaSettings(
+        ice_servers=[IceServer(urls=url) for url in settings.ice_servers],
+        ice_host_addresses=list(settings.ice_host_addresses) or None,
+        max_viewers_per_room=settings.max_viewers_per_room,
+        remb_bitrate_bps=settings.remb_bitrate_bps,
+        publisher_grace_seconds=settings.publisher_grace_seconds,
+    ))
+
+    async def room_event(livestream_id: str, event_type: str, payload: dict) -> None:
+        await notify.room_event(app, livestream_id, event_type, payload)
+
+    app[SFU_KEY] = sfu
+    app[GATEWAY] = MediaGateway(sfu, app[DB], room_event, realtime=app.get(HUB))
+    app[METRICS].registry.register(media_routes.RoomMetrics(sfu))
+    yield
+    await app[GATEWAY].close()

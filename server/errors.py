@@ -55,12 +55,12 @@ def rate_limited(retry_after: int, message: str = "too many requests") -> ApiErr
 
 
 # Most specific class first: the first isinstance match wins.
-_DOMAIN_STATUS: list[tuple[type[Exception], int]] = [
-    (ce.NotFound, 404),
-    (ce.Forbidden, 403),
-    (ce.Invalid, 400),
-    (ce.Conflict, 409),
-    (ce.PaymentProviderError, 502),
+_DOMAIN_STATUS: list[tuple[type[Exception], int, str | None]] = [
+    (ce.NotFound, 404, None),
+    (ce.Forbidden, 403, None),
+    (ce.Invalid, 400, None),
+    (ce.Conflict, 409, None),
+    (ce.PaymentProviderError, 502, None),
 ]
 
 _HTTP_CODES = {
@@ -71,9 +71,10 @@ _HTTP_CODES = {
 }
 
 
-def register_domain_error(cls: type[Exception], status: int) -> None:
-    """Map another package's error class to a status (used for media errors)."""
-    _DOMAIN_STATUS.insert(0, (cls, status))
+def register_domain_error(cls: type[Exception], status: int, code: str) -> None:
+    """Map another package's error class to a status and code (used for media errors)."""
+    if not any(entry[0] is cls for entry in _DOMAIN_STATUS):
+        _DOMAIN_STATUS.insert(0, (cls, status, code))
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -86,9 +87,9 @@ def error_response(exc: BaseException) -> web.Response | None:
         return web.json_response(
             error_body(exc.code, exc.message, exc.details), status=exc.status, headers=exc.headers
         )
-    for cls, status in _DOMAIN_STATUS:
+    for cls, status, fixed_code in _DOMAIN_STATUS:
         if isinstance(exc, cls):
-            code = getattr(exc, "code", None) or _HTTP_CODES.get(status, "error")
+            code = fixed_code or getattr(exc, "code", None) or _HTTP_CODES.get(status, "error")
             return web.json_response(
                 error_body(code, getattr(exc, "message", str(exc)), getattr(exc, "details", {})),
                 status=status,

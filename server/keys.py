@@ -20,7 +20,8 @@ LOGIN_LIMITER: web.AppKey[RateLimiter] = web.AppKey("login_limiter")
 METRICS: web.AppKey[HttpMetrics] = web.AppKey("metrics")
 # Filled by later subsystems (media SFU, realtime hub, payments); typed as Any here so
 # that this module does not import them.
-SFU: web.AppKey[Any] = web.AppKey("sfu")
+SFU: web.AppKey[Any] = web.AppKey("sfu")  # media.SFU
+GATEWAY: web.AppKey[Any] = web.AppKey("media_gateway")  # signaling.whip.MediaGateway
 HUB: web.AppKey[Any] = web.AppKey("hub")
 PAYMENTS: web.AppKey[Any] = web.AppKey("payments")
 REDIS: web.AppKey[Any] = web.AppKey("redis")

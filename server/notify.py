@@ -6,6 +6,9 @@ The hub's side of the contract:
 
     await hub.emit(livestream_id, event_type, payload, audience="all" | "seller")
     await hub.stock_changed(variant_ids)   # hub looks up which live rooms show them
+
+A livestream that ends (`stream:state` ended) also closes its media room, so every
+publisher and viewer session ends with it, however the end came about.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.keys import HUB
+from server.keys import GATEWAY, HUB
 
 
 async def room_event(
@@ -25,6 +28,9 @@ async def room_event(
     hub = app.get(HUB)
     if hub is not None:
         await hub.emit(livestream_id, event_type, payload, audience=audience)
+    gateway = app.get(GATEWAY)
+    if event_type == "stream:state" and payload.get("state") == "ended" and gateway is not None:
+        await gateway.end(livestream_id)
 
 
 async def stock_changed(app: web.Application, variant_ids: Iterable[str]) -> None:

@@ -1,0 +1,449 @@
+"""Hook the SFU into aiortc 1.16 below its decoder and encoder.
+
+aiortc's ``RTCRtpReceiver`` depacketizes every packet into a jitter buffer and decodes
+it in a thread, and its ``RTCRtpSender`` packetizes (or encodes) frames itself. An SFU
+wants neither: it wants the RTP packets of the publisher and a cheap way to send
+rewritten RTP packets to each viewer. This module is the only place that knows how:
+
+* :class:`ForwardingReceiver` replaces a transceiver's receiver. It keeps what the
+  receiver owes the publisher (RTCP statistics, NACKs for lost packets, RTX unwrapping)
+  and hands every media packet to a :class:`PacketSink` instead of a decoder.
+* :class:`ForwardingSender` replaces a transceiver's sender. It owns the SSRC that the
+  SDP answer announces, receives the viewer's RTCP (NACK, PLI/FIR, RR) for a
+  :class:`FeedbackHandler`, and never runs aiortc's packetize/encode loop.
+* :class:`Egress` resolves a DTLS transport's SRTP session and the nominated UDP
+  socket once, so a packet costs one ``protect()`` and one ``sendto()``.
+* :func:`ice_host_addresses` chooses which local addresses aioice gathers (it leaves
+  out loopback by default); it rests on the module's one monkeypatch.
+
+The hook reads private aiortc/aioice attributes, so the aiortc version is pinned and
+checked at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import aioice.ice
+import aiortc
+from aioice.ice import StunProtocol
+from aiortc.codecs import is_rtx
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    RtcpByePacket,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unwrap_rtx,
+)
+from aiortc.stats import RTCStatsReport
+
+SUPPORTED_AIORTC = "1.16."
+if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
+    raise ImportError(
+        f"media.aiortc_hook is written against aiortc {SUPPORTED_AIORTC}x internals, "
+        f"found aiortc {aiortc.__version__}: re-check the hook before changing the pin"
+    )
+
+logger = logging.getLogger(__name__)
+
+# Drop instead of queueing once a viewer's socket has this much unsent data: a slow
+# viewer must lose its own packets, never grow the server's memory.
+MAX_EGRESS_BUFFER_BYTES = 256 * 1024
+
+# --- ICE host addresses ---------------------------------------------------------------
+
+_host_addresses: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "media_ice_host_addresses", default=None
+)
+_aioice_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """Return the addresses chosen by :func:`ice_host_addresses`, else aioice's own."""
+    chosen = _host_addresses.get()
+    if chosen is None:
+        return _aioice_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+    return list(chosen)
+
+
+# The one monkeypatch: aioice reads its host addresses from this module-level function
+# and offers no parameter for them. The replacement defers to aioice unless a caller
+# chose addresses for the current context, so other users of aioice are unaffected.
+aioice.ice.get_host_addresses = _get_host_addresses
+
+
+@contextlib.contextmanager
+def ice_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
+    """Gather ICE host candidates on ``addresses`` only, inside this context.
+
+    ``None`` keeps aioice's default (every non-loopback address). Gathering happens in
+    ``RTCPeerConnection.setLocalDescription``, so wrap that call.
+    """
+    token = _host_addresses.set(tuple(addresses) if addresses is not None else None)
+    try:
+        yield
+    finally:
+        _host_addresses.reset(token)
+
+
+# --- egress ----------------------------------------------------------------------------
+
+
+class Egress:
+    """Send SRTP/SRTCP on a connected DTLS transport without aiortc's coroutines."""
+
+    __slots__ = ("dtls", "protect", "protect_rtcp", "sendto", "addr", "buffered", "_pending")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self.dtls = dtls
+        self._pending: set[Any] = set()
+        self.protect: Any = None
+        self.protect_rtcp: Any = None
+        self.sendto: Any = None
+        self.addr: tuple[str, int] | None = None
+        self.buffered: Any = None
+
+    def bind(self) -> bool:
+        """Resolve the SRTP session and the nominated socket; False if not connected."""
+        srtp = self.dtls._tx_srtp
+        pair = self.dtls.transport._connection._nominated.get(1)
+        if srtp is None or pair is None or self.dtls.state != "connected":
+            return False
+        self.protect = srtp.protect
+        self.protect_rtcp = srtp.protect_rtcp
+        protocol = pair.protocol
+        if type(protocol) is StunProtocol:
+            udp = protocol.transport
+            self.sendto = udp.sendto
+            self.buffered = udp.get_write_buffer_size
+        else:
+            # A TURN relay wraps each datagram; keep aioice's coroutine for it.
+            self.sendto = self._send_via_protocol(protocol)
+            self.buffered = lambda: 0
+        self.addr = pair.remote_addr
+        return True
+
+    def send_rtcp(self, data: bytes) -> None:
+        """Protect and send one compound RTCP packet, if the transport is connected."""
+        if self.sendto is None and not self.bind():
+            return
+        self.sendto(self.protect_rtcp(data), self.addr)
+
+    def _send_via_protocol(self, protocol: Any) -> Any:
+        loop = asyncio.get_running_loop()
+
+        def sendto(data: bytes, addr: tuple[str, int]) -> None:
+            task = loop.create_task(protocol.send_data(data, addr))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+        return sendto
+
+
+# --- receiving from a publisher --------------------------------------------------------
+
+
+class PacketSink(Protocol):
+    """Consumer of a publisher's media packets (the forwarder)."""
+
+    def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None: ...
+
+    def on_sender_report(self, packet: RtcpSrPacket) -> None: ...
+
+    def on_receiver_started(self, receiver: ForwardingReceiver) -> None: ...
+
+    def on_receiver_ended(self, receiver: ForwardingReceiver) -> None: ...
+
+
+class ForwardingReceiver:
+    """Stand in for ``RTCRtpReceiver``: hand packets to a sink instead of a decoder."""
+
+    def __init__(self, kind: str, transport: RTCDtlsTransport, sink: PacketSink) -> None:
+        self.kind = kind
+        self.sink = sink
+        self._enabled = True
+        self._track: Any = None
+        self._transport = transport
+        self._codecs: dict[int, RTCRtpCodecParameters] = {}
+        self._rtx_ssrc: dict[int, int] = {}
+        self._streams: dict[int, StreamStatistics] = {}
+        self._nack = NackGenerator() if kind == "video" else None
+        self._rtcp_ssrc: int | None = None
+        self._lsr: dict[int, tuple[int, float]] = {}
+        self._started = False
+        self.egress: Egress | None = None
+        self.media_ssrc: int | None = None
+
+    # The attributes and methods below are what aiortc's RTCPeerConnection,
+    # RTCRtpTransceiver and RTCDtlsTransport call on a receiver.
+
+    @property
+    def track(self) -> Any:
+        """Return aiortc's placeholder track (never fed: nothing is decoded)."""
+        return self._track
+
+    @property
+    def transport(self) -> RTCDtlsTransport:
+        """Return the DTLS transport packets arrive on."""
+        return self._transport
+
+    def setTransport(self, transport: RTCDtlsTransport) -> None:  # noqa: N802 (aiortc API)
+        """Follow aiortc when BUNDLE moves this receiver to the primary transport."""
+        self._transport = transport
+
+    def _set_rtcp_ssrc(self, ssrc: int) -> None:
+        self._rtcp_ssrc = ssrc
+
+    async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
+        """Start routing the publisher's packets here (called once DTLS is up)."""
+        if self._started:
+            return
+        for codec in parameters.codecs:
+            self._codecs[codec.payloadType] = codec
+        for encoding in parameters.encodings:
+            if encoding.rtx:
+                self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
+        self._transport._register_rtp_receiver(self, parameters)
+        self.egress = Egress(self._transport)
+        self._started = True
+        self.sink.on_receiver_started(self)
+
+    async def stop(self) -> None:
+        """Stop receiving; aiortc calls this from ``RTCPeerConnection.close()``."""
+        if self._started:
+            self._started = False
+            self._transport._unregister_rtp_receiver(self)
+            self.sink.on_receiver_ended(self)
+
+    async def getStats(self) -> RTCStatsReport:  # noqa: N802 (aiortc API)
+        """Return an empty report: the SFU keeps its own statistics."""
+        return RTCStatsReport()
+
+    def _handle_disconnect(self) -> None:
+        if self._started:
+            self.sink.on_receiver_ended(self)
+
+    async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            lsr = (packet.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF
+            self._lsr[packet.ssrc] = (lsr, _monotonic())
+            self.sink.on_sender_report(packet)
+        elif isinstance(packet, RtcpByePacket):
+            self.sink.on_receiver_ended(self)
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not self._enabled:
+            return
+        codec = self._codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        stream = self._streams.get(packet.ssrc)
+        if stream is None:
+            stream = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stream.add(packet)
+        if is_rtx(codec):
+            original_ssrc = self._rtx_ssrc.get(packet.ssrc, self.media_ssrc)
+            apt = codec.parameters.get("apt")
+            if original_ssrc is None or len(packet.payload) < 2 or apt not in self._codecs:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)  # type: ignore[arg-type]
+            codec = self._codecs[apt]  # type: ignore[index]
+        else:
+            self.media_ssrc = packet.ssrc
+        if self._nack is not None and self._nack.add(packet):
+            self.send_nack(packet.ssrc, sorted(self._nack.missing))
+        if packet.payload:  # padding-only packets (bandwidth probes) carry nothing
+            self.sink.on_rtp(packet, codec)
+
+    # RTCP towards the publisher, sent synchronously through the egress.
+
+    def send_pli(self) -> bool:
+        """Ask the publisher for a keyframe; False if there is no video SSRC yet."""
+        if self._rtcp_ssrc is None or self.media_ssrc is None or self.egress is None:
+            return False
+        pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=self.media_ssrc)
+        self.egress.send_rtcp(bytes(pli))
+        return True
+
+    def send_nack(self, media_ssrc: int, lost: list[int]) -> None:
+        """Ask the publisher to retransmit ``lost`` sequence numbers."""
+        if self._rtcp_ssrc is None or self.egress is None:
+            return
+        nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self._rtcp_ssrc, media_ssrc=media_ssrc)
+        nack.lost = lost
+        self.egress.send_rtcp(bytes(nack))
+
+    def send_reports(self, remb_bitrate_bps: int | None) -> None:
+        """Send a receiver report (and a REMB cap for video) to the publisher."""
+        if self._rtcp_ssrc is None or self.egress is None or not self._streams:
+            return
+        now = _monotonic()
+        reports = []
+        for ssrc, stream in self._streams.items():
+            if ssrc in self._rtx_ssrc:
+                continue
+            lsr, dlsr = 0, 0
+            if ssrc in self._lsr:
+                lsr, received = self._lsr[ssrc]
+                dlsr = min(int((now - received) * 65536), 0xFFFFFFFF)
+            reports.append(
+                RtcpReceiverInfo(
+                    ssrc=ssrc,
+                    fraction_lost=stream.fraction_lost,
+                    packets_lost=stream.packets_lost,
+                    highest_sequence=(stream.cycles + (stream.max_seq or 0)) & 0xFFFFFFFF,
+                    jitter=stream.jitter,
+                    lsr=lsr,
+                    dlsr=dlsr,
+                )
+            )
+        data = bytes(RtcpRrPacket(ssrc=self._rtcp_ssrc, reports=reports))
+        if remb_bitrate_bps and self.kind == "video" and self.media_ssrc is not None:
+            remb = RtcpPsfbPacket(
+                fmt=RTCP_PSFB_APP,
+                ssrc=self._rtcp_ssrc,
+                media_ssrc=0,
+                fci=pack_remb_fci(remb_bitrate_bps, [self.media_ssrc]),
+            )
+            data += bytes(remb)
+        self.egress.send_rtcp(data)
+
+
+# --- sending to a viewer ---------------------------------------------------------------
+
+
+class FeedbackHandler(Protocol):
+    """Consumer of a viewer's RTCP feedback and of its sender's lifecycle."""
+
+    def on_sender_started(self, sender: ForwardingSender) -> None: ...
+
+    def on_sender_stopped(self, sender: ForwardingSender) -> None: ...
+
+    def on_nack(self, sender: ForwardingSender, lost: list[int]) -> None: ...
+
+    def on_keyframe_request(self, sender: ForwardingSender) -> None: ...
+
+    def on_receiver_report(self, sender: ForwardingSender, report: RtcpReceiverInfo) -> None: ...
+
+
+class ForwardingSender:
+    """Stand in for ``RTCRtpSender``: own an SSRC and its feedback, send nothing itself."""
+
+    def __init__(self, original: Any, handler: FeedbackHandler) -> None:
+        # Keep the identifiers aiortc already wrote into the transceiver and receiver.
+        self.kind: str = original.kind
+        self._ssrc: int = original._ssrc
+        self._rtx_ssrc: int = original._rtx_ssrc
+        self._stream_id: str = original._stream_id
+        self._track_id: str = original._track_id
+        self._transport: RTCDtlsTransport = original.transport
+        self._enabled = True
+        self.handler = handler
+        self.started = False
+        self.cname: str | None = None
+        self.payload_type: int | None = None
+        self.rtx_payload_type: int | None = None
+        self.egress: Egress | None = None
+
+    @property
+    def track(self) -> None:
+        """Return no track: packets are pushed by the forwarder, not pulled from a track."""
+        return None
+
+    @property
+    def transport(self) -> RTCDtlsTransport:
+        """Return the DTLS transport packets leave on."""
+        return self._transport
+
+    def setTransport(self, transport: RTCDtlsTransport) -> None:  # noqa: N802 (aiortc API)
+        """Follow aiortc when BUNDLE moves this sender to the primary transport."""
+        self._transport = transport
+
+    def replaceTrack(self, track: Any) -> None:  # noqa: N802 (aiortc API)
+        """Refuse tracks: this sender forwards encoded packets only."""
+        if track is not None:
+            raise ValueError("a forwarding sender does not take tracks")
+
+    async def send(self, parameters: RTCRtpSendParameters) -> None:
+        """Start: learn the negotiated payload types and route this SSRC's RTCP here."""
+        if self.started:
+            return
+        self.cname = parameters.rtcp.cname
+        self.payload_type = parameters.codecs[0].payloadType
+        for codec in parameters.codecs:
+            if is_rtx(codec) and codec.parameters.get("apt") == self.payload_type:
+                self.rtx_payload_type = codec.payloadType
+        self._transport._register_rtp_sender(self, parameters)
+        self.egress = Egress(self._transport)
+        self.started = self.egress.bind()
+        if self.started:
+            self.handler.on_sender_started(self)
+
+    async def stop(self) -> None:
+        """Stop; aiortc calls this from ``RTCPeerConnection.close()``."""
+        if self.egress is not None:
+            self._transport._unregister_rtp_sender(self)
+            self.egress = None
+        if self.started:
+            self.started = False
+            self.handler.on_sender_stopped(self)
+
+    async def getStats(self) -> RTCStatsReport:  # noqa: N802 (aiortc API)
+        """Return an empty report: the SFU keeps its own statistics."""
+        return RTCStatsReport()
+
+    async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            self.handler.on_nack(self, packet.lost)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            self.handler.on_keyframe_request(self)
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == self._ssrc:
+                    self.handler.on_receiver_report(self, report)
+
+
+# --- installing ------------------------------------------------------------------------
+
+
+def install_receiver(transceiver: RTCRtpTransceiver, sink: PacketSink) -> ForwardingReceiver:
+    """Replace a fresh transceiver's receiver with a :class:`ForwardingReceiver`."""
+    original = transceiver.receiver
+    receiver = ForwardingReceiver(transceiver.kind, original.transport, sink)
+    receiver._set_rtcp_ssrc(transceiver.sender._ssrc)
+    # The original receiver was never started (no decoder thread exists yet).
+    transceiver._RTCRtpTransceiver__receiver = receiver  # type: ignore[attr-defined]
+    return receiver
+
+
+def install_sender(transceiver: RTCRtpTransceiver, handler: FeedbackHandler) -> ForwardingSender:
+    """Replace a fresh transceiver's sender with a :class:`ForwardingSender`."""
+    sender = ForwardingSender(transceiver.sender, handler)
+    transceiver._RTCRtpTransceiver__sender = sender  # type: ignore[attr-defined]
+    return sender
+
+
+def _monotonic() -> float:
+    return asyncio.get_running_loop().time()

@@ -1,0 +1,72 @@
+"""Recognise keyframes in RTP payloads without decoding them.
+
+A viewer joining a stream must start at a keyframe, so the forwarder needs to know
+which packet starts one. Only the first bytes of a payload are read.
+"""
+
+from __future__ import annotations
+
+# H.264 NAL unit types (RFC 6184).
+NAL_IDR = 5
+NAL_SPS = 7
+NAL_STAP_A = 24
+NAL_FU_A = 28
+
+
+def is_keyframe(codec_name: str, payload: bytes) -> bool:
+    """Return whether ``payload`` belongs to a keyframe of the given codec.
+
+    For VP8 only the first packet of a keyframe answers True; for H.264 any packet
+    carrying an SPS or the start of an IDR slice does.
+    """
+    if codec_name == "VP8":
+        return is_vp8_keyframe(payload)
+    if codec_name == "H264":
+        return is_h264_keyframe(payload)
+    return True  # audio: every packet is a valid starting point
+
+
+def is_vp8_keyframe(payload: bytes) -> bool:
+    """Return whether a VP8 payload (RFC 7741) starts a keyframe."""
+    if len(payload) < 2:
+        return False
+    descriptor = payload[0]
+    # Only the first partition's first packet (S=1, PID=0) holds the frame header.
+    if not descriptor & 0x10 or descriptor & 0x07:
+        return False
+    index = 1
+    if descriptor & 0x80:  # X: extended control bits follow
+        extension = payload[1]
+        index = 2
+        if extension & 0x80:  # I: picture id, 7 or 15 bits
+            if index >= len(payload):
+                return False
+            index += 2 if payload[index] & 0x80 else 1
+        if extension & 0x40:  # L: TL0PICIDX
+            index += 1
+        if extension & 0x30:  # T or K: TID/KEYIDX byte
+            index += 1
+    if index >= len(payload):
+        return False
+    return not payload[index] & 0x01  # P bit of the VP8 frame header: 0 = keyframe
+
+
+def is_h264_keyframe(payload: bytes) -> bool:
+    """Return whether an H.264 payload (RFC 6184) carries an SPS or starts an IDR."""
+    if not payload:
+        return False
+    nal_type = payload[0] & 0x1F
+    if nal_type in (NAL_IDR, NAL_SPS):
+        return True
+    if nal_type == NAL_STAP_A:
+        index = 1
+        while index + 2 < len(payload):
+            size = (payload[index] << 8) | payload[index + 1]
+            if payload[index + 2] & 0x1F in (NAL_IDR, NAL_SPS):
+                return True
+            index += 2 + size
+        return False
+    if nal_type == NAL_FU_A and len(payload) > 1:
+        fu_header = payload[1]
+        return bool(fu_header & 0x80) and fu_header & 0x1F == NAL_IDR
+    return False

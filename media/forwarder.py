@@ -1,0 +1,352 @@
+"""Forward one publisher track's RTP packets to every viewer, rewritten per viewer.
+
+Each viewer gets its own SSRC, sequence-number and timestamp space: a viewer's
+numbers are the publisher's plus per-viewer offsets fixed when the viewer starts
+(at a keyframe for video). The per-packet work for a viewer is one ``struct``
+rewrite of the 12-byte header in a shared buffer, one SRTP ``protect`` and one
+``sendto``: no packet objects are built per viewer.
+
+Nothing here awaits, so the fan-out of one packet is never interleaved with
+anything else, and a viewer whose socket cannot keep up loses its own packets
+(counted as drops) without delaying the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pylibsrtp
+from aiortc import clock
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import (
+    RtcpReceiverInfo,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    RtpPacket,
+)
+
+from .aiortc_hook import MAX_EGRESS_BUFFER_BYTES, ForwardingReceiver, ForwardingSender
+from .codecs import is_keyframe
+
+logger = logging.getLogger(__name__)
+
+VIDEO_HISTORY = 512  # packets kept per video track to answer NACKs (~3 s at 1.5 Mbit/s)
+AUDIO_HISTORY = 64
+RTP_VERSION_BYTE = 0x80  # V=2, no padding, no extension, no CSRC: extensions are not forwarded
+# Bytes 1-11 of an RTP header: marker|payload type, sequence number, timestamp, SSRC.
+HEADER_AFTER_FIRST_BYTE = struct.Struct("!BHII")
+RTX_HEADER = struct.Struct("!BBHIIH")
+
+
+def _newer(a: int, b: int) -> bool:
+    """Return whether 16-bit sequence number ``a`` comes after ``b``."""
+    return a != b and ((a - b) & 0xFFFF) < 0x8000
+
+
+@dataclass
+class TrackCounters:
+    """Totals of the viewers that have left, so room counters never go backwards."""
+
+    packets_out: int = 0
+    bytes_out: int = 0
+    drops: int = 0
+    nacks_served: int = 0
+
+
+class ViewerTrack:
+    """One viewer's copy of one track: its SSRC, offsets, egress and counters."""
+
+    __slots__ = (
+        "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
+        "start_seq", "next_seq", "next_ts", "anchor_time", "active", "protect", "sendto",
+        "addr", "buffered", "packets", "octets", "drops", "nacks_served", "fraction_lost",
+    )
+
+    def __init__(self, sender: ForwardingSender) -> None:
+        egress = sender.egress
+        assert egress is not None and egress.protect is not None
+        self.sender = sender
+        self.ssrc = sender._ssrc
+        self.pt = sender.payload_type or 0
+        self.rtx_pt = sender.rtx_payload_type
+        self.rtx_ssrc = sender._rtx_ssrc
+        self.rtx_seq = random.randrange(0x8000)
+        self.seq_offset = 0
+        self.ts_offset = 0
+        self.start_seq = 0
+        # The viewer-space numbers its next first packet gets; random for a new viewer
+        # (RFC 3550), continuing the old numbers after the publisher reconnects.
+        self.next_seq = random.randrange(0x8000)
+        self.next_ts = random.getrandbits(32)
+        self.anchor_time: float | None = None
+        self.active = False
+        self.protect = egress.protect
+        self.sendto = egress.sendto
+        self.addr = egress.addr
+        self.buffered = egress.buffered
+        self.packets = 0
+        self.octets = 0
+        self.drops = 0
+        self.nacks_served = 0
+        self.fraction_lost = 0
+
+
+class TrackForwarder:
+    """Fan one publisher track out to its viewers; also answers their NACKs."""
+
+    def __init__(
+        self,
+        kind: str,
+        codec: RTCRtpCodecParameters,
+        on_keyframe_needed: Callable[[], None],
+        on_publisher_media: Callable[[TrackForwarder], None],
+    ) -> None:
+        self.kind = kind
+        self.codec = codec
+        self.is_video = kind == "video"
+        self._keyframe_needed = on_keyframe_needed
+        self._publisher_media = on_publisher_media
+        self._history: list[tuple[int, int, int, bytearray] | None] = [None] * (
+            VIDEO_HISTORY if self.is_video else AUDIO_HISTORY
+        )
+        self._mask = len(self._history) - 1
+        self.viewers: list[ViewerTrack] = []
+        self.waiting: list[ViewerTrack] = []
+        self.receiver: ForwardingReceiver | None = None
+        self.highest_seq: int | None = None
+        self.highest_ts = 0
+        self.frame_start_seq = 0
+        self.last_packet_time = 0.0
+        self._media_seen = False
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.nacks_missed = 0
+        self.retired = TrackCounters()
+        # Publisher sender report: (NTP timestamp, RTP timestamp, local arrival time).
+        self._sender_report: tuple[int, int, float] | None = None
+        # Set by the benchmark to record added forwarding delay (seconds) per packet.
+        self.delay_probe: deque[float] | None = None
+
+    # --- publisher side (PacketSink) ----------------------------------------------------
+
+    def on_receiver_started(self, receiver: ForwardingReceiver) -> None:
+        """Take the packets of a newly connected publisher."""
+        self.receiver = receiver
+
+    def on_receiver_ended(self, receiver: ForwardingReceiver) -> None:
+        """Forget a publisher that left."""
+        if self.receiver is receiver:
+            self.receiver = None
+
+    def on_sender_report(self, packet: RtcpSrPacket) -> None:
+        """Remember the publisher's NTP/RTP time pair for the viewers' sender reports."""
+        info = packet.sender_info
+        self._sender_report = (info.ntp_timestamp, info.rtp_timestamp, time.monotonic())
+
+    def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        """Forward one publisher packet to every active viewer."""
+        started = time.perf_counter() if self.delay_probe is not None else 0.0
+        seq = packet.sequence_number
+        ts = packet.timestamp
+        payload = packet.payload
+        size = len(payload)
+        buf = bytearray(12 + size)
+        buf[0] = RTP_VERSION_BYTE
+        buf[12:] = payload
+        marker = 0x80 if packet.marker else 0
+        self._history[seq & self._mask] = (seq, ts, marker, buf)
+        self.packets_in += 1
+        self.bytes_in += size
+        in_order = self.highest_seq is None or _newer(seq, self.highest_seq)
+        if in_order:
+            if self.highest_seq is None or ts != self.highest_ts:
+                self.frame_start_seq = seq
+            self.highest_seq = seq
+            self.highest_ts = ts
+            self.last_packet_time = time.monotonic()
+            if not self._media_seen:
+                self._media_seen = True
+                self._publisher_media(self)
+            if self.waiting:
+                self._admit_waiting(seq, ts, payload)
+
+        pack_into = HEADER_AFTER_FIRST_BYTE.pack_into
+        for viewer in self.viewers:
+            if not in_order and not _newer(seq, (viewer.start_seq - 1) & 0xFFFF):
+                continue  # a late packet from before this viewer's first keyframe
+            pack_into(
+                buf, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
+                (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
+            )
+            if viewer.buffered() > MAX_EGRESS_BUFFER_BYTES:
+                viewer.drops += 1
+                continue
+            try:
+                viewer.sendto(viewer.protect(bytes(buf)), viewer.addr)
+            except (OSError, RuntimeError, pylibsrtp.Error):
+                viewer.drops += 1
+                continue
+            viewer.packets += 1
+            viewer.octets += size
+        if self.delay_probe is not None and self.viewers:
+            self.delay_probe.append(time.perf_counter() - started)
+
+    def _admit_waiting(self, seq: int, ts: int, payload: bytes) -> None:
+        """Start waiting viewers if this packet belongs to a keyframe; else ask for one."""
+        if self.is_video and not is_keyframe(self.codec.name, payload):
+            self._keyframe_needed()
+            return
+        start = self.frame_start_seq if self.is_video else seq
+        now = time.monotonic()
+        for viewer in self.waiting:
+            viewer.start_seq = start
+            viewer.seq_offset = (viewer.next_seq - start) & 0xFFFF
+            next_ts = viewer.next_ts
+            if viewer.anchor_time is not None:  # continue the old timeline after a gap
+                next_ts += int((now - viewer.anchor_time) * self.codec.clockRate)
+            viewer.ts_offset = (next_ts - ts) & 0xFFFFFFFF
+            viewer.active = True
+            self.viewers.append(viewer)
+            # Earlier packets of the keyframe (e.g. SPS/PPS) arrived before we saw it.
+            earlier = start
+            while earlier != seq:
+                entry = self._history[earlier & self._mask]
+                if entry is not None and entry[0] == earlier:
+                    self._send_one(viewer, entry)
+                earlier = (earlier + 1) & 0xFFFF
+        self.waiting.clear()
+
+    def _send_one(self, viewer: ViewerTrack, entry: tuple[int, int, int, bytearray]) -> None:
+        seq, ts, marker, buf = entry
+        HEADER_AFTER_FIRST_BYTE.pack_into(
+            buf, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
+            (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
+        )
+        viewer.sendto(viewer.protect(bytes(buf)), viewer.addr)
+        viewer.packets += 1
+        viewer.octets += len(buf) - 12
+
+    # --- viewer side ----------------------------------------------------------------------
+
+    def add_viewer(self, viewer: ViewerTrack) -> None:
+        """Add a connected viewer; it receives packets from the next keyframe on."""
+        self.waiting.append(viewer)
+        if self.is_video:
+            self._keyframe_needed()
+
+    def remove_viewer(self, viewer: ViewerTrack) -> None:
+        """Remove a viewer and keep its counters in the track's totals."""
+        if viewer in self.viewers:
+            self.viewers.remove(viewer)
+        if viewer in self.waiting:
+            self.waiting.remove(viewer)
+        viewer.active = False
+        self.retired.packets_out += viewer.packets
+        self.retired.bytes_out += viewer.octets
+        self.retired.drops += viewer.drops
+        self.retired.nacks_served += viewer.nacks_served
+
+    def restart(self) -> None:
+        """Re-anchor every viewer for a new publisher stream (a reconnect).
+
+        Viewers continue their own sequence and timestamp spaces where they stopped,
+        and wait for the new stream's first keyframe.
+        """
+        now = time.monotonic()
+        for viewer in self.viewers:
+            if self.highest_seq is not None:
+                viewer.next_seq = (self.highest_seq + viewer.seq_offset + 1) & 0xFFFF
+                viewer.next_ts = (self.highest_ts + viewer.ts_offset) & 0xFFFFFFFF
+                viewer.anchor_time = now
+            viewer.active = False
+            self.waiting.append(viewer)
+        self.viewers.clear()
+        self._history = [None] * len(self._history)
+        self.highest_seq = None
+        self._sender_report = None
+        self._media_seen = False
+
+    def on_nack(self, viewer: ViewerTrack, lost: list[int]) -> None:
+        """Retransmit the packets a viewer reports lost, from the bounded history."""
+        if not viewer.active:
+            return
+        for viewer_seq in lost:
+            seq = (viewer_seq - viewer.seq_offset) & 0xFFFF
+            entry = self._history[seq & self._mask]
+            if entry is None or entry[0] != seq or _newer(viewer.start_seq, seq):
+                self.nacks_missed += 1
+                continue
+            _, ts, marker, buf = entry
+            if viewer.rtx_pt is None:
+                self._send_one(viewer, entry)
+            else:  # RFC 4588: original sequence number, then the original payload
+                rtx = bytearray(RTX_HEADER.size) + buf[12:]
+                RTX_HEADER.pack_into(
+                    rtx, 0, RTP_VERSION_BYTE, marker | viewer.rtx_pt, viewer.rtx_seq,
+                    (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.rtx_ssrc, viewer_seq,
+                )
+                viewer.rtx_seq = (viewer.rtx_seq + 1) & 0xFFFF
+                viewer.sendto(viewer.protect(bytes(rtx)), viewer.addr)
+            viewer.nacks_served += 1
+
+    def on_receiver_report(self, viewer: ViewerTrack, report: RtcpReceiverInfo) -> None:
+        """Keep the viewer's reported loss for the stats."""
+        viewer.fraction_lost = report.fraction_lost
+
+    def send_sender_reports(self) -> None:
+        """Send each active viewer a sender report, in the publisher's NTP timeline.
+
+        Audio and video reports derive from the same publisher clock, which is what a
+        viewer needs to synchronise them.
+        """
+        if self.highest_seq is None or not self.viewers:
+            return
+        now = time.monotonic()
+        if self._sender_report is not None:
+            ntp, rtp_ts, received = self._sender_report
+        else:  # no publisher report yet: our clock and the newest packet
+            ntp, rtp_ts, received = clock.current_ntp_time(), self.highest_ts, self.last_packet_time
+        elapsed = max(now - received, 0.0)
+        ntp = (ntp + int(elapsed * (1 << 32))) & 0xFFFFFFFFFFFFFFFF
+        rtp_now = (rtp_ts + int(elapsed * self.codec.clockRate)) & 0xFFFFFFFF
+        for viewer in self.viewers:
+            sender = viewer.sender
+            if sender.egress is None:
+                continue
+            report = RtcpSrPacket(
+                ssrc=viewer.ssrc,
+                sender_info=RtcpSenderInfo(
+                    ntp_timestamp=ntp,
+                    rtp_timestamp=(rtp_now + viewer.ts_offset) & 0xFFFFFFFF,
+                    packet_count=viewer.packets & 0xFFFFFFFF,
+                    octet_count=viewer.octets & 0xFFFFFFFF,
+                ),
+            )
+            data = bytes(report)
+            if sender.cname:
+                sdes = RtcpSdesPacket(
+                    chunks=[RtcpSourceInfo(ssrc=viewer.ssrc, items=[(1, sender.cname.encode())])]
+                )
+                data += bytes(sdes)
+            try:
+                sender.egress.send_rtcp(data)
+            except (OSError, RuntimeError, pylibsrtp.Error):
+                logger.debug("sender report to SSRC %d failed", viewer.ssrc)
+
+    def counters(self) -> TrackCounters:
+        """Return the track's totals, including viewers that have left."""
+        total = TrackCounters(**vars(self.retired))
+        for viewer in self.viewers + self.waiting:
+            total.packets_out += viewer.packets
+            total.bytes_out += viewer.octets
+            total.drops += viewer.drops
+            total.nacks_served += viewer.nacks_served
+        return total

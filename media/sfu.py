@@ -1,0 +1,325 @@
+"""The SFU: accept publishers and viewers, own their peer connections and rooms."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
+
+from .aiortc_hook import ice_host_addresses, install_receiver, install_sender
+from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
+from .room import Room, RoomState, RoomStats
+from .sdp import codec_preferences, plan_publish, plan_watch
+from .session import MediaSession
+
+logger = logging.getLogger(__name__)
+
+StateCallback = Callable[[str, str], None]
+ViewerCountCallback = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server offered to aiortc's ICE agent."""
+
+    urls: str | Sequence[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass
+class MediaSettings:
+    """Settings of the SFU; the server builds them from its configuration."""
+
+    # STUN/TURN servers; empty by default so nothing is ever sent to a public host.
+    ice_servers: Sequence[IceServer] = ()
+    # Local addresses to gather and advertise; None means every non-loopback one.
+    ice_host_addresses: Sequence[str] | None = None
+    max_viewers_per_room: int = 200
+    # Bitrate cap sent to publishers as REMB.
+    remb_bitrate_bps: int = 2_500_000
+    # How long a paused room waits for its publisher to reconnect before it ends.
+    publisher_grace_seconds: float = 30.0
+    # At most one PLI per this interval per room, whatever the number of viewers.
+    keyframe_interval_ms: int = 500
+    # A session that has not connected (ICE + DTLS) by then is closed.
+    connect_timeout_seconds: float = 15.0
+    # A publisher that sent no media for this long counts as dead (it may be replaced).
+    publisher_stale_seconds: float = 3.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_viewers_per_room < 0:
+            raise ValueError("max_viewers_per_room must be >= 0")
+        if self.keyframe_interval_ms < 0 or self.connect_timeout_seconds <= 0:
+            raise ValueError("keyframe_interval_ms and connect_timeout_seconds must be positive")
+
+
+class SFU:
+    """Selective forwarding unit: rooms of one publisher and many viewers.
+
+    ``on_state_change(room_id, state)`` is called with ``starting``, ``live``,
+    ``paused`` and ``ended``; ``on_viewer_count(room_id, count)`` whenever a room's
+    viewer count changes. Callbacks run on the event loop and must not block.
+    """
+
+    def __init__(
+        self,
+        settings: MediaSettings | None = None,
+        *,
+        on_state_change: StateCallback | None = None,
+        on_viewer_count: ViewerCountCallback | None = None,
+    ) -> None:
+        self.settings = settings or MediaSettings()
+        self.on_state_change = on_state_change
+        self.on_viewer_count = on_viewer_count
+        self.rooms: dict[str, Room] = {}
+        self.sessions: dict[str, MediaSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timeouts: dict[str, asyncio.TimerHandle] = {}
+        self._closed = False
+
+    # --- public API -----------------------------------------------------------------------
+
+    async def publish(self, room_id: str, offer_sdp: str, owner: str) -> MediaSession:
+        """Accept a publisher's offer for ``room_id`` and return its session.
+
+        Raises :class:`BadOffer` or :class:`PublisherConflict`.
+        """
+        self._check_open()
+        room = self.rooms.get(room_id)
+        if room is not None:
+            if room.owner != owner:
+                raise PublisherConflict(room_id)
+            if room.publisher is not None:
+                if room.publisher_alive(self.settings.publisher_stale_seconds):
+                    raise PublisherConflict(room_id)
+                await self._close_session(room.publisher, "replaced by a reconnect")
+        plan = plan_publish(offer_sdp, room.video_codec if room is not None else None)
+        created = room is None
+        if room is None:
+            room = self._new_room(room_id, owner, plan.video_codec)
+        elif room.publisher is not None:  # another reconnect won the race while we waited
+            raise PublisherConflict(room_id)
+        pc = self._new_peer_connection()
+        session = MediaSession(room_id, "publisher", owner, pc)
+        room.attach_publisher(session)
+        try:
+            video = pc.addTransceiver("video", direction="recvonly")
+            video.setCodecPreferences(codec_preferences(plan.video_codec))
+            install_receiver(video, room.forwarder("video", plan.video_codec))
+            if plan.audio_codec is not None:
+                audio = pc.addTransceiver("audio", direction="recvonly")
+                audio.setCodecPreferences(codec_preferences(plan.audio_codec))
+                install_receiver(audio, room.forwarder("audio", plan.audio_codec))
+            await self._answer(session, offer_sdp)
+        except BaseException:
+            await self._discard(session)
+            if created:
+                await self._end_room(room)
+            else:
+                room.publisher_lost(session)
+            raise
+        return session
+
+    async def watch(self, room_id: str, offer_sdp: str, viewer: str | None = None) -> MediaSession:
+        """Accept a viewer's offer for ``room_id`` and return its session.
+
+        Raises :class:`BadOffer`, :class:`RoomNotFound`, :class:`RoomClosed` or
+        :class:`RoomFull`.
+        """
+        self._check_open()
+        room = self.rooms.get(room_id)
+        if room is None:
+            raise RoomNotFound(room_id)
+        if room.state is RoomState.ENDED:
+            raise RoomClosed(room_id)
+        if len(room.viewers) >= self.settings.max_viewers_per_room:
+            raise RoomFull(room_id, self.settings.max_viewers_per_room)
+        plan = plan_watch(offer_sdp, room.video_codec)
+        pc = self._new_peer_connection()
+        session = MediaSession(room_id, "viewer", viewer, pc)
+        entry = room.add_viewer(session)  # counted against the limit from now on
+        try:
+            video = pc.addTransceiver("video", direction="sendonly")
+            video.setCodecPreferences(codec_preferences(room.video_codec))
+            room.watch_sender(entry, "video", install_sender(video, room))
+            if plan.audio_codec is not None:
+                audio = pc.addTransceiver("audio", direction="sendonly")
+                audio.setCodecPreferences(codec_preferences(plan.audio_codec))
+                room.watch_sender(entry, "audio", install_sender(audio, room))
+            await self._answer(session, offer_sdp)
+        except BaseException:
+            room.remove_viewer(session)
+            await self._discard(session)
+            raise
+        self._viewer_count_changed(room)
+        return session
+
+    async def close_session(self, session_id: str) -> None:
+        """Close one session; raises :class:`SessionNotFound`.
+
+        Closing the publisher's session pauses the room (see ``publisher_grace_seconds``).
+        """
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        await self._close_session(session, "closed by the client")
+
+    async def close_room(self, room_id: str) -> None:
+        """End a room and close every session in it; raises :class:`RoomNotFound`."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            raise RoomNotFound(room_id, f"room {room_id!r} not found")
+        await self._end_room(room)
+
+    def stats(self, room_id: str) -> dict[str, int | str]:
+        """Return one room's counters as a dict; raises :class:`RoomNotFound`."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            raise RoomNotFound(room_id, f"room {room_id!r} not found")
+        return room.stats().as_dict()
+
+    def room_stats(self, room_id: str) -> RoomStats:
+        """Return one room's counters as a dataclass; raises :class:`RoomNotFound`."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            raise RoomNotFound(room_id, f"room {room_id!r} not found")
+        return room.stats()
+
+    def all_stats(self) -> dict[str, dict[str, int | str]]:
+        """Return every room's counters, keyed by room id."""
+        return {room_id: room.stats().as_dict() for room_id, room in self.rooms.items()}
+
+    async def close(self) -> None:
+        """Shut down: end every room and close every peer connection and task."""
+        self._closed = True
+        for room in list(self.rooms.values()):
+            await self._end_room(room)
+        for session in list(self.sessions.values()):
+            await self._close_session(session, "shutdown")
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the SFU is closed")
+
+    def _new_room(self, room_id: str, owner: str, video_codec: Any) -> Room:
+        settings = self.settings
+        room = Room(
+            room_id, owner, video_codec,
+            keyframe_interval=settings.keyframe_interval_ms / 1000,
+            remb_bitrate_bps=settings.remb_bitrate_bps,
+            grace_seconds=settings.publisher_grace_seconds,
+            on_state_change=self._room_state_changed,
+            on_grace_expired=lambda r: self._spawn(self._end_room(r)),
+        )
+        self.rooms[room_id] = room
+        return room
+
+    def _new_peer_connection(self) -> RTCPeerConnection:
+        servers = [
+            RTCIceServer(
+                urls=s.urls if isinstance(s.urls, str) else list(s.urls),
+                username=s.username, credential=s.credential,
+            )
+            for s in self.settings.ice_servers
+        ]
+        # Always an explicit list: aiortc's default would contact a public STUN server.
+        return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+    async def _answer(self, session: MediaSession, offer_sdp: str) -> None:
+        pc = session.pc
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            answer = await pc.createAnswer()
+            with ice_host_addresses(self.settings.ice_host_addresses):
+                await pc.setLocalDescription(answer)
+        except (ValueError, KeyError, OperationError, InvalidAccessError, InvalidStateError,
+                InternalError) as exc:
+            raise BadOffer(f"the offer was refused: {exc or type(exc).__name__}") from exc
+        session.answer_sdp = pc.localDescription.sdp
+        self.sessions[session.id] = session
+        pc.on("connectionstatechange", lambda: self._connection_changed(session))
+        self._timeouts[session.id] = asyncio.get_running_loop().call_later(
+            self.settings.connect_timeout_seconds, self._connect_timed_out, session
+        )
+
+    def _connection_changed(self, session: MediaSession) -> None:
+        state = session.pc.connectionState
+        if state == "connected":
+            session.connected = True
+            timeout = self._timeouts.pop(session.id, None)
+            if timeout is not None:
+                timeout.cancel()
+        elif state in ("failed", "closed") and not session.closed:
+            self._spawn(self._close_session(session, f"connection {state}"))
+
+    def _connect_timed_out(self, session: MediaSession) -> None:
+        self._timeouts.pop(session.id, None)
+        if not session.connected and not session.closed:
+            self._spawn(self._close_session(session, "ICE/DTLS connect timeout"))
+
+    async def _close_session(self, session: MediaSession, reason: str) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        logger.info("closing %r: %s", session, reason)
+        timeout = self._timeouts.pop(session.id, None)
+        if timeout is not None:
+            timeout.cancel()
+        self.sessions.pop(session.id, None)
+        room = self.rooms.get(session.room_id)
+        if room is not None:
+            if session.role == "publisher":
+                room.publisher_lost(session)
+            elif room.remove_viewer(session):
+                self._viewer_count_changed(room)
+        await session.pc.close()
+
+    async def _discard(self, session: MediaSession) -> None:
+        """Close a session whose offer/answer failed before it was registered."""
+        session.closed = True
+        self.sessions.pop(session.id, None)
+        await session.pc.close()
+
+    async def _end_room(self, room: Room) -> None:
+        if self.rooms.get(room.id) is not room:
+            return
+        del self.rooms[room.id]
+        room.end()
+        sessions = [entry.session for entry in room.viewers.values()]
+        if room.publisher is not None:
+            sessions.append(room.publisher)
+        for session in sessions:
+            await self._close_session(session, "room closed")
+        await room.wait_closed()
+        if sessions:
+            self._viewer_count_changed(room)
+
+    def _room_state_changed(self, room: Room, state: RoomState) -> None:
+        self._call(self.on_state_change, room.id, state.value)
+
+    def _viewer_count_changed(self, room: Room) -> None:
+        self._call(self.on_viewer_count, room.id, len(room.viewers))
+
+    def _call(self, callback: Callable[[str, Any], None] | None, room_id: str, value: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(room_id, value)
+        except Exception:  # a bug in the server's callback must not break the media path
+            logger.exception("SFU callback %r failed", callback)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

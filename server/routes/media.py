@@ -1,0 +1,140 @@
+"""Media signaling over HTTP: WHIP publish, WHEP watch, leaving a session (RFC 9725 style)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from media import SFU, BadOffer, PublisherConflict, RoomFull, RoomNotFound, SessionNotFound
+from server.api import Api, path_id
+from server.errors import ApiError, register_domain_error, unauthenticated
+from server.keys import BEARER, GATEWAY, HUB, IDENTITY, SETTINGS
+from server.keys import SFU as SFU_KEY
+
+api = Api()
+
+register_domain_error(BadOffer, 400, "bad_offer")
+register_domain_error(PublisherConflict, 409, "publisher_conflict")
+register_domain_error(RoomFull, 503, "room_full")
+register_domain_error(RoomNotFound, 409, "not_live")
+register_domain_error(SessionNotFound, 404, "not_found")
+
+SDP = "application/sdp"
+MEDIA_ERRORS = (400, 401, 403, 404, 409, 415, 503)
+
+
+async def read_offer(request: web.Request) -> str:
+    """Return the SDP offer of a WHIP/WHEP request, or raise a clear 4xx."""
+    if request.content_type != SDP:
+        raise ApiError(415, "unsupported_media_type", "expected Content-Type: application/sdp")
+    limit = request.app[SETTINGS].max_body_bytes
+    if (request.content_length or 0) > limit:
+        raise ApiError(413, "payload_too_large", f"SDP offer is larger than {limit} bytes")
+    raw = await request.read()
+    try:
+        offer = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_offer", "the SDP offer is not UTF-8 text") from None
+    if not offer.lstrip().startswith("v=0"):
+        raise ApiError(400, "bad_offer", "the body is not an SDP offer (it must start with v=0)")
+    return offer
+
+
+async def participant_of(request: web.Request) -> Any:
+    """Return who the events DataChannel of this session speaks for (None: anonymous)."""
+    identity = request.get(IDENTITY)
+    if identity is None:
+        return None
+    return await request.app[HUB].participant(identity.user_id, identity.role)
+
+
+def created(session: Any) -> web.Response:
+    location = f"/api/v1/sessions/{session.id}"
+    return web.Response(
+        status=201, text=session.answer_sdp, content_type=SDP,
+        headers={"Location": location, "ETag": f'"{session.id}"'},
+    )
+
+
+@api.route(
+    "POST", "/api/v1/livestreams/{id}/publish", summary="Publish a livestream (WHIP)",
+    tags=("media",), status=201, request_content_type=SDP, response_content_type=SDP,
+    response={"type": "string"}, errors=MEDIA_ERRORS,
+)
+async def publish(request: web.Request) -> web.Response:
+    livestream_id = path_id(request)
+    offer = await read_offer(request)
+    bearer = request.get(BEARER)
+    if bearer is None:
+        raise unauthenticated("publishing needs the seller's access token or the stream key as Bearer")
+    identity = request.get(IDENTITY)
+    session = await request.app[GATEWAY].publish(
+        livestream_id, offer, bearer=bearer, user_id=identity.user_id if identity else None,
+        participant=await participant_of(request),
+    )
+    return created(session)
+
+
+@api.route(
+    "POST", "/api/v1/livestreams/{id}/watch", summary="Watch a livestream (WHEP)",
+    tags=("media",), status=201, auth="optional", request_content_type=SDP,
+    response_content_type=SDP, response={"type": "string"}, errors=MEDIA_ERRORS,
+)
+async def watch(request: web.Request) -> web.Response:
+    livestream_id = path_id(request)
+    offer = await read_offer(request)
+    identity = request.get(IDENTITY)
+    session = await request.app[GATEWAY].watch(
+        livestream_id, offer, user_id=identity.user_id if identity else None,
+        participant=await participant_of(request),
+    )
+    return created(session)
+
+
+@api.route(
+    "DELETE", "/api/v1/sessions/{sessionId}", summary="Leave a media session",
+    tags=("media",), status=204,
+)
+async def leave(request: web.Request) -> web.Response:
+    # The session URL itself is the capability (unguessable id), as in WHIP.
+    await request.app[SFU_KEY].close_session(request.match_info["sessionId"])
+    return web.Response(status=204)
+
+
+@api.route(
+    "PATCH", "/api/v1/sessions/{sessionId}", summary="Trickle ICE (not supported)",
+    tags=("media",), status=405, errors=(405,),
+)
+async def trickle(request: web.Request) -> web.Response:
+    raise ApiError(
+        405, "method_not_allowed", "trickle ICE is not supported: send a complete offer",
+        headers={"Allow": "DELETE"},
+    )
+
+
+class RoomMetrics(Collector):
+    """Export the SFU's per-room counters to Prometheus at scrape time."""
+
+    COUNTERS = ("packets_in", "bytes_in", "packets_out", "bytes_out", "drops",
+                "keyframe_requests", "nacks_served")
+
+    def __init__(self, sfu: SFU) -> None:
+        self.sfu = sfu
+
+    def collect(self) -> Any:
+        stats = self.sfu.all_stats()
+        viewers = GaugeMetricFamily("shopstream_room_viewers", "Viewers per room", labels=["room"])
+        families = {
+            name: CounterMetricFamily(f"shopstream_room_{name}", f"SFU {name.replace('_', ' ')}", labels=["room"])
+            for name in self.COUNTERS
+        }
+        for room_id, room in stats.items():
+            viewers.add_metric([room_id], float(room["viewers"]))
+            for name, family in families.items():
+                family.add_metric([room_id], float(room[name]))
+        yield viewers
+        yield from families.values()
+
