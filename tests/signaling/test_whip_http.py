@@ -258,3 +258,51 @@ def _rooms(client) -> set[str]:  # type: ignore[no-untyped-def]
     from server.keys import SFU
 
     return set(client.app[SFU].rooms)
+
+
+async def test_events_datachannel_on_whep_session_and_rest_end_closes_media(client, factory: Factory, clean_db: str) -> None:
+    """The viewer's 'events' DataChannel speaks the event protocol; ending by REST ends media."""
+    import json
+
+    seller = await factory.seller()
+    buyer = await factory.user(name="Dana")
+    stream = await livestream(factory, seller)
+    publisher, _ = await publish_http(client, stream["id"], seller.access_token)
+    pc = new_pc()
+    viewer = Viewer(pc)
+    pc.on("track", viewer.consume)
+    pc.addTransceiver("video", direction="recvonly")
+    channel = pc.createDataChannel("events")
+    received: list[dict] = []
+
+    @channel.on("message")
+    def on_message(data: str) -> None:
+        decoded = json.loads(data)
+        received.extend(decoded if isinstance(decoded, list) else [decoded])
+
+    try:
+        resp = await client.post(
+            f"/api/v1/livestreams/{stream['id']}/watch", data=await local_offer(pc),
+            headers={**SDP, **buyer.headers},
+        )
+        assert resp.status == 201
+        await accept(pc, await resp.text())
+        await wait_for(lambda: any(e["type"] == "welcome" for e in received), timeout=15)
+        welcome = next(e for e in received if e["type"] == "welcome")["payload"]
+        assert welcome["identity"]["userId"] == buyer.id
+        channel.send(json.dumps({"type": "chat:send", "payload": {"message": "hello from the channel", "ref": "m1"}}))
+        await wait_for(lambda: any(e["type"] == "chat:new" for e in received), timeout=10)
+        chat = next(e for e in received if e["type"] == "chat:new")["payload"]
+        assert chat["message"] == "hello from the channel" and chat["user"]["name"] == "Dana"
+        channel.send("{not json")
+        await wait_for(lambda: any(e["type"] == "error" for e in received), timeout=10)
+
+        resp = await client.post(f"/api/v1/seller/livestreams/{stream['id']}/end", headers=seller.headers)
+        assert resp.status == 200, await resp.text()
+        await wait_for(lambda: any(e["type"] == "stream:state" and e["payload"]["state"] == "ended"
+                                   for e in received) or pc.connectionState in ("closed", "failed"), timeout=15)
+        await wait_for(lambda: stream["id"] not in _rooms(client), timeout=15)
+        assert await status_of(clean_db, stream["id"]) == "ended"
+    finally:
+        await viewer.close()
+        await publisher.close()
