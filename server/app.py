@@ -18,6 +18,7 @@ from server.middleware import HttpMetrics, request_context
 from server.routes import auth as auth_routes
 from server.routes import me as me_routes
 from server.routes import ops as ops_routes
+from server.routes import web as web_routes
 
 log = logging.getLogger("shopstream")
 
@@ -25,7 +26,7 @@ log = logging.getLogger("shopstream")
 def build_api() -> Api:
     """Collect every declared route of the server."""
     api = Api()
-    for module in (ops_routes, auth_routes, me_routes):
+    for module in (ops_routes, auth_routes, me_routes, web_routes):
         api.include(module.api)
     return api
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     api = build_api()
     api.register(app)
     app[ops_routes.OPENAPI] = ops_routes.build_openapi(api)
+    web_routes.setup(app)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         if run_migrations:
