@@ -97,7 +97,7 @@ export function describeError(err) {
   if (err.status === 401) return "Please log in to continue.";
   if (err.status === 429) return "Too many attempts. Please wait a moment and try again.";
   const fields = err.details?.fields;
-  if (fields && Object.keys(fields).length) {
+  if (fields && Object.keys(fields).length && !Object.keys(fields).every((f) => err.message.includes(f))) {
     return `${err.message} (${Object.entries(fields).map(([k, v]) => `${k}: ${v}`).join("; ")})`;
   }
   return err.message;

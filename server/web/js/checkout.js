@@ -1,5 +1,5 @@
 // Checkout: shipping address, then a checkout session (stock held) and payment.
-import { api, currentUser, el, goLogin, money, newKey, renderHeader, showError, showStatus } from "./api.js";
+import { api, currentUser, describeError, el, goLogin, money, newKey, renderHeader, showError, showStatus } from "./api.js";
 import { addressPicker, paymentForm } from "./payment.js";
 
 renderHeader();
@@ -51,8 +51,7 @@ async function main() {
       $("payment").querySelector("input")?.focus();
     } catch (err) {
       go.disabled = false;
-      showStatus(status, err.code === "out_of_stock" ? `Sorry, something in your cart sold out: ${err.message}` : err.message, "error");
-      if (err.status && err.status !== 409) showError(status, err);
+      showStatus(status, err.code === "out_of_stock" ? `Sorry, something in your cart sold out: ${err.message}` : describeError(err), "error");
     }
   });
 }

@@ -24,6 +24,11 @@ function wire(formId, statusId, path, fields, busyText) {
       form.elements[empty].focus();
       return;
     }
+    if (form.elements.password.minLength > 0 && body.password.length < form.elements.password.minLength) {
+      showStatus(status, `Your password needs at least ${form.elements.password.minLength} characters.`, "error");
+      form.elements.password.focus();
+      return;
+    }
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     showStatus(status, busyText, "loading");

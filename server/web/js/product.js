@@ -45,6 +45,7 @@ export function productCard(product, { onBuy, onAdd, buyLabel = "Buy now", highl
     priceNode.textContent = money(v?.price ?? product.price, product.currency);
     const stock = v?.stock;
     stockNode.textContent = stockText(stock);
+    stockNode.dataset.stock = stock ?? "";
     stockNode.className = `stock${stock <= 0 ? " out" : stock <= 5 ? " low" : ""}`;
     const soldOut = !v || stock <= 0;
     if (buy) buy.disabled = soldOut;
