@@ -9,7 +9,7 @@ const status = $("status");
 let me = null;
 
 const LABELS = {
-  revenue: "Revenue", orders: "Orders", unitsSold: "Units sold", viewers: "Viewers", peakViewers: "Peak viewers",
+  revenue: "Revenue", orders: "Orders", units: "Units sold", unitsSold: "Units sold", viewers: "Viewers", peakViewers: "Peak viewers",
   totalViewers: "Total viewers", watchSeconds: "Watch time (s)", conversionRate: "Conversion", livestreams: "Livestreams",
 };
 const human = (k) => LABELS[k] || k.replace(/([A-Z])/g, " $1").replace(/^./, (c) => c.toUpperCase());
@@ -88,7 +88,7 @@ async function loadProducts() {
     }));
     if (!products.length) body.append(el("tr", {}, el("td", { colspan: 4, class: "empty" }, "No products yet. Add your first one below.")));
   } catch (err) {
-    body.replaceChildren(el("tr", {}, el("td", { colspan: 4 }, el("span", { class: "status error" }, describeError(err)))));
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 4 }, el("p", { class: "status error" }, `Products could not be loaded: ${describeError(err)}`))));
   }
 }
 
@@ -103,7 +103,7 @@ async function loadOrders() {
         : o.status === "shipped" ? el("button", { type: "button", class: "small", onclick: () => advance(o, "deliver") }, "Mark delivered") : null))));
     if (!orders.length) list.append(el("li", { class: "empty" }, "No orders yet."));
   } catch (err) {
-    list.replaceChildren(el("li", { class: "status error" }, describeError(err)));
+    list.replaceChildren(el("li", { class: "status error" }, `Orders could not be loaded: ${describeError(err)}`));
   }
 }
 
@@ -150,7 +150,7 @@ $("product-form").addEventListener("submit", async (e) => {
     const product = await api("/api/v1/seller/products", { method: "POST", body: {
       title: v("title"), description: v("description"), price, currency: v("currency").toUpperCase(), status: "active",
     } });
-    const variant = { sku: v("sku"), stock: parseInt(v("stock"), 10) || 0 };
+    const variant = { sku: v("sku"), initialStock: parseInt(v("stock"), 10) || 0 };
     if (v("color")) variant.color = v("color");
     if (v("size")) variant.size = v("size");
     await api(`/api/v1/seller/products/${product.id}/variants`, { method: "POST", body: variant });

@@ -85,6 +85,10 @@ export async function paymentForm(container, checkout, { onPaid }) {
   const total = el("p", {}, "Total: ", el("strong", { "data-total": true }, money(checkout.amount, checkout.currency)));
   const expiry = checkout.expiresAt ? el("p", { class: "hint" }, `Your items are reserved until ${new Date(checkout.expiresAt).toLocaleTimeString()}.`) : null;
 
+  if (config.paymentProvider === "stripe" && !config.stripePublishableKey) {
+    container.replaceChildren(el("p", { class: "status error" }, "Card payments are not set up on this shop yet (missing Stripe publishable key). Please contact the seller."));
+    return;
+  }
   if (config.paymentProvider === "stripe") {
     const mount = el("div", { id: `stripe-${n}` });
     const pay = el("button", { type: "submit", class: "primary" }, `Pay ${money(checkout.amount, checkout.currency)}`);
