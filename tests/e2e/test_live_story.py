@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.config import Secret, Settings
-from tests.e2e.conftest import DESKTOP, PHONE, has_route, session_of, shoot
+from tests.e2e.conftest import DESKTOP, PHONE, has_route, playwright_api, session_of, shoot
 from tests.factories import Factory
 
 NEEDED = (
@@ -40,6 +40,18 @@ MISSING = _missing_backend()
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"backend routes not merged yet: {MISSING}")
 
 TIMEOUT = 20_000
+
+
+async def expect(page: Any, selector: str, what: str) -> None:
+    """Wait for `selector`; on timeout keep a screenshot and say what the page showed."""
+    try:
+        await page.wait_for_selector(selector, timeout=TIMEOUT)
+    except playwright_api.TimeoutError:
+        await shoot(page, f"story-failed-{what}")
+        status = await page.evaluate(
+            "() => [...document.querySelectorAll('.status, #overlay')].map(n => n.textContent.trim()).filter(Boolean)"
+        )
+        raise AssertionError(f"{what}: {selector} did not appear; the page said {status}") from None
 
 
 async def frames(page: Any) -> tuple[int, int]:
@@ -72,7 +84,7 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     await studio.goto(f"/studio/{stream_id}")
     await studio.wait_for_function("() => document.getElementById('preview').videoWidth > 0", timeout=TIMEOUT)
     await studio.click("#go-live")
-    await studio.wait_for_selector("body[data-publish-state='live']", timeout=TIMEOUT)
+    await expect(studio, "body[data-publish-state='live']", "studio-live")
     await shoot(studio, "story-01-studio-live")
 
     # A viewer sees the video play: decoded frames increase, the picture has a size.
@@ -91,11 +103,13 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     await shoot(viewer, "story-02-viewer-playing")
 
     # The viewer chats; the studio shows it.
+    for page in (viewer, studio):
+        await expect(page, "body[data-events='open']", "events-open")
     message = f"Love it! {secrets.token_hex(3)}"
     await viewer.fill("#chat-input", message)
     await viewer.press("#chat-input", "Enter")
-    await studio.wait_for_selector(f"#chat li:has-text('{message}')", timeout=TIMEOUT)
-    await viewer.wait_for_selector(f"#chat li:has-text('{message}')", timeout=TIMEOUT)
+    await expect(studio, f"#chat li:has-text('{message}')", "studio-chat")
+    await expect(viewer, f"#chat li:has-text('{message}')", "viewer-chat")
 
     # The seller highlights the product; the viewer's card appears with its stock.
     await studio.click(f"[data-highlight='{product['id']}']")
@@ -109,19 +123,19 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     # The viewer buys it with the offline provider.
     await viewer.click(f"{card} [data-buy]")
     dialog = "#buy-dialog"
-    await viewer.wait_for_selector(f"{dialog} [data-new-address]", timeout=TIMEOUT)
+    await expect(viewer, f"{dialog} [data-new-address]", "buy-dialog")
     await viewer.fill(f"{dialog} [name=line1]", "1 Market Street")
     await viewer.fill(f"{dialog} [name=city]", "Springfield")
     await viewer.fill(f"{dialog} [name=postalCode]", "12345")
     await viewer.fill(f"{dialog} [name=country]", "US")
     await viewer.click(f"{dialog} [data-continue]")
-    await viewer.wait_for_selector(f"{dialog} [data-pay]", timeout=TIMEOUT)
+    await expect(viewer, f"{dialog} [data-pay]", "payment-form")
     await viewer.fill(f"{dialog} [name=cardNumber]", "4242 4242 4242 4242")
     await viewer.fill(f"{dialog} [name=exp]", "12/39")
     await viewer.fill(f"{dialog} [name=cvc]", "123")
     await shoot(viewer, "story-04-viewer-checkout")
     await viewer.click(f"{dialog} [data-pay]")
-    await viewer.wait_for_selector(f"{dialog} [data-paid]", timeout=TIMEOUT)
+    await expect(viewer, f"{dialog} [data-paid]", "paid")
 
     # The stock counter drops for the viewer; the studio's live order feed shows the order.
     await viewer.wait_for_function(
@@ -129,13 +143,13 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     )
     await viewer.click("#buy-close")
     await shoot(viewer, "story-05-viewer-paid")
-    await studio.wait_for_selector("#orders li[data-order-id]", timeout=TIMEOUT)
+    await expect(studio, "#orders li[data-order-id]", "studio-order")
     await shoot(studio, "story-06-studio-order-feed")
 
     # The viewer's orders page lists it as paid.
     orders = await viewer_ctx.new_page()
     await orders.goto("/orders")
-    await orders.wait_for_selector("#orders li[data-status='paid']", timeout=TIMEOUT)
+    await expect(orders, "#orders li[data-status='paid']", "orders-page")
     assert "Limited drop hoodie" in (await orders.text_content("#orders") or "")
     await shoot(orders, "story-07-viewer-orders")
     await orders.close()
@@ -143,8 +157,8 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     # The seller ends the stream (two presses); the viewer sees it ended.
     await studio.click("#end")
     await studio.click("#end")
-    await studio.wait_for_selector("body[data-publish-state='ended']", timeout=TIMEOUT)
-    await viewer.wait_for_selector("body[data-stream-state='ended']", timeout=TIMEOUT)
+    await expect(studio, "body[data-publish-state='ended']", "studio-ended")
+    await expect(viewer, "body[data-stream-state='ended']", "viewer-ended")
     assert "ended" in (await viewer.text_content("#overlay") or "")
     await shoot(viewer, "story-08-viewer-ended")
     await shoot(studio, "story-09-studio-ended")

@@ -4,9 +4,10 @@
 // The preferred transport is the `events` DataChannel of the page's own WHEP/WHIP peer
 // connection; when none opens within a few seconds (no media yet, WebRTC blocked), the
 // client uses the WebSocket `GET /api/v1/livestreams/{id}/events` and reconnects it with
-// backoff. When a DataChannel opens, the WebSocket is closed so a viewer counts once.
+// backoff. When the DataChannel delivers its welcome, the WebSocket is closed so a viewer
+// counts once.
 
-const CHANNEL_WAIT_MS = 3500;
+const CHANNEL_WAIT_MS = 2500;
 const MAX_BACKOFF_MS = 8000;
 const REQUEST_TIMEOUT_MS = 15000;
 
@@ -47,15 +48,19 @@ export class EventClient {
   attachChannel(channel) {
     if (this.closed) return;
     this._armFallback();
-    channel.addEventListener("open", () => {
-      if (this.closed) { channel.close(); return; }
-      this.channel = channel;
-      this.transport = "datachannel";
-      clearTimeout(this.fallbackTimer);
-      this._closeSocket();
-      this._status("open");
+    // An open channel is not yet proof that the room is listening on it (the SCTP
+    // association opens on its own): switch to it on its first message, the welcome.
+    channel.addEventListener("message", (e) => {
+      if (this.closed) return;
+      if (this.channel !== channel) {
+        this.channel = channel;
+        this.transport = "datachannel";
+        clearTimeout(this.fallbackTimer);
+        this._closeSocket();
+        this._status("open");
+      }
+      this._receive(e.data);
     });
-    channel.addEventListener("message", (e) => this._receive(e.data));
     const lost = () => {
       if (this.channel !== channel) return;
       this.channel = null;
@@ -102,6 +107,8 @@ export class EventClient {
   }
 
   _status(status) {
+    document.body.dataset.events = status; // for tests and styling: connecting|open|reconnecting
+    document.body.dataset.eventsTransport = this.transport || "";
     this.onStatus(status, this.transport);
   }
 

@@ -1,6 +1,6 @@
 // The live viewer page: WHEP video, the event protocol (chat, highlighted product,
 // stock, viewer count, reactions, stream state) and buy-now with payment in a dialog.
-import { accessToken, api, currentUser, describeError, el, freshAccessToken, goLogin, renderHeader, showError, showStatus, when } from "./api.js";
+import { accessToken, api, currentUser, describeError, el, freshAccessToken, goLogin, newKey, renderHeader, showError, showStatus, when } from "./api.js";
 import { EventClient } from "./events.js";
 import { addressPicker, paymentForm } from "./payment.js";
 import { listOf, productCard } from "./product.js";
@@ -115,6 +115,22 @@ async function addToCart({ product, variant, qty }) {
 const dialog = $("buy-dialog");
 $("buy-close").addEventListener("click", () => dialog.close());
 
+// Buy now goes over the live room (DESIGN.md `buy:now`); when the room cannot take it
+// (not connected, or a server without in-room buying) the same checkout session comes
+// from the HTTP API, with one idempotency key per attempt.
+async function reserve({ product, variant, qty, addressId }) {
+  try {
+    const ack = await events.request("buy:now", { productId: product.id, variantId: variant.id, qty, addressId });
+    return ack.checkout || ack.session || ack;
+  } catch (err) {
+    if (err.code && err.code !== "unavailable") throw err;
+  }
+  return api("/api/v1/checkout/session", {
+    method: "POST", headers: { "Idempotency-Key": newKey() },
+    body: { addressId, items: [{ productId: product.id, variantId: variant.id, qty }], livestreamId: id },
+  });
+}
+
 async function buyNow({ product, variant, qty }) {
   if (!currentUser()) { goLogin(); return; }
   const body = $("buy-body");
@@ -139,8 +155,7 @@ async function buyNow({ product, variant, qty }) {
     go.disabled = true;
     showStatus(step, "Reserving your item…", "loading");
     try {
-      const ack = await events.request("buy:now", { productId: product.id, variantId: variant.id, qty, addressId });
-      const checkout = ack.checkout || ack.session || ack;
+      const checkout = await reserve({ product, variant, qty, addressId });
       showStatus(step, "");
       const pay = el("div");
       body.replaceChildren(el("p", {}, el("strong", {}, product.title), ` × ${qty}`), pay);

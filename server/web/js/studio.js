@@ -110,13 +110,14 @@ async function endBroadcast() {
   endBtn.textContent = "End stream";
   endBtn.disabled = true;
   showStatus(status, "Ending the stream…", "loading");
+  // Leave the media session first (a clean DELETE), then end the livestream for everyone.
+  await media?.stop();
+  media = null;
   try {
     await api(`${base}/end`, { method: "POST" });
   } catch (err) {
     if (err.code !== "invalid_state") { showError(status, err); endBtn.disabled = false; return; }
   }
-  await media?.stop();
-  media = null;
   streamState = "ended";
   setBadge("Ended");
   goLive.disabled = true;

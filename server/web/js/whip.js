@@ -106,13 +106,15 @@ export class MediaSession {
     const location = this.location;
     this.pc = null;
     this.location = null;
-    if (pc) pc.close();
+    // DELETE before closing: a closed peer connection may already end the session on
+    // the server, and the DELETE would then find nothing to leave.
     if (location) {
       const headers = {};
       const token = await this.token().catch(() => null);
       if (token) headers.Authorization = `Bearer ${token}`;
       await fetch(location, { method: "DELETE", headers, keepalive }).catch(() => {});
     }
+    if (pc) pc.close();
   }
 
   async _connect() {
