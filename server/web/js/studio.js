@@ -21,6 +21,7 @@ let local = null;       // the MediaStream being previewed / published
 let media = null;       // the MediaSession while publishing
 let streamState = "scheduled";
 let products = [];      // products attached to this stream
+let highlightedId = null;
 const token = async () => (await freshAccessToken()) || accessToken();
 
 function setBadge(text, live = false) {
@@ -160,7 +161,8 @@ $("chat-form").addEventListener("submit", (e) => {
 // --- products ------------------------------------------------------------------------
 function productOf(x) { return x.product || x; }
 
-function renderProducts(highlightedId) {
+function renderProducts(shown = highlightedId) {
+  highlightedId = shown;
   const list = $("products");
   list.replaceChildren(...products.map((x) => {
     const p = productOf(x);
@@ -245,8 +247,7 @@ events
   .on("product:highlighted", (p) => renderProducts(productOf(p).id))
   .on("stock:update", (p) => {
     for (const x of products) for (const v of productOf(x).variants || []) if (v.id === p.variantId) v.stock = p.stock;
-    const shown = document.querySelector(".badge.live")?.closest("li")?.dataset.productId;
-    renderProducts(shown);
+    renderProducts();
   })
   .on("error", (p) => showStatus(status, p.message || "Something went wrong.", "error"));
 
