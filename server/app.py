@@ -32,6 +32,7 @@ from server.routes import ops as ops_routes
 from server.routes import orders as orders_routes
 from server.routes import realtime as realtime_routes
 from server.routes import seller_products as seller_product_routes
+from server.routes import web as web_routes
 from server.routes import webhooks as webhooks_routes
 from server.routes import wishlist as wishlist_routes
 
@@ -41,7 +42,7 @@ ROUTE_MODULES = (
     ops_routes, auth_routes, me_routes, catalog_routes, seller_product_routes, wishlist_routes,
     admin_routes, cart_routes, coupon_routes, livestream_routes, analytics_routes,
     checkout_routes, orders_routes, webhooks_routes, inventory_routes, realtime_routes,
-    media_routes,
+    media_routes, web_routes,
 )
 
 
@@ -68,6 +69,7 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     api = build_api()
     api.register(app)
     app[ops_routes.OPENAPI] = ops_routes.build_openapi(api)
+    web_routes.setup(app)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         if run_migrations:
