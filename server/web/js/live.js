@@ -66,7 +66,7 @@ function setStreamState(state) {
   if (!state || state === streamState) return;
   streamState = state;
   if (state === "ended") {
-    media.stop();
+    media.stop({ leave: false }); // ending the stream closed every session on the server
     events.close();
     video.srcObject = null;
     $("chat-form").querySelectorAll("input, button").forEach((x) => { x.disabled = true; });

@@ -80,13 +80,14 @@ export class MediaSession {
     this._connect();
   }
 
-  async stop({ keepalive = false } = {}) {
+  /** Stop for good; `leave: false` when the server already ended the session (stream ended). */
+  async stop({ keepalive = false, leave = true } = {}) {
     this.stopped = true;
     this.generation += 1;
     clearTimeout(this.timer);
     clearTimeout(this.graceTimer);
     window.removeEventListener("online", this._online);
-    await this._teardown(keepalive);
+    await this._teardown(keepalive, leave);
     this._setState("stopped");
   }
 
@@ -101,9 +102,9 @@ export class MediaSession {
     this.onState(state, detail);
   }
 
-  async _teardown(keepalive) {
+  async _teardown(keepalive, leave = true) {
     const pc = this.pc;
-    const location = this.location;
+    const location = leave ? this.location : null;
     this.pc = null;
     this.location = null;
     // DELETE before closing: a closed peer connection may already end the session on
