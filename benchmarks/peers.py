@@ -16,7 +16,9 @@ import time
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.codecs import depayload, get_decoder
 from aiortc.jitterbuffer import JitterFrame
 
@@ -208,6 +210,21 @@ def ffmpeg_command(url: str, bearer: str, *, width: int, height: int, fps: int, 
     ]
 
 
+class PatternTrack(VideoStreamTrack):
+    """Synthetic video that moves (so the encoder has work and bitrate to spend), 30 fps."""
+
+    def __init__(self, width: int, height: int) -> None:
+        super().__init__()
+        x = np.linspace(0, 255, width, dtype=np.uint8)
+        self._base = np.dstack([np.tile(x, (height, 1))] * 3)
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame.from_ndarray(np.roll(self._base, pts // 3000, axis=1), format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
 class Publisher:
     """The show's publisher: an ffmpeg WHIP subprocess or an aiortc peer."""
 
@@ -229,10 +246,10 @@ class Publisher:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
             return
-        from aiortc import AudioStreamTrack, VideoStreamTrack
+        from aiortc import AudioStreamTrack
 
         self.pc = new_pc()
-        self.pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+        self.pc.addTransceiver(PatternTrack(width, height), direction="sendonly")
         self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
         answer, self.location = await asyncio.wait_for(
             _post_sdp(http, self.url, await _offer(self.pc), {"Authorization": f"Bearer {self.bearer}"}), 20)
