@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from server.api import Api
 from server.auth import Passwords, RateLimiter, Tokens
@@ -66,6 +66,8 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     app[PASSWORDS] = Passwords()
     app[LOGIN_LIMITER] = RateLimiter(settings.login_attempts_per_minute, 60.0)
     app[METRICS] = HttpMetrics(CollectorRegistry())
+    # process_cpu_seconds_total and process_resident_memory_bytes: what the load test plots.
+    ProcessCollector(registry=app[METRICS].registry)
     api = build_api()
     api.register(app)
     app[ops_routes.OPENAPI] = ops_routes.build_openapi(api)

@@ -1,4 +1,4 @@
-"""The `shopstream` command: serve, demo, migrate, seed."""
+"""The `shopstream` command: serve, demo, migrate, seed, loadtest."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         "check-inventory",
         help="check stock = sum of inventory events and held + sold <= stocked; exit 1 on a violation",
     ))
+    # The load test's own flags are parsed by benchmarks.loadtest (imported only when used).
+    sub.add_parser("loadtest", help="play a live-shopping event against a running server", add_help=False)
     return parser
 
 
@@ -160,6 +162,11 @@ def run(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loadtest"]:
+        from benchmarks.loadtest import main as loadtest
+
+        sys.exit(loadtest(argv[1:]))
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:

@@ -1,0 +1,456 @@
+"""Play a live-shopping event against a running server and report what it held.
+
+Run ``shopstream loadtest [--scenario smoke] [--viewers 50 ...]`` (or
+``python -m benchmarks.loadtest``). One publisher (ffmpeg WHIP or aiortc), viewers
+joining over WHEP at a given rate (a share on WebSocket events only), chat over the
+events channel and a flash drop; progress every second, then a table, JSON and a PNG
+in ``benchmarks/results/``. Everything is bounded: each phase has a deadline and
+every peer, socket and subprocess is closed on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from benchmarks import report as reporting
+from benchmarks.peers import MediaViewer, Publisher
+from benchmarks.scenario import Scenario, ScenarioError, add_arguments, from_arguments
+from benchmarks.shop import API, Api, EventsClient, LoadError, Show, add_shoppers, buy_now, set_up
+
+CHATTERS = 5  # shopper accounts that chat, when there is chat but no drop
+LIVE_TIMEOUT = 30.0
+
+
+@dataclass
+class ChatLog:
+    """Chat messages sent by the load test and when each recipient got them."""
+
+    sent: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # text -> (at, sender, recipients)
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (sent at, latency)
+    received: int = 0
+
+    def recipient(self, index: int) -> Callable[[str, float], None]:
+        def on_chat(message: str, now: float) -> None:
+            entry = self.sent.get(message)
+            if entry is not None and entry[1] != index:
+                self.received += 1
+                self.latencies.append((entry[0], now - entry[0]))
+        return on_chat
+
+
+class LoadTest:
+    """One run of a scenario; :meth:`run` returns the report."""
+
+    def __init__(self, scenario: Scenario, log: Callable[[str], None]) -> None:
+        self.s = scenario
+        self.log = log
+        self.api = Api(scenario.target)
+        self.show: Show | None = None
+        self.publisher: Publisher | None = None
+        self.viewers: list[MediaViewer] = []
+        self.events: dict[int, EventsClient] = {}
+        self.shopper_events: dict[int, EventsClient] = {}
+        self.ws_joined = 0
+        self.chat = ChatLog()
+        self.errors: list[str] = []
+        self.drop: dict[str, Any] = {"units": 0, "buyers": 0, "successes": 0, "failures": {},
+                                     "latency": reporting.spread([]), "oversold": 0, "at": None}
+        self.samples: list[dict[str, Any]] = []
+        self.t0 = 0.0
+        self.has_events = self.has_checkout = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # --- the run ------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        s = self.s
+        self.show = await set_up(self.api, livestream_id=s.livestream_id, stream_key=s.stream_key,
+                                 drop_units=s.drop_units)
+        self.has_events = self.api.has(f"{API}/livestreams/{{id}}/events")
+        self.has_checkout = self.api.has(f"{API}/checkout/session")
+        if not self.has_events:
+            self.show.notes.append("no events route: WS viewers and chat are skipped")
+        if not (self.has_events or self.has_checkout) and self.show.variant_id:
+            self.show.notes.append("no buy-now route (events or checkout): the drop is skipped")
+            self.show.variant_id = None
+        for note in self.show.notes:
+            self.log(f"note: {note}")
+        shoppers = s.buyers if self.show.variant_id else 0
+        if s.chat_rate > 0 and self.has_events:
+            shoppers = max(shoppers, min(CHATTERS, s.viewers))
+        self.log(f"setup: livestream {self.show.livestream_id}; signing up {shoppers} shopper(s)")
+        await add_shoppers(self.api, self.show, min(shoppers, s.viewers))
+        await self._start_publisher()
+        self.t0 = time.monotonic()
+        self.log(f"live: {s.media_viewers} media + {s.ws_viewers} WS viewers at {s.join_rate}/s, "
+                 f"{s.duration:.0f} s")
+        for coro in (self._sample(), self._join_all(), self._chat(), self._drop()):
+            self._spawn(coro)
+        try:
+            await asyncio.sleep(s.duration)
+        finally:
+            await self._stop()
+        return await self._report()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.errors.append(exc.code if isinstance(exc, LoadError) else f"crash:{type(exc).__name__}")
+            self.log(f"error: {exc!r}")
+
+    async def _start_publisher(self) -> None:
+        s, show = self.s, self.show
+        assert show is not None
+        if s.publisher == "none":
+            return
+        bearer = show.stream_key or (show.seller.token if show.seller else "")
+        self.publisher = Publisher(s.publisher, s.target, show.livestream_id, bearer)
+        await self.publisher.start(self.api.http, width=s.width, height=s.height, fps=s.fps,
+                                   video_kbps=s.video_kbps, audio_kbps=s.audio_kbps,
+                                   seconds=s.duration + LIVE_TIMEOUT)
+        deadline = time.monotonic() + LIVE_TIMEOUT
+        while time.monotonic() < deadline:
+            failure = self.publisher.failure()
+            if failure:
+                raise LoadError("publisher", failure)
+            figures = reporting.parse_metrics(await self.api.request("GET", "/metrics"), show.livestream_id)
+            if figures["room_packets_in"] > 0:
+                await asyncio.sleep(1.0)  # a first keyframe has arrived at the SFU by now
+                return
+            await asyncio.sleep(0.25)
+        raise LoadError("publisher", f"no media reached the SFU within {LIVE_TIMEOUT:.0f} s")
+
+    async def _join_all(self) -> None:
+        s, show = self.s, self.show
+        assert show is not None
+        joins = []
+        for index in range(s.viewers):
+            await asyncio.sleep(max(0.0, self.t0 + index / s.join_rate - time.monotonic()))
+            account = show.shoppers[index] if index < len(show.shoppers) else None
+            ws_only = index >= s.media_viewers
+            joins.append(self._spawn(self._join(index, ws_only, account)))
+        await asyncio.gather(*joins, return_exceptions=True)
+        self.log(f"all {s.viewers} viewers attempted to join at t={time.monotonic() - self.t0:.1f} s")
+
+    async def _join(self, index: int, ws_only: bool, account: Any) -> None:
+        show = self.show
+        assert show is not None
+        if not ws_only:
+            viewer = MediaViewer(self.s.target, show.livestream_id, self.s.decode_first_frames)
+            self.viewers.append(viewer)
+            try:
+                await viewer.join(self.api.http)
+            except LoadError as exc:
+                viewer.failed = exc.code  # counted once, in the report's join errors
+                self.log(f"viewer {index}: {exc}")
+                return
+        if (ws_only or account is not None) and self.has_events:
+            events = EventsClient(self.api, show.livestream_id, account, self.chat.recipient(index))
+            self.events[index] = events
+            await events.connect()
+            if ws_only:
+                self.ws_joined += 1
+            if account is not None:
+                self.shopper_events[index] = events
+
+    async def _chat(self) -> None:
+        s = self.s
+        if s.chat_rate <= 0 or not self.has_events:
+            return
+        counter = itertools.count()
+        while True:
+            n = next(counter)
+            await asyncio.sleep(max(0.0, self.t0 + 1.0 + n / s.chat_rate - time.monotonic()))
+            senders = [i for i, e in self.shopper_events.items() if e.connect_seconds is not None]
+            if not senders:
+                continue
+            sender = senders[n % len(senders)]
+            recipients = sum(1 for i, e in self.events.items() if e.connect_seconds is not None and i != sender)
+            text = f"lt:{n}:{sender}"
+            self.chat.sent[text] = (time.monotonic(), sender, recipients)
+            try:
+                await asyncio.wait_for(self.shopper_events[sender].send("chat:send", {"message": text}), 5)
+            except (LoadError, asyncio.TimeoutError, ConnectionError) as exc:
+                self.errors.append(f"chat:{getattr(exc, 'code', type(exc).__name__)}")
+
+    async def _drop(self) -> None:
+        s, show = self.s, self.show
+        assert show is not None
+        if s.drop_at < 0 or show.variant_id is None:
+            self.drop["skipped"] = "no drop product" if s.drop_at >= 0 else "disabled"
+            return
+        await asyncio.sleep(max(0.0, self.t0 + s.drop_at - time.monotonic()))
+        self.drop.update(at=time.monotonic() - self.t0, units=s.drop_units)
+        assert show.seller is not None
+        if self.api.has(f"{API}/seller/livestreams/{{id}}/highlight"):
+            await self.api.request("POST", f"{API}/seller/livestreams/{show.livestream_id}/highlight",
+                                   json={"productId": show.product_id}, headers=show.seller.headers)
+        buyers = show.shoppers[: s.buyers]
+        self.drop["buyers"] = len(buyers)
+        self.log(f"drop: {len(buyers)} buyers for {s.drop_units} units")
+
+        async def press(index: int) -> tuple[str, float]:
+            started = time.monotonic()
+            try:
+                await buy_now(self.api, self.shopper_events.get(index), show, buyers[index])
+                outcome = "ok"
+            except LoadError as exc:
+                outcome = exc.code
+            return outcome, time.monotonic() - started
+
+        results = await asyncio.gather(*(press(i) for i in range(len(buyers))))
+        self.drop["successes"] = sum(1 for outcome, _ in results if outcome == "ok")
+        self.drop["failures"] = reporting.count([o for o, _ in results if o != "ok"])
+        self.drop["latency"] = reporting.spread([t for _, t in results])
+        self.log(f"drop: {self.drop['successes']} sold, failures {self.drop['failures'] or 'none'}")
+
+    async def _sample(self) -> None:
+        """Read `/metrics` once a second and print a progress line."""
+        assert self.show is not None
+        last_cpu, last_client, last_wall = math.nan, time.process_time(), time.monotonic()
+        while True:
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - last_wall)))
+            now = time.monotonic()
+            try:
+                text = await asyncio.wait_for(self.api.request("GET", "/metrics"), 5)
+                figures = reporting.parse_metrics(text, self.show.livestream_id)
+            except (LoadError, asyncio.TimeoutError):
+                self.errors.append("metrics")
+                continue
+            client = time.process_time()
+            wall = now - last_wall
+            recent = [lat for at, lat in self.chat.latencies if at >= now - 2.0]
+            sample = {
+                "t": round(now - self.t0, 2),
+                "media_viewers": sum(1 for v in self.viewers if v.connected_at is not None and not v.failed),
+                "ws_viewers": self.ws_joined,
+                "room_viewers": figures["room_viewers"],
+                "server_cpu": (figures["cpu_seconds"] - last_cpu) / wall if not math.isnan(last_cpu) else None,
+                "client_cpu": (client - last_client) / wall,
+                "rss_bytes": figures["rss_bytes"] if not math.isnan(figures["rss_bytes"]) else None,
+                "frames": sum(v.video.frames for v in self.viewers),
+                "chat_p50": reporting.percentile(recent, 50),
+                **{k: figures[k] for k in ("room_packets_out", "room_drops", "http_5xx")},
+            }
+            self.samples.append(sample)
+            last_cpu, last_client, last_wall = figures["cpu_seconds"], client, now
+            self.log(
+                f"t={sample['t']:5.1f}s viewers {sample['media_viewers']}+{sample['ws_viewers']}ws "
+                f"(room {sample['room_viewers']:.0f}) frames {sample['frames']} "
+                f"chat p50 {_ms(sample['chat_p50'])} server cpu {_pct(sample['server_cpu'])} "
+                f"rss {_mb(sample['rss_bytes'])} client cpu {_pct(sample['client_cpu'])} "
+                f"errors {len(self.errors)}"
+            )
+
+    # --- stopping and reporting ---------------------------------------------------------
+
+    async def _stop(self) -> None:
+        """Cancel the load, leave every session, stop the publisher."""
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.media_figures = [v.figures() for v in self.viewers]
+        self.final_metrics = await self._metrics_or_none()
+        await asyncio.gather(*(v.leave(self.api.http) for v in self.viewers), return_exceptions=True)
+        await asyncio.gather(*(e.close() for e in self.events.values()), return_exceptions=True)
+        if self.publisher is not None:
+            failure = self.publisher.failure()
+            if failure:
+                self.errors.append("publisher")
+                self.log(f"error: {failure}")
+            await self.publisher.stop()
+
+    async def _metrics_or_none(self) -> dict[str, float] | None:
+        assert self.show is not None
+        try:
+            text = await asyncio.wait_for(self.api.request("GET", "/metrics"), 10)
+        except (LoadError, asyncio.TimeoutError):
+            return None
+        return reporting.parse_metrics(text, self.show.livestream_id)
+
+    async def _check_inventory(self) -> None:
+        """Verify oversold = 0: stock read back through the API and the admin invariant check."""
+        show, s = self.show, self.s
+        if show is None or show.product_id is None:
+            return
+        product = await self.api.request("GET", f"{API}/products/{show.product_id}") \
+            if self.api.has(f"{API}/products/{{id}}") else None
+        if product is not None:
+            stock = next((v["stock"] for v in product.get("variants", []) if v["id"] == show.variant_id), None)
+            self.drop["stock_after"] = stock
+            if stock is not None and (stock < 0 or stock + self.drop["successes"] > s.drop_units):
+                self.drop["oversold"] = max(1, self.drop["successes"] - s.drop_units)
+        self.drop["oversold"] = max(self.drop["oversold"], self.drop["successes"] - s.drop_units)
+        if self.api.has(f"{API}/admin/inventory/check"):
+            try:
+                admin = await self.api.login(s.admin_email, s.admin_password)
+                check = await self.api.request("GET", f"{API}/admin/inventory/check", headers=admin.headers)
+            except LoadError as exc:
+                self.drop["inventory_check"] = f"not run: {exc.code}"
+                return
+            self.drop["inventory_check"] = check
+            if not _clean(check):
+                self.drop["oversold"] = max(1, self.drop["oversold"])
+
+    async def _report(self) -> dict[str, Any]:
+        await self._check_inventory()
+        s = self.s
+        media = self.media_figures
+        joined = [m for m in media if m["failed"] is None and m["connect_s"] is not None]
+        self.errors += [f"join:{m['failed']}" for m in media if m["failed"]]
+        first = self.samples[0] if self.samples else {}
+        last = self.final_metrics or {}
+        cpus = [p["server_cpu"] for p in self.samples if p["server_cpu"] is not None]
+        rss = [p["rss_bytes"] for p in self.samples if p["rss_bytes"] is not None]
+        delivered_expected = sum(r for _, _, r in self.chat.sent.values())
+        server_5xx = (last.get("http_5xx", 0.0) - first.get("http_5xx", 0.0)) if first else 0.0
+        if server_5xx:
+            self.errors += ["server_5xx"] * int(server_5xx)
+        ws_times = [e.connect_seconds for e in self.events.values() if e.connect_seconds is not None]
+        for events in self.events.values():
+            self.errors += [f"event:{code}" for code in events.errors]
+        frames = [m["frames"] for m in joined]
+        packets = [m["video_packets"] + m["audio_packets"] for m in joined]
+        losses = [m["loss"] for m in joined if m["loss"] is not None]
+        report = {
+            "scenario": s.as_dict(),
+            "notes": self.show.notes if self.show else [],
+            "livestream_id": self.show.livestream_id if self.show else None,
+            "joins": {
+                "media_planned": s.media_viewers, "media_joined": len(joined),
+                "ws_planned": s.ws_viewers if self.has_events else 0, "ws_joined": self.ws_joined,
+                "connect": reporting.spread([m["connect_s"] for m in joined]),
+                "first_frame": reporting.spread([m["first_frame_s"] for m in joined if m["first_frame_s"] is not None]),
+                "first_packet": reporting.spread([m["first_packet_s"] for m in joined if m["first_packet_s"] is not None]),
+                "ws_connect": reporting.spread(ws_times),
+            },
+            "media": {
+                "viewers_without_frames": sum(1 for f in frames if f == 0) + (s.media_viewers - len(joined)),
+                "frames_min": min(frames, default=None), "frames_mean": _mean(frames),
+                "packets_min": min(packets, default=None), "packets_mean": _mean(packets),
+                "loss_mean": _mean(losses), "loss_max": max(losses, default=None),
+                "freezes": sum(m["freezes"] for m in joined),
+                "viewers_with_freezes": sum(1 for m in joined if m["freezes"]),
+                "per_viewer": media,
+            },
+            "chat": {
+                "sent": len(self.chat.sent), "received": self.chat.received,
+                "delivered_share": self.chat.received / delivered_expected if delivered_expected else None,
+                "latency": reporting.spread([lat for _, lat in self.chat.latencies]),
+            },
+            "drop": self.drop,
+            "server": {
+                "cpu_mean": _mean(cpus), "cpu_max": max(cpus, default=None),
+                "rss_start": rss[0] if rss else None, "rss_max": max(rss, default=None),
+                "room_drops": last.get("room_drops"), "http_5xx": server_5xx,
+            },
+            "client": {"cpu_mean": _mean([p["client_cpu"] for p in self.samples])},
+            "timeline": self.samples,
+            "errors": reporting.count(self.errors),
+        }
+        report["invariants"] = {
+            "every_viewer_got_frames": s.media_viewers == 0 or (
+                len(joined) == s.media_viewers and report["media"]["viewers_without_frames"] == 0),
+            "no_oversell": self.drop["oversold"] == 0 and self.drop["successes"] <= max(s.drop_units, 0),
+            "no_server_errors": server_5xx == 0 and "publisher" not in self.errors,
+        }
+        return report
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.publisher is not None:
+            await self.publisher.stop()
+        for events in self.events.values():
+            with contextlib.suppress(Exception):  # noqa: BLE001 - best-effort cleanup
+                await events.close()
+        await self.api.close()
+
+
+def _clean(check: Any) -> bool:
+    """Read an inventory check answer: `ok: true`, or no non-empty list of problems."""
+    if isinstance(check, dict):
+        if "ok" in check:
+            return bool(check["ok"])
+        return not any(isinstance(v, list) and v for v in check.values())
+    return True
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f}ms"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.0f}MB"
+
+
+async def run(scenario: Scenario, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run one scenario and return its report (the caller prints or writes it)."""
+    log = log or (lambda line: print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True))
+    test = LoadTest(scenario, log)
+    try:
+        return await test.run()
+    finally:
+        await test.close()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shopstream loadtest", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the load test from the command line; exit 1 if an invariant is violated."""
+    args = parser().parse_args(argv)
+    try:
+        scenario = from_arguments(args)
+    except ScenarioError as exc:
+        print(f"scenario error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            result = runner.run(run(scenario))
+    except LoadError as exc:
+        print(f"load test failed: {exc}", file=sys.stderr)
+        return 2
+    except aiohttp.ClientError as exc:
+        print(f"load test failed: cannot reach {scenario.target}: {exc}", file=sys.stderr)
+        return 2
+    print(reporting.table(result), flush=True)
+    json_path, png_path = reporting.write(result, scenario.results_dir)
+    print(f"\nwrote {json_path}" + (f" and {png_path}" if png_path else " (no PNG: matplotlib missing)"))
+    return 0 if all(result["invariants"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
