@@ -169,43 +169,57 @@ def _parse_query(spec: RouteSpec, request: web.Request) -> dict[str, Any]:
     return values
 
 
-async def _read_json(request: web.Request, validator: jsonschema.Draft202012Validator) -> Any:
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "expected Content-Type: application/json")
+async def read_body(request: web.Request) -> bytes:
+    """Read the raw request body; 413 past `max_body_bytes` (declared or actual)."""
     limit = request.app[SETTINGS].max_body_bytes
     if (request.content_length or 0) > limit:
         raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
     raw = await request.read()
     if len(raw) > limit:
         raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+    return raw
+
+
+def refuse_nul(data: Any) -> None:
+    """Raise a 400 validation_error when any string or key in decoded JSON holds NUL.
+
+    PostgreSQL text cannot hold NUL: every JSON body is refused here, in one place,
+    rather than failing in a query as a 500.
+    """
+    if (where := _nul_path(data)) is not None:
+        raise ApiError(
+            400, "validation_error", f"invalid request body: {where or 'body'}: contains NUL",
+            {"fields": {where or "body": "contains NUL"}},
+        )
+
+
+async def _read_json(request: web.Request, validator: jsonschema.Draft202012Validator) -> Any:
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "expected Content-Type: application/json")
+    raw = await read_body(request)
     try:
         data = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "malformed_json", "request body is not valid JSON") from None
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
-    if not errors and (where := _nul_path(data)) is not None:
-        # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the query.
-        raise ApiError(
-            400, "validation_error", f"invalid request body: {where or 'body'}: contains NUL",
-            {"fields": {where or "body": "contains NUL"}},
-        )
-    if errors:
-        fields: dict[str, str] = {}
-        for error in errors[:20]:
-            where = ".".join(str(p) for p in error.absolute_path)
-            if error.validator in ("required", "dependentRequired"):
-                missing = error.message.split("'")[1] if "'" in error.message else ""
-                where = ".".join(filter(None, [where, missing]))
-            if error.validator == "additionalProperties":
-                extra = re.findall(r"'([^']+)'", error.message)
-                where = ".".join(filter(None, [where, *extra[:1]]))
-            fields[where or "body"] = error.message
-        first = next(iter(fields))
-        raise ApiError(
-            400, "validation_error", f"invalid request body: {first}: {fields[first]}",
-            {"fields": fields},
-        )
-    return data
+    if not errors:
+        refuse_nul(data)
+        return data
+    fields: dict[str, str] = {}
+    for error in errors[:20]:
+        where = ".".join(str(p) for p in error.absolute_path)
+        if error.validator in ("required", "dependentRequired"):
+            missing = error.message.split("'")[1] if "'" in error.message else ""
+            where = ".".join(filter(None, [where, missing]))
+        if error.validator == "additionalProperties":
+            extra = re.findall(r"'([^']+)'", error.message)
+            where = ".".join(filter(None, [where, *extra[:1]]))
+        fields[where or "body"] = error.message
+    first = next(iter(fields))
+    raise ApiError(
+        400, "validation_error", f"invalid request body: {first}: {fields[first]}",
+        {"fields": fields},
+    )
 
 
 def _nul_path(data: Any, where: str = "") -> str | None:

@@ -83,3 +83,30 @@ async def test_access_log_line_is_json(aiohttp_client, clean_db, tmp_path, caplo
     line = json.loads(caplog.records[-1].getMessage())
     assert line["route"] == "/healthz" and line["status"] == 200 and line["requestId"] == "req-1"
     assert {"method", "ms", "userId"} <= set(line)
+
+
+
+async def test_nul_in_any_json_string_is_400_not_500(client, factory: Factory) -> None:
+    user, seller = await factory.user(), await factory.seller()
+    product = await factory.product(seller)
+    cases = [
+        ("PATCH", "/api/v1/me", {"name": "a\u0000b"}, user, "name"),
+        ("POST", "/api/v1/me/cart/apply-coupon", {"code": "A\u0000B"}, user, "code"),
+        ("POST", "/api/v1/seller/livestreams", {"title": "Show", "description": "\u0000"}, seller, "description"),
+        ("PATCH", f"/api/v1/seller/products/{product['id']}", {"description": "x\u0000"}, seller, "description"),
+    ]
+    for method, path, body, who, field in cases:
+        resp = await client.request(method, path, json=body, headers=who.headers)
+        assert resp.status == 400, path
+        error = (await resp.json())["error"]
+        assert error["code"] == "validation_error" and error["details"]["fields"] == {field: "contains NUL"}, path
+    # Nested deep in a list, the field path says where.
+    stream = await (await client.post("/api/v1/seller/livestreams", json={"title": "Show"}, headers=seller.headers)).json()
+    resp = await client.patch(
+        f"/api/v1/seller/livestreams/{stream['id']}", json={"chatSettings": {"blockedWords": ["ok", "x\u0000"]}},
+        headers=seller.headers,
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["details"]["fields"] == {"chatSettings.blockedWords.1": "contains NUL"}
+    resp = await client.patch("/api/v1/me", json={"name": "ok"}, headers=user.headers)
+    assert resp.status == 200 and (await resp.json())["name"] == "ok"
