@@ -17,15 +17,18 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import jsonschema
 from aiohttp import web
 
+from commerce.sellers import require_seller
 from server.errors import ApiError, forbidden, unauthenticated, validation_error
-from server.keys import AUTH_ERROR, BODY, IDENTITY, QUERY, SETTINGS, SPEC
+from server.keys import AUTH_ERROR, BODY, DB, IDENTITY, QUERY, SETTINGS, SPEC
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -246,6 +249,20 @@ def path_id(request: web.Request, name: str = "id") -> str:
         return str(uuid.UUID(request.match_info[name]))
     except ValueError:
         raise ApiError(404, "not_found", f"{name} not found") from None
+
+
+@asynccontextmanager
+async def seller_transaction(
+    request: web.Request, *, system: bool = False
+) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
+    """Open the caller's transaction and yield it with the seller id they act as (403 if none).
+
+    `system=True` runs the work as trusted server work (no RLS) for routes that
+    authorize by the seller id themselves.
+    """
+    user_id, database = request[IDENTITY].user_id, request.app[DB]
+    async with database.transaction(system=True) if system else database.transaction(user_id) as conn:
+        yield conn, await require_seller(conn, user_id)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

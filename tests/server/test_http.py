@@ -85,6 +85,29 @@ async def test_access_log_line_is_json(aiohttp_client, clean_db, tmp_path, caplo
     assert {"method", "ms", "userId"} <= set(line)
 
 
+async def test_bad_cursor_is_400_on_every_list(client, factory: Factory) -> None:
+    seller = await factory.seller()
+    created = await client.post("/api/v1/seller/livestreams", json={"title": "Cursor show"}, headers=seller.headers)
+    assert created.status == 201
+    livestream_id = (await created.json())["id"]
+    # A well-formed cursor of another listing is as bad as garbage.
+    await factory.product(seller)
+    await factory.product(seller)
+    foreign = (await (await client.get("/api/v1/products", params={"limit": "1"})).json())["nextCursor"]
+    assert foreign
+    lists = [
+        "/api/v1/products", "/api/v1/me/orders", "/api/v1/seller/orders", "/api/v1/seller/coupons",
+        "/api/v1/livestreams", f"/api/v1/livestreams/{livestream_id}/chat", "/api/v1/seller/livestreams",
+        "/api/v1/seller/products", "/api/v1/me/wishlist",
+    ]
+    for path in lists:
+        for cursor in ("garbage!!", "W1sxLDJdXQ", foreign):
+            if path == "/api/v1/products" and cursor == foreign:
+                continue
+            resp = await client.get(path, params={"cursor": cursor}, headers=seller.headers)
+            assert resp.status == 400, (path, cursor)
+            assert (await resp.json())["error"]["details"]["fields"] == {"cursor": "invalid cursor"}, path
+
 
 async def test_nul_in_any_json_string_is_400_not_500(client, factory: Factory) -> None:
     user, seller = await factory.user(), await factory.seller()
