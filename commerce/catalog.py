@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from commerce.errors import Conflict, Invalid, NotFound
-from commerce.pagination import decode_cursor, encode_cursor
+from commerce.pagination import decode_cursor, split_page
 
 PRODUCT_COLUMNS = """
 p.id, p.title, p.description, p.price, p.currency, p.images, p.status, p.category_id,
@@ -155,16 +155,12 @@ async def list_products(
         except ValueError:
             raise Invalid("seller must be a seller id", fields={"seller": "not an id"}) from None
     kind = RANKED if search else NEWEST
-    after = decode_cursor(cursor, kind, (float if search else datetime, uuid.UUID))
-    key, last_id = after if after else (None, None)
+    types = (float if search else datetime, uuid.UUID)
+    key, last_id = decode_cursor(cursor, kind, types) or (None, None)
     query = PUBLIC_PRODUCTS + (RANKED_PAGE if search else NEWEST_PAGE)
     rows = await conn.fetch(query, search, category or None, seller_id, key, last_id, limit + 1)
-    page, more = rows[:limit], len(rows) > limit
-    next_cursor = None
-    if more:
-        last = page[-1]
-        sort_key = last["rank"] if search else last["created_at"].isoformat()
-        next_cursor = encode_cursor(kind, sort_key, str(last["id"]))
+    sort_columns = ("rank", "id") if search else ("created_at", "id")
+    page, next_cursor = split_page(rows, limit, kind, sort_columns)
     return {"items": await products_json(conn, page), "nextCursor": next_cursor}
 
 

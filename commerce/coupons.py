@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from commerce.errors import Conflict, CouponInvalid, Invalid, NotFound
-from commerce.paging import decode_cursor, page
+from commerce.pagination import decode_cursor, page
 from commerce.values import iso, parse_moment
 
 COUPON_COLUMNS = """
@@ -166,12 +166,9 @@ async def list_coupons(
     conn: asyncpg.Connection, seller_id: str, *, limit: int, cursor: str | None
 ) -> dict[str, Any]:
     """Return one page of the seller's coupons, newest first."""
-    after = decode_cursor(cursor)
-    rows = await conn.fetch(
-        SELECT_SELLER_COUPONS, seller_id, after[0] if after else None,
-        after[1] if after else None, limit + 1,
-    )
-    return page(rows, limit, "created_at", coupon_json)
+    created, last_id = decode_cursor(cursor, "coupons") or (None, None)
+    rows = await conn.fetch(SELECT_SELLER_COUPONS, seller_id, created, last_id, limit + 1)
+    return page(rows, limit, "coupons", coupon_json)
 
 
 async def get_coupon(conn: asyncpg.Connection, seller_id: str, coupon_id: str) -> dict[str, Any]:

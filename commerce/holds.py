@@ -19,23 +19,17 @@ from typing import Any
 import asyncpg
 
 from commerce.errors import PaymentProviderError
+from commerce.inventory import adjust_stock
 
 log = logging.getLogger("shopstream.holds")
 
 RELEASE_HOLDS = """
 UPDATE stock_holds SET status = 'released'
 WHERE id = ANY($1::uuid[]) AND status = 'held'
-RETURNING id, variant_id, qty
+RETURNING id, variant_id, qty, order_id
 """
 OPEN_HOLDS_OF_PAYMENT = "SELECT id FROM stock_holds WHERE payment_id = $1 AND status = 'held'"
 OPEN_HOLDS_OF_ORDER = "SELECT id FROM stock_holds WHERE order_id = $1 AND status = 'held'"
-RETURN_STOCK = "UPDATE product_variants SET stock = stock + $2 WHERE id = $1"
-INSERT_RELEASE_EVENTS = """
-INSERT INTO inventory_events (product_id, variant_id, delta, reason, order_id, hold_id)
-SELECT v.product_id, h.variant_id, h.qty, $2, h.order_id, h.id
-FROM stock_holds h JOIN product_variants v ON v.id = h.variant_id
-WHERE h.id = ANY($1::uuid[])
-"""
 CONFIRM_HOLDS = "UPDATE stock_holds SET status = 'confirmed' WHERE payment_id = $1 AND status = 'held'"
 RELEASE_REDEMPTION = """
 UPDATE coupon_redemptions SET status = 'released'
@@ -68,7 +62,7 @@ async def release_coupon(conn: asyncpg.Connection, payment_id: str) -> None:
 
 
 async def release_holds(conn: asyncpg.Connection, hold_ids: list[Any]) -> list[str]:
-    """Release open holds: stock back in variant-id order, one event per hold.
+    """Release open holds: stock back in variant-id order, one inventory event per hold.
 
     Holds already released or confirmed are skipped (the UPDATE is conditional),
     so releasing twice gives nothing back twice. Return the variant ids changed.
@@ -76,16 +70,12 @@ async def release_holds(conn: asyncpg.Connection, hold_ids: list[Any]) -> list[s
     if not hold_ids:
         return []
     released = await conn.fetch(RELEASE_HOLDS, hold_ids)
-    if not released:
-        return []
-    per_variant: dict[str, int] = {}
-    for row in released:
-        key = str(row["variant_id"])
-        per_variant[key] = per_variant.get(key, 0) + row["qty"]
-    for variant_id in sorted(per_variant):
-        await conn.execute(RETURN_STOCK, variant_id, per_variant[variant_id])
-    await conn.execute(INSERT_RELEASE_EVENTS, [r["id"] for r in released], HOLD_RELEASED)
-    return sorted(per_variant)
+    for row in sorted(released, key=lambda r: (str(r["variant_id"]), str(r["id"]))):
+        await adjust_stock(
+            conn, variant_id=str(row["variant_id"]), delta=row["qty"], reason=HOLD_RELEASED,
+            order_id=str(row["order_id"]), hold_id=str(row["id"]),
+        )
+    return sorted({str(r["variant_id"]) for r in released})
 
 
 async def release_payment(

@@ -17,8 +17,9 @@ from typing import Any
 
 import asyncpg
 
+from commerce.catalog import PRODUCT_COLUMNS, get_product, products_json
 from commerce.errors import Conflict, Forbidden, Invalid, InvalidState, NotFound
-from commerce.paging import decode_cursor, page
+from commerce.pagination import decode_cursor, page
 from commerce.values import iso, parse_moment
 
 # state -> the states it may move to
@@ -64,17 +65,11 @@ UPDATE livestreams SET peak_viewers = greatest(peak_viewers, $2),
        total_viewers = total_viewers + $3, watch_seconds = watch_seconds + $4
 WHERE id = $1 RETURNING id
 """
-SELECT_STREAM_PRODUCTS = """
-SELECT p.id, p.title, p.price, p.currency, p.images, p.status, lp.position, lp.highlighted_at,
-       coalesce(jsonb_agg(jsonb_build_object(
-           'id', v.id, 'sku', v.sku, 'color', v.color, 'size', v.size, 'stock', v.stock,
-           'price', coalesce(v.price_override, p.price)) ORDER BY v.created_at, v.id)
-         FILTER (WHERE v.id IS NOT NULL), '[]') AS variants
+SELECT_STREAM_PRODUCTS = f"""
+SELECT {PRODUCT_COLUMNS}, lp.position, lp.highlighted_at
 FROM live_products lp
-JOIN products p ON p.id = lp.product_id
-LEFT JOIN product_variants v ON v.product_id = p.id
+JOIN products p ON p.id = lp.product_id JOIN sellers s ON s.id = p.seller_id
 WHERE lp.livestream_id = $1 AND ($2 OR p.status = 'active')
-GROUP BY p.id, lp.position, lp.highlighted_at, lp.id
 ORDER BY lp.position, lp.id
 """
 SELECT_PRODUCT_ON_STREAM = """
@@ -178,16 +173,16 @@ async def list_own_livestreams(
     conn: asyncpg.Connection, seller_id: str, *, limit: int, cursor: str | None
 ) -> dict[str, Any]:
     """Return one page of the seller's livestreams (with stream keys), newest first."""
-    after = decode_cursor(cursor)
+    created, last_id = decode_cursor(cursor, "own-livestreams") or (None, None)
     rows = await conn.fetch(
-        f"""SELECT {LIVESTREAM_COLUMNS}, l.created_at AS sort_key
+        f"""SELECT {LIVESTREAM_COLUMNS}
             FROM livestreams l JOIN sellers s ON s.id = l.seller_id
             WHERE l.seller_id = $1
               AND ($2::timestamptz IS NULL OR (l.created_at, l.id) < ($2, $3::uuid))
             ORDER BY l.created_at DESC, l.id DESC LIMIT $4""",
-        seller_id, after[0] if after else None, after[1] if after else None, limit + 1,
+        seller_id, created, last_id, limit + 1,
     )
-    return page(rows, limit, "sort_key", lambda r: livestream_json(r, with_key=True))
+    return page(rows, limit, "own-livestreams", lambda r: livestream_json(r, with_key=True))
 
 
 async def list_livestreams(
@@ -196,7 +191,8 @@ async def list_livestreams(
     """Return one page of livestreams: live (incl. paused), upcoming (scheduled) or ended."""
     expr, direction = LIST_ORDER[status]
     compare = "<" if direction == "DESC" else ">"
-    after = decode_cursor(cursor)
+    kind = f"livestreams-{status or 'all'}"
+    sort_key, last_id = decode_cursor(cursor, kind) or (None, None)
     statuses = list(STATUS_FILTERS[status]) if status else list(TRANSITIONS)
     rows = await conn.fetch(
         f"""SELECT {LIVESTREAM_COLUMNS}, {expr} AS sort_key
@@ -204,9 +200,9 @@ async def list_livestreams(
             WHERE l.status = ANY($1::text[])
               AND ($2::timestamptz IS NULL OR ({expr}, l.id) {compare} ($2, $3::uuid))
             ORDER BY {expr} {direction}, l.id {direction} LIMIT $4""",
-        statuses, after[0] if after else None, after[1] if after else None, limit + 1,
+        statuses, sort_key, last_id, limit + 1,
     )
-    return page(rows, limit, "sort_key", livestream_json)
+    return page(rows, limit, kind, livestream_json, key=("sort_key", "id"))
 
 
 async def set_state(conn: asyncpg.Connection, livestream_id: str, new_state: str) -> dict[str, Any]:
@@ -344,20 +340,17 @@ async def highlight_product(
         "UPDATE live_products SET highlighted_at = clock_timestamp() WHERE id = $1",
         product["live_product_id"],
     )
-    return await _product_summary(conn, product_id)
+    return await get_product(conn, product_id, viewer_seller_id=seller_id)
 
 
 async def stream_products(
     conn: asyncpg.Connection, livestream_id: str, *, include_inactive: bool = False
 ) -> list[dict[str, Any]]:
-    """Return the products attached to a livestream in their order, with variants."""
+    """Return the products attached to a livestream in their order: product JSON + position."""
     rows = await conn.fetch(SELECT_STREAM_PRODUCTS, livestream_id, include_inactive)
     return [
-        {
-            **_summary_json(r), "position": r["position"],
-            "highlightedAt": iso(r["highlighted_at"]),
-        }
-        for r in rows
+        {**product, "position": r["position"], "highlightedAt": iso(r["highlighted_at"])}
+        for r, product in zip(rows, await products_json(conn, rows), strict=True)
     ]
 
 
@@ -367,31 +360,6 @@ async def public_stream_products(conn: asyncpg.Connection, livestream_id: str) -
     return await stream_products(conn, livestream_id)
 
 
-# TODO(merge): use commerce.catalog.get_product
-async def _product_summary(conn: asyncpg.Connection, product_id: str) -> dict[str, Any]:
-    row = await conn.fetchrow(
-        """SELECT p.id, p.title, p.price, p.currency, p.images,
-                  coalesce(jsonb_agg(jsonb_build_object(
-                      'id', v.id, 'sku', v.sku, 'color', v.color, 'size', v.size,
-                      'stock', v.stock, 'price', coalesce(v.price_override, p.price))
-                      ORDER BY v.created_at, v.id) FILTER (WHERE v.id IS NOT NULL), '[]') AS variants
-           FROM products p LEFT JOIN product_variants v ON v.product_id = p.id
-           WHERE p.id = $1 GROUP BY p.id""",
-        product_id,
-    )
-    if row is None:
-        raise NotFound("product not found")
-    return _summary_json(row)
-
-
-def _summary_json(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]), "title": row["title"], "price": row["price"],
-        "currency": row["currency"], "images": _json(row["images"]),
-        "variants": _json(row["variants"]),
-    }
-
-
 # ---- chat history -----------------------------------------------------------------
 
 async def chat_history(
@@ -399,12 +367,9 @@ async def chat_history(
 ) -> dict[str, Any]:
     """Return one page of a livestream's persisted chat, oldest first; deleted ones left out."""
     await _row(conn, livestream_id)
-    after = decode_cursor(cursor)
-    rows = await conn.fetch(
-        SELECT_CHAT_PAGE, livestream_id, after[0] if after else None,
-        after[1] if after else None, limit + 1,
-    )
-    return page(rows, limit, "created_at", _chat_json)
+    created, last_id = decode_cursor(cursor, "chat") or (None, None)
+    rows = await conn.fetch(SELECT_CHAT_PAGE, livestream_id, created, last_id, limit + 1)
+    return page(rows, limit, "chat", _chat_json)
 
 
 def _chat_json(row: asyncpg.Record) -> dict[str, Any]:

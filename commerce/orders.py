@@ -11,7 +11,6 @@ racing transitions cannot both win and a state never moves backward.
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import datetime
 from typing import Any
@@ -21,6 +20,8 @@ import asyncpg
 from commerce import holds
 from commerce.errors import Invalid, InvalidState, NotFound
 from commerce.fulfilment import Outcome
+from commerce.inventory import adjust_stock
+from commerce.pagination import decode_cursor, page
 
 ORDER_COLUMNS = """
 o.id, o.user_id, o.seller_id, o.payment_id, o.livestream_id, o.coupon_id, o.shipping_address,
@@ -39,7 +40,6 @@ WHERE o.user_id = $1 AND ($2::timestamptz IS NULL OR (o.created_at, o.id) < ($2,
 ORDER BY o.created_at DESC, o.id DESC LIMIT $4
 """
 LIST_SELLER_ORDERS = LIST_BUYER_ORDERS.replace("o.user_id = $1", "o.seller_id = $1")
-SELLER_OF_USER = "SELECT id FROM sellers WHERE user_id = $1"
 TRANSITION = """
 UPDATE orders SET status = $3, updated_at = now()
 WHERE id = $1 AND seller_id = $2 AND status = ANY($4::text[]) RETURNING id
@@ -72,12 +72,7 @@ UPDATE payments SET refunded_amount = refunded_amount + $2,
        updated_at = now()
 WHERE id = $1
 """
-ORDER_LINES = "SELECT i.variant_id, i.product_id, i.qty FROM order_items i WHERE i.order_id = $1 ORDER BY i.variant_id"
-RESTOCK = "UPDATE product_variants SET stock = stock + $2 WHERE id = $1"
-RESTOCK_EVENT = """
-INSERT INTO inventory_events (product_id, variant_id, delta, reason, order_id)
-VALUES ($1, $2, $3, 'refund restock', $4)
-"""
+ORDER_LINES = "SELECT i.variant_id, i.qty FROM order_items i WHERE i.order_id = $1 ORDER BY i.variant_id"
 
 SHIP_FROM = ["paid"]
 DELIVER_FROM = ["shipped"]
@@ -108,46 +103,16 @@ def _iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def _encode_cursor(row: asyncpg.Record) -> str:
-    raw = f"{row['created_at'].isoformat()}|{row['id']}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> tuple[datetime | None, str | None]:
-    if not cursor:
-        return None, None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        when, _, ident = raw.partition("|")
-        import uuid
-
-        return datetime.fromisoformat(when), str(uuid.UUID(ident))
-    except (ValueError, UnicodeDecodeError):
-        raise Invalid("the cursor is malformed", fields={"cursor": "malformed"}) from None
-
-
-async def _page(conn: asyncpg.Connection, sql: str, owner: Any, limit: int, cursor: str | None) -> dict[str, Any]:
-    after, after_id = _decode_cursor(cursor)
-    rows = await conn.fetch(sql, owner, after, after_id, limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {"items": [order_json(r) for r in rows],
-            "nextCursor": _encode_cursor(rows[-1]) if more else None}
-
-
 async def buyer_orders(conn: asyncpg.Connection, user_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
-    return await _page(conn, LIST_BUYER_ORDERS, user_id, limit, cursor)
-
-
-async def seller_id_of(conn: asyncpg.Connection, user_id: str) -> str:
-    seller_id = await conn.fetchval(SELLER_OF_USER, user_id)
-    if seller_id is None:
-        raise NotFound("seller account not found")
-    return str(seller_id)
+    created, last_id = decode_cursor(cursor, "orders") or (None, None)
+    rows = await conn.fetch(LIST_BUYER_ORDERS, user_id, created, last_id, limit + 1)
+    return page(rows, limit, "orders", order_json)
 
 
 async def seller_orders(conn: asyncpg.Connection, seller_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
-    return await _page(conn, LIST_SELLER_ORDERS, seller_id, limit, cursor)
+    created, last_id = decode_cursor(cursor, "seller-orders") or (None, None)
+    rows = await conn.fetch(LIST_SELLER_ORDERS, seller_id, created, last_id, limit + 1)
+    return page(rows, limit, "seller-orders", order_json)
 
 
 async def buyer_order(conn: asyncpg.Connection, user_id: str, order_id: str) -> dict[str, Any]:
@@ -234,7 +199,9 @@ async def refund(
     restocked: list[str] = []
     if restock:
         for line in await conn.fetch(ORDER_LINES, order_id):
-            await conn.execute(RESTOCK, line["variant_id"], line["qty"])
-            await conn.execute(RESTOCK_EVENT, line["product_id"], line["variant_id"], line["qty"], order_id)
+            await adjust_stock(
+                conn, variant_id=str(line["variant_id"]), delta=line["qty"], reason="refund restock",
+                order_id=order_id,
+            )
             restocked.append(str(line["variant_id"]))
     return await order_by_id(conn, order_id), restocked

@@ -7,8 +7,6 @@ sellers' drafts are not revealed. Stock changes go through `commerce.inventory`.
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -16,7 +14,7 @@ import asyncpg
 from commerce.catalog import PRODUCT_COLUMNS, get_product, products_json, variant_json
 from commerce.errors import Conflict, Invalid, NotFound
 from commerce.inventory import adjust_stock
-from commerce.pagination import decode_cursor, encode_cursor
+from commerce.pagination import decode_cursor, split_page
 
 MAX_IMAGES = 20
 
@@ -58,13 +56,9 @@ async def list_products(
     cursor: str | None = None, limit: int = 20,
 ) -> dict[str, Any]:
     """Return one page of the seller's products in every status, newest first."""
-    after = decode_cursor(cursor, "seller-newest", (datetime, uuid.UUID))
-    created, last_id = after if after else (None, None)
+    created, last_id = decode_cursor(cursor, "seller-newest") or (None, None)
     rows = await conn.fetch(SELLER_PRODUCTS, seller_id, status, created, last_id, limit + 1)
-    page = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        next_cursor = encode_cursor("seller-newest", page[-1]["created_at"].isoformat(), str(page[-1]["id"]))
+    page, next_cursor = split_page(rows, limit, "seller-newest")
     return {"items": await products_json(conn, page), "nextCursor": next_cursor}
 
 

@@ -23,7 +23,11 @@ async def seller_id_of(conn: asyncpg.Connection, user_id: str) -> str | None:
 
 
 async def require_seller(conn: asyncpg.Connection, user_id: str) -> str:
-    """Return the caller's seller id; raise Forbidden when they have no seller account."""
+    """Return the caller's seller id; raise Forbidden when they have no seller account.
+
+    The token's role says "seller" (or "admin"), but only the sellers row decides which
+    shop's rows the caller may touch; an admin without a shop has none.
+    """
     seller_id = await seller_id_of(conn, user_id)
     if seller_id is None:
         raise Forbidden("a seller account is required")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from commerce.catalog import PRODUCT_COLUMNS, products_json
 from commerce.errors import NotFound
-from commerce.pagination import decode_cursor, encode_cursor
+from commerce.pagination import decode_cursor, split_page
 
 # Products that stopped being public drop out of the list (they stay stored, and come
 # back if the seller re-activates them).
@@ -35,18 +33,14 @@ async def list_items(
     conn: asyncpg.Connection, user_id: str, *, cursor: str | None = None, limit: int = 20
 ) -> dict[str, Any]:
     """Return one page of the user's wishlist, most recently added first."""
-    after = decode_cursor(cursor, "wishlist", (datetime, uuid.UUID))
-    added, last_id = after if after else (None, None)
+    added, last_id = decode_cursor(cursor, "wishlist") or (None, None)
     rows = await conn.fetch(SELECT_WISHLIST, user_id, added, last_id, limit + 1)
-    page = rows[:limit]
+    page, next_cursor = split_page(rows, limit, "wishlist", ("added_at", "item_id"))
     products = await products_json(conn, page)
     items = [
         {"productId": product["id"], "addedAt": row["added_at"].isoformat(), "product": product}
         for row, product in zip(page, products, strict=True)
     ]
-    next_cursor = None
-    if len(rows) > limit:
-        next_cursor = encode_cursor("wishlist", page[-1]["added_at"].isoformat(), str(page[-1]["item_id"]))
     return {"items": items, "nextCursor": next_cursor}
 
 

@@ -17,15 +17,18 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import jsonschema
 from aiohttp import web
 
+from commerce.sellers import require_seller
 from server.errors import ApiError, forbidden, unauthenticated, validation_error
-from server.keys import AUTH_ERROR, BODY, IDENTITY, QUERY, SETTINGS, SPEC
+from server.keys import AUTH_ERROR, BODY, DB, IDENTITY, QUERY, SETTINGS, SPEC
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -169,43 +172,57 @@ def _parse_query(spec: RouteSpec, request: web.Request) -> dict[str, Any]:
     return values
 
 
-async def _read_json(request: web.Request, validator: jsonschema.Draft202012Validator) -> Any:
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "expected Content-Type: application/json")
+async def read_body(request: web.Request) -> bytes:
+    """Read the raw request body; 413 past `max_body_bytes` (declared or actual)."""
     limit = request.app[SETTINGS].max_body_bytes
     if (request.content_length or 0) > limit:
         raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
     raw = await request.read()
     if len(raw) > limit:
         raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+    return raw
+
+
+def refuse_nul(data: Any) -> None:
+    """Raise a 400 validation_error when any string or key in decoded JSON holds NUL.
+
+    PostgreSQL text cannot hold NUL: every JSON body is refused here, in one place,
+    rather than failing in a query as a 500.
+    """
+    if (where := _nul_path(data)) is not None:
+        raise ApiError(
+            400, "validation_error", f"invalid request body: {where or 'body'}: contains NUL",
+            {"fields": {where or "body": "contains NUL"}},
+        )
+
+
+async def _read_json(request: web.Request, validator: jsonschema.Draft202012Validator) -> Any:
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "expected Content-Type: application/json")
+    raw = await read_body(request)
     try:
         data = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "malformed_json", "request body is not valid JSON") from None
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
-    if not errors and (where := _nul_path(data)) is not None:
-        # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the query.
-        raise ApiError(
-            400, "validation_error", f"invalid request body: {where or 'body'}: contains NUL",
-            {"fields": {where or "body": "contains NUL"}},
-        )
-    if errors:
-        fields: dict[str, str] = {}
-        for error in errors[:20]:
-            where = ".".join(str(p) for p in error.absolute_path)
-            if error.validator in ("required", "dependentRequired"):
-                missing = error.message.split("'")[1] if "'" in error.message else ""
-                where = ".".join(filter(None, [where, missing]))
-            if error.validator == "additionalProperties":
-                extra = re.findall(r"'([^']+)'", error.message)
-                where = ".".join(filter(None, [where, *extra[:1]]))
-            fields[where or "body"] = error.message
-        first = next(iter(fields))
-        raise ApiError(
-            400, "validation_error", f"invalid request body: {first}: {fields[first]}",
-            {"fields": fields},
-        )
-    return data
+    if not errors:
+        refuse_nul(data)
+        return data
+    fields: dict[str, str] = {}
+    for error in errors[:20]:
+        where = ".".join(str(p) for p in error.absolute_path)
+        if error.validator in ("required", "dependentRequired"):
+            missing = error.message.split("'")[1] if "'" in error.message else ""
+            where = ".".join(filter(None, [where, missing]))
+        if error.validator == "additionalProperties":
+            extra = re.findall(r"'([^']+)'", error.message)
+            where = ".".join(filter(None, [where, *extra[:1]]))
+        fields[where or "body"] = error.message
+    first = next(iter(fields))
+    raise ApiError(
+        400, "validation_error", f"invalid request body: {first}: {fields[first]}",
+        {"fields": fields},
+    )
 
 
 def _nul_path(data: Any, where: str = "") -> str | None:
@@ -232,6 +249,20 @@ def path_id(request: web.Request, name: str = "id") -> str:
         return str(uuid.UUID(request.match_info[name]))
     except ValueError:
         raise ApiError(404, "not_found", f"{name} not found") from None
+
+
+@asynccontextmanager
+async def seller_transaction(
+    request: web.Request, *, system: bool = False
+) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
+    """Open the caller's transaction and yield it with the seller id they act as (403 if none).
+
+    `system=True` runs the work as trusted server work (no RLS) for routes that
+    authorize by the seller id themselves.
+    """
+    user_id, database = request[IDENTITY].user_id, request.app[DB]
+    async with database.transaction(system=True) if system else database.transaction(user_id) as conn:
+        yield conn, await require_seller(conn, user_id)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from commerce.inventory import adjust_stock
 from server.auth import Passwords
 from server.config import Settings
 
@@ -86,14 +87,12 @@ async def seed_demo(dsn: str, settings: Settings) -> dict[str, Any]:
                     )
                     for sku, color, size, stock in variants:
                         variant_id = await conn.fetchval(
-                            """INSERT INTO product_variants (product_id, seller_id, sku, color, size, stock)
-                               VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
-                            product_id, seller_id, sku, color, size, stock,
+                            """INSERT INTO product_variants (product_id, seller_id, sku, color, size)
+                               VALUES ($1, $2, $3, $4, $5) RETURNING id""",
+                            product_id, seller_id, sku, color, size,
                         )
-                        await conn.execute(
-                            """INSERT INTO inventory_events (product_id, variant_id, delta, reason)
-                               VALUES ($1, $2, $3, 'initial stock (demo)')""",
-                            product_id, variant_id, stock,
+                        await adjust_stock(
+                            conn, variant_id=str(variant_id), delta=stock, reason="initial stock (demo)"
                         )
                 product_ids.append(product_id)
             stream = await conn.fetchrow(

@@ -5,10 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from commerce import analytics
-from commerce.seller_scope import seller_of
 from commerce.values import parse_moment
-from server.api import Api, json_response, path_id
-from server.keys import DB, IDENTITY, QUERY
+from server.api import Api, json_response, path_id, seller_transaction
+from server.keys import QUERY
 
 api = Api()
 
@@ -51,12 +50,11 @@ LIVESTREAM_ANALYTICS = {
     response=SELLER_ANALYTICS,
 )
 async def seller_analytics(request: web.Request) -> web.Response:
-    user_id, query = request[IDENTITY].user_id, request[QUERY]
+    query = request[QUERY]
     since = parse_moment(query.get("from"), "from")
     until = parse_moment(query.get("to"), "to")
     # Orders carry RLS: running as the seller's user shows exactly their own orders.
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         result = await analytics.seller_summary(conn, seller_id, since=since, until=until)
     return json_response(result)
 
@@ -67,9 +65,7 @@ async def seller_analytics(request: web.Request) -> web.Response:
     tags=("seller",), response=LIVESTREAM_ANALYTICS,
 )
 async def livestream_analytics(request: web.Request) -> web.Response:
-    user_id = request[IDENTITY].user_id
     livestream_id = path_id(request)
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         result = await analytics.livestream_summary(conn, seller_id, livestream_id)
     return json_response(result)

@@ -55,7 +55,7 @@ SET_QTY = {
 }
 APPLY_COUPON = {
     "type": "object", "additionalProperties": False, "required": ["code"],
-    "properties": {"code": {"type": "string", "minLength": 1, "maxLength": 60, "pattern": r"^[^\x00]*$"}},
+    "properties": {"code": {"type": "string", "minLength": 1, "maxLength": 60}},
 }
 
 

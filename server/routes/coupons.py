@@ -5,9 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from commerce import coupons
-from commerce.seller_scope import seller_of
-from server.api import PAGE_QUERY, Api, json_response, page_of, path_id
-from server.keys import BODY, DB, IDENTITY, QUERY
+from server.api import PAGE_QUERY, Api, json_response, page_of, path_id, seller_transaction
+from server.keys import BODY, QUERY
 
 api = Api()
 
@@ -47,9 +46,8 @@ COUPON_IN = {
     tags=("seller",), query=PAGE_QUERY, response=page_of(COUPON),
 )
 async def list_coupons(request: web.Request) -> web.Response:
-    user_id, query = request[IDENTITY].user_id, request[QUERY]
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    query = request[QUERY]
+    async with seller_transaction(request) as (conn, seller_id):
         result = await coupons.list_coupons(
             conn, seller_id, limit=query["limit"], cursor=query.get("cursor")
         )
@@ -61,9 +59,7 @@ async def list_coupons(request: web.Request) -> web.Response:
     tags=("seller",), body=COUPON_IN, response=COUPON, status=201, errors=(409,),
 )
 async def create_coupon(request: web.Request) -> web.Response:
-    user_id = request[IDENTITY].user_id
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         result = await coupons.create_coupon(conn, seller_id, request[BODY])
     return json_response(result, status=201)
 
@@ -73,8 +69,6 @@ async def create_coupon(request: web.Request) -> web.Response:
     tags=("seller",), response=COUPON,
 )
 async def get_coupon(request: web.Request) -> web.Response:
-    user_id = request[IDENTITY].user_id
     coupon_id = path_id(request)
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         return json_response(await coupons.get_coupon(conn, seller_id, coupon_id))

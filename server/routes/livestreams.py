@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from commerce import livestreams
-from commerce.seller_scope import seller_of
 from server import notify
-from server.api import PAGE_QUERY, Api, json_response, page_of, path_id
-from server.keys import BODY, DB, IDENTITY, QUERY
+from server.api import PAGE_QUERY, Api, json_response, page_of, path_id, seller_transaction
+from server.keys import BODY, DB, QUERY
+from server.routes.catalog import PRODUCT
 
 api = Api()
 
@@ -45,27 +45,12 @@ SELLER_LIVESTREAM = {
     "type": "object", "required": [*LIVESTREAM_REQUIRED, "streamKey"],
     "properties": {**LIVESTREAM_PROPS, "streamKey": {"type": "string"}},
 }
-VARIANT = {
-    "type": "object", "required": ["id", "sku", "stock", "price"],
-    "properties": {
-        "id": {"type": "string"}, "sku": {"type": "string"}, "color": NULLABLE_STR,
-        "size": NULLABLE_STR, "stock": {"type": "integer"}, "price": {"type": "integer"},
-    },
-}
+# A product on a stream is the catalog's product JSON plus its place in the stream.
 STREAM_PRODUCT = {
-    "type": "object",
-    "required": ["id", "title", "price", "currency", "images", "variants", "position", "highlightedAt"],
+    "type": "object", "required": [*PRODUCT["required"], "position", "highlightedAt"],
     "properties": {
-        "id": {"type": "string"}, "title": {"type": "string"}, "price": {"type": "integer"},
-        "currency": {"type": "string"}, "images": {"type": "array"},
-        "variants": {"type": "array", "items": VARIANT}, "position": {"type": "integer"},
-        "highlightedAt": NULLABLE_STR,
+        **PRODUCT["properties"], "position": {"type": "integer"}, "highlightedAt": NULLABLE_STR,
     },
-}
-PRODUCT = {
-    "type": "object", "required": ["id", "title", "price", "currency", "images", "variants"],
-    "properties": {k: STREAM_PRODUCT["properties"][k]
-                   for k in ("id", "title", "price", "currency", "images", "variants")},
 }
 CHAT_MESSAGE = {
     "type": "object", "required": ["id", "user", "message", "ts"],
@@ -79,9 +64,9 @@ CHAT_MESSAGE = {
     },
 }
 DATE_TIME = {"type": ["string", "null"], "format": "date-time", "maxLength": 40}
-# PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database.
-TITLE = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"}
-DESCRIPTION = {"type": "string", "maxLength": 5000, "pattern": r"^[^\x00]*$"}
+# NUL in any string is refused for every body by server/api.py.
+TITLE = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}
+DESCRIPTION = {"type": "string", "maxLength": 5000}
 LIVESTREAM_IN = {
     "type": "object", "additionalProperties": False, "required": ["title"],
     "properties": {"title": TITLE, "description": DESCRIPTION, "scheduledAt": DATE_TIME},
@@ -168,9 +153,8 @@ async def chat_history(request: web.Request) -> web.Response:
     auth="seller", tags=("seller",), query=PAGE_QUERY, response=page_of(SELLER_LIVESTREAM),
 )
 async def list_own(request: web.Request) -> web.Response:
-    user_id, query = request[IDENTITY].user_id, request[QUERY]
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    query = request[QUERY]
+    async with seller_transaction(request) as (conn, seller_id):
         result = await livestreams.list_own_livestreams(
             conn, seller_id, limit=query["limit"], cursor=query.get("cursor")
         )
@@ -182,9 +166,7 @@ async def list_own(request: web.Request) -> web.Response:
     tags=("seller",), body=LIVESTREAM_IN, response=SELLER_LIVESTREAM, status=201,
 )
 async def create(request: web.Request) -> web.Response:
-    user_id = request[IDENTITY].user_id
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         result = await livestreams.create_livestream(conn, seller_id, request[BODY])
     return json_response(result, status=201)
 
@@ -195,17 +177,15 @@ async def create(request: web.Request) -> web.Response:
     errors=(409,),
 )
 async def update(request: web.Request) -> web.Response:
-    user_id, livestream_id = request[IDENTITY].user_id, path_id(request)
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    livestream_id = path_id(request)
+    async with seller_transaction(request) as (conn, seller_id):
         result = await livestreams.update_livestream(conn, seller_id, livestream_id, request[BODY])
     return json_response(result)
 
 
 async def _move(request: web.Request, new_state: str) -> web.Response:
-    user_id, livestream_id = request[IDENTITY].user_id, path_id(request)
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    livestream_id = path_id(request)
+    async with seller_transaction(request) as (conn, seller_id):
         result = await livestreams.set_own_state(conn, seller_id, livestream_id, new_state)
     await notify.room_event(request.app, livestream_id, "stream:state", {"state": new_state})
     return json_response(result)
@@ -233,9 +213,8 @@ async def end(request: web.Request) -> web.Response:
     tags=("seller",), response=SELLER_LIVESTREAM,
 )
 async def rotate_key(request: web.Request) -> web.Response:
-    user_id, livestream_id = request[IDENTITY].user_id, path_id(request)
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    livestream_id = path_id(request)
+    async with seller_transaction(request) as (conn, seller_id):
         result = await livestreams.rotate_stream_key(conn, seller_id, livestream_id)
     return json_response(result)
 
@@ -245,9 +224,8 @@ async def rotate_key(request: web.Request) -> web.Response:
     auth="seller", tags=("seller",), body=PRODUCT_REF, response=PRODUCT_LIST, status=201,
 )
 async def attach(request: web.Request) -> web.Response:
-    user_id, livestream_id = request[IDENTITY].user_id, path_id(request)
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    livestream_id = path_id(request)
+    async with seller_transaction(request) as (conn, seller_id):
         result = await livestreams.attach_product(
             conn, seller_id, livestream_id, request[BODY]["productId"]
         )
@@ -259,10 +237,9 @@ async def attach(request: web.Request) -> web.Response:
     summary="Detach a product from my livestream", auth="seller", tags=("seller",), status=204,
 )
 async def detach(request: web.Request) -> web.Response:
-    user_id, livestream_id = request[IDENTITY].user_id, path_id(request)
+    livestream_id = path_id(request)
     product_id = path_id(request, "productId")
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         await livestreams.detach_product(conn, seller_id, livestream_id, product_id)
     return web.Response(status=204)
 
@@ -273,9 +250,8 @@ async def detach(request: web.Request) -> web.Response:
     body=PRODUCT_REF, response=PRODUCT, errors=(409,),
 )
 async def highlight(request: web.Request) -> web.Response:
-    user_id, livestream_id = request[IDENTITY].user_id, path_id(request)
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await seller_of(conn, user_id)
+    livestream_id = path_id(request)
+    async with seller_transaction(request) as (conn, seller_id):
         product = await livestreams.highlight_product(
             conn, seller_id, livestream_id, request[BODY]["productId"]
         )

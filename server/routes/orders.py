@@ -6,7 +6,7 @@ from aiohttp import web
 
 from commerce import orders
 from server import notify
-from server.api import PAGE_QUERY, Api, json_response, page_of, path_id
+from server.api import PAGE_QUERY, Api, json_response, page_of, path_id, seller_transaction
 from server.keys import BODY, DB, IDENTITY, PAYMENTS, QUERY
 from server.payments import after_commit
 
@@ -81,24 +81,21 @@ async def cancel_order(request: web.Request) -> web.Response:
 async def seller_orders(request: web.Request) -> web.Response:
     q = request[QUERY]
     # Authorized here (the seller id of the caller), so the query runs as system work.
-    async with request.app[DB].transaction(system=True) as conn:
-        seller_id = await orders.seller_id_of(conn, request[IDENTITY].user_id)
+    async with seller_transaction(request, system=True) as (conn, seller_id):
         return json_response(await orders.seller_orders(conn, seller_id, q["limit"], q.get("cursor")))
 
 
 @api.route("POST", "/api/v1/seller/orders/{id}/ship", summary="Mark a paid order shipped",
            auth="seller", tags=("seller",), response=ORDER, errors=(409,))
 async def ship_order(request: web.Request) -> web.Response:
-    async with request.app[DB].transaction(system=True) as conn:
-        seller_id = await orders.seller_id_of(conn, request[IDENTITY].user_id)
+    async with seller_transaction(request, system=True) as (conn, seller_id):
         return json_response(await orders.ship(conn, seller_id, path_id(request)))
 
 
 @api.route("POST", "/api/v1/seller/orders/{id}/deliver", summary="Mark a shipped order delivered",
            auth="seller", tags=("seller",), response=ORDER, errors=(409,))
 async def deliver_order(request: web.Request) -> web.Response:
-    async with request.app[DB].transaction(system=True) as conn:
-        seller_id = await orders.seller_id_of(conn, request[IDENTITY].user_id)
+    async with seller_transaction(request, system=True) as (conn, seller_id):
         return json_response(await orders.deliver(conn, seller_id, path_id(request)))
 
 
@@ -108,8 +105,7 @@ async def deliver_order(request: web.Request) -> web.Response:
                    "back (full refunds only)")
 async def refund_order(request: web.Request) -> web.Response:
     body = request[BODY]
-    async with request.app[DB].transaction(system=True) as conn:
-        seller_id = await orders.seller_id_of(conn, request[IDENTITY].user_id)
+    async with seller_transaction(request, system=True) as (conn, seller_id):
         order, restocked = await orders.refund(
             conn, request.app[PAYMENTS], seller_id, path_id(request), body.get("amount"),
             bool(body.get("restock", False)),

@@ -12,9 +12,8 @@ from aiohttp import web
 
 from commerce import seller_products
 from commerce.errors import NotFound
-from commerce.sellers import require_seller
 from server import notify
-from server.api import PAGE_QUERY, Api, json_response, page_of, path_id
+from server.api import PAGE_QUERY, Api, json_response, page_of, path_id, seller_transaction
 from server.keys import BODY, DB, IDENTITY, QUERY, SETTINGS
 from server.routes.catalog import PRODUCT, VARIANT
 from server.uploads import read_image_part, store_image
@@ -76,8 +75,7 @@ IMAGE_UPLOAD = {
 )
 async def list_products(request: web.Request) -> web.Response:
     q = request[QUERY]
-    async with request.app[DB].transaction(request[IDENTITY].user_id) as conn:
-        seller_id = await require_seller(conn, request[IDENTITY].user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         page = await seller_products.list_products(
             conn, seller_id, status=q.get("status"), cursor=q.get("cursor"), limit=q["limit"]
         )
@@ -89,8 +87,7 @@ async def list_products(request: web.Request) -> web.Response:
     auth="seller", tags=("seller",), body=PRODUCT_IN, response=PRODUCT, status=201,
 )
 async def create_product(request: web.Request) -> web.Response:
-    async with request.app[DB].transaction(request[IDENTITY].user_id) as conn:
-        seller_id = await require_seller(conn, request[IDENTITY].user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         product = await seller_products.create_product(conn, seller_id, request[BODY])
     return json_response(product, status=201)
 
@@ -101,8 +98,7 @@ async def create_product(request: web.Request) -> web.Response:
 )
 async def update_product(request: web.Request) -> web.Response:
     product_id = path_id(request)
-    async with request.app[DB].transaction(request[IDENTITY].user_id) as conn:
-        seller_id = await require_seller(conn, request[IDENTITY].user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         product = await seller_products.update_product(conn, seller_id, product_id, request[BODY])
     return json_response(product)
 
@@ -113,8 +109,7 @@ async def update_product(request: web.Request) -> web.Response:
 )
 async def add_variant(request: web.Request) -> web.Response:
     product_id = path_id(request)
-    async with request.app[DB].transaction(request[IDENTITY].user_id) as conn:
-        seller_id = await require_seller(conn, request[IDENTITY].user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         variant = await seller_products.add_variant(conn, seller_id, product_id, request[BODY])
     if variant["stock"]:
         await notify.stock_changed(request.app, [variant["id"]])
@@ -128,8 +123,7 @@ async def add_variant(request: web.Request) -> web.Response:
 )
 async def update_variant(request: web.Request) -> web.Response:
     product_id, variant_id = path_id(request), path_id(request, "variantId")
-    async with request.app[DB].transaction(request[IDENTITY].user_id) as conn:
-        seller_id = await require_seller(conn, request[IDENTITY].user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         variant = await seller_products.update_variant(
             conn, seller_id, product_id, variant_id, request[BODY]
         )
@@ -149,8 +143,7 @@ async def upload_image(request: web.Request) -> web.Response:
     user_id = request[IDENTITY].user_id
     settings = request.app[SETTINGS]
     # Ownership first: a foreign product is 404 before its body is even read.
-    async with request.app[DB].transaction(user_id) as conn:
-        seller_id = await require_seller(conn, user_id)
+    async with seller_transaction(request) as (conn, seller_id):
         if not await seller_products.owns_product(conn, seller_id, product_id):
             raise NotFound("product not found")
     data = await read_image_part(request, settings.max_upload_bytes)

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from commerce import webhooks
 from commerce.payments.stripe_provider import WebhookSignatureError, verify_webhook
-from server.api import Api, json_response
+from server.api import Api, json_response, read_body, refuse_nul
 from server.errors import ApiError
 from server.keys import DB, PAYMENTS, SETTINGS
 from server.payments import after_commit
@@ -31,12 +31,7 @@ RECEIVED = {
 )
 async def stripe_webhook(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    limit = settings.max_body_bytes
-    if (request.content_length or 0) > limit:
-        raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
-    payload = await request.read()
-    if len(payload) > limit:
-        raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+    payload = await read_body(request)
     try:
         verify_webhook(payload, request.headers.get("Stripe-Signature"),
                        settings.stripe_webhook_secret.get(), SIGNATURE_TOLERANCE_SECONDS)
@@ -47,6 +42,7 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         event["id"], event["type"], event["data"]["object"]  # noqa: B018 - shape check
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         raise ApiError(400, "malformed_event", "the event is not a Stripe event object") from None
+    refuse_nul(event)
     handled, outcome = await webhooks.process_event(
         request.app[DB].transaction, request.app[PAYMENTS], event
     )

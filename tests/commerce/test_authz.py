@@ -122,7 +122,9 @@ async def test_seller_listing_shows_only_own_products(client, world: World) -> N
 
 
 async def test_admin_without_seller_account_is_403_on_seller_routes(client, world: World) -> None:
-    assert (await client.get("/api/v1/seller/products", headers=world.admin.headers)).status == 403
+    for path in ("/api/v1/seller/products", "/api/v1/seller/orders", "/api/v1/seller/coupons",
+                 "/api/v1/seller/livestreams"):
+        assert (await client.get(path, headers=world.admin.headers)).status == 403, path
 
 
 async def test_admin_category_and_kyc_errors(client, world: World) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import pytest
+from aiohttp import web
 
 from commerce import livestreams as ls
 from commerce.errors import Forbidden, Invalid, InvalidState, NotFound
@@ -40,9 +41,18 @@ def hub() -> RecordingHub:
 
 @pytest.fixture
 async def client(aiohttp_client, clean_db, settings, hub):  # type: ignore[no-untyped-def]
-    """The app with a recording hub in place of the realtime one (set before it starts)."""
+    """The app with a recording hub in place of the realtime one.
+
+    The realtime routes put their hub in app[HUB] on startup, so the recording one is
+    set by a cleanup context that runs after theirs.
+    """
     app = create_app(settings, clean_db, run_migrations=False)
-    app[HUB] = hub
+
+    async def recording_hub(app: web.Application):  # type: ignore[no-untyped-def]
+        app[HUB] = hub
+        yield
+
+    app.cleanup_ctx.append(recording_hub)
     return await aiohttp_client(app)
 
 

@@ -83,3 +83,53 @@ async def test_access_log_line_is_json(aiohttp_client, clean_db, tmp_path, caplo
     line = json.loads(caplog.records[-1].getMessage())
     assert line["route"] == "/healthz" and line["status"] == 200 and line["requestId"] == "req-1"
     assert {"method", "ms", "userId"} <= set(line)
+
+
+async def test_bad_cursor_is_400_on_every_list(client, factory: Factory) -> None:
+    seller = await factory.seller()
+    created = await client.post("/api/v1/seller/livestreams", json={"title": "Cursor show"}, headers=seller.headers)
+    assert created.status == 201
+    livestream_id = (await created.json())["id"]
+    # A well-formed cursor of another listing is as bad as garbage.
+    await factory.product(seller)
+    await factory.product(seller)
+    foreign = (await (await client.get("/api/v1/products", params={"limit": "1"})).json())["nextCursor"]
+    assert foreign
+    lists = [
+        "/api/v1/products", "/api/v1/me/orders", "/api/v1/seller/orders", "/api/v1/seller/coupons",
+        "/api/v1/livestreams", f"/api/v1/livestreams/{livestream_id}/chat", "/api/v1/seller/livestreams",
+        "/api/v1/seller/products", "/api/v1/me/wishlist",
+    ]
+    for path in lists:
+        for cursor in ("garbage!!", "W1sxLDJdXQ", foreign):
+            if path == "/api/v1/products" and cursor == foreign:
+                continue
+            resp = await client.get(path, params={"cursor": cursor}, headers=seller.headers)
+            assert resp.status == 400, (path, cursor)
+            assert (await resp.json())["error"]["details"]["fields"] == {"cursor": "invalid cursor"}, path
+
+
+async def test_nul_in_any_json_string_is_400_not_500(client, factory: Factory) -> None:
+    user, seller = await factory.user(), await factory.seller()
+    product = await factory.product(seller)
+    cases = [
+        ("PATCH", "/api/v1/me", {"name": "a\u0000b"}, user, "name"),
+        ("POST", "/api/v1/me/cart/apply-coupon", {"code": "A\u0000B"}, user, "code"),
+        ("POST", "/api/v1/seller/livestreams", {"title": "Show", "description": "\u0000"}, seller, "description"),
+        ("PATCH", f"/api/v1/seller/products/{product['id']}", {"description": "x\u0000"}, seller, "description"),
+    ]
+    for method, path, body, who, field in cases:
+        resp = await client.request(method, path, json=body, headers=who.headers)
+        assert resp.status == 400, path
+        error = (await resp.json())["error"]
+        assert error["code"] == "validation_error" and error["details"]["fields"] == {field: "contains NUL"}, path
+    # Nested deep in a list, the field path says where.
+    stream = await (await client.post("/api/v1/seller/livestreams", json={"title": "Show"}, headers=seller.headers)).json()
+    resp = await client.patch(
+        f"/api/v1/seller/livestreams/{stream['id']}", json={"chatSettings": {"blockedWords": ["ok", "x\u0000"]}},
+        headers=seller.headers,
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["details"]["fields"] == {"chatSettings.blockedWords.1": "contains NUL"}
+    resp = await client.patch("/api/v1/me", json={"name": "ok"}, headers=user.headers)
+    assert resp.status == 200 and (await resp.json())["name"] == "ok"
