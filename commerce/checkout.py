@@ -14,6 +14,12 @@ both call it). It runs in two steps:
    derived from the payment id and store it on the payment (first writer wins). A
    replay or a retry after a provider failure repeats this step and gets the same intent.
 
+Before step 1, a buy-now checkout may be refused with one query outside any transaction
+(`precheck`): when the key is new and a variant is already short, the answer is 409 at
+the cost of one round trip. In a sold-out drop that is almost every attempt. The
+conditional UPDATE in step 1 still decides every sale; the pre-check only refuses
+early what step 1 would refuse.
+
 Lock order (see commerce/holds.py): coupon row, then variants in id order.
 The cart path leaves the cart active; it is marked converted when the payment succeeds.
 """
@@ -22,7 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -99,6 +106,12 @@ SELECT p.id, p.provider, p.provider_intent_id, p.client_secret, p.amount, p.curr
        array(SELECT o.id FROM orders o WHERE o.payment_id = p.id ORDER BY o.seller_id) AS order_ids
 FROM payments p WHERE p.id = $1
 """
+PRECHECK = """
+SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE user_id = $1 AND key = $2) AS known_key,
+       array_agg(s.variant_id) FILTER (WHERE v.stock < s.qty) AS short
+FROM unnest($3::uuid[], $4::int[]) AS s(variant_id, qty)
+JOIN product_variants v ON v.id = s.variant_id
+"""
 STORE_INTENT = """
 UPDATE payments SET provider_intent_id = coalesce(provider_intent_id, $2),
                     client_secret = coalesce(client_secret, $3), updated_at = now()
@@ -106,6 +119,7 @@ WHERE id = $1 RETURNING provider_intent_id, client_secret
 """
 
 Transaction = Callable[..., AbstractAsyncContextManager[asyncpg.Connection]]
+Query = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -131,14 +145,17 @@ def request_hash(body: dict[str, Any]) -> str:
 
 async def create_checkout_session(
     transaction: Transaction, provider: PaymentProvider, *, user_id: str, idempotency_key: str,
-    body: dict[str, Any], hold_ttl_seconds: int,
+    body: dict[str, Any], hold_ttl_seconds: int, precheck: Query | None = None,
 ) -> Session:
     """Create (or replay) the checkout session for this buyer and idempotency key.
 
     `body` is `{addressId}` (the active cart) or `{addressId, items: [{productId,
-    variantId, qty}], couponCode?, livestreamId?}` (buy now). Raises NotFound,
-    Invalid, OutOfStock, CouponInvalid, IdempotencyConflict, PaymentProviderError.
+    variantId, qty}], couponCode?, livestreamId?}` (buy now). `precheck`, a plain
+    query function (e.g. `pool.fetchrow`), enables the sold-out fast path. Raises
+    NotFound, Invalid, OutOfStock, CouponInvalid, IdempotencyConflict, PaymentProviderError.
     """
+    if precheck is not None and "items" in body:
+        await _refuse_if_sold_out(precheck, user_id, idempotency_key, body["items"])
     digest = request_hash(body)
     variant_ids: list[str] = []
     async with transaction(user_id) as conn:
@@ -151,11 +168,27 @@ async def create_checkout_session(
             payment_id = json.loads(row["response"])["paymentId"]
             created = False
         else:
-            payment_id, variant_ids = await _hold(conn, user_id, body, hold_ttl_seconds, provider.name)
-            await conn.execute(STORE_KEY_RESPONSE, user_id, idempotency_key,
-                               json.dumps({"paymentId": payment_id}))
+            payment_id, variant_ids = await _hold(
+                conn, user_id, idempotency_key, body, hold_ttl_seconds, provider.name
+            )
             created = True
     return Session(await _session_body(transaction, provider, user_id, payment_id), created, variant_ids)
+
+
+async def _refuse_if_sold_out(
+    query: Query, user_id: str, idempotency_key: str, items: list[dict[str, Any]]
+) -> None:
+    """Raise OutOfStock when a new key asks for more than a variant has right now."""
+    wanted: dict[str, int] = {}
+    for item in items:
+        try:
+            variant_id = str(uuid.UUID(str(item["variantId"])))
+        except ValueError:
+            return  # the full path reports the bad id
+        wanted[variant_id] = wanted.get(variant_id, 0) + int(item["qty"])
+    row = await query(PRECHECK, user_id, idempotency_key, list(wanted), list(wanted.values()))
+    if not row["known_key"] and row["short"]:
+        raise OutOfStock("not enough stock", variantIds=sorted(str(v) for v in row["short"]))
 
 
 async def _session_body(
@@ -209,8 +242,6 @@ async def _lines(conn: asyncpg.Connection, user_id: str, body: dict[str, Any]) -
 
 
 def _uuid(value: str, name: str) -> str:
-    import uuid
-
     try:
         return str(uuid.UUID(str(value)))
     except ValueError:
@@ -218,9 +249,14 @@ def _uuid(value: str, name: str) -> str:
 
 
 async def _hold(
-    conn: asyncpg.Connection, user_id: str, body: dict[str, Any], ttl: int, provider_name: str
+    conn: asyncpg.Connection, user_id: str, idempotency_key: str, body: dict[str, Any], ttl: int,
+    provider_name: str,
 ) -> tuple[str, list[str]]:
-    """Create the payment, orders, items and holds; take the stock. Return (payment id, variant ids)."""
+    """Create the payment, orders, items and holds; take the stock. Return (payment id, variant ids).
+
+    Taking the stock is the last statement before COMMIT: the hot variant rows of a
+    drop are locked for one round trip and the commit, not for the whole checkout.
+    """
     lines, cart_id, cart_coupon_id = await _lines(conn, user_id, body)
     variants = {str(r["id"]): r for r in await conn.fetch(SELECT_VARIANTS, [ln.variant_id for ln in lines])}
     short = []
@@ -279,6 +315,7 @@ async def _hold(
 
     payment = await conn.fetchrow(INSERT_PAYMENT, user_id, provider_name, total, currency, float(ttl), cart_id)
     payment_id = payment["id"]
+    await conn.execute(STORE_KEY_RESPONSE, user_id, idempotency_key, json.dumps({"paymentId": str(payment_id)}))
     if coupon is not None:
         await conn.execute(INSERT_REDEMPTION, coupon["id"], user_id, payment_id)
     orders = await conn.fetch(

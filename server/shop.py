@@ -46,6 +46,6 @@ class ShopCommerce:
         }
         session = await checkout.create_checkout_session(
             app[DB].transaction, app[PAYMENTS], user_id=user_id, idempotency_key=idempotency_key,
-            body=body, hold_ttl_seconds=app[SETTINGS].hold_ttl_seconds,
+            body=body, hold_ttl_seconds=app[SETTINGS].hold_ttl_seconds, precheck=app[DB].pool.fetchrow,
         )
         return session.body
