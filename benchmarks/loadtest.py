@@ -39,14 +39,17 @@ CHAT_GRACE = 1.0  # seconds before the end when chat stops, so its deliveries ca
 class ChatLog:
     """Chat messages sent by the load test and when each recipient got them."""
 
-    sent: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # text -> (at, sender, recipients)
+    # text -> (sent at, sender, the viewers connected then: the only ones it is expected at)
+    sent: dict[str, tuple[float, int, frozenset[int]]] = field(default_factory=dict)
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (sent at, latency)
     received: int = 0
 
     def recipient(self, index: int) -> Callable[[str, float], None]:
         def on_chat(message: str, now: float) -> None:
             entry = self.sent.get(message)
-            if entry is not None and entry[1] != index:
+            # A viewer who connected after the send may get it too; it was not expected
+            # there, so counting it would push the delivered share over 100 %.
+            if entry is not None and index in entry[2]:
                 self.received += 1
                 self.latencies.append((entry[0], now - entry[0]))
         return on_chat
@@ -200,7 +203,7 @@ class LoadTest:
             if not senders:
                 continue
             sender = senders[n % len(senders)]
-            recipients = sum(1 for i, e in self.events.items() if e.connect_seconds is not None and i != sender)
+            recipients = frozenset(i for i, e in self.events.items() if e.connect_seconds is not None and i != sender)
             text = f"lt:{n}:{sender}"
             self.chat.sent[text] = (time.monotonic(), sender, recipients)
             try:
@@ -380,7 +383,7 @@ class LoadTest:
         last = self.final_metrics or {}
         cpus = [p["server_cpu"] for p in self.samples if p["server_cpu"] is not None]
         rss = [p["rss_bytes"] for p in self.samples if p["rss_bytes"] is not None]
-        delivered_expected = sum(r for _, _, r in self.chat.sent.values())
+        delivered_expected = sum(len(r) for _, _, r in self.chat.sent.values())
         server_5xx = (last.get("http_5xx", 0.0) - first.get("http_5xx", 0.0)) if first else 0.0
         if server_5xx:
             self.errors += ["server_5xx"] * int(server_5xx)

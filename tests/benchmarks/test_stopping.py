@@ -1,4 +1,5 @@
-"""The load test ends when told: a cancel is never lost, a task that will not stop is named."""
+"""The load test's own bookkeeping: it ends when told (a cancel is never lost, a stuck task
+is named) and counts chat deliveries only where they were expected."""
 
 from __future__ import annotations
 
@@ -77,3 +78,13 @@ async def test_a_task_that_will_not_stop_is_reported_by_name(monkeypatch: pytest
         task.cancel()
         await asyncio.wait([task], timeout=1)
         await test.api.close()
+
+
+def test_chat_counts_a_delivery_only_where_it_was_expected() -> None:
+    from benchmarks.loadtest import ChatLog
+
+    log = ChatLog()
+    log.sent["hi"] = (1.0, 0, frozenset({1}))  # sender 0; only viewer 1 was connected
+    for index in (0, 1, 2):  # the sender's echo and a late joiner's copy do not count
+        log.recipient(index)("hi", 1.5)
+    assert log.received == 1 and log.latencies == [(1.0, 0.5)]
