@@ -26,24 +26,30 @@ import aiohttp
 from benchmarks import report as reporting
 from benchmarks.peers import MediaViewer, Publisher
 from benchmarks.scenario import Scenario, ScenarioError, add_arguments, from_arguments
-from benchmarks.shop import API, Api, EventsClient, LoadError, Show, add_shoppers, buy_now, set_up
+from benchmarks.shop import API, Api, EventsClient, LoadError, Show, add_shoppers, buy_now, set_up, within
 
 CHATTERS = 5  # shopper accounts that chat, when there is chat but no drop
 LIVE_TIMEOUT = 30.0
+STOP_SECONDS = 10.0  # for the load tasks to end once cancelled, and for each closing step
+METRICS_SECONDS = 5.0
+CHAT_GRACE = 1.0  # seconds before the end when chat stops, so its deliveries can be counted
 
 
 @dataclass
 class ChatLog:
     """Chat messages sent by the load test and when each recipient got them."""
 
-    sent: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # text -> (at, sender, recipients)
+    # text -> (sent at, sender, the viewers connected then: the only ones it is expected at)
+    sent: dict[str, tuple[float, int, frozenset[int]]] = field(default_factory=dict)
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (sent at, latency)
     received: int = 0
 
     def recipient(self, index: int) -> Callable[[str, float], None]:
         def on_chat(message: str, now: float) -> None:
             entry = self.sent.get(message)
-            if entry is not None and entry[1] != index:
+            # A viewer who connected after the send may get it too; it was not expected
+            # there, so counting it would push the delivered share over 100 %.
+            if entry is not None and index in entry[2]:
                 self.received += 1
                 self.latencies.append((entry[0], now - entry[0]))
         return on_chat
@@ -70,6 +76,10 @@ class LoadTest:
         self.t0 = 0.0
         self.has_events = self.has_checkout = False
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = False  # loops end on it too: a cancellation alone can be lost
+        self.stopped = False  # _stop() ran to its end: close() has only the HTTP client left
+        self.media_figures: list[dict[str, Any]] = []
+        self.final_metrics: dict[str, float] | None = None
 
     # --- the run ------------------------------------------------------------------------
 
@@ -91,20 +101,23 @@ class LoadTest:
             shoppers = max(shoppers, min(CHATTERS, s.viewers))
         self.log(f"setup: livestream {self.show.livestream_id}; signing up {shoppers} shopper(s)")
         await add_shoppers(self.api, self.show, min(shoppers, s.viewers))
+        self.log(f"setup: {len(self.show.shoppers)} shopper(s) signed up; starting the {s.publisher} publisher")
         await self._start_publisher()
         self.t0 = time.monotonic()
         self.log(f"live: {s.media_viewers} media + {s.ws_viewers} WS viewers at {s.join_rate}/s, "
                  f"{s.duration:.0f} s")
-        for coro in (self._sample(), self._join_all(), self._chat(), self._drop()):
-            self._spawn(coro)
+        for name, coro in (("sample", self._sample()), ("join", self._join_all()),
+                           ("chat", self._chat()), ("drop", self._drop())):
+            self._spawn(coro, name)
         try:
             await asyncio.sleep(s.duration)
         finally:
             await self._stop()
         return await self._report()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
+        task.set_name(name)
         self.tasks.add(task)
         task.add_done_callback(self._done)
         return task
@@ -114,7 +127,7 @@ class LoadTest:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             self.errors.append(exc.code if isinstance(exc, LoadError) else f"crash:{type(exc).__name__}")
-            self.log(f"error: {exc!r}")
+            self.log(f"error in {task.get_name()}: {exc!r}")
 
     async def _start_publisher(self) -> None:
         s, show = self.s, self.show
@@ -131,8 +144,10 @@ class LoadTest:
             failure = self.publisher.failure()
             if failure:
                 raise LoadError("publisher", failure)
-            figures = reporting.parse_metrics(await self.api.request("GET", "/metrics"), show.livestream_id)
+            text = await self.api.request("GET", "/metrics", timeout=METRICS_SECONDS)
+            figures = reporting.parse_metrics(text, show.livestream_id)
             if figures["room_packets_in"] > 0:
+                self.log(f"publisher: media reaches the SFU ({figures['room_packets_in']:.0f} packets)")
                 await asyncio.sleep(1.0)  # a first keyframe has arrived at the SFU by now
                 return
             await asyncio.sleep(0.25)
@@ -146,7 +161,7 @@ class LoadTest:
             await asyncio.sleep(max(0.0, self.t0 + index / s.join_rate - time.monotonic()))
             account = show.shoppers[index] if index < len(show.shoppers) else None
             ws_only = index >= s.media_viewers
-            joins.append(self._spawn(self._join(index, ws_only, account)))
+            joins.append(self._spawn(self._join(index, ws_only, account), f"join-{index}"))
         await asyncio.gather(*joins, return_exceptions=True)
         self.log(f"all {s.viewers} viewers attempted to join at t={time.monotonic() - self.t0:.1f} s")
 
@@ -176,20 +191,26 @@ class LoadTest:
         if s.chat_rate <= 0 or not self.has_events:
             return
         counter = itertools.count()
-        while True:
+        while not self.stopping:
             n = next(counter)
-            await asyncio.sleep(max(0.0, self.t0 + 1.0 + n / s.chat_rate - time.monotonic()))
+            at = self.t0 + 1.0 + n / s.chat_rate
+            if at > self.t0 + s.duration - CHAT_GRACE:
+                break  # a message sent as the show stops could not arrive: it would count as lost
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            if self.stopping:
+                break
             senders = [i for i, e in self.shopper_events.items() if e.connect_seconds is not None]
             if not senders:
                 continue
             sender = senders[n % len(senders)]
-            recipients = sum(1 for i, e in self.events.items() if e.connect_seconds is not None and i != sender)
+            recipients = frozenset(i for i, e in self.events.items() if e.connect_seconds is not None and i != sender)
             text = f"lt:{n}:{sender}"
             self.chat.sent[text] = (time.monotonic(), sender, recipients)
             try:
-                await asyncio.wait_for(self.shopper_events[sender].send("chat:send", {"message": text}), 5)
-            except (LoadError, asyncio.TimeoutError, ConnectionError) as exc:
-                self.errors.append(f"chat:{getattr(exc, 'code', type(exc).__name__)}")
+                await self.shopper_events[sender].send("chat:send", {"message": text})
+            except LoadError as exc:
+                self.errors.append(f"chat:{exc.code}")
+                self.log(f"error: chat from shopper {sender}: {exc}")
 
     async def _drop(self) -> None:
         s, show = self.s, self.show
@@ -201,8 +222,12 @@ class LoadTest:
         self.drop.update(at=time.monotonic() - self.t0, units=s.drop_units)
         assert show.seller is not None
         if self.api.has(f"{API}/seller/livestreams/{{id}}/highlight"):
-            await self.api.request("POST", f"{API}/seller/livestreams/{show.livestream_id}/highlight",
-                                   json={"productId": show.product_id}, headers=show.seller.headers)
+            try:
+                await self.api.request("POST", f"{API}/seller/livestreams/{show.livestream_id}/highlight",
+                                       json={"productId": show.product_id}, headers=show.seller.headers)
+            except LoadError as exc:
+                self.errors.append(f"highlight:{exc.code}")
+                self.log(f"error: highlighting the drop product: {exc}")
         buyers = show.shoppers[: s.buyers]
         self.drop["buyers"] = len(buyers)
         self.log(f"drop: {len(buyers)} buyers for {s.drop_units} units")
@@ -214,6 +239,8 @@ class LoadTest:
                 outcome = "ok"
             except LoadError as exc:
                 outcome = exc.code
+                if exc.code != "out_of_stock":
+                    self.log(f"drop: buyer {index}: {exc}")
             return outcome, time.monotonic() - started
 
         results = await asyncio.gather(*(press(i) for i in range(len(buyers))))
@@ -226,15 +253,17 @@ class LoadTest:
         """Read `/metrics` once a second and print a progress line."""
         assert self.show is not None
         last_cpu, last_client, last_wall = math.nan, time.process_time(), time.monotonic()
-        while True:
+        while not self.stopping:
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - last_wall)))
             now = time.monotonic()
             try:
-                text = await asyncio.wait_for(self.api.request("GET", "/metrics"), 5)
-                figures = reporting.parse_metrics(text, self.show.livestream_id)
-            except (LoadError, asyncio.TimeoutError):
+                text = await self.api.request("GET", "/metrics", timeout=METRICS_SECONDS)
+            except LoadError as exc:
                 self.errors.append("metrics")
+                self.log(f"error: reading /metrics: {exc}")
+                last_wall = now
                 continue
+            figures = reporting.parse_metrics(text, self.show.livestream_id)
             client = time.process_time()
             wall = now - last_wall
             recent = [lat for at, lat in self.chat.latencies if at >= now - 2.0]
@@ -262,27 +291,55 @@ class LoadTest:
 
     # --- stopping and reporting ---------------------------------------------------------
 
+    async def _cancel_tasks(self) -> None:
+        """Stop the load tasks; name any that outlive STOP_SECONDS (an error, not a hang)."""
+        self.stopping = True
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+        for task in pending:
+            self.tasks.discard(task)
+            self.errors.append(f"stuck:{task.get_name()}")
+            self.log(f"error: task {task.get_name()} did not stop within {STOP_SECONDS:.0f} s: "
+                     f"{task.get_stack(limit=1)}")
+
+    async def _bounded(self, what: str, coros: list[Any], seconds: float = 2 * STOP_SECONDS) -> None:
+        """Run closing steps at once; log the ones that fail or hang (cleanup goes on)."""
+        if not coros:
+            return
+        outcomes = await asyncio.gather(*(within(seconds, c, what) for c in coros), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                self.log(f"warning: {what}: {outcome!r}")
+
     async def _stop(self) -> None:
         """Cancel the load, leave every session, stop the publisher."""
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.log(f"stop: show over at t={time.monotonic() - self.t0:.1f} s; stopping the load")
+        await self._cancel_tasks()
         self.media_figures = [v.figures() for v in self.viewers]
         self.final_metrics = await self._metrics_or_none()
-        await asyncio.gather(*(v.leave(self.api.http) for v in self.viewers), return_exceptions=True)
-        await asyncio.gather(*(e.close() for e in self.events.values()), return_exceptions=True)
+        self.log(f"stop: leaving {len(self.viewers)} media and {len(self.events)} events session(s)")
+        await self._bounded("leaving a WHEP session", [v.leave(self.api.http) for v in self.viewers])
+        await self._bounded("closing an events socket", [e.close() for e in self.events.values()])
         if self.publisher is not None:
+            self.log("stop: stopping the publisher")
             failure = self.publisher.failure()
             if failure:
                 self.errors.append("publisher")
                 self.log(f"error: {failure}")
-            await self.publisher.stop()
+            await self._bounded("stopping the publisher", [self.publisher.stop()])
+        self.stopped = True
+        self.log("stop: done")
 
     async def _metrics_or_none(self) -> dict[str, float] | None:
         assert self.show is not None
         try:
-            text = await asyncio.wait_for(self.api.request("GET", "/metrics"), 10)
-        except (LoadError, asyncio.TimeoutError):
+            text = await self.api.request("GET", "/metrics", timeout=2 * METRICS_SECONDS)
+        except LoadError as exc:
+            self.log(f"warning: final /metrics read failed: {exc}")
             return None
         return reporting.parse_metrics(text, self.show.livestream_id)
 
@@ -291,8 +348,14 @@ class LoadTest:
         show, s = self.show, self.s
         if show is None or show.product_id is None:
             return
-        product = await self.api.request("GET", f"{API}/products/{show.product_id}") \
-            if self.api.has(f"{API}/products/{{id}}") else None
+        self.log("check: reading the drop variant's stock back and running the admin inventory check")
+        product = None
+        if self.api.has(f"{API}/products/{{id}}"):
+            try:
+                product = await self.api.request("GET", f"{API}/products/{show.product_id}")
+            except LoadError as exc:
+                self.drop["stock_after_error"] = exc.code
+                self.log(f"error: reading the drop product back: {exc}")
         if product is not None:
             stock = next((v["stock"] for v in product.get("variants", []) if v["id"] == show.variant_id), None)
             self.drop["stock_after"] = stock
@@ -320,7 +383,7 @@ class LoadTest:
         last = self.final_metrics or {}
         cpus = [p["server_cpu"] for p in self.samples if p["server_cpu"] is not None]
         rss = [p["rss_bytes"] for p in self.samples if p["rss_bytes"] is not None]
-        delivered_expected = sum(r for _, _, r in self.chat.sent.values())
+        delivered_expected = sum(len(r) for _, _, r in self.chat.sent.values())
         server_5xx = (last.get("http_5xx", 0.0) - first.get("http_5xx", 0.0)) if first else 0.0
         if server_5xx:
             self.errors += ["server_5xx"] * int(server_5xx)
@@ -375,15 +438,15 @@ class LoadTest:
         return report
 
     async def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.publisher is not None:
-            await self.publisher.stop()
-        for events in self.events.values():
-            with contextlib.suppress(Exception):  # noqa: BLE001 - best-effort cleanup
-                await events.close()
-        await self.api.close()
+        """Release everything, also after a failed run (each step bounded)."""
+        await self._cancel_tasks()
+        if self.publisher is not None and not self.stopped:
+            await self._bounded("stopping the publisher", [self.publisher.stop()])
+        if not self.stopped:
+            await self._bounded("closing an events socket", [e.close() for e in self.events.values()])
+            await self._bounded("closing a viewer", [v.leave(self.api.http) for v in self.viewers])
+        with contextlib.suppress(Exception):  # noqa: BLE001 - best-effort cleanup
+            await within(STOP_SECONDS, self.api.close(), "closing the HTTP client")
 
 
 def _clean(check: Any) -> bool:

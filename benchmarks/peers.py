@@ -22,7 +22,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, V
 from aiortc.codecs import depayload, get_decoder
 from aiortc.jitterbuffer import JitterFrame
 
-from benchmarks.shop import API, LoadError
+from benchmarks.shop import API, LoadError, within
 from media.aiortc_hook import ForwardingReceiver, ice_host_addresses, install_receiver
 
 LOOPBACK = ["127.0.0.1"]
@@ -115,9 +115,10 @@ async def _offer(pc: RTCPeerConnection) -> str:
     return pc.localDescription.sdp
 
 
-async def _post_sdp(http: aiohttp.ClientSession, url: str, sdp: str, headers: dict[str, str]) -> tuple[str, str]:
+async def _post_sdp(http: aiohttp.ClientSession, url: str, sdp: str, headers: dict[str, str],
+                    timeout: float = 20.0) -> tuple[str, str]:
     try:
-        async with http.post(url, data=sdp, headers={**SDP, **headers}) as resp:
+        async with asyncio.timeout(timeout), http.post(url, data=sdp, headers={**SDP, **headers}) as resp:
             text = await resp.text()
             if resp.status != 201:
                 code = f"http_{resp.status}"
@@ -125,10 +126,12 @@ async def _post_sdp(http: aiohttp.ClientSession, url: str, sdp: str, headers: di
                     import json
 
                     code = json.loads(text)["error"]["code"]
-                raise LoadError(code, text[:200])
+                raise LoadError(code, f"POST {url} -> {resp.status} {text[:200]}")
             return text, resp.headers.get("Location", "")
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise LoadError("network", repr(exc)) from None
+    except TimeoutError:
+        raise LoadError("timeout", f"POST {url}: no answer within {timeout:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise LoadError("network", f"POST {url}: {exc!r}") from None
 
 
 class MediaViewer:
@@ -158,22 +161,19 @@ class MediaViewer:
         self.joined_at = self.video.joined_at = self.audio.joined_at = time.monotonic()
         install_receiver(self.pc.addTransceiver("video", direction="recvonly"), self.video)
         install_receiver(self.pc.addTransceiver("audio", direction="recvonly"), self.audio)
-        try:
-            answer, self.location = await asyncio.wait_for(
-                _post_sdp(http, self.url, await _offer(self.pc), {}), timeout)
-            await asyncio.wait_for(
-                self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer")), timeout)
-        except asyncio.TimeoutError:
-            raise LoadError("timeout", "WHEP join") from None
+        offer = await within(timeout, _offer(self.pc), "WHEP offer (ICE gathering)")
+        answer, self.location = await _post_sdp(http, self.url, offer, {}, timeout)
+        await within(timeout, self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer")),
+                     "WHEP answer")
 
     async def leave(self, http: aiohttp.ClientSession) -> None:
         """DELETE the session (best effort) and close the peer connection."""
         if self.location:
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with http.delete(self.base + self.location, timeout=aiohttp.ClientTimeout(total=5)):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with asyncio.timeout(5), http.delete(self.base + self.location):
                     pass
         with contextlib.suppress(Exception):  # noqa: BLE001 - closing a half-open peer
-            await asyncio.wait_for(self.pc.close(), 10)
+            await within(10, self.pc.close(), "closing a viewer's peer connection")
 
     def figures(self) -> dict[str, Any]:
         """Return this viewer's join and media figures."""
@@ -251,9 +251,10 @@ class Publisher:
         self.pc = new_pc()
         self.pc.addTransceiver(PatternTrack(width, height), direction="sendonly")
         self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
-        answer, self.location = await asyncio.wait_for(
-            _post_sdp(http, self.url, await _offer(self.pc), {"Authorization": f"Bearer {self.bearer}"}), 20)
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        offer = await within(20, _offer(self.pc), "WHIP offer (ICE gathering)")
+        answer, self.location = await _post_sdp(http, self.url, offer, {"Authorization": f"Bearer {self.bearer}"})
+        await within(20, self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer")),
+                     "WHIP answer")
 
     def failure(self) -> str | None:
         """Return why the publisher stopped early, if it did."""
@@ -275,4 +276,4 @@ class Publisher:
                 self.process.stderr.close()
         if self.pc is not None:
             with contextlib.suppress(Exception):  # noqa: BLE001 - closing a half-open peer
-                await asyncio.wait_for(self.pc.close(), 10)
+                await within(10, self.pc.close(), "closing the publisher's peer connection")

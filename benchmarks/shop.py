@@ -12,14 +12,17 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 API = "/api/v1"
-HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
+REQUEST_SECONDS = 30.0
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=REQUEST_SECONDS)
+WS_SECONDS = 5.0  # one WebSocket send or close
+T = TypeVar("T")
 PASSWORD = "loadtest-password-1"
 ADDRESS = {"line1": "1 Load Street", "city": "Testville", "postalCode": "10115", "country": "DE"}
 
@@ -30,6 +33,20 @@ class LoadError(Exception):
     def __init__(self, code: str, message: str = "") -> None:
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
+
+
+async def within(seconds: float, awaitable: Awaitable[T], what: str) -> T:
+    """Await with a deadline; raise LoadError("timeout") naming `what` when it passes.
+
+    This is `asyncio.timeout`, never `asyncio.wait_for`: on Python 3.11 `wait_for`
+    swallows a cancellation that arrives just as the awaited future completes, and a
+    load task cancelled at the end of the show then runs on forever.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
+        raise LoadError("timeout", f"{what}: no answer within {seconds:g} s") from None
 
 
 @dataclass
@@ -58,10 +75,10 @@ class Api:
         await self.http.close()
 
     async def request(self, method: str, path: str, *, expect: tuple[int, ...] = (200, 201),
-                      **kwargs: Any) -> Any:
+                      timeout: float = REQUEST_SECONDS, **kwargs: Any) -> Any:
         """Send one request; return the JSON answer or raise LoadError(code)."""
         try:
-            async with self.http.request(method, self.base + path, **kwargs) as resp:
+            async with asyncio.timeout(timeout), self.http.request(method, self.base + path, **kwargs) as resp:
                 text = await resp.text()
                 if resp.status not in expect:
                     try:
@@ -70,7 +87,9 @@ class Api:
                         code = f"http_{resp.status}"
                     raise LoadError(code, f"{method} {path} -> {resp.status} {text[:200]}")
                 return json.loads(text) if text and resp.content_type == "application/json" else text
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except TimeoutError:
+            raise LoadError("timeout", f"{method} {path}: no answer within {timeout:g} s") from None
+        except aiohttp.ClientError as exc:
             raise LoadError("network", f"{method} {path}: {exc!r}") from None
 
     async def discover(self) -> set[str]:
@@ -183,15 +202,15 @@ class EventsClient:
         started = time.monotonic()
         headers = self.account.headers if self.account else {}
         try:
-            self.ws = await asyncio.wait_for(
-                self.api.http.ws_connect(self.url, headers=headers, heartbeat=20), timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise LoadError("ws_connect", repr(exc)) from None
+            async with asyncio.timeout(timeout):
+                self.ws = await self.api.http.ws_connect(self.url, headers=headers, heartbeat=20)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise LoadError("ws_connect", f"{self.url}: {exc!r}") from None
         self._reader = asyncio.ensure_future(self._read())
         try:
-            await asyncio.wait_for(self.welcomed.wait(), timeout)
-        except asyncio.TimeoutError:
-            raise LoadError("ws_no_welcome") from None
+            await within(timeout, self.welcomed.wait(), "events welcome")
+        except LoadError:
+            raise LoadError("ws_no_welcome", f"{self.url}: no welcome within {timeout:g} s") from None
         self.connect_seconds = time.monotonic() - started
 
     async def _read(self) -> None:
@@ -226,21 +245,26 @@ class EventsClient:
         future: asyncio.Future[dict[str, Any]] | None = None
         if wait is not None:
             future = self._acks[ref] = asyncio.get_running_loop().create_future()
-        await self.ws.send_str(json.dumps({"type": kind, "payload": payload}))
-        if future is None:
-            return None
         try:
-            return await asyncio.wait_for(future, wait)
-        except asyncio.TimeoutError:
+            await within(WS_SECONDS, self.ws.send_str(json.dumps({"type": kind, "payload": payload})),
+                         f"sending {kind}")
+            if future is None:
+                return None
+            return await within(wait, future, f"{kind} ack (ref {ref})")
+        except ConnectionError as exc:
+            raise LoadError("ws_closed", f"sending {kind}: {exc!r}") from None
+        finally:
             self._acks.pop(ref, None)
-            raise LoadError("timeout") from None
 
     async def close(self) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        """Close the socket (bounded: a server that never answers the close frame is cut)."""
+        try:
+            if self.ws is not None:
+                await within(WS_SECONDS, self.ws.close(), "closing the events socket")
+        finally:
+            if self._reader is not None:
+                self._reader.cancel()
+                await asyncio.wait([self._reader], timeout=WS_SECONDS)
 
 
 async def buy_now(api: Api, events: EventsClient | None, show: Show, account: Account,

@@ -47,7 +47,12 @@ async def test_smoke_scenario_holds_its_invariants(live_server, factory: Factory
     )
     assert (scenario.media_viewers, scenario.buyers, scenario.drop_units) == (3, 8, 5)
     lines: list[str] = []
-    result = await run(scenario, log=lines.append)
+
+    def log(line: str) -> None:
+        lines.append(line)
+        print(f"loadtest: {line}", flush=True)  # progress shows with -s; kept for the assertion
+
+    result = await run(scenario, log=log)
 
     assert result["invariants"] == {
         "every_viewer_got_frames": True, "no_oversell": True, "no_server_errors": True,
