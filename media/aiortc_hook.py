@@ -193,6 +193,7 @@ class ForwardingReceiver:
         self._rtcp_ssrc: int | None = None
         self._lsr: dict[int, tuple[int, float]] = {}
         self._started = False
+        self._ended = False
         self.egress: Egress | None = None
         self.media_ssrc: int | None = None
 
@@ -235,14 +236,19 @@ class ForwardingReceiver:
         if self._started:
             self._started = False
             self._transport._unregister_rtp_receiver(self)
-            self.sink.on_receiver_ended(self)
+        self._end()
 
     async def getStats(self) -> RTCStatsReport:  # noqa: N802 (aiortc API)
         """Return an empty report: the SFU keeps its own statistics."""
         return RTCStatsReport()
 
     def _handle_disconnect(self) -> None:
-        if self._started:
+        self._end()
+
+    def _end(self) -> None:
+        # BYE, a lost connection and stop() may all happen: tell the sink once.
+        if self.egress is not None and not self._ended:
+            self._ended = True
             self.sink.on_receiver_ended(self)
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
@@ -251,7 +257,7 @@ class ForwardingReceiver:
             self._lsr[packet.ssrc] = (lsr, _monotonic())
             self.sink.on_sender_report(packet)
         elif isinstance(packet, RtcpByePacket):
-            self.sink.on_receiver_ended(self)
+            self._end()
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         if not self._enabled:

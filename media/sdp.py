@@ -45,7 +45,8 @@ def parse_offer(text: str) -> aiortc_sdp.SessionDescription:
         raise BadOffer("the SDP offer must start with 'v=0'")
     try:
         description = aiortc_sdp.SessionDescription.parse(text)
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+    # aiortc's parser reports malformed lines with asserts as well as ValueError.
+    except (AssertionError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise BadOffer(f"the SDP offer cannot be parsed: {exc}") from exc
     if not description.media:
         raise BadOffer("the SDP offer has no media sections")

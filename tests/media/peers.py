@@ -14,6 +14,7 @@ import numpy as np
 from aiortc import (
     AudioStreamTrack,
     MediaStreamTrack,
+    RTCDataChannel,
     RTCConfiguration,
     RTCPeerConnection,
     RTCSessionDescription,
@@ -90,6 +91,7 @@ class Viewer:
     pc: RTCPeerConnection
     video_frames: list[tuple[float, int, int]] = field(default_factory=list)
     audio_frames: int = 0
+    channels: list[RTCDataChannel] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -137,7 +139,7 @@ async def watch(sfu: SFU, room_id: str, *, audio: bool = True, datachannel: bool
     if audio:
         pc.addTransceiver("audio", direction="recvonly")
     if datachannel:
-        pc.createDataChannel("events")
+        result.channels.append(pc.createDataChannel("events"))
     session = await sfu.watch(room_id, await local_offer(pc), viewer)
     await accept(pc, session.answer_sdp)
     return result, session.id
