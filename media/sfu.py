@@ -301,6 +301,7 @@ class SFU:
             sessions.append(room.publisher)
         for session in sessions:
             await self._close_session(session, "room closed")
+            room.remove_viewer(session)
         await room.wait_closed()
         if sessions:
             self._viewer_count_changed(room)
