@@ -26,11 +26,13 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import aioice.ice
 import aiortc
+import pylibsrtp
 from aioice.ice import StunProtocol
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -58,6 +60,8 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 from aiortc.stats import RTCStatsReport
+from pylibsrtp._binding import ffi as srtp_ffi
+from pylibsrtp._binding import lib as srtp_lib
 
 SUPPORTED_AIORTC = "1.16."
 if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
@@ -65,6 +69,9 @@ if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
         f"media.aiortc_hook is written against aiortc {SUPPORTED_AIORTC}x internals, "
         f"found aiortc {aiortc.__version__}: re-check the hook before changing the pin"
     )
+
+if not hasattr(pylibsrtp.Session(), "_srtp") or not hasattr(srtp_lib, "srtp_protect"):
+    raise ImportError("media.aiortc_hook needs pylibsrtp's Session._srtp handle and srtp_protect")
 
 logger = logging.getLogger(__name__)
 
@@ -111,19 +118,41 @@ def ice_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
 # --- egress ----------------------------------------------------------------------------
 
 
-class Egress:
-    """Send SRTP/SRTCP on a connected DTLS transport without aiortc's coroutines."""
+class SrtpScratch:
+    """Protect RTP packets in one reusable buffer, calling libsrtp directly.
 
-    __slots__ = ("dtls", "protect", "protect_rtcp", "sendto", "addr", "buffered", "_pending")
+    pylibsrtp's ``Session.protect`` allocates and copies three times per call; for the
+    per-viewer fan-out this buffer is filled, protected in place and read back instead
+    (measured ~2.7 us instead of ~5.6 us per packet). Everything is synchronous, so one
+    buffer serves every viewer of a track.
+    """
+
+    SIZE = 2048  # an RTP packet (< 1500 bytes) plus the SRTP trailer
+
+    def __init__(self) -> None:
+        self.cdata = srtp_ffi.new("char[]", self.SIZE)
+        self.view = memoryview(srtp_ffi.buffer(self.cdata))
+        self.length = srtp_ffi.new("int *")
+        self.protect = srtp_lib.srtp_protect
+
+
+class Egress:
+    """Send SRTP/SRTCP on a connected DTLS transport without aiortc's coroutines.
+
+    ``sendto`` raises ``OSError`` (``BlockingIOError``) instead of queueing when the
+    viewer's socket cannot take more: the caller drops the packet and counts it.
+    """
+
+    __slots__ = ("dtls", "srtp", "srtp_handle", "protect_rtcp", "sendto", "addr", "_pending")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self.dtls = dtls
         self._pending: set[Any] = set()
-        self.protect: Any = None
+        self.srtp: pylibsrtp.Session | None = None
+        self.srtp_handle: Any = None
         self.protect_rtcp: Any = None
         self.sendto: Any = None
         self.addr: tuple[str, int] | None = None
-        self.buffered: Any = None
 
     def bind(self) -> bool:
         """Resolve the SRTP session and the nominated socket; False if not connected."""
@@ -131,17 +160,16 @@ class Egress:
         pair = self.dtls.transport._connection._nominated.get(1)
         if srtp is None or pair is None or self.dtls.state != "connected":
             return False
-        self.protect = srtp.protect
+        # Holding the Session keeps libsrtp's context alive while its raw handle is used.
+        self.srtp = srtp
+        self.srtp_handle = srtp._srtp[0]
         self.protect_rtcp = srtp.protect_rtcp
         protocol = pair.protocol
         if type(protocol) is StunProtocol:
-            udp = protocol.transport
-            self.sendto = udp.sendto
-            self.buffered = udp.get_write_buffer_size
+            self.sendto = _nonblocking_sendto(protocol.transport)
         else:
             # A TURN relay wraps each datagram; keep aioice's coroutine for it.
             self.sendto = self._send_via_protocol(protocol)
-            self.buffered = lambda: 0
         self.addr = pair.remote_addr
         return True
 
@@ -149,7 +177,10 @@ class Egress:
         """Protect and send one compound RTCP packet, if the transport is connected."""
         if self.sendto is None and not self.bind():
             return
-        self.sendto(self.protect_rtcp(data), self.addr)
+        try:
+            self.sendto(self.protect_rtcp(data), self.addr)
+        except BlockingIOError:
+            pass  # RTCP is periodic: the next report replaces this one
 
     def _send_via_protocol(self, protocol: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -160,6 +191,24 @@ class Egress:
             task.add_done_callback(self._pending.discard)
 
         return sendto
+
+
+def _nonblocking_sendto(transport: asyncio.DatagramTransport) -> Any:
+    """Return a sendto that drops (raises BlockingIOError) rather than queue."""
+    sock = getattr(transport, "_sock", None)
+    if isinstance(sock, socket.socket):
+        # asyncio's selector transport: the kernel socket buffer is the bounded
+        # per-viewer buffer, and a full one raises BlockingIOError.
+        return sock.sendto
+    send, buffered = transport.sendto, transport.get_write_buffer_size
+
+    def sendto(data: bytes, addr: tuple[str, int]) -> None:
+        # Other loops (uvloop) queue in the transport: bound that queue instead.
+        if buffered() > MAX_EGRESS_BUFFER_BYTES:
+            raise BlockingIOError("viewer socket buffer is full")
+        send(data, addr)
+
+    return sendto
 
 
 # --- receiving from a publisher --------------------------------------------------------

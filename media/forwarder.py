@@ -33,7 +33,7 @@ from aiortc.rtp import (
     RtpPacket,
 )
 
-from .aiortc_hook import MAX_EGRESS_BUFFER_BYTES, ForwardingReceiver, ForwardingSender
+from .aiortc_hook import ForwardingReceiver, ForwardingSender, SrtpScratch
 from .codecs import is_keyframe
 
 logger = logging.getLogger(__name__)
@@ -66,13 +66,13 @@ class ViewerTrack:
 
     __slots__ = (
         "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
-        "start_seq", "next_seq", "next_ts", "anchor_time", "active", "protect", "sendto",
-        "addr", "buffered", "packets", "octets", "drops", "nacks_served", "fraction_lost",
+        "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "sendto",
+        "addr", "packets", "octets", "drops", "nacks_served", "fraction_lost",
     )
 
     def __init__(self, sender: ForwardingSender) -> None:
         egress = sender.egress
-        assert egress is not None and egress.protect is not None
+        assert egress is not None and egress.srtp_handle is not None
         self.sender = sender
         self.ssrc = sender._ssrc
         self.pt = sender.payload_type or 0
@@ -88,10 +88,10 @@ class ViewerTrack:
         self.next_ts = random.getrandbits(32)
         self.anchor_time: float | None = None
         self.active = False
-        self.protect = egress.protect
+        self.egress = egress  # keeps the SRTP session behind ``srtp`` alive
+        self.srtp = egress.srtp_handle
         self.sendto = egress.sendto
         self.addr = egress.addr
-        self.buffered = egress.buffered
         self.packets = 0
         self.octets = 0
         self.drops = 0
@@ -118,6 +118,7 @@ class TrackForwarder:
             VIDEO_HISTORY if self.is_video else AUDIO_HISTORY
         )
         self._mask = len(self._history) - 1
+        self._scratch = SrtpScratch()
         self.viewers: list[ViewerTrack] = []
         self.waiting: list[ViewerTrack] = []
         self.receiver: ForwardingReceiver | None = None
@@ -178,20 +179,25 @@ class TrackForwarder:
             if self.waiting:
                 self._admit_waiting(seq, ts, payload)
 
+        scratch = self._scratch
+        view, length, protect, cdata = scratch.view, scratch.length, scratch.protect, scratch.cdata
+        total = 12 + size
         pack_into = HEADER_AFTER_FIRST_BYTE.pack_into
         for viewer in self.viewers:
             if not in_order and not _newer(seq, (viewer.start_seq - 1) & 0xFFFF):
                 continue  # a late packet from before this viewer's first keyframe
+            view[:total] = buf
             pack_into(
-                buf, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
+                view, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
                 (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
             )
-            if viewer.buffered() > MAX_EGRESS_BUFFER_BYTES:
-                viewer.drops += 1
+            length[0] = total
+            if protect(viewer.srtp, cdata, length):
+                viewer.drops += 1  # libsrtp refused (e.g. the session is gone)
                 continue
             try:
-                viewer.sendto(viewer.protect(bytes(buf)), viewer.addr)
-            except (OSError, RuntimeError, pylibsrtp.Error):
+                viewer.sendto(bytes(view[: length[0]]), viewer.addr)
+            except OSError:  # BlockingIOError: the viewer's buffer is full
                 viewer.drops += 1
                 continue
             viewer.packets += 1
@@ -226,13 +232,29 @@ class TrackForwarder:
 
     def _send_one(self, viewer: ViewerTrack, entry: tuple[int, int, int, bytearray]) -> None:
         seq, ts, marker, buf = entry
+        packet = bytearray(buf)
         HEADER_AFTER_FIRST_BYTE.pack_into(
-            buf, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
+            packet, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
             (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
         )
-        viewer.sendto(viewer.protect(bytes(buf)), viewer.addr)
-        viewer.packets += 1
-        viewer.octets += len(buf) - 12
+        if self._protect_and_send(viewer, packet):
+            viewer.packets += 1
+            viewer.octets += len(buf) - 12
+
+    def _protect_and_send(self, viewer: ViewerTrack, packet: bytearray) -> bool:
+        """Protect and send one packet off the hot path; False if it was dropped."""
+        scratch = self._scratch
+        scratch.view[: len(packet)] = packet
+        scratch.length[0] = len(packet)
+        if scratch.protect(viewer.srtp, scratch.cdata, scratch.length):
+            viewer.drops += 1
+            return False
+        try:
+            viewer.sendto(bytes(scratch.view[: scratch.length[0]]), viewer.addr)
+        except OSError:
+            viewer.drops += 1
+            return False
+        return True
 
     # --- viewer side ----------------------------------------------------------------------
 
@@ -294,7 +316,8 @@ class TrackForwarder:
                     (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.rtx_ssrc, viewer_seq,
                 )
                 viewer.rtx_seq = (viewer.rtx_seq + 1) & 0xFFFF
-                viewer.sendto(viewer.protect(bytes(rtx)), viewer.addr)
+                if not self._protect_and_send(viewer, rtx):
+                    continue
             viewer.nacks_served += 1
 
     def on_receiver_report(self, viewer: ViewerTrack, report: RtcpReceiverInfo) -> None:
@@ -338,7 +361,7 @@ class TrackForwarder:
                 data += bytes(sdes)
             try:
                 sender.egress.send_rtcp(data)
-            except (OSError, RuntimeError, pylibsrtp.Error):
+            except (OSError, pylibsrtp.Error):
                 logger.debug("sender report to SSRC %d failed", viewer.ssrc)
 
     def counters(self) -> TrackCounters:

@@ -122,7 +122,7 @@ async def test_receiver_and_sender_hooks_pass_encoded_packets_without_decoding()
         for seq in (100, 101, 103):  # 102 is "lost": the receiver must NACK it
             packet = RtpPacket(payload_type=sender.payload_type, sequence_number=seq,
                                timestamp=9000, ssrc=sender._ssrc, payload=b"\x10\x00\x9d\x01*")
-            sender.egress.sendto(sender.egress.protect(packet.serialize()), sender.egress.addr)
+            sender.egress.sendto(sender.egress.srtp.protect(packet.serialize()), sender.egress.addr)
         await wait_for(lambda: len(sink.packets) == 3 and feedback.nacks, timeout=5)
         assert [p.sequence_number for p, _ in sink.packets] == [100, 101, 103]
         assert sink.packets[0][1].name == "VP8"

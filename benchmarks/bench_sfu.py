@@ -1,0 +1,399 @@
+"""Benchmark the SFU's encoded forwarding against the naive decode/re-encode relay.
+
+Run from the repository root: ``python -m benchmarks.bench_sfu [--viewers 50]``.
+
+Two processes: this one runs the SFU (and, in the second phase, aiortc's
+``MediaRelay`` of decoded frames) behind a tiny loopback HTTP signaling endpoint and
+measures only its own CPU time; a client process runs the publisher (replaying a
+pre-encoded 640x360 VP8 clip at 30 fps, ~1.5 Mbit/s, plus Opus) and lightweight viewers
+that count and check RTP packets without decoding them. Figures printed and written to
+``benchmarks/results/``: server CPU per forwarded packet and per viewer-second,
+delivered frame rate and loss per viewer, p99 added forwarding delay, and the ratio of
+the naive relay to the SFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import fractions
+import json
+import multiprocessing
+import statistics
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiortc import (
+    AudioStreamTrack,
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+
+from media import SFU, MediaSettings
+from media.aiortc_hook import ForwardingReceiver, ice_host_addresses, install_receiver
+
+LOOPBACK = ["127.0.0.1"]
+RESULTS = Path(__file__).parent / "results"
+CLIP_SECONDS, FPS, WIDTH, HEIGHT, BITRATE = 2, 30, 640, 360, 1_500_000
+TARGET_US_PER_PACKET, TARGET_DELIVERED, TARGET_P99_MS = 10.0, 0.99, 5.0
+
+
+def log(message: str) -> None:
+    """Print a progress line at once."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- client process: replaying publisher and counting viewers ---------------------------
+
+
+def encode_clip() -> list[tuple[bytes, bool]]:
+    """Encode a short noisy clip once; return (packet bytes, is keyframe) per frame."""
+    import av
+    import numpy as np
+
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height, codec.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    codec.bit_rate, codec.framerate = BITRATE, FPS
+    codec.time_base = fractions.Fraction(1, FPS)
+    codec.gop_size = CLIP_SECONDS * FPS
+    codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    rng = np.random.default_rng(7)
+    packets: list[tuple[bytes, bool]] = []
+    for index in range(CLIP_SECONDS * FPS):
+        # Coarse noise in 8x8 blocks: hard enough to need the bitrate, not more.
+        blocks = rng.integers(0, 255, (HEIGHT // 8, WIDTH // 8, 3), dtype=np.uint8)
+        image = np.ascontiguousarray(blocks.repeat(8, axis=0).repeat(8, axis=1))
+        image[:, (index * 8) % WIDTH] = 255
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+        frame.pts = index
+        packets += [(bytes(p), p.is_keyframe) for p in codec.encode(frame)]
+    packets += [(bytes(p), p.is_keyframe) for p in codec.encode(None)]
+    return packets
+
+
+class ReplayTrack(MediaStreamTrack):
+    """Replay pre-encoded VP8 packets at 30 fps: aiortc packetizes, never encodes."""
+
+    kind = "video"
+
+    def __init__(self, clip: list[tuple[bytes, bool]]) -> None:
+        super().__init__()
+        self.clip, self.sent = clip, 0
+        self._start: float | None = None
+
+    async def recv(self) -> Any:
+        import av
+
+        if self._start is None:
+            self._start = time.monotonic()
+        await asyncio.sleep(max(0.0, self._start + self.sent / FPS - time.monotonic()))
+        packet = av.Packet(self.clip[self.sent % len(self.clip)][0])
+        packet.pts, packet.time_base = self.sent * 3000, fractions.Fraction(1, 90000)
+        self.sent += 1
+        return packet
+
+
+class CountingSink:
+    """Count a viewer track's packets, frames and sequence gaps; check its SSRC."""
+
+    def __init__(self) -> None:
+        self.packets = self.octets = self.frames = 0
+        self.first_seq: int | None = None
+        self.extended = 0
+        self.ssrcs: set[int] = set()
+
+    def on_rtp(self, packet: Any, codec: Any) -> None:
+        seq = packet.sequence_number
+        if self.first_seq is None:
+            self.first_seq = self.extended = seq
+        else:
+            delta = (seq - self.extended) & 0xFFFF
+            if delta < 0x8000:
+                self.extended += delta
+        self.ssrcs.add(packet.ssrc)
+        self.packets += 1
+        self.octets += len(packet.payload)
+        self.frames += packet.marker
+
+    def snapshot(self) -> dict[str, int]:
+        expected = 0 if self.first_seq is None else self.extended - self.first_seq + 1
+        return {"packets": self.packets, "frames": self.frames, "expected": expected,
+                "ssrcs": len(self.ssrcs)}
+
+    def on_sender_report(self, packet: Any) -> None:
+        pass
+
+    def on_receiver_started(self, receiver: ForwardingReceiver) -> None:
+        pass
+
+    def on_receiver_ended(self, receiver: ForwardingReceiver) -> None:
+        pass
+
+
+async def _post(url: str, sdp: str) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.post(url, data=sdp) as response:
+        response.raise_for_status()
+        return await response.text()
+
+
+async def _connect(pc: RTCPeerConnection, url: str) -> None:
+    offer = await pc.createOffer()
+    with ice_host_addresses(LOOPBACK):
+        await pc.setLocalDescription(offer)
+    answer = await _post(url, pc.localDescription.sdp)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+
+async def client_phase(base: str, viewers: int, clip: Any, inbox: Any, outbox: Any) -> None:
+    """Publish, connect viewers, report readiness, and measure between start and stop."""
+    loop = asyncio.get_running_loop()
+    publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    track = ReplayTrack(clip)
+    publisher.addTransceiver(track, direction="sendonly")
+    publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await _connect(publisher, f"{base}/publish")
+    await asyncio.sleep(1.0)
+    sinks: list[dict[str, CountingSink]] = []
+    pcs = []
+    for index in range(viewers):
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        kinds = {"video": CountingSink(), "audio": CountingSink()}
+        for kind, sink in kinds.items():
+            install_receiver(pc.addTransceiver(kind, direction="recvonly"), sink)
+        await _connect(pc, f"{base}/watch")
+        pcs.append(pc)
+        sinks.append(kinds)
+        if (index + 1) % 10 == 0 or index + 1 == viewers:
+            outbox.put(("progress", f"viewers connected: {index + 1}/{viewers}"))
+    deadline = time.monotonic() + 20
+    while any(s["video"].frames == 0 for s in sinks) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    outbox.put(("ready", None))
+    await loop.run_in_executor(None, inbox.get)  # "start"
+    before = [{k: s.snapshot() for k, s in kinds.items()} for kinds in sinks]
+    sent_before = track.sent
+    await loop.run_in_executor(None, inbox.get)  # "stop"
+    after = [{k: s.snapshot() for k, s in kinds.items()} for kinds in sinks]
+    frames_sent = track.sent - sent_before
+    per_viewer = []
+    for b, a in zip(before, after):
+        video = {key: a["video"][key] - b["video"][key] for key in ("packets", "frames", "expected")}
+        audio = {key: a["audio"][key] - b["audio"][key] for key in ("packets", "expected")}
+        packets = video["packets"] + audio["packets"]
+        expected = video["expected"] + audio["expected"]
+        per_viewer.append({
+            "packets": packets,
+            "frames": video["frames"],
+            "delivered": video["frames"] / frames_sent if frames_sent else 0.0,
+            "loss": max(0.0, 1 - packets / expected) if expected else 1.0,
+            "ssrc_ok": a["video"]["ssrcs"] == 1 and a["audio"]["ssrcs"] <= 1,
+        })
+    outbox.put(("result", {"frames_sent": frames_sent, "viewers": per_viewer}))
+    for pc in pcs:
+        await pc.close()
+    await publisher.close()
+
+
+def client_main(port: int, phases: list[tuple[str, int]], inbox: Any, outbox: Any) -> None:
+    """Run the client process: one phase per (mode, viewer count)."""
+    clip = encode_clip()
+    bits = sum(len(data) for data, _ in clip) * 8 / CLIP_SECONDS
+    outbox.put(("progress", f"clip encoded: {len(clip)} frames, {bits / 1e6:.2f} Mbit/s"))
+    for mode, viewers in phases:
+        asyncio.run(client_phase(f"http://127.0.0.1:{port}/{mode}", viewers, clip, inbox, outbox))
+
+
+# --- server process: SFU and naive relay ------------------------------------------------
+
+
+class NaiveRelay:
+    """Decode the publisher once and re-encode for every viewer (aiortc MediaRelay)."""
+
+    def __init__(self) -> None:
+        self.relay = MediaRelay()
+        self.tracks: dict[str, MediaStreamTrack] = {}
+        self.pcs: list[RTCPeerConnection] = []
+
+    async def answer(self, sdp: str, publisher: bool) -> str:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pcs.append(pc)
+        if publisher:
+            pc.on("track", lambda track: self.tracks.__setitem__(track.kind, track))
+        else:
+            for track in self.tracks.values():
+                pc.addTrack(self.relay.subscribe(track))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        answer = await pc.createAnswer()
+        with ice_host_addresses(LOOPBACK):
+            await pc.setLocalDescription(answer)
+        return pc.localDescription.sdp
+
+    async def close(self) -> None:
+        for pc in self.pcs:
+            await pc.close()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run both phases and return the figures."""
+    sfu = SFU(MediaSettings(ice_servers=[], ice_host_addresses=LOOPBACK,
+                            max_viewers_per_room=args.viewers + 1, remb_bitrate_bps=2_000_000))
+    naive = NaiveRelay()
+
+    async def sfu_publish(request: web.Request) -> web.Response:
+        return web.Response(text=(await sfu.publish("bench", await request.text(), "bench")).answer_sdp)
+
+    async def sfu_watch(request: web.Request) -> web.Response:
+        return web.Response(text=(await sfu.watch("bench", await request.text(), None)).answer_sdp)
+
+    async def naive_publish(request: web.Request) -> web.Response:
+        return web.Response(text=await naive.answer(await request.text(), publisher=True))
+
+    async def naive_watch(request: web.Request) -> web.Response:
+        return web.Response(text=await naive.answer(await request.text(), publisher=False))
+
+    app = web.Application()
+    app.router.add_post("/sfu/publish", sfu_publish)
+    app.router.add_post("/sfu/watch", sfu_watch)
+    app.router.add_post("/naive/publish", naive_publish)
+    app.router.add_post("/naive/watch", naive_watch)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    context = multiprocessing.get_context("spawn")
+    inbox, outbox = context.Queue(), context.Queue()
+    phases = [("sfu", args.viewers), ("naive", args.naive_viewers)]
+    client = context.Process(target=client_main, args=(port, phases, inbox, outbox), daemon=True)
+    client.start()
+    loop = asyncio.get_running_loop()
+    results: dict[str, Any] = {"viewers": args.viewers, "naive_viewers": args.naive_viewers,
+                               "seconds": args.seconds}
+    for mode, viewers in phases:
+        log(f"phase {mode}: {viewers} viewers")
+        while True:
+            kind, payload = await loop.run_in_executor(None, outbox.get)
+            if kind == "ready":
+                break
+            log(payload)
+        probe: deque[float] = deque(maxlen=1_000_000)
+        if mode == "sfu":
+            sfu.rooms["bench"].forwarders["video"].delay_probe = probe
+        profiler = _profiler(mode)
+        inbox.put("start")
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        for second in range(args.seconds):
+            await asyncio.sleep(1)
+            if (second + 1) % 5 == 0:
+                log(f"phase {mode}: measuring {second + 1}/{args.seconds} s")
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        inbox.put("stop")
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        kind, data = await loop.run_in_executor(None, outbox.get)
+        while kind != "result":
+            kind, data = await loop.run_in_executor(None, outbox.get)
+        per_viewer = data["viewers"]
+        packets = sum(v["packets"] for v in per_viewer)
+        figures = {
+            "cpu_seconds": cpu, "wall_seconds": wall, "forwarded_packets": packets,
+            "us_per_packet": cpu / packets * 1e6 if packets else None,
+            "cpu_per_viewer_second": cpu / wall / max(viewers, 1),
+            "frames_sent": data["frames_sent"],
+            "min_delivered": min(v["delivered"] for v in per_viewer),
+            "max_loss": max(v["loss"] for v in per_viewer),
+            "ssrc_ok": all(v["ssrc_ok"] for v in per_viewer),
+            "per_viewer": per_viewer,
+        }
+        if probe:
+            ordered = sorted(probe)
+            figures["p99_delay_ms"] = ordered[int(len(ordered) * 0.99) - 1] * 1e3
+            figures["median_delay_ms"] = statistics.median(ordered) * 1e3
+        results[mode] = figures
+        log(f"phase {mode}: {figures['us_per_packet']:.1f} us/packet, "
+            f"min delivered {figures['min_delivered']:.3f}, max loss {figures['max_loss']:.4f}")
+        if mode == "sfu":
+            await sfu.close()
+    client.join(timeout=30)
+    await naive.close()
+    await runner.cleanup()
+    sfu_f, naive_f = results["sfu"], results["naive"]
+    results["ratio_us_per_packet"] = naive_f["us_per_packet"] / sfu_f["us_per_packet"]
+    results["ratio_cpu_per_viewer"] = naive_f["cpu_per_viewer_second"] / sfu_f["cpu_per_viewer_second"]
+    results["targets_met"] = {
+        "us_per_packet": sfu_f["us_per_packet"] <= TARGET_US_PER_PACKET,
+        "delivered": sfu_f["min_delivered"] >= TARGET_DELIVERED,
+        "p99_delay": sfu_f.get("p99_delay_ms", 1e9) < TARGET_P99_MS,
+    }
+    return results
+
+
+def _profiler(mode: str) -> cProfile.Profile | None:
+    """Profile the SFU phase when BENCH_PROFILE=1 (the figures are then inflated)."""
+    if mode != "sfu" or os.environ.get("BENCH_PROFILE") != "1":
+        return None
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
+
+
+def write_results(results: dict[str, Any]) -> None:
+    """Write JSON, and a PNG when matplotlib is installed."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_sfu.json").write_text(json.dumps(results, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: skipping the PNG")
+        return
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(["SFU", "naive relay"], [results["sfu"]["us_per_packet"], results["naive"]["us_per_packet"]])
+    left.set_ylabel("server CPU µs per forwarded packet")
+    right.plot([v["delivered"] * 100 for v in results["sfu"]["per_viewer"]], "o")
+    right.set_xlabel("viewer")
+    right.set_ylabel("frames delivered (%)")
+    figure.tight_layout()
+    figure.savefig(RESULTS / "bench_sfu.png")
+
+
+def main() -> None:
+    """Parse arguments, run the benchmark, print and save the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--viewers", type=int, default=50)
+    parser.add_argument("--naive-viewers", type=int, default=4)
+    parser.add_argument("--seconds", type=int, default=15)
+    results = asyncio.run(run(parser.parse_args()))
+    write_results(results)
+    sfu_f, naive_f = results["sfu"], results["naive"]
+    print(json.dumps({
+        "viewers": results["viewers"],
+        "sfu_us_per_packet": round(sfu_f["us_per_packet"], 2),
+        "sfu_min_delivered": round(sfu_f["min_delivered"], 4),
+        "sfu_max_loss": round(sfu_f["max_loss"], 4),
+        "sfu_p99_delay_ms": round(sfu_f.get("p99_delay_ms", float("nan")), 3),
+        "naive_us_per_packet": round(naive_f["us_per_packet"], 2),
+        "ratio_us_per_packet": round(results["ratio_us_per_packet"], 1),
+        "ratio_cpu_per_viewer": round(results["ratio_cpu_per_viewer"], 1),
+        "targets_met": results["targets_met"],
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
