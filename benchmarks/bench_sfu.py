@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import os
-import pstats
 import fractions
 import json
 import multiprocessing
+import os
+import pstats
 import statistics
 import time
 from collections import deque
@@ -188,8 +188,8 @@ async def client_phase(base: str, viewers: int, clip: Any, inbox: Any, outbox: A
     after = [{k: s.snapshot() for k, s in kinds.items()} for kinds in sinks]
     frames_sent = track.sent - sent_before
     per_viewer = []
-    for b, a in zip(before, after):
-        video = {key: a["video"][key] - b["video"][key] for key in ("packets", "frames", "expected")}
+    for b, a in zip(before, after, strict=True):
+        video = {k: a["video"][k] - b["video"][k] for k in ("packets", "frames", "expected")}
         audio = {key: a["audio"][key] - b["audio"][key] for key in ("packets", "expected")}
         packets = video["packets"] + audio["packets"]
         expected = video["expected"] + audio["expected"]
@@ -252,7 +252,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     naive = NaiveRelay()
 
     async def sfu_publish(request: web.Request) -> web.Response:
-        return web.Response(text=(await sfu.publish("bench", await request.text(), "bench")).answer_sdp)
+        session = await sfu.publish("bench", await request.text(), "bench")
+        return web.Response(text=session.answer_sdp)
 
     async def sfu_watch(request: web.Request) -> web.Response:
         return web.Response(text=(await sfu.watch("bench", await request.text(), None)).answer_sdp)
@@ -327,13 +328,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"phase {mode}: {figures['us_per_packet']:.1f} us/packet, "
             f"min delivered {figures['min_delivered']:.3f}, max loss {figures['max_loss']:.4f}")
         if mode == "sfu":
+            figures["sfu_stats"] = sfu.stats("bench")
+            log(f"SFU stats: {figures['sfu_stats']}")
             await sfu.close()
     client.join(timeout=30)
     await naive.close()
     await runner.cleanup()
     sfu_f, naive_f = results["sfu"], results["naive"]
     results["ratio_us_per_packet"] = naive_f["us_per_packet"] / sfu_f["us_per_packet"]
-    results["ratio_cpu_per_viewer"] = naive_f["cpu_per_viewer_second"] / sfu_f["cpu_per_viewer_second"]
+    results["ratio_cpu_per_viewer"] = (
+        naive_f["cpu_per_viewer_second"] / sfu_f["cpu_per_viewer_second"]
+    )
     results["targets_met"] = {
         "us_per_packet": sfu_f["us_per_packet"] <= TARGET_US_PER_PACKET,
         "delivered": sfu_f["min_delivered"] >= TARGET_DELIVERED,
@@ -364,7 +369,8 @@ def write_results(results: dict[str, Any]) -> None:
         log("matplotlib not installed: skipping the PNG")
         return
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar(["SFU", "naive relay"], [results["sfu"]["us_per_packet"], results["naive"]["us_per_packet"]])
+    costs = [results["sfu"]["us_per_packet"], results["naive"]["us_per_packet"]]
+    left.bar(["SFU", "naive relay"], costs)
     left.set_ylabel("server CPU µs per forwarded packet")
     right.plot([v["delivered"] * 100 for v in results["sfu"]["per_viewer"]], "o")
     right.set_xlabel("viewer")

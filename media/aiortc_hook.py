@@ -200,7 +200,7 @@ def _nonblocking_sendto(transport: asyncio.DatagramTransport) -> Any:
         # asyncio's selector transport: the kernel socket buffer is the bounded
         # per-viewer buffer, and a full one raises BlockingIOError.
         return sock.sendto
-    send, buffered = transport.sendto, transport.get_write_buffer_size
+    send, buffered = transport.sendto, transport.get_write_buffer_size  # type: ignore[attr-defined]
 
     def sendto(data: bytes, addr: tuple[str, int]) -> None:
         # Other loops (uvloop) queue in the transport: bound that queue instead.
@@ -271,9 +271,10 @@ class ForwardingReceiver:
         if self._started:
             return
         for codec in parameters.codecs:
-            self._codecs[codec.payloadType] = codec
+            if codec.payloadType is not None:
+                self._codecs[codec.payloadType] = codec
         for encoding in parameters.encodings:
-            if encoding.rtx:
+            if encoding.rtx and encoding.ssrc is not None:
                 self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
         self._transport._register_rtp_receiver(self, parameters)
         self.egress = Egress(self._transport)

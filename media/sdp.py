@@ -51,11 +51,12 @@ def parse_offer(text: str) -> aiortc_sdp.SessionDescription:
     if not description.media:
         raise BadOffer("the SDP offer has no media sections")
     for media in description.media:
-        if media.kind in ("audio", "video") and (
-            not media.ice.usernameFragment or not media.ice.password
-        ):
+        if media.kind not in ("audio", "video", "application"):
+            raise BadOffer(f"the offer has an unsupported {media.kind!r} section")
+        ice, dtls = media.ice, media.dtls
+        if ice is None or not ice.usernameFragment or not ice.password:
             raise BadOffer(f"the {media.kind} section lacks ICE credentials")
-        if media.kind in ("audio", "video") and not media.dtls.fingerprints:
+        if dtls is None or not dtls.fingerprints:
             raise BadOffer(f"the {media.kind} section lacks a DTLS fingerprint")
     return description
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,8 +13,8 @@ import numpy as np
 from aiortc import (
     AudioStreamTrack,
     MediaStreamTrack,
-    RTCDataChannel,
     RTCConfiguration,
+    RTCDataChannel,
     RTCPeerConnection,
     RTCSessionDescription,
     VideoStreamTrack,
@@ -78,7 +77,8 @@ def prefer(pc: RTCPeerConnection, kind: str, mime: str) -> None:
     """Restrict a client's transceivers of ``kind`` to codecs of ``mime``."""
     from aiortc import RTCRtpSender
 
-    codecs = [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType in (mime, f"{kind}/rtx")]
+    wanted = (mime, f"{kind}/rtx")
+    codecs = [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType in wanted]
     for transceiver in pc.getTransceivers():
         if transceiver.kind == kind:
             transceiver.setCodecPreferences(codecs)
@@ -163,5 +163,3 @@ async def running_sfu(**overrides: object) -> AsyncIterator[SFU]:
     finally:
         await sfu.close()
 
-
-_ = fractions  # keep import for type clarity in track subclasses

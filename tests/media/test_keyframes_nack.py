@@ -68,7 +68,7 @@ async def test_nack_is_answered_from_history_after_induced_loss() -> None:
 
         dtls._handle_rtp_data = lossy
         try:
-            await wait_for(lambda: len(dropped) >= 10 and len(viewer.video_frames) >= 60, timeout=20)
+            await wait_for(lambda: len(dropped) >= 10 and len(viewer.video_frames) >= 60, 20)
             stats = sfu.stats("r")
             assert stats["nacks_served"] >= len(dropped) // 2
             assert {(w, h) for _, w, h in viewer.video_frames} == {(320, 240)}

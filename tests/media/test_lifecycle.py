@@ -10,7 +10,7 @@ import pytest
 
 from media import SFU, PublisherConflict, RoomFull, RoomNotFound, SessionNotFound
 
-from .peers import loopback_settings, local_offer, new_pc, publish, running_sfu, wait_for, watch
+from .peers import local_offer, loopback_settings, new_pc, publish, running_sfu, wait_for, watch
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,7 +9,7 @@ import pytest
 from media import BadOffer, RoomNotFound
 from media.sdp import plan_publish
 
-from .peers import accept, local_offer, new_pc, prefer, publish, running_sfu, wait_for, watch
+from .peers import local_offer, new_pc, prefer, publish, running_sfu, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
 
