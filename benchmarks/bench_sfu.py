@@ -282,7 +282,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     client.start()
     loop = asyncio.get_running_loop()
     results: dict[str, Any] = {"viewers": args.viewers, "naive_viewers": args.naive_viewers,
-                               "seconds": args.seconds}
+                               "seconds": args.seconds, "cores": os.cpu_count(),
+                               # Other work on the machine inflates process CPU time too.
+                               "load_average_before": os.getloadavg()}
     for mode, viewers in phases:
         log(f"phase {mode}: {viewers} viewers")
         while True:
@@ -331,6 +333,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             figures["sfu_stats"] = sfu.stats("bench")
             log(f"SFU stats: {figures['sfu_stats']}")
             await sfu.close()
+    results["load_average_after"] = os.getloadavg()
     client.join(timeout=30)
     await naive.close()
     await runner.cleanup()

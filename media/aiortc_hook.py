@@ -185,8 +185,8 @@ class Egress:
     def _send_via_protocol(self, protocol: Any) -> Any:
         loop = asyncio.get_running_loop()
 
-        def sendto(data: bytes, addr: tuple[str, int]) -> None:
-            task = loop.create_task(protocol.send_data(data, addr))
+        def sendto(data: bytes | memoryview, addr: tuple[str, int]) -> None:
+            task = loop.create_task(protocol.send_data(bytes(data), addr))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
@@ -194,7 +194,11 @@ class Egress:
 
 
 def _nonblocking_sendto(transport: asyncio.DatagramTransport) -> Any:
-    """Return a sendto that drops (raises BlockingIOError) rather than queue."""
+    """Return a sendto that drops (raises BlockingIOError) rather than queue.
+
+    The returned function accepts a memoryview of a reused buffer: it either copies the
+    datagram into the kernel at once or copies it before queueing.
+    """
     sock = getattr(transport, "_sock", None)
     if isinstance(sock, socket.socket):
         # asyncio's selector transport: the kernel socket buffer is the bounded
@@ -202,11 +206,11 @@ def _nonblocking_sendto(transport: asyncio.DatagramTransport) -> Any:
         return sock.sendto
     send, buffered = transport.sendto, transport.get_write_buffer_size  # type: ignore[attr-defined]
 
-    def sendto(data: bytes, addr: tuple[str, int]) -> None:
+    def sendto(data: bytes | memoryview, addr: tuple[str, int]) -> None:
         # Other loops (uvloop) queue in the transport: bound that queue instead.
         if buffered() > MAX_EGRESS_BUFFER_BYTES:
             raise BlockingIOError("viewer socket buffer is full")
-        send(data, addr)
+        send(bytes(data), addr)
 
     return sendto
 

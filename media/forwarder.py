@@ -196,7 +196,7 @@ class TrackForwarder:
                 viewer.drops += 1  # libsrtp refused (e.g. the session is gone)
                 continue
             try:
-                viewer.sendto(bytes(view[: length[0]]), viewer.addr)
+                viewer.sendto(view[: length[0]], viewer.addr)
             except OSError:  # BlockingIOError: the viewer's buffer is full
                 viewer.drops += 1
                 continue
@@ -250,7 +250,7 @@ class TrackForwarder:
             viewer.drops += 1
             return False
         try:
-            viewer.sendto(bytes(scratch.view[: scratch.length[0]]), viewer.addr)
+            viewer.sendto(scratch.view[: scratch.length[0]], viewer.addr)
         except OSError:
             viewer.drops += 1
             return False
