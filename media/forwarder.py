@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 VIDEO_HISTORY = 512  # packets kept per video track to answer NACKs (~3 s at 1.5 Mbit/s)
 AUDIO_HISTORY = 64
+NACK_RESEND_INTERVAL = 0.1  # seconds between retransmissions of one packet to one viewer
+NACK_RESEND_MEMORY = 1024  # retransmission times kept per viewer track
 RTP_VERSION_BYTE = 0x80  # V=2, no padding, no extension, no CSRC: extensions are not forwarded
 # Bytes 1-11 of an RTP header: marker|payload type, sequence number, timestamp, SSRC.
 HEADER_AFTER_FIRST_BYTE = struct.Struct("!BHII")
@@ -67,7 +69,7 @@ class ViewerTrack:
     __slots__ = (
         "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
         "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "sendto",
-        "addr", "packets", "octets", "drops", "nacks_served", "fraction_lost",
+        "addr", "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
     )
 
     def __init__(self, sender: ForwardingSender) -> None:
@@ -97,6 +99,8 @@ class ViewerTrack:
         self.drops = 0
         self.nacks_served = 0
         self.fraction_lost = 0
+        # Viewer sequence number -> time it was last retransmitted (bounded, see on_nack).
+        self.resent: dict[int, float] = {}
 
 
 class TrackForwarder:
@@ -297,10 +301,22 @@ class TrackForwarder:
         self._media_seen = False
 
     def on_nack(self, viewer: ViewerTrack, lost: list[int]) -> None:
-        """Retransmit the packets a viewer reports lost, from the bounded history."""
+        """Retransmit the packets a viewer reports lost, from the bounded history.
+
+        A receiver repeats a NACK until the packet arrives; resending the same packet
+        again within ``NACK_RESEND_INTERVAL`` would only amplify the load on a viewer
+        that is already losing packets, so such repeats are ignored.
+        """
         if not viewer.active:
             return
+        now = time.monotonic()
+        resent = viewer.resent
+        if len(resent) > NACK_RESEND_MEMORY:
+            resent.clear()
         for viewer_seq in lost:
+            if now - resent.get(viewer_seq, -1.0) < NACK_RESEND_INTERVAL:
+                continue
+            resent[viewer_seq] = now
             seq = (viewer_seq - viewer.seq_offset) & 0xFFFF
             entry = self._history[seq & self._mask]
             if entry is None or entry[0] != seq or _newer(viewer.start_seq, seq):
