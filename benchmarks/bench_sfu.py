@@ -110,6 +110,7 @@ class CountingSink:
         self.first_seq: int | None = None
         self.extended = 0
         self.ssrcs: set[int] = set()
+        self.last_frame_ts: int | None = None
 
     def on_rtp(self, packet: Any, codec: Any) -> None:
         seq = packet.sequence_number
@@ -122,7 +123,12 @@ class CountingSink:
         self.ssrcs.add(packet.ssrc)
         self.packets += 1
         self.octets += len(packet.payload)
-        self.frames += packet.marker
+        # A frame counts once, at its last packet; a retransmitted one does not count again.
+        ts = packet.timestamp
+        if packet.marker and (self.last_frame_ts is None
+                              or 0 < (ts - self.last_frame_ts) & 0xFFFFFFFF < 0x80000000):
+            self.frames += 1
+            self.last_frame_ts = ts
 
     def snapshot(self) -> dict[str, int]:
         expected = 0 if self.first_seq is None else self.extended - self.first_seq + 1
