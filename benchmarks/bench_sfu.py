@@ -38,7 +38,7 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
-from media import SFU, MediaSettings
+from media import SFU, MediaSettings, RoomNotFound
 from media.aiortc_hook import ForwardingReceiver, ice_host_addresses, install_receiver
 
 LOOPBACK = ["127.0.0.1"]
@@ -148,9 +148,15 @@ class CountingSink:
 async def _post(url: str, sdp: str) -> str:
     import aiohttp
 
-    async with aiohttp.ClientSession() as http, http.post(url, data=sdp) as response:
-        response.raise_for_status()
-        return await response.text()
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as http:
+        while True:  # a viewer process may be ready before the publisher is
+            async with http.post(url, data=sdp) as response:
+                if response.status == 404 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                    continue
+                response.raise_for_status()
+                return await response.text()
 
 
 async def _connect(pc: RTCPeerConnection, url: str) -> None:
@@ -162,13 +168,15 @@ async def _connect(pc: RTCPeerConnection, url: str) -> None:
 
 
 async def client_phase(base: str, viewers: int, clip: Any, inbox: Any, outbox: Any) -> None:
-    """Publish, connect viewers, report readiness, and measure between start and stop."""
+    """Publish (with a clip), connect viewers, then measure between start and stop."""
     loop = asyncio.get_running_loop()
-    publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    track = ReplayTrack(clip)
-    publisher.addTransceiver(track, direction="sendonly")
-    publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
-    await _connect(publisher, f"{base}/publish")
+    publisher, track = None, None
+    if clip is not None:
+        publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        track = ReplayTrack(clip)
+        publisher.addTransceiver(track, direction="sendonly")
+        publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        await _connect(publisher, f"{base}/publish")
     await asyncio.sleep(1.0)
     sinks: list[dict[str, CountingSink]] = []
     pcs = []
@@ -176,7 +184,8 @@ async def client_phase(base: str, viewers: int, clip: Any, inbox: Any, outbox: A
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         kinds = {"video": CountingSink(), "audio": CountingSink()}
         for kind, sink in kinds.items():
-            install_receiver(pc.addTransceiver(kind, direction="recvonly"), sink)
+            receiver = install_receiver(pc.addTransceiver(kind, direction="recvonly"), sink)
+            receiver._nack = None  # count loss as it is: no retransmissions requested
         await _connect(pc, f"{base}/watch")
         pcs.append(pc)
         sinks.append(kinds)
@@ -189,34 +198,37 @@ async def client_phase(base: str, viewers: int, clip: Any, inbox: Any, outbox: A
     outbox.put(("ready", None))
     await loop.run_in_executor(None, inbox.get)  # "start"
     before = [{k: s.snapshot() for k, s in kinds.items()} for kinds in sinks]
-    sent_before = track.sent
+    sent_before = track.sent if track else 0
     await loop.run_in_executor(None, inbox.get)  # "stop"
     after = [{k: s.snapshot() for k, s in kinds.items()} for kinds in sinks]
-    frames_sent = track.sent - sent_before
     per_viewer = []
     for b, a in zip(before, after, strict=True):
         video = {k: a["video"][k] - b["video"][k] for k in ("packets", "frames", "expected")}
         audio = {key: a["audio"][key] - b["audio"][key] for key in ("packets", "expected")}
-        packets = video["packets"] + audio["packets"]
-        expected = video["expected"] + audio["expected"]
         per_viewer.append({
-            "packets": packets,
+            "packets": video["packets"] + audio["packets"],
+            "expected": video["expected"] + audio["expected"],
             "frames": video["frames"],
-            "delivered": video["frames"] / frames_sent if frames_sent else 0.0,
-            "loss": max(0.0, 1 - packets / expected) if expected else 1.0,
             "ssrc_ok": a["video"]["ssrcs"] == 1 and a["audio"]["ssrcs"] <= 1,
         })
+    frames_sent = track.sent - sent_before if track else None
     outbox.put(("result", {"frames_sent": frames_sent, "viewers": per_viewer}))
+    await asyncio.sleep(1.0)  # let the other processes take their snapshots
     for pc in pcs:
         await pc.close()
-    await publisher.close()
+    if publisher is not None:
+        await publisher.close()
 
 
-def client_main(port: int, phases: list[tuple[str, int]], inbox: Any, outbox: Any) -> None:
-    """Run the client process: one phase per (mode, viewer count)."""
-    clip = encode_clip()
-    bits = sum(len(data) for data, _ in clip) * 8 / CLIP_SECONDS
-    outbox.put(("progress", f"clip encoded: {len(clip)} frames, {bits / 1e6:.2f} Mbit/s"))
+def client_main(
+    port: int, phases: list[tuple[str, int]], publishes: bool, inbox: Any, outbox: Any
+) -> None:
+    """Run one client process: per phase, its share of viewers (and maybe the publisher)."""
+    clip = None
+    if publishes:
+        clip = encode_clip()
+        bits = sum(len(data) for data, _ in clip) * 8 / CLIP_SECONDS
+        outbox.put(("progress", f"clip encoded: {len(clip)} frames, {bits / 1e6:.2f} Mbit/s"))
     for mode, viewers in phases:
         asyncio.run(client_phase(f"http://127.0.0.1:{port}/{mode}", viewers, clip, inbox, outbox))
 
@@ -262,12 +274,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return web.Response(text=session.answer_sdp)
 
     async def sfu_watch(request: web.Request) -> web.Response:
-        return web.Response(text=(await sfu.watch("bench", await request.text(), None)).answer_sdp)
+        try:
+            session = await sfu.watch("bench", await request.text(), None)
+        except RoomNotFound:
+            return web.Response(status=404)
+        return web.Response(text=session.answer_sdp)
 
     async def naive_publish(request: web.Request) -> web.Response:
         return web.Response(text=await naive.answer(await request.text(), publisher=True))
 
     async def naive_watch(request: web.Request) -> web.Response:
+        if len(naive.tracks) < 2:
+            return web.Response(status=404)
         return web.Response(text=await naive.answer(await request.text(), publisher=False))
 
     app = web.Application()
@@ -282,47 +300,68 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     context = multiprocessing.get_context("spawn")
-    inbox, outbox = context.Queue(), context.Queue()
-    phases = [("sfu", args.viewers), ("naive", args.naive_viewers)]
-    client = context.Process(target=client_main, args=(port, phases, inbox, outbox), daemon=True)
-    client.start()
+    count = max(1, args.client_processes)
+    outbox = context.Queue()
+    inboxes = [context.Queue() for _ in range(count)]
+    clients = []
+    for index, inbox in enumerate(inboxes):
+        # Process 0 also publishes; the viewers are spread over the processes.
+        phases = [(mode, _share(total, count, index))
+                  for mode, total in (("sfu", args.viewers), ("naive", args.naive_viewers))]
+        client = context.Process(target=client_main, daemon=True,
+                                 args=(port, phases, index == 0, inbox, outbox))
+        client.start()
+        clients.append(client)
     loop = asyncio.get_running_loop()
     results: dict[str, Any] = {"viewers": args.viewers, "naive_viewers": args.naive_viewers,
                                "seconds": args.seconds, "cores": os.cpu_count(),
+                               "client_processes": count,
                                # Other work on the machine inflates process CPU time too.
                                "load_average_before": os.getloadavg()}
-    for mode, viewers in phases:
-        log(f"phase {mode}: {viewers} viewers")
-        while True:
+
+    async def receive(wanted: str) -> list[Any]:
+        found: list[Any] = []
+        while len(found) < count:
             kind, payload = await loop.run_in_executor(None, outbox.get)
-            if kind == "ready":
-                break
-            log(payload)
+            if kind == wanted:
+                found.append(payload)
+            else:
+                log(payload)
+        return found
+
+    for mode, viewers in (("sfu", args.viewers), ("naive", args.naive_viewers)):
+        log(f"phase {mode}: {viewers} viewers")
+        await receive("ready")
         probe: deque[float] = deque(maxlen=1_000_000)
         if mode == "sfu":
             sfu.rooms["bench"].forwarders["video"].delay_probe = probe
         profiler = _profiler(mode)
-        inbox.put("start")
+        for inbox in inboxes:
+            inbox.put("start")
         cpu0, wall0 = time.process_time(), time.monotonic()
         for second in range(args.seconds):
             await asyncio.sleep(1)
             if (second + 1) % 5 == 0:
                 log(f"phase {mode}: measuring {second + 1}/{args.seconds} s")
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-        inbox.put("stop")
+        for inbox in inboxes:
+            inbox.put("stop")
         if profiler is not None:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-        kind, data = await loop.run_in_executor(None, outbox.get)
-        while kind != "result":
-            kind, data = await loop.run_in_executor(None, outbox.get)
-        per_viewer = data["viewers"]
+        parts = await receive("result")
+        frames_sent = next(p["frames_sent"] for p in parts if p["frames_sent"] is not None)
+        per_viewer = [v for part in parts for v in part["viewers"]]
+        for viewer in per_viewer:
+            viewer["delivered"] = viewer["frames"] / frames_sent if frames_sent else 0.0
+            viewer["loss"] = (max(0.0, 1 - viewer["packets"] / viewer["expected"])
+                              if viewer["expected"] else 1.0)
         packets = sum(v["packets"] for v in per_viewer)
         figures = {
             "cpu_seconds": cpu, "wall_seconds": wall, "forwarded_packets": packets,
             "us_per_packet": cpu / packets * 1e6 if packets else None,
             "cpu_per_viewer_second": cpu / wall / max(viewers, 1),
-            "frames_sent": data["frames_sent"],
+            "frames_sent": frames_sent,
             "min_delivered": min(v["delivered"] for v in per_viewer),
             "max_loss": max(v["loss"] for v in per_viewer),
             "ssrc_ok": all(v["ssrc_ok"] for v in per_viewer),
@@ -340,7 +379,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"SFU stats: {figures['sfu_stats']}")
             await sfu.close()
     results["load_average_after"] = os.getloadavg()
-    client.join(timeout=30)
+    for client in clients:
+        client.join(timeout=30)
     await naive.close()
     await runner.cleanup()
     sfu_f, naive_f = results["sfu"], results["naive"]
@@ -354,6 +394,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p99_delay": sfu_f.get("p99_delay_ms", 1e9) < TARGET_P99_MS,
     }
     return results
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    """Return how many of ``total`` viewers process ``index`` of ``parts`` runs."""
+    return total // parts + (1 if index < total % parts else 0)
 
 
 def _profiler(mode: str) -> cProfile.Profile | None:
@@ -394,6 +439,8 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=50)
     parser.add_argument("--naive-viewers", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--client-processes", type=int, default=2,
+                        help="processes the viewers are spread over (the first also publishes)")
     results = asyncio.run(run(parser.parse_args()))
     write_results(results)
     sfu_f, naive_f = results["sfu"], results["naive"]
