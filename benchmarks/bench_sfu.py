@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import fractions
 import json
 import multiprocessing
 import os
 import pstats
+import resource
 import statistics
 import time
 from collections import deque
@@ -258,7 +260,20 @@ class NaiveRelay:
             await pc.setLocalDescription(answer)
         return pc.localDescription.sdp
 
+    async def packets_sent(self) -> int:
+        """Return the RTP packets sent to viewers so far (aiortc's sender stats)."""
+        total = 0
+        for pc in self.pcs:
+            for sender in pc.getSenders():
+                if sender.track is None:
+                    continue
+                for stats in (await sender.getStats()).values():
+                    if stats.type == "outbound-rtp":
+                        total += stats.packetsSent
+        return total
+
     async def close(self) -> None:
+        """Close every peer connection of the relay."""
         for pc in self.pcs:
             await pc.close()
 
@@ -299,6 +314,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
+    # Measured before the client processes start, so nothing else competes with it.
+    fanout = await measure_fanout(args.viewers)
+    log(f"fan-out alone: {fanout:.2f} us CPU per forwarded packet, {args.viewers} viewers")
     context = multiprocessing.get_context("spawn")
     count = max(1, args.client_processes)
     outbox = context.Queue()
@@ -315,9 +333,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     results: dict[str, Any] = {"viewers": args.viewers, "naive_viewers": args.naive_viewers,
                                "seconds": args.seconds, "cores": os.cpu_count(),
-                               "client_processes": count,
+                               "client_processes": count, "fanout_us_per_packet": fanout,
                                # Other work on the machine inflates process CPU time too.
                                "load_average_before": os.getloadavg()}
+
+    async def packets_out(mode: str) -> int:
+        if mode == "sfu":
+            return int(sfu.stats("bench")["packets_out"])
+        return await naive.packets_sent()
 
     async def receive(wanted: str) -> list[Any]:
         found: list[Any] = []
@@ -335,15 +358,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         probe: deque[float] = deque(maxlen=1_000_000)
         if mode == "sfu":
             sfu.rooms["bench"].forwarders["video"].delay_probe = probe
+        out0 = await packets_out(mode)
         profiler = _profiler(mode)
         for inbox in inboxes:
             inbox.put("start")
         cpu0, wall0 = time.process_time(), time.monotonic()
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
         for second in range(args.seconds):
             await asyncio.sleep(1)
             if (second + 1) % 5 == 0:
                 log(f"phase {mode}: measuring {second + 1}/{args.seconds} s")
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        forwarded = await packets_out(mode) - out0
         for inbox in inboxes:
             inbox.put("stop")
         if profiler is not None:
@@ -358,8 +385,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                               if viewer["expected"] else 1.0)
         packets = sum(v["packets"] for v in per_viewer)
         figures = {
-            "cpu_seconds": cpu, "wall_seconds": wall, "forwarded_packets": packets,
-            "us_per_packet": cpu / packets * 1e6 if packets else None,
+            "cpu_seconds": cpu, "wall_seconds": wall, "forwarded_packets": forwarded,
+            "delivered_packets": packets,
+            # User vs kernel: on loopback, sendto also pays for delivering to the viewer.
+            "user_seconds": usage.ru_utime - usage0.ru_utime,
+            "system_seconds": usage.ru_stime - usage0.ru_stime,
+            "context_switches": (usage.ru_nvcsw + usage.ru_nivcsw)
+            - (usage0.ru_nvcsw + usage0.ru_nivcsw),
+            "us_per_packet": cpu / forwarded * 1e6 if forwarded else None,
             "cpu_per_viewer_second": cpu / wall / max(viewers, 1),
             "frames_sent": frames_sent,
             "min_delivered": min(v["delivered"] for v in per_viewer),
@@ -372,6 +405,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             figures["p99_delay_ms"] = ordered[int(len(ordered) * 0.99) - 1] * 1e3
             figures["median_delay_ms"] = statistics.median(ordered) * 1e3
         results[mode] = figures
+        log(f"phase {mode}: user {figures['user_seconds']:.2f} s, "
+            f"system {figures['system_seconds']:.2f} s, {forwarded} packets forwarded")
         log(f"phase {mode}: {figures['us_per_packet']:.1f} us/packet, "
             f"min delivered {figures['min_delivered']:.3f}, max loss {figures['max_loss']:.4f}")
         if mode == "sfu":
@@ -394,6 +429,67 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p99_delay": sfu_f.get("p99_delay_ms", 1e9) < TARGET_P99_MS,
     }
     return results
+
+
+async def measure_fanout(viewers: int, packets: int = 3000) -> float:
+    """Return the CPU µs per packet of the forwarder's fan-out alone.
+
+    Real libsrtp sessions and real loopback UDP sockets, but no peer connections: the
+    viewers' senders are stand-ins carrying what ``ViewerTrack`` reads. This isolates
+    the per-viewer work (copy, header rewrite, SRTP protect, sendto) from ingress,
+    RTCP and the scheduling of the client processes.
+    """
+    import os as _os
+    import socket
+    import types
+
+    import pylibsrtp
+    from aiortc.codecs import CODECS
+    from aiortc.rtp import RtpPacket
+
+    from media.aiortc_hook import _nonblocking_sendto
+    from media.forwarder import TrackForwarder, ViewerTrack
+
+    loop = asyncio.get_running_loop()
+    codec = CODECS["video"][0]
+    forwarder = TrackForwarder("video", codec, lambda: None, lambda forwarder: None)
+    sinks, transports = [], []
+    for index in range(viewers):
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        sink.setblocking(False)
+        sinks.append(sink)
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        transports.append(transport)
+        session = pylibsrtp.Session(pylibsrtp.Policy(
+            key=_os.urandom(44), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+            srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM))
+        egress = types.SimpleNamespace(srtp=session, srtp_handle=session._srtp[0],
+                                       sendto=_nonblocking_sendto(transport),
+                                       addr=sink.getsockname())
+        forwarder.add_viewer(ViewerTrack(types.SimpleNamespace(  # type: ignore[arg-type]
+            egress=egress, _ssrc=1000 + index, payload_type=96, rtx_payload_type=97,
+            _rtx_ssrc=2000 + index)))
+    payload = bytes([0x10, 0x00]) + _os.urandom(1100)  # a VP8 keyframe start, then data
+    cpu = 0.0
+    for seq in range(packets):
+        packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=(seq // 8) * 3000,
+                           ssrc=5, payload=payload)
+        started = time.process_time()
+        forwarder.on_rtp(packet, codec)
+        cpu += time.process_time() - started
+        if seq % 16 == 0:  # drain the sinks outside the measured time
+            for sink in sinks:
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        sink.recv(2048)
+    sent = sum(viewer.packets for viewer in forwarder.viewers)
+    for transport in transports:
+        transport.close()
+    for sink in sinks:
+        sink.close()
+    return cpu / sent * 1e6
 
 
 def _share(total: int, parts: int, index: int) -> int:
@@ -447,6 +543,7 @@ def main() -> None:
     print(json.dumps({
         "viewers": results["viewers"],
         "sfu_us_per_packet": round(sfu_f["us_per_packet"], 2),
+        "fanout_only_us_per_packet": round(results["fanout_us_per_packet"], 2),
         "sfu_min_delivered": round(sfu_f["min_delivered"], 4),
         "sfu_max_loss": round(sfu_f["max_loss"], 4),
         "sfu_p99_delay_ms": round(sfu_f.get("p99_delay_ms", float("nan")), 3),
