@@ -7,6 +7,7 @@ import gc
 import os
 
 import pytest
+from aiortc import RTCPeerConnection
 
 from media import SFU, PublisherConflict, RoomFull, RoomNotFound, SessionNotFound
 
@@ -131,7 +132,11 @@ async def test_join_leave_cycles_leak_nothing() -> None:
 
         async def cycle() -> None:
             client, session_id = await watch(sfu, "r", audio=True)
-            await wait_for(lambda: client.pc.connectionState == "connected", timeout=10)
+            entry = sfu.rooms["r"].viewers[session_id]
+            # Both sides are done connecting (closing a peer connection in the middle of
+            # aiortc's own connect task makes that task fail, and pytest keeps its log).
+            await wait_for(lambda: client.pc.connectionState == "connected"
+                           and len(entry.tracks) == 2, timeout=10)
             await sfu.close_session(session_id)
             await client.close()
 
@@ -148,6 +153,9 @@ async def test_join_leave_cycles_leak_nothing() -> None:
         assert len(sfu.sessions) == 2 and not sfu._timeouts
         assert _open_fds() <= fds + 2
         assert len(asyncio.all_tasks()) <= tasks + 2
+        # Memory: no peer connection of a finished cycle survives (2 server + 2 client).
+        live = [o for o in gc.get_objects() if isinstance(o, RTCPeerConnection)]
+        assert len(live) <= 4
         frames = len(viewer.video_frames)
         await wait_for(lambda: len(viewer.video_frames) > frames + 10)  # still forwarding
         await viewer.close()
