@@ -75,3 +75,25 @@ async def test_nack_is_answered_from_history_after_induced_loss() -> None:
         finally:
             await viewer.close()
             await publisher.close()
+
+
+async def test_viewer_plis_reach_the_publisher_under_the_throttle() -> None:
+    async with running_sfu(keyframe_interval_ms=500) as sfu:
+        publisher, _ = await publish(sfu, "r", audio=False)
+        viewer, _ = await watch(sfu, "r", audio=False)
+        try:
+            await wait_for(lambda: len(viewer.video_frames) >= 30)
+            await asyncio.sleep(0.6)  # past the throttle window of the join's PLI
+            before = sfu.stats("r")["keyframe_requests"]
+            receiver = viewer.pc.getTransceivers()[0].receiver
+            media_ssrc = next(iter(receiver._RTCRtpReceiver__remote_streams))
+            for _ in range(10):  # a burst of PLIs from the viewer
+                await receiver._send_rtcp_pli(media_ssrc)
+            await wait_for(lambda: sfu.stats("r")["keyframe_requests"] == before + 1, timeout=2)
+            await asyncio.sleep(1.0)
+            # One now and one deferred to the end of the window, never ten (the decoder
+            # of the viewer may ask once more on its own).
+            assert before + 2 <= sfu.stats("r")["keyframe_requests"] <= before + 3
+        finally:
+            await viewer.close()
+            await publisher.close()
