@@ -11,7 +11,7 @@ from aiortc import RTCPeerConnection
 
 from media import SFU, PublisherConflict, RoomFull, RoomNotFound, SessionNotFound
 
-from .peers import local_offer, loopback_settings, new_pc, publish, running_sfu, wait_for, watch
+from .peers import accept, local_offer, loopback_settings, new_pc, publish, running_sfu, wait_for, watch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -159,4 +159,23 @@ async def test_join_leave_cycles_leak_nothing() -> None:
         frames = len(viewer.video_frames)
         await wait_for(lambda: len(viewer.video_frames) > frames + 10)  # still forwarding
         await viewer.close()
+        await publisher.close()
+
+
+async def test_dtls_failure_cleans_up_the_session() -> None:
+    async with running_sfu(connect_timeout_seconds=30) as sfu:
+        publisher, _ = await publish(sfu, "r")
+        pc = new_pc()
+        pc.addTransceiver("video", direction="recvonly")
+        offer = await local_offer(pc)
+        # A fingerprint that does not match the client's certificate: ICE succeeds, the
+        # DTLS handshake completes, and the peer identity check fails.
+        line = next(x for x in offer.splitlines() if x.startswith("a=fingerprint:sha-256 "))
+        digest = line.split()[1]
+        forged = ("00" if not digest.startswith("00") else "11") + digest[2:]
+        session = await sfu.watch("r", offer.replace(digest, forged), None)
+        await accept(pc, session.answer_sdp)
+        await wait_for(lambda: session.id not in sfu.sessions, timeout=10)  # not the 30 s timeout
+        assert sfu.stats("r")["viewers"] == 0
+        await pc.close()
         await publisher.close()
