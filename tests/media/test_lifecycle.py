@@ -11,7 +11,16 @@ from aiortc import RTCPeerConnection
 
 from media import SFU, PublisherConflict, RoomFull, RoomNotFound, SessionNotFound
 
-from .peers import accept, local_offer, loopback_settings, new_pc, publish, running_sfu, wait_for, watch
+from .peers import (
+    accept,
+    local_offer,
+    loopback_settings,
+    new_pc,
+    publish,
+    running_sfu,
+    wait_for,
+    watch,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
