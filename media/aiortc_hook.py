@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import os
 import socket
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -143,7 +144,9 @@ class Egress:
     viewer's socket cannot take more: the caller drops the packet and counts it.
     """
 
-    __slots__ = ("dtls", "srtp", "srtp_handle", "protect_rtcp", "sendto", "addr", "_pending")
+    __slots__ = (
+        "dtls", "srtp", "srtp_handle", "protect_rtcp", "sendto", "addr", "_pending", "_dup",
+    )
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self.dtls = dtls
@@ -153,9 +156,15 @@ class Egress:
         self.protect_rtcp: Any = None
         self.sendto: Any = None
         self.addr: tuple[str, int] | None = None
+        self._dup: socket.socket | None = None
 
-    def bind(self) -> bool:
-        """Resolve the SRTP session and the nominated socket; False if not connected."""
+    def bind(self, raw_socket: bool = False) -> bool:
+        """Resolve the SRTP session and the nominated socket; False if not connected.
+
+        With ``raw_socket``, packets bypass the event loop's UDP transport when it is
+        not asyncio's own (uvloop): a duplicate of its socket is used, which
+        :meth:`close` must release.
+        """
         srtp = self.dtls._tx_srtp
         pair = self.dtls.transport._connection._nominated.get(1)
         if srtp is None or pair is None or self.dtls.state != "connected":
@@ -167,11 +176,23 @@ class Egress:
         protocol = pair.protocol
         if type(protocol) is StunProtocol:
             self.sendto = _nonblocking_sendto(protocol.transport)
+            if raw_socket and not isinstance(getattr(protocol.transport, "_sock", None),
+                                             socket.socket):
+                self._dup = _duplicate_socket(protocol.transport)
+                if self._dup is not None:
+                    self.sendto = self._dup.sendto
         else:
             # A TURN relay wraps each datagram; keep aioice's coroutine for it.
             self.sendto = self._send_via_protocol(protocol)
         self.addr = pair.remote_addr
         return True
+
+    def close(self) -> None:
+        """Release the duplicated socket, if :meth:`bind` made one."""
+        if self._dup is not None:
+            self._dup.close()
+            self._dup = None
+            self.sendto = None
 
     def send_rtcp(self, data: bytes) -> None:
         """Protect and send one compound RTCP packet, if the transport is connected."""
@@ -191,6 +212,16 @@ class Egress:
             task.add_done_callback(self._pending.discard)
 
         return sendto
+
+
+def _duplicate_socket(transport: asyncio.DatagramTransport) -> socket.socket | None:
+    """Return a non-blocking duplicate of a datagram transport's socket, if it has one."""
+    original = transport.get_extra_info("socket")
+    if original is None:
+        return None
+    duplicate = socket.socket(original.family, original.type, fileno=os.dup(original.fileno()))
+    duplicate.setblocking(False)
+    return duplicate
 
 
 def _nonblocking_sendto(transport: asyncio.DatagramTransport) -> Any:
@@ -457,18 +488,19 @@ class ForwardingSender:
                 self.rtx_payload_type = codec.payloadType
         self._transport._register_rtp_sender(self, parameters)
         self.egress = Egress(self._transport)
-        self.started = self.egress.bind()
+        self.started = self.egress.bind(raw_socket=True)
         if self.started:
             self.handler.on_sender_started(self)
 
     async def stop(self) -> None:
         """Stop; aiortc calls this from ``RTCPeerConnection.close()``."""
-        if self.egress is not None:
-            self._transport._unregister_rtp_sender(self)
-            self.egress = None
         if self.started:
             self.started = False
-            self.handler.on_sender_stopped(self)
+            self.handler.on_sender_stopped(self)  # first: no packet goes out after this
+        if self.egress is not None:
+            self._transport._unregister_rtp_sender(self)
+            self.egress.close()
+            self.egress = None
 
     async def getStats(self) -> RTCStatsReport:  # noqa: N802 (aiortc API)
         """Return an empty report: the SFU keeps its own statistics."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -55,18 +56,30 @@ async def test_dead_and_stuck_viewers_do_not_delay_healthy_ones() -> None:
 
 
 def test_forwarding_under_uvloop() -> None:
-    """The server may run on uvloop, whose UDP transport takes the bounded-queue path."""
+    """The server may run on uvloop: packets leave through a duplicated socket there."""
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, int, int]:
         async with running_sfu() as sfu:
             publisher, _ = await publish(sfu, "r")
-            viewer, _ = await watch(sfu, "r")
+            viewer, viewer_id = await watch(sfu, "r")
             try:
                 await wait_for(lambda: len(viewer.video_frames) >= 20, timeout=15)
-                return len(viewer.video_frames), sfu.stats("r")["drops"]
+                egress = sfu.rooms["r"].viewers[viewer_id].senders["video"].egress
+                assert egress is not None and egress._dup is not None  # the raw-socket path
+                fds = len(os.listdir("/proc/self/fd"))
+                for _ in range(10):  # join/leave cycles must release the duplicates
+                    client, session_id = await watch(sfu, "r", audio=True)
+                    entry = sfu.rooms["r"].viewers[session_id]
+                    await wait_for(lambda e=entry: len(e.tracks) == 2, timeout=10)
+                    await sfu.close_session(session_id)
+                    await client.close()
+                await asyncio.sleep(0.3)
+                return (len(viewer.video_frames), sfu.stats("r")["drops"], fds,
+                        len(os.listdir("/proc/self/fd")))
             finally:
                 await viewer.close()
                 await publisher.close()
 
-    frames, drops = uvloop.run(scenario())
+    frames, drops, fds_before, fds_after = uvloop.run(scenario())
     assert frames >= 20 and drops == 0
+    assert fds_after <= fds_before + 2
