@@ -12,12 +12,13 @@ rewritten RTP packets to each viewer. This module is the only place that knows h
   SDP answer announces, receives the viewer's RTCP (NACK, PLI/FIR, RR) for a
   :class:`FeedbackHandler`, and never runs aiortc's packetize/encode loop.
 * :class:`Egress` resolves a DTLS transport's SRTP session and the nominated UDP
-  socket once, so a packet costs one ``protect()`` and one ``sendto()``.
+  socket once, and :class:`SrtpScratch` calls libsrtp in place on one reused buffer,
+  so a packet costs one ``srtp_protect()`` and one non-blocking ``sendto()``.
 * :func:`ice_host_addresses` chooses which local addresses aioice gathers (it leaves
   out loopback by default); it rests on the module's one monkeypatch.
 
-The hook reads private aiortc/aioice attributes, so the aiortc version is pinned and
-checked at import.
+The hook reads private aiortc, aioice and pylibsrtp attributes, so the aiortc version
+is pinned and checked at import (and pylibsrtp's handle is checked too).
 """
 
 from __future__ import annotations
