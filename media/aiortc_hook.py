@@ -12,12 +12,13 @@ rewritten RTP packets to each viewer. This module is the only place that knows h
   SDP answer announces, receives the viewer's RTCP (NACK, PLI/FIR, RR) for a
   :class:`FeedbackHandler`, and never runs aiortc's packetize/encode loop.
 * :class:`Egress` resolves a DTLS transport's SRTP session and the nominated UDP
-  socket once, so a packet costs one ``protect()`` and one ``sendto()``.
+  socket once, and :class:`SrtpScratch` calls libsrtp in place on one reused buffer,
+  so a packet costs one ``srtp_protect()`` and one non-blocking ``sendto()``.
 * :func:`ice_host_addresses` chooses which local addresses aioice gathers (it leaves
   out loopback by default); it rests on the module's one monkeypatch.
 
-The hook reads private aiortc/aioice attributes, so the aiortc version is pinned and
-checked at import.
+The hook reads private aiortc, aioice and pylibsrtp attributes, so the aiortc version
+is pinned and checked at import (and pylibsrtp's handle is checked too).
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import aioice.ice
 import aiortc
+import pylibsrtp
 from aioice.ice import StunProtocol
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -58,6 +62,8 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 from aiortc.stats import RTCStatsReport
+from pylibsrtp._binding import ffi as srtp_ffi
+from pylibsrtp._binding import lib as srtp_lib
 
 SUPPORTED_AIORTC = "1.16."
 if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
@@ -65,6 +71,9 @@ if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
         f"media.aiortc_hook is written against aiortc {SUPPORTED_AIORTC}x internals, "
         f"found aiortc {aiortc.__version__}: re-check the hook before changing the pin"
     )
+
+if not hasattr(pylibsrtp.Session(), "_srtp") or not hasattr(srtp_lib, "srtp_protect"):
+    raise ImportError("media.aiortc_hook needs pylibsrtp's Session._srtp handle and srtp_protect")
 
 logger = logging.getLogger(__name__)
 
@@ -111,55 +120,131 @@ def ice_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
 # --- egress ----------------------------------------------------------------------------
 
 
-class Egress:
-    """Send SRTP/SRTCP on a connected DTLS transport without aiortc's coroutines."""
+class SrtpScratch:
+    """Protect RTP packets in one reusable buffer, calling libsrtp directly.
 
-    __slots__ = ("dtls", "protect", "protect_rtcp", "sendto", "addr", "buffered", "_pending")
+    pylibsrtp's ``Session.protect`` allocates and copies three times per call; for the
+    per-viewer fan-out this buffer is filled, protected in place and read back instead
+    (measured ~2.7 us instead of ~5.6 us per packet). Everything is synchronous, so one
+    buffer serves every viewer of a track.
+    """
+
+    SIZE = 2048  # an RTP packet (< 1500 bytes) plus the SRTP trailer
+
+    def __init__(self) -> None:
+        self.cdata = srtp_ffi.new("char[]", self.SIZE)
+        self.view = memoryview(srtp_ffi.buffer(self.cdata))
+        self.length = srtp_ffi.new("int *")
+        self.protect = srtp_lib.srtp_protect
+
+
+class Egress:
+    """Send SRTP/SRTCP on a connected DTLS transport without aiortc's coroutines.
+
+    ``sendto`` raises ``OSError`` (``BlockingIOError``) instead of queueing when the
+    viewer's socket cannot take more: the caller drops the packet and counts it.
+    """
+
+    __slots__ = (
+        "dtls", "srtp", "srtp_handle", "protect_rtcp", "sendto", "addr", "_pending", "_dup",
+    )
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self.dtls = dtls
         self._pending: set[Any] = set()
-        self.protect: Any = None
+        self.srtp: pylibsrtp.Session | None = None
+        self.srtp_handle: Any = None
         self.protect_rtcp: Any = None
         self.sendto: Any = None
         self.addr: tuple[str, int] | None = None
-        self.buffered: Any = None
+        self._dup: socket.socket | None = None
 
-    def bind(self) -> bool:
-        """Resolve the SRTP session and the nominated socket; False if not connected."""
+    def bind(self, raw_socket: bool = False) -> bool:
+        """Resolve the SRTP session and the nominated socket; False if not connected.
+
+        With ``raw_socket``, packets bypass the event loop's UDP transport when it is
+        not asyncio's own (uvloop): a duplicate of its socket is used, which
+        :meth:`close` must release.
+        """
         srtp = self.dtls._tx_srtp
         pair = self.dtls.transport._connection._nominated.get(1)
         if srtp is None or pair is None or self.dtls.state != "connected":
             return False
-        self.protect = srtp.protect
+        # Holding the Session keeps libsrtp's context alive while its raw handle is used.
+        self.srtp = srtp
+        self.srtp_handle = srtp._srtp[0]
         self.protect_rtcp = srtp.protect_rtcp
         protocol = pair.protocol
         if type(protocol) is StunProtocol:
-            udp = protocol.transport
-            self.sendto = udp.sendto
-            self.buffered = udp.get_write_buffer_size
+            self.sendto = _nonblocking_sendto(protocol.transport)
+            if raw_socket and not isinstance(getattr(protocol.transport, "_sock", None),
+                                             socket.socket):
+                self._dup = _duplicate_socket(protocol.transport)
+                if self._dup is not None:
+                    self.sendto = self._dup.sendto
         else:
             # A TURN relay wraps each datagram; keep aioice's coroutine for it.
             self.sendto = self._send_via_protocol(protocol)
-            self.buffered = lambda: 0
         self.addr = pair.remote_addr
         return True
+
+    def close(self) -> None:
+        """Release the duplicated socket, if :meth:`bind` made one."""
+        if self._dup is not None:
+            self._dup.close()
+            self._dup = None
+            self.sendto = None
 
     def send_rtcp(self, data: bytes) -> None:
         """Protect and send one compound RTCP packet, if the transport is connected."""
         if self.sendto is None and not self.bind():
             return
-        self.sendto(self.protect_rtcp(data), self.addr)
+        try:
+            self.sendto(self.protect_rtcp(data), self.addr)
+        except BlockingIOError:
+            pass  # RTCP is periodic: the next report replaces this one
 
     def _send_via_protocol(self, protocol: Any) -> Any:
         loop = asyncio.get_running_loop()
 
-        def sendto(data: bytes, addr: tuple[str, int]) -> None:
-            task = loop.create_task(protocol.send_data(data, addr))
+        def sendto(data: bytes | memoryview, addr: tuple[str, int]) -> None:
+            task = loop.create_task(protocol.send_data(bytes(data), addr))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
         return sendto
+
+
+def _duplicate_socket(transport: asyncio.DatagramTransport) -> socket.socket | None:
+    """Return a non-blocking duplicate of a datagram transport's socket, if it has one."""
+    original = transport.get_extra_info("socket")
+    if original is None:
+        return None
+    duplicate = socket.socket(original.family, original.type, fileno=os.dup(original.fileno()))
+    duplicate.setblocking(False)
+    return duplicate
+
+
+def _nonblocking_sendto(transport: asyncio.DatagramTransport) -> Any:
+    """Return a sendto that drops (raises BlockingIOError) rather than queue.
+
+    The returned function accepts a memoryview of a reused buffer: it either copies the
+    datagram into the kernel at once or copies it before queueing.
+    """
+    sock = getattr(transport, "_sock", None)
+    if isinstance(sock, socket.socket):
+        # asyncio's selector transport: the kernel socket buffer is the bounded
+        # per-viewer buffer, and a full one raises BlockingIOError.
+        return sock.sendto
+    send, buffered = transport.sendto, transport.get_write_buffer_size  # type: ignore[attr-defined]
+
+    def sendto(data: bytes | memoryview, addr: tuple[str, int]) -> None:
+        # Other loops (uvloop) queue in the transport: bound that queue instead.
+        if buffered() > MAX_EGRESS_BUFFER_BYTES:
+            raise BlockingIOError("viewer socket buffer is full")
+        send(bytes(data), addr)
+
+    return sendto
 
 
 # --- receiving from a publisher --------------------------------------------------------
@@ -193,6 +278,7 @@ class ForwardingReceiver:
         self._rtcp_ssrc: int | None = None
         self._lsr: dict[int, tuple[int, float]] = {}
         self._started = False
+        self._ended = False
         self.egress: Egress | None = None
         self.media_ssrc: int | None = None
 
@@ -221,9 +307,10 @@ class ForwardingReceiver:
         if self._started:
             return
         for codec in parameters.codecs:
-            self._codecs[codec.payloadType] = codec
+            if codec.payloadType is not None:
+                self._codecs[codec.payloadType] = codec
         for encoding in parameters.encodings:
-            if encoding.rtx:
+            if encoding.rtx and encoding.ssrc is not None:
                 self._rtx_ssrc[encoding.rtx.ssrc] = encoding.ssrc
         self._transport._register_rtp_receiver(self, parameters)
         self.egress = Egress(self._transport)
@@ -235,14 +322,19 @@ class ForwardingReceiver:
         if self._started:
             self._started = False
             self._transport._unregister_rtp_receiver(self)
-            self.sink.on_receiver_ended(self)
+        self._end()
 
     async def getStats(self) -> RTCStatsReport:  # noqa: N802 (aiortc API)
         """Return an empty report: the SFU keeps its own statistics."""
         return RTCStatsReport()
 
     def _handle_disconnect(self) -> None:
-        if self._started:
+        self._end()
+
+    def _end(self) -> None:
+        # BYE, a lost connection and stop() may all happen: tell the sink once.
+        if self.egress is not None and not self._ended:
+            self._ended = True
             self.sink.on_receiver_ended(self)
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
@@ -251,7 +343,7 @@ class ForwardingReceiver:
             self._lsr[packet.ssrc] = (lsr, _monotonic())
             self.sink.on_sender_report(packet)
         elif isinstance(packet, RtcpByePacket):
-            self.sink.on_receiver_ended(self)
+            self._end()
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         if not self._enabled:
@@ -397,18 +489,19 @@ class ForwardingSender:
                 self.rtx_payload_type = codec.payloadType
         self._transport._register_rtp_sender(self, parameters)
         self.egress = Egress(self._transport)
-        self.started = self.egress.bind()
+        self.started = self.egress.bind(raw_socket=True)
         if self.started:
             self.handler.on_sender_started(self)
 
     async def stop(self) -> None:
         """Stop; aiortc calls this from ``RTCPeerConnection.close()``."""
-        if self.egress is not None:
-            self._transport._unregister_rtp_sender(self)
-            self.egress = None
         if self.started:
             self.started = False
-            self.handler.on_sender_stopped(self)
+            self.handler.on_sender_stopped(self)  # first: no packet goes out after this
+        if self.egress is not None:
+            self._transport._unregister_rtp_sender(self)
+            self.egress.close()
+            self.egress = None
 
     async def getStats(self) -> RTCStatsReport:  # noqa: N802 (aiortc API)
         """Return an empty report: the SFU keeps its own statistics."""

@@ -33,13 +33,15 @@ from aiortc.rtp import (
     RtpPacket,
 )
 
-from .aiortc_hook import MAX_EGRESS_BUFFER_BYTES, ForwardingReceiver, ForwardingSender
+from .aiortc_hook import ForwardingReceiver, ForwardingSender, SrtpScratch
 from .codecs import is_keyframe
 
 logger = logging.getLogger(__name__)
 
 VIDEO_HISTORY = 512  # packets kept per video track to answer NACKs (~3 s at 1.5 Mbit/s)
 AUDIO_HISTORY = 64
+NACK_RESEND_INTERVAL = 0.1  # seconds between retransmissions of one packet to one viewer
+NACK_RESEND_MEMORY = 1024  # retransmission times kept per viewer track
 RTP_VERSION_BYTE = 0x80  # V=2, no padding, no extension, no CSRC: extensions are not forwarded
 # Bytes 1-11 of an RTP header: marker|payload type, sequence number, timestamp, SSRC.
 HEADER_AFTER_FIRST_BYTE = struct.Struct("!BHII")
@@ -66,13 +68,13 @@ class ViewerTrack:
 
     __slots__ = (
         "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
-        "start_seq", "next_seq", "next_ts", "anchor_time", "active", "protect", "sendto",
-        "addr", "buffered", "packets", "octets", "drops", "nacks_served", "fraction_lost",
+        "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "sendto",
+        "addr", "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
     )
 
     def __init__(self, sender: ForwardingSender) -> None:
         egress = sender.egress
-        assert egress is not None and egress.protect is not None
+        assert egress is not None and egress.srtp_handle is not None
         self.sender = sender
         self.ssrc = sender._ssrc
         self.pt = sender.payload_type or 0
@@ -88,15 +90,17 @@ class ViewerTrack:
         self.next_ts = random.getrandbits(32)
         self.anchor_time: float | None = None
         self.active = False
-        self.protect = egress.protect
+        self.egress = egress  # keeps the SRTP session behind ``srtp`` alive
+        self.srtp = egress.srtp_handle
         self.sendto = egress.sendto
         self.addr = egress.addr
-        self.buffered = egress.buffered
         self.packets = 0
         self.octets = 0
         self.drops = 0
         self.nacks_served = 0
         self.fraction_lost = 0
+        # Viewer sequence number -> time it was last retransmitted (bounded, see on_nack).
+        self.resent: dict[int, float] = {}
 
 
 class TrackForwarder:
@@ -118,6 +122,7 @@ class TrackForwarder:
             VIDEO_HISTORY if self.is_video else AUDIO_HISTORY
         )
         self._mask = len(self._history) - 1
+        self._scratch = SrtpScratch()
         self.viewers: list[ViewerTrack] = []
         self.waiting: list[ViewerTrack] = []
         self.receiver: ForwardingReceiver | None = None
@@ -178,20 +183,25 @@ class TrackForwarder:
             if self.waiting:
                 self._admit_waiting(seq, ts, payload)
 
+        scratch = self._scratch
+        view, length, protect, cdata = scratch.view, scratch.length, scratch.protect, scratch.cdata
+        total = 12 + size
         pack_into = HEADER_AFTER_FIRST_BYTE.pack_into
         for viewer in self.viewers:
             if not in_order and not _newer(seq, (viewer.start_seq - 1) & 0xFFFF):
                 continue  # a late packet from before this viewer's first keyframe
+            view[:total] = buf
             pack_into(
-                buf, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
+                view, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
                 (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
             )
-            if viewer.buffered() > MAX_EGRESS_BUFFER_BYTES:
-                viewer.drops += 1
+            length[0] = total
+            if protect(viewer.srtp, cdata, length):
+                viewer.drops += 1  # libsrtp refused (e.g. the session is gone)
                 continue
             try:
-                viewer.sendto(viewer.protect(bytes(buf)), viewer.addr)
-            except (OSError, RuntimeError, pylibsrtp.Error):
+                viewer.sendto(view[: length[0]], viewer.addr)
+            except OSError:  # BlockingIOError: the viewer's buffer is full
                 viewer.drops += 1
                 continue
             viewer.packets += 1
@@ -226,13 +236,29 @@ class TrackForwarder:
 
     def _send_one(self, viewer: ViewerTrack, entry: tuple[int, int, int, bytearray]) -> None:
         seq, ts, marker, buf = entry
+        packet = bytearray(buf)
         HEADER_AFTER_FIRST_BYTE.pack_into(
-            buf, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
+            packet, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
             (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
         )
-        viewer.sendto(viewer.protect(bytes(buf)), viewer.addr)
-        viewer.packets += 1
-        viewer.octets += len(buf) - 12
+        if self._protect_and_send(viewer, packet):
+            viewer.packets += 1
+            viewer.octets += len(buf) - 12
+
+    def _protect_and_send(self, viewer: ViewerTrack, packet: bytearray) -> bool:
+        """Protect and send one packet off the hot path; False if it was dropped."""
+        scratch = self._scratch
+        scratch.view[: len(packet)] = packet
+        scratch.length[0] = len(packet)
+        if scratch.protect(viewer.srtp, scratch.cdata, scratch.length):
+            viewer.drops += 1
+            return False
+        try:
+            viewer.sendto(scratch.view[: scratch.length[0]], viewer.addr)
+        except OSError:
+            viewer.drops += 1
+            return False
+        return True
 
     # --- viewer side ----------------------------------------------------------------------
 
@@ -275,10 +301,22 @@ class TrackForwarder:
         self._media_seen = False
 
     def on_nack(self, viewer: ViewerTrack, lost: list[int]) -> None:
-        """Retransmit the packets a viewer reports lost, from the bounded history."""
+        """Retransmit the packets a viewer reports lost, from the bounded history.
+
+        A receiver repeats a NACK until the packet arrives; resending the same packet
+        again within ``NACK_RESEND_INTERVAL`` would only amplify the load on a viewer
+        that is already losing packets, so such repeats are ignored.
+        """
         if not viewer.active:
             return
+        now = time.monotonic()
+        resent = viewer.resent
+        if len(resent) > NACK_RESEND_MEMORY:
+            resent.clear()
         for viewer_seq in lost:
+            if now - resent.get(viewer_seq, -1.0) < NACK_RESEND_INTERVAL:
+                continue
+            resent[viewer_seq] = now
             seq = (viewer_seq - viewer.seq_offset) & 0xFFFF
             entry = self._history[seq & self._mask]
             if entry is None or entry[0] != seq or _newer(viewer.start_seq, seq):
@@ -294,7 +332,8 @@ class TrackForwarder:
                     (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.rtx_ssrc, viewer_seq,
                 )
                 viewer.rtx_seq = (viewer.rtx_seq + 1) & 0xFFFF
-                viewer.sendto(viewer.protect(bytes(rtx)), viewer.addr)
+                if not self._protect_and_send(viewer, rtx):
+                    continue
             viewer.nacks_served += 1
 
     def on_receiver_report(self, viewer: ViewerTrack, report: RtcpReceiverInfo) -> None:
@@ -338,7 +377,7 @@ class TrackForwarder:
                 data += bytes(sdes)
             try:
                 sender.egress.send_rtcp(data)
-            except (OSError, RuntimeError, pylibsrtp.Error):
+            except (OSError, pylibsrtp.Error):
                 logger.debug("sender report to SSRC %d failed", viewer.ssrc)
 
     def counters(self) -> TrackCounters:

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 RTCP_INTERVAL_SECONDS = 1.0
 
 
-class RoomState(str, enum.Enum):
+class RoomState(enum.StrEnum):
     """Lifecycle of a room, as reported through ``on_state_change``."""
 
     STARTING = "starting"  # a publisher was accepted; no media yet

@@ -45,16 +45,18 @@ def parse_offer(text: str) -> aiortc_sdp.SessionDescription:
         raise BadOffer("the SDP offer must start with 'v=0'")
     try:
         description = aiortc_sdp.SessionDescription.parse(text)
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+    # aiortc's parser reports malformed lines with asserts as well as ValueError.
+    except (AssertionError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise BadOffer(f"the SDP offer cannot be parsed: {exc}") from exc
     if not description.media:
         raise BadOffer("the SDP offer has no media sections")
     for media in description.media:
-        if media.kind in ("audio", "video") and (
-            not media.ice.usernameFragment or not media.ice.password
-        ):
+        if media.kind not in ("audio", "video", "application"):
+            raise BadOffer(f"the offer has an unsupported {media.kind!r} section")
+        ice, dtls = media.ice, media.dtls
+        if ice is None or not ice.usernameFragment or not ice.password:
             raise BadOffer(f"the {media.kind} section lacks ICE credentials")
-        if media.kind in ("audio", "video") and not media.dtls.fingerprints:
+        if dtls is None or not dtls.fingerprints:
             raise BadOffer(f"the {media.kind} section lacks a DTLS fingerprint")
     return description
 

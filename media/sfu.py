@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -51,7 +51,6 @@ class MediaSettings:
     connect_timeout_seconds: float = 15.0
     # A publisher that sent no media for this long counts as dead (it may be replaced).
     publisher_stale_seconds: float = 3.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_viewers_per_room < 0:
@@ -63,9 +62,11 @@ class MediaSettings:
 class SFU:
     """Selective forwarding unit: rooms of one publisher and many viewers.
 
-    ``on_state_change(room_id, state)`` is called with ``starting``, ``live``,
-    ``paused`` and ``ended``; ``on_viewer_count(room_id, count)`` whenever a room's
-    viewer count changes. Callbacks run on the event loop and must not block.
+    ``on_state_change(room_id, state)`` is called with ``live`` (the publisher's media
+    flows), ``paused`` (the publisher dropped or closed its session; it may reconnect
+    within ``publisher_grace_seconds``) and ``ended`` (the room is closed);
+    ``on_viewer_count(room_id, count)`` whenever a room's viewer count changes.
+    Callbacks run on the event loop and must not block.
     """
 
     def __init__(
@@ -301,6 +302,7 @@ class SFU:
             sessions.append(room.publisher)
         for session in sessions:
             await self._close_session(session, "room closed")
+            room.remove_viewer(session)
         await room.wait_closed()
         if sessions:
             self._viewer_count_changed(room)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from aiortc import (
     AudioStreamTrack,
     MediaStreamTrack,
     RTCConfiguration,
+    RTCDataChannel,
     RTCPeerConnection,
     RTCSessionDescription,
     VideoStreamTrack,
@@ -77,7 +77,8 @@ def prefer(pc: RTCPeerConnection, kind: str, mime: str) -> None:
     """Restrict a client's transceivers of ``kind`` to codecs of ``mime``."""
     from aiortc import RTCRtpSender
 
-    codecs = [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType in (mime, f"{kind}/rtx")]
+    wanted = (mime, f"{kind}/rtx")
+    codecs = [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType in wanted]
     for transceiver in pc.getTransceivers():
         if transceiver.kind == kind:
             transceiver.setCodecPreferences(codecs)
@@ -90,6 +91,7 @@ class Viewer:
     pc: RTCPeerConnection
     video_frames: list[tuple[float, int, int]] = field(default_factory=list)
     audio_frames: int = 0
+    channels: list[RTCDataChannel] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -137,7 +139,7 @@ async def watch(sfu: SFU, room_id: str, *, audio: bool = True, datachannel: bool
     if audio:
         pc.addTransceiver("audio", direction="recvonly")
     if datachannel:
-        pc.createDataChannel("events")
+        result.channels.append(pc.createDataChannel("events"))
     session = await sfu.watch(room_id, await local_offer(pc), viewer)
     await accept(pc, session.answer_sdp)
     return result, session.id
@@ -161,5 +163,3 @@ async def running_sfu(**overrides: object) -> AsyncIterator[SFU]:
     finally:
         await sfu.close()
 
-
-_ = fractions  # keep import for type clarity in track subclasses
