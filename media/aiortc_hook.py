@@ -15,7 +15,8 @@ rewritten RTP packets to each viewer. This module is the only place that knows h
   socket once, and :class:`SrtpScratch` calls libsrtp in place on one reused buffer,
   so a packet costs one ``srtp_protect()`` and one non-blocking ``sendto()``.
 * :func:`ice_host_addresses` chooses which local addresses aioice gathers (it leaves
-  out loopback by default); it rests on the module's one monkeypatch.
+  out loopback by default); it rests on one of the module's two monkeypatches (the
+  other keeps ICE consent alive while a publisher's media keeps arriving).
 
 The hook reads private aiortc, aioice and pylibsrtp attributes, so the aiortc version
 is pinned and checked at import (and pylibsrtp's handle is checked too).
@@ -28,11 +29,14 @@ import contextlib
 import contextvars
 import logging
 import os
+import random
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import aioice.ice
+import aioice.stun
 import aiortc
 import pylibsrtp
 from aioice.ice import StunProtocol
@@ -97,10 +101,54 @@ def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     return list(chosen)
 
 
-# The one monkeypatch: aioice reads its host addresses from this module-level function
+# The first monkeypatch: aioice reads its host addresses from this module-level function
 # and offers no parameter for them. The replacement defers to aioice unless a caller
 # chose addresses for the current context, so other users of aioice are unaffected.
 aioice.ice.get_host_addresses = _get_host_addresses
+
+
+# --- ICE consent freshness (RFC 7675) ------------------------------------------------
+#
+# aioice closes a connection after CONSENT_FAILURES unanswered consent checks. ffmpeg's
+# WHIP muxer never answers them, so an ffmpeg (or OBS-style) publisher was dropped after
+# about 30 s while its media was still arriving. The second (and last) patch: a check
+# that goes unanswered while authenticated packets keep arriving from the peer does not
+# count as a failure. A peer that goes silent still loses consent as before.
+
+_aioice_data_received = aioice.ice.Connection.data_received
+
+
+def _data_received(self: aioice.ice.Connection, data: bytes, component: int) -> None:
+    self._shopstream_last_rx = time.monotonic()
+    _aioice_data_received(self, data, component)
+
+
+async def _query_consent(self: aioice.ice.Connection) -> None:
+    """Check consent like aioice does, forgiving silence on the STUN path alone."""
+    assert self.remote_password is not None
+    failures = 0
+    while True:
+        await asyncio.sleep(aioice.ice.CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
+        for pair in self._nominated.values():
+            request = self.build_request(pair, nominate=False)
+            try:
+                await pair.protocol.request(
+                    request, pair.remote_addr,
+                    integrity_key=self.remote_password.encode("utf8"), retransmissions=0,
+                )
+                failures = 0
+            except aioice.stun.TransactionError:
+                last_rx = getattr(self, "_shopstream_last_rx", 0.0)
+                if time.monotonic() - last_rx > aioice.ice.CONSENT_INTERVAL:
+                    failures += 1
+            if failures >= aioice.ice.CONSENT_FAILURES:
+                logger.info("ICE consent to send expired")
+                self._query_consent_task = None
+                return await self.close()
+
+
+aioice.ice.Connection.data_received = _data_received
+aioice.ice.Connection.query_consent = _query_consent
 
 
 @contextlib.contextmanager

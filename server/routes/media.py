@@ -96,12 +96,13 @@ async def watch(request: web.Request) -> web.Response:
 
 @api.route(
     "DELETE", "/api/v1/sessions/{sessionId}", summary="Leave a media session",
-    tags=("media",), status=204,
+    tags=("media",), status=200, response_content_type="text/plain", response={"type": "string"},
 )
 async def leave(request: web.Request) -> web.Response:
-    # The session URL itself is the capability (unguessable id), as in WHIP.
+    # The session URL itself is the capability (unguessable id), as in WHIP. RFC 9725
+    # answers 200 OK (ffmpeg's WHIP muxer reads a response body and fails on 204).
     await request.app[SFU_KEY].close_session(request.match_info["sessionId"])
-    return web.Response(status=204)
+    return web.Response(status=200, text="", content_type="text/plain")
 
 
 @api.route(
