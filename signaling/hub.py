@@ -233,6 +233,9 @@ class Hub:
             if info is None:
                 raise NotFound("livestream not found")
             room = self.rooms.setdefault(livestream_id, Room(info))
+        # The seller's own studio (and an admin moderating) are not audience: they count
+        # neither as viewers nor in the watch figures, whatever transport they use.
+        publisher = publisher or room.is_owner(participant)
         conn = Connection(self, room, transport, participant, publisher)
         room.connections.add(conn)
         if not publisher:

@@ -113,10 +113,12 @@ async def test_viewer_figures_are_written_to_the_livestream(
 ) -> None:
     seller = await factory.seller()
     livestream_id = await make_livestream(factory, seller)
+    studio = await ws_client(client, livestream_id, seller.access_token)  # the seller: not audience
     viewers = [await ws_client(client, livestream_id) for _ in range(3)]
     await viewers[0].expect("viewer:count", count=3)
+    assert viewers[2].welcome["room"]["viewerCount"] == 3
     await asyncio.sleep(1.2)
-    for v in viewers:
+    for v in [studio, *viewers]:
         await v.close()
     hub: Hub = client.server.app[HUB].hub
     conn = await factory.conn()
