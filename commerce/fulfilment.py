@@ -26,6 +26,17 @@ UPDATE orders SET status = 'paid', updated_at = now()
 WHERE payment_id = $1 AND status = 'created'
 RETURNING id, user_id, seller_id, livestream_id, total, currency
 """
+# What the seller's live order feed shows: who bought what.
+PAID_ORDER_DETAILS = """
+SELECT oi.order_id, pr.name AS buyer, p.title, v.color, v.size, oi.qty
+FROM order_items oi
+JOIN orders o ON o.id = oi.order_id
+JOIN profiles pr ON pr.id = o.user_id
+JOIN products p ON p.id = oi.product_id
+JOIN product_variants v ON v.id = oi.variant_id
+WHERE oi.order_id = ANY($1::uuid[])
+ORDER BY oi.order_id, oi.id
+"""
 REDEEM_COUPON = "UPDATE coupon_redemptions SET status = 'redeemed' WHERE payment_id = $1 AND status = 'held'"
 CONVERT_CART = "UPDATE carts SET status = 'converted', updated_at = now() WHERE id = $1 AND status = 'active'"
 CANCELED_ORDERS_TOTAL = "SELECT coalesce(sum(total), 0) FROM orders WHERE payment_id = $1 AND status = 'canceled'"
@@ -67,9 +78,16 @@ async def mark_paid(conn: asyncpg.Connection, payment: asyncpg.Record) -> Outcom
     outcome.paid_orders = [
         {"id": str(r["id"]), "userId": str(r["user_id"]), "sellerId": str(r["seller_id"]),
          "livestreamId": str(r["livestream_id"]) if r["livestream_id"] else None,
-         "total": r["total"], "currency": r["currency"]}
+         "total": r["total"], "currency": r["currency"], "status": "paid", "items": []}
         for r in rows
     ]
+    live = {o["id"]: o for o in outcome.paid_orders if o["livestreamId"]}
+    if live:  # only orders shown in a live room's feed need the details
+        for d in await conn.fetch(PAID_ORDER_DETAILS, list(live)):
+            order = live[str(d["order_id"])]
+            order["buyer"] = {"name": d["buyer"]}
+            variant = " / ".join(x for x in (d["color"], d["size"]) if x)
+            order["items"].append({"title": d["title"], "variant": variant, "qty": d["qty"]})
     await conn.execute(REDEEM_COUPON, payment_id)
     if payment["cart_id"] is not None:
         await conn.execute(CONVERT_CART, payment["cart_id"])

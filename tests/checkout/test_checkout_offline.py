@@ -187,3 +187,30 @@ async def test_cancel_releases_and_lifecycle(client, factory: Factory, shop: Sho
 def test_luhn() -> None:
     assert luhn_ok("4242424242424242") and luhn_ok("4000000000000002")
     assert not luhn_ok("4242424242424241")
+
+
+async def test_paid_live_order_reaches_only_the_seller_feed_with_buyer_and_items(
+    client, factory: Factory, shop: Shop,
+) -> None:
+    from tests.factories import make_livestream
+    from tests.signaling.conftest import ws_client
+
+    livestream_id = await make_livestream(factory, shop.seller, products=(shop.product["id"],))
+    studio = await ws_client(client, livestream_id, shop.seller.access_token)
+    viewer = await ws_client(client, livestream_id)
+    try:
+        body = {"addressId": shop.address_id, "items": [shop.item(qty=2)], "livestreamId": livestream_id}
+        session = await (await checkout(client, shop.buyer, body, "live-1")).json()
+        resp = await client.post(f"/api/v1/payments/{session['paymentIntentId']}/confirm",
+                                 json=CARD_OK, headers=shop.buyer.headers)
+        assert resp.status == 200
+        order = await studio.expect("order:new", timeout=5)
+        assert order["id"] == session["orderIds"][0] and order["total"] == 2000
+        buyer_name = (await (await client.get("/api/v1/me", headers=shop.buyer.headers)).json())["name"]
+        assert order["buyer"] == {"name": buyer_name}
+        assert order["items"] == [{"title": shop.product["title"], "variant": "Black / 0", "qty": 2}]
+        await viewer.expect("stock:update", timeout=5)  # the room did hear about the sale
+        assert "order:new" not in [e["type"] for e in viewer.inbox.all]
+    finally:
+        await studio.close()
+        await viewer.close()
