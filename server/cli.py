@@ -9,11 +9,12 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from server.config import ConfigError, Settings
+from server.config import ConfigError, Secret, Settings
 from server.db import EmbeddedPostgres, migrate
 
 log = logging.getLogger("shopstream")
@@ -44,20 +45,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from pathlib import Path
-
     return Settings.from_env(
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         data_dir=Path(args.data_dir) if args.data_dir else None,
-        database_url=_secret(args.database_url),
+        database_url=Secret(args.database_url) if args.database_url else None,
     ).with_jwt_secret_from_data_dir()
-
-
-def _secret(value: str | None) -> Any:
-    from server.config import Secret
-
-    return Secret(value) if value else None
 
 
 @contextlib.asynccontextmanager

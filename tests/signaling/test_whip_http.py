@@ -319,3 +319,28 @@ async def test_events_datachannel_on_whep_session_and_rest_end_closes_media(clie
     finally:
         await viewer.close()
         await publisher.close()
+
+
+async def test_viewer_limit_is_503_with_a_clear_error(aiohttp_client, clean_db: str, tmp_path) -> None:
+    from server.app import create_app
+    from tests.conftest import make_settings
+
+    client = await aiohttp_client(create_app(make_settings(tmp_path, max_viewers_per_room=1), clean_db,
+                                             run_migrations=False))
+    factory = Factory(client, clean_db)
+    seller = await factory.seller()
+    stream = await livestream(factory, seller)
+    publisher, _ = await publish_http(client, stream["id"], stream["streamKey"])
+    first, _ = await watch_http(client, stream["id"])
+    pc = new_pc()
+    pc.addTransceiver("video", direction="recvonly")
+    try:
+        resp = await client.post(f"/api/v1/livestreams/{stream['id']}/watch", data=await local_offer(pc), headers=SDP)
+        assert resp.status == 503
+        error = (await resp.json())["error"]
+        assert error["code"] == "room_full" and "1 viewers" in error["message"]
+    finally:
+        await pc.close()
+        await first.close()
+        await publisher.close()
+        await factory.close()
