@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from media import SFU, IceServer, MediaSettings
+from server import notify
 from server.api import Api
 from server.auth import Passwords, RateLimiter, Tokens
 from server.config import Settings
@@ -35,8 +35,7 @@ from server.routes import seller_products as seller_product_routes
 from server.routes import web as web_routes
 from server.routes import webhooks as webhooks_routes
 from server.routes import wishlist as wishlist_routes
-
-log = logging.getLogger("shopstream")
+from signaling.whip import MediaGateway
 
 ROUTE_MODULES = (
     ops_routes, auth_routes, me_routes, catalog_routes, seller_product_routes, wishlist_routes,
@@ -84,16 +83,12 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     # Opened in this order, closed in reverse: media sessions end before the hub stops.
     app.cleanup_ctx.append(payments_ctx)  # needs app[DB]
     app.cleanup_ctx.append(realtime_routes.realtime_context)
-    app.cleanup_ctx.append(media)
+    app.cleanup_ctx.append(media_context)
     return app
 
 
-async def media(app: web.Application) -> AsyncIterator[None]:
+async def media_context(app: web.Application) -> AsyncIterator[None]:
     """Run the SFU and its gateway; on shutdown close every peer connection."""
-    from media import SFU, IceServer, MediaSettings
-    from server import notify
-    from signaling.whip import MediaGateway
-
     settings = app[SETTINGS]
     sfu = SFU(MediaSettings(
         ice_servers=[IceServer(urls=url) for url in settings.ice_servers],
