@@ -123,7 +123,8 @@ export class MediaSession {
     clearTimeout(this.graceTimer);
     await this._teardown(false);
     if (this.stopped || generation !== this.generation) return;
-    this._setState(this.attempt === 0 ? "connecting" : "reconnecting", { attempt: this.attempt });
+    // Once the media has played, every new attempt is a reconnect, whatever its number.
+    this._setState(this.attempt === 0 && !this.everConnected ? "connecting" : "reconnecting", { attempt: this.attempt });
     try {
       await this._negotiate(generation);
     } catch (err) {
@@ -202,6 +203,7 @@ export class MediaSession {
     if (state === "connected") {
       clearTimeout(this.graceTimer);
       this.attempt = 0;
+      this.everConnected = true;
       this._setState("connected");
     } else if (state === "failed") {
       this._scheduleRetry(new MediaError(0, "The media connection failed.", true));
