@@ -12,6 +12,9 @@ from typing import Any
 
 import asyncpg
 
+from commerce import catalog
+from commerce.errors import NotFound
+
 LIVE_STATES = ("live", "paused")
 
 ROOM_INFO = """
@@ -24,20 +27,6 @@ HIGHLIGHTED_PRODUCT = """
 SELECT lp.product_id FROM live_products lp
 WHERE lp.livestream_id = $1 AND lp.highlighted_at IS NOT NULL
 ORDER BY lp.highlighted_at DESC LIMIT 1
-"""
-
-# The product contract of the seed plan (backend-plan.md "Contracts"), plus sellerId,
-# description and status. Replace with the catalog's own function at merge if it has one.
-PRODUCT_CONTRACT = """
-SELECT p.id, p.seller_id, p.title, p.description, p.price, p.currency, p.images, p.status,
-       coalesce(
-         (SELECT jsonb_agg(jsonb_build_object(
-                    'id', v.id, 'sku', v.sku, 'color', v.color, 'size', v.size,
-                    'stock', v.stock, 'price', coalesce(v.price_override, p.price))
-                  ORDER BY v.created_at, v.id)
-          FROM product_variants v WHERE v.product_id = p.id),
-         '[]'::jsonb) AS variants
-FROM products p WHERE p.id = $1
 """
 
 RECENT_CHAT = """
@@ -92,15 +81,11 @@ async def room_info(conn: asyncpg.Connection, livestream_id: str) -> RoomInfo | 
 
 
 async def product_contract(conn: asyncpg.Connection, product_id: str) -> dict[str, Any] | None:
-    """Return the full product contract (with variants and stock), or None."""
-    row = await conn.fetchrow(PRODUCT_CONTRACT, product_id)
-    if row is None:
-        return None
-    return {
-        "id": str(row["id"]), "sellerId": str(row["seller_id"]), "title": row["title"],
-        "description": row["description"], "price": row["price"], "currency": row["currency"],
-        "images": _jsonb(row["images"]), "status": row["status"], "variants": _jsonb(row["variants"]),
-    }
+    """Return the full product contract (the catalog's, with variants and stock), or None."""
+    try:
+        return await catalog.get_product(conn, product_id)
+    except NotFound:
+        return None  # the highlighted product was archived since
 
 
 def chat_message(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
