@@ -155,8 +155,15 @@ class Database:
             if app_role:
                 await conn.execute(f'SET ROLE "{app_role}"')
 
+        async def reset(conn: asyncpg.Connection) -> None:
+            # asyncpg's default reset is one more round trip (RESET ALL, UNLISTEN, ...) on
+            # every release. Our only session state is the role set above, meant to stay;
+            # the caller's identity is transaction-local, and an open transaction is
+            # rolled back by the pool before this is called.
+            return None
+
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=init, command_timeout=30
+            dsn, min_size=min_size, max_size=max_size, init=init, reset=reset, command_timeout=30
         )
         return cls(pool)
 

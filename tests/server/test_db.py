@@ -81,12 +81,30 @@ async def test_rls_hides_other_users_rows_from_a_query_without_where(client, fac
             assert await conn.fetch("SELECT * FROM addresses") == []
         async with db.transaction(system=True) as conn:
             assert len(await conn.fetch("SELECT * FROM addresses")) == 2
-        # The caller does not leak into the next transaction on the same connection.
-        async with db.transaction(alice.id) as conn:
-            pass
+    finally:
+        await db.close()
+
+
+async def test_pooled_connection_carries_nothing_into_the_next_transaction(clean_db: str) -> None:
+    """One pooled connection, reused: no caller, no system flag, no open transaction leaks."""
+    import uuid
+
+    db = await Database.connect(clean_db, APP_ROLE, min_size=1, max_size=1)
+    try:
+        caller = str(uuid.uuid4())
+        async with db.transaction(caller) as conn:
+            first = conn.get_server_pid()
+            assert str(await conn.fetchval("SELECT app_user_id()")) == caller
+        with pytest.raises(asyncpg.UndefinedTableError):
+            async with db.transaction(system=True) as conn:
+                await conn.execute("SELECT * FROM no_such_table")
         async with db.transaction(None) as conn:
+            assert conn.get_server_pid() == first, "the same connection was reused"
             assert await conn.fetchval("SELECT app_user_id()") is None
+            assert await conn.fetchval("SELECT app_is_system()") is False
             assert await conn.fetchval("SELECT current_user") == APP_ROLE
+        async with db.pool.acquire() as conn:
+            assert not conn.is_in_transaction(), "no transaction left open"
     finally:
         await db.close()
 
