@@ -9,9 +9,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from media import SFU, BadOffer, PublisherConflict, RoomFull, RoomNotFound, SessionNotFound
-from server.api import Api, path_id
+from server.api import Api, path_id, read_body
 from server.errors import ApiError, register_domain_error, unauthenticated
-from server.keys import BEARER, GATEWAY, HUB, IDENTITY, SETTINGS
+from server.keys import BEARER, GATEWAY, HUB, IDENTITY
 from server.keys import SFU as SFU_KEY
 
 api = Api()
@@ -30,10 +30,7 @@ async def read_offer(request: web.Request) -> str:
     """Return the SDP offer of a WHIP/WHEP request, or raise a clear 4xx."""
     if request.content_type != SDP:
         raise ApiError(415, "unsupported_media_type", "expected Content-Type: application/sdp")
-    limit = request.app[SETTINGS].max_body_bytes
-    if (request.content_length or 0) > limit:
-        raise ApiError(413, "payload_too_large", f"SDP offer is larger than {limit} bytes")
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         offer = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -344,3 +344,15 @@ async def test_viewer_limit_is_503_with_a_clear_error(aiohttp_client, clean_db: 
         await first.close()
         await publisher.close()
         await factory.close()
+
+
+async def test_oversized_offer_is_413(client, factory: Factory, settings) -> None:
+    seller = await factory.seller()
+    stream = await livestream(factory, seller)
+    body = "v=0\r\n" + "a=x\r\n" * (settings.max_body_bytes // 5)
+    resp = await client.post(
+        f"/api/v1/livestreams/{stream['id']}/publish", data=body,
+        headers={**SDP, "Authorization": f"Bearer {stream['streamKey']}"},
+    )
+    assert resp.status == 413
+    assert (await resp.json())["error"]["code"] == "payload_too_large"
