@@ -24,7 +24,10 @@ if [ ${#missing[@]} -gt 0 ]; then echo "installing ${missing[*]}"; apt_install "
 
 say "python environment (.venv)"
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+  # Debian's own python3 keeps venv in a separate package.
+  "$PY" -m venv .venv 2>/dev/null || { rm -rf .venv; apt_install python3-venv; "$PY" -m venv .venv; }
+fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 
