@@ -41,7 +41,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaRelay
 
 from media import SFU, MediaSettings, RoomNotFound
-from media.aiortc_hook import ForwardingReceiver, ice_host_addresses, install_receiver
+from media.aiortc_hook import CountingSinkBase, ice_host_addresses, install_receiver
 
 LOOPBACK = ["127.0.0.1"]
 RESULTS = Path(__file__).parent / "results"
@@ -104,7 +104,7 @@ class ReplayTrack(MediaStreamTrack):
         return packet
 
 
-class CountingSink:
+class CountingSink(CountingSinkBase):
     """Count a viewer track's packets, frames and sequence gaps; check its SSRC."""
 
     def __init__(self) -> None:
@@ -136,15 +136,6 @@ class CountingSink:
         expected = 0 if self.first_seq is None else self.extended - self.first_seq + 1
         return {"packets": self.packets, "frames": self.frames, "expected": expected,
                 "ssrcs": len(self.ssrcs)}
-
-    def on_sender_report(self, packet: Any) -> None:
-        pass
-
-    def on_receiver_started(self, receiver: ForwardingReceiver) -> None:
-        pass
-
-    def on_receiver_ended(self, receiver: ForwardingReceiver) -> None:
-        pass
 
 
 async def _post(url: str, sdp: str) -> str:

@@ -23,14 +23,14 @@ from aiortc.codecs import depayload, get_decoder
 from aiortc.jitterbuffer import JitterFrame
 
 from benchmarks.shop import API, LoadError, within
-from media.aiortc_hook import ForwardingReceiver, ice_host_addresses, install_receiver
+from media.aiortc_hook import CountingSinkBase, ice_host_addresses, install_receiver
 
 LOOPBACK = ["127.0.0.1"]
 FREEZE_SECONDS = 0.5
 SDP = {"Content-Type": "application/sdp"}
 
 
-class StreamCounter:
+class StreamCounter(CountingSinkBase):
     """Count one track's packets, frames, sequence gaps and freezes; decode its first frame."""
 
     def __init__(self, kind: str, joined_at: float, decode: bool) -> None:
@@ -92,15 +92,6 @@ class StreamCounter:
     @property
     def expected(self) -> int:
         return 0 if self.first_seq is None else self.highest - self.first_seq + 1
-
-    def on_sender_report(self, packet: Any) -> None:
-        pass
-
-    def on_receiver_started(self, receiver: ForwardingReceiver) -> None:
-        pass
-
-    def on_receiver_ended(self, receiver: ForwardingReceiver) -> None:
-        pass
 
 
 def new_pc() -> RTCPeerConnection:

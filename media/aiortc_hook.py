@@ -310,6 +310,23 @@ class PacketSink(Protocol):
     def on_receiver_ended(self, receiver: ForwardingReceiver) -> None: ...
 
 
+class CountingSinkBase:
+    """A sink that only looks at packets (benchmark and load-test viewers): RTCP and
+    lifecycle callbacks do nothing; subclasses implement ``on_rtp``."""
+
+    def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        raise NotImplementedError
+
+    def on_sender_report(self, packet: RtcpSrPacket) -> None:
+        pass
+
+    def on_receiver_started(self, receiver: ForwardingReceiver) -> None:
+        pass
+
+    def on_receiver_ended(self, receiver: ForwardingReceiver) -> None:
+        pass
+
+
 class ForwardingReceiver:
     """Stand in for ``RTCRtpReceiver``: hand packets to a sink instead of a decoder."""
 
