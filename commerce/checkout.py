@@ -3,16 +3,21 @@
 `create_checkout_session` is the domain entry point (HTTP and the realtime `buy:now`
 both call it). It runs in two steps:
 
-1. One transaction as the buyer: claim the idempotency key (INSERT ... ON CONFLICT DO
-   NOTHING; a concurrent identical request waits on that row and then reads it), lock
-   the coupon row and take a redemption, insert the payment, one order per seller, the
-   order items, the stock holds with their inventory events, and last take the stock
-   with `UPDATE ... SET stock = stock - $2 WHERE id = $1 AND stock >= $2` per variant in
-   id order. A variant short of stock raises OutOfStock and the whole transaction
-   (key included) rolls back. The hot variant rows are locked only for that last step.
-2. Outside any transaction, create the provider's intent with an idempotency key
-   derived from the payment id and store it on the payment (first writer wins). A
-   replay or a retry after a provider failure repeats this step and gets the same intent.
+1. One transaction as the buyer (`hot_transaction`: BEGIN travels with the caller's
+   identity): claim the idempotency key together with its answer, the payment id chosen
+   here (INSERT ... ON CONFLICT DO NOTHING; a concurrent identical request waits on that
+   row and then reads it), lock the coupon row and take a redemption, insert the
+   payment, one order per seller, the order items, the stock holds with their inventory
+   events, and last take the stock with `take_stock` (sql/migrations/0050), a
+   conditional `UPDATE ... SET stock = stock - qty WHERE ... AND stock >= qty` per
+   variant in id order, sent with COMMIT in one message. A variant short of stock
+   raises OutOfStock and the whole transaction (key included) rolls back. The hot
+   variant rows are locked only inside PostgreSQL, for that statement and the commit.
+2. The provider's intent. A provider whose intents need no network call (offline)
+   creates it before step 1 and the payment row carries it. Otherwise it is created
+   outside any transaction with an idempotency key derived from the payment id and
+   stored on the payment (first writer wins); a replay or a retry after a provider
+   failure repeats this step and gets the same intent.
 
 Before step 1, a buy-now checkout may be refused with one query outside any transaction
 (`precheck`): when the key is new and a variant is already short, the answer is 409 at
@@ -33,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -42,11 +47,10 @@ from commerce.errors import CouponInvalid, IdempotencyConflict, Invalid, NotFoun
 from commerce.payments.base import PaymentProvider
 
 CLAIM_KEY = """
-INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)
+INSERT INTO idempotency_keys (user_id, key, request_hash, response) VALUES ($1, $2, $3, $4)
 ON CONFLICT DO NOTHING RETURNING key
 """
 READ_KEY = "SELECT request_hash, response FROM idempotency_keys WHERE user_id = $1 AND key = $2"
-STORE_KEY_RESPONSE = "UPDATE idempotency_keys SET response = $3 WHERE user_id = $1 AND key = $2"
 SELECT_ADDRESS = """
 SELECT line1, line2, city, state, postal_code, country, phone FROM addresses
 WHERE id = $1 AND user_id = $2
@@ -72,8 +76,9 @@ WHERE id = $1 AND (usage_limit IS NULL OR used_count < usage_limit) RETURNING us
 INSERT_REDEMPTION = "INSERT INTO coupon_redemptions (coupon_id, user_id, payment_id) VALUES ($1, $2, $3)"
 SELECT_LIVESTREAM = "SELECT id FROM livestreams WHERE id = $1"
 INSERT_PAYMENT = """
-INSERT INTO payments (user_id, provider, amount, currency, expires_at, cart_id)
-VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), $6) RETURNING id, expires_at
+INSERT INTO payments (id, user_id, provider, amount, currency, expires_at, cart_id,
+                      provider_intent_id, client_secret)
+VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8, $9) RETURNING expires_at
 """
 INSERT_ORDERS = """
 INSERT INTO orders (user_id, seller_id, payment_id, livestream_id, coupon_id, shipping_address,
@@ -99,7 +104,9 @@ INSERT INTO inventory_events (product_id, variant_id, delta, reason, order_id, h
 SELECT s.product_id, h.variant_id, -h.qty, 'hold', h.order_id, h.id
 FROM h JOIN unnest($4::uuid[], $6::uuid[]) AS s(variant_id, product_id) ON s.variant_id = h.variant_id
 """
-TAKE_STOCK = "UPDATE product_variants SET stock = stock - $2 WHERE id = $1 AND stock >= $2 RETURNING stock"
+# Sent with COMMIT as literal SQL (HotTransaction.commit_with): only UUIDs and integers go in.
+TAKE_STOCK = "SELECT take_stock('{{{ids}}}'::uuid[], '{{{qtys}}}'::int[])"
+OUT_OF_STOCK_SQLSTATE = "SS001"
 SELECT_SESSION = """
 SELECT p.id, p.provider, p.provider_intent_id, p.client_secret, p.amount, p.currency,
        p.expires_at, p.status,
@@ -118,8 +125,25 @@ UPDATE payments SET provider_intent_id = coalesce(provider_intent_id, $2),
 WHERE id = $1 RETURNING provider_intent_id, client_secret
 """
 
-Transaction = Callable[..., AbstractAsyncContextManager[asyncpg.Connection]]
 Query = Callable[..., Awaitable[Any]]
+
+
+class HotTransaction(Protocol):
+    """What the checkout needs of server.db.HotTransaction."""
+
+    conn: asyncpg.Connection
+
+    async def commit_with(self, sql: str) -> None: ...
+
+
+class Database(Protocol):
+    """What the checkout needs of server.db.Database."""
+
+    pool: asyncpg.Pool
+
+    def transaction(self, user_id: str | None = None) -> AbstractAsyncContextManager[asyncpg.Connection]: ...
+
+    def hot_transaction(self, user_id: str) -> AbstractAsyncContextManager[HotTransaction]: ...
 
 
 @dataclass(frozen=True)
@@ -144,35 +168,43 @@ def request_hash(body: dict[str, Any]) -> str:
 
 
 async def create_checkout_session(
-    transaction: Transaction, provider: PaymentProvider, *, user_id: str, idempotency_key: str,
-    body: dict[str, Any], hold_ttl_seconds: int, precheck: Query | None = None,
+    db: Database, provider: PaymentProvider, *, user_id: str, idempotency_key: str,
+    body: dict[str, Any], hold_ttl_seconds: int,
 ) -> Session:
     """Create (or replay) the checkout session for this buyer and idempotency key.
 
     `body` is `{addressId}` (the active cart) or `{addressId, items: [{productId,
-    variantId, qty}], couponCode?, livestreamId?}` (buy now). `precheck`, a plain
-    query function (e.g. `pool.fetchrow`), enables the sold-out fast path. Raises
-    NotFound, Invalid, OutOfStock, CouponInvalid, IdempotencyConflict, PaymentProviderError.
+    variantId, qty}], couponCode?, livestreamId?}` (buy now; sold-out refused by the
+    pre-check). Raises NotFound, Invalid, OutOfStock, CouponInvalid,
+    IdempotencyConflict, PaymentProviderError.
     """
-    if precheck is not None and "items" in body:
-        await _refuse_if_sold_out(precheck, user_id, idempotency_key, body["items"])
+    if "items" in body:
+        await _refuse_if_sold_out(db.pool.fetchrow, user_id, idempotency_key, body["items"])
     digest = request_hash(body)
-    variant_ids: list[str] = []
-    async with transaction(user_id) as conn:
-        if await conn.fetchval(CLAIM_KEY, user_id, idempotency_key, digest) is None:
-            row = await conn.fetchrow(READ_KEY, user_id, idempotency_key)
-            if row["request_hash"] != digest:
-                raise IdempotencyConflict(
-                    "this Idempotency-Key was used with a different request", key=idempotency_key
-                )
-            payment_id = json.loads(row["response"])["paymentId"]
-            created = False
-        else:
-            payment_id, variant_ids = await _hold(
-                conn, user_id, idempotency_key, body, hold_ttl_seconds, provider.name
-            )
-            created = True
-    return Session(await _session_body(transaction, provider, user_id, payment_id), created, variant_ids)
+    payment_id = str(uuid.uuid4())
+    response = json.dumps({"paymentId": payment_id})
+    try:
+        async with db.hot_transaction(user_id) as tx:
+            if await tx.conn.fetchval(CLAIM_KEY, user_id, idempotency_key, digest, response) is None:
+                row = await tx.conn.fetchrow(READ_KEY, user_id, idempotency_key)
+                if row["request_hash"] != digest:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was used with a different request", key=idempotency_key
+                    )
+                payment_id = json.loads(row["response"])["paymentId"]
+                created = None
+            else:
+                created = await _hold(tx, user_id, payment_id, body, hold_ttl_seconds, provider)
+    except asyncpg.PostgresError as e:
+        if e.sqlstate != OUT_OF_STOCK_SQLSTATE:
+            raise
+        raise OutOfStock("not enough stock", variantIds=[e.detail]) from None
+    if created is None:  # a replay: read what the first request made
+        return Session(await _session_body(db, provider, user_id, payment_id), False)
+    if created["paymentIntentId"] is None:
+        intent_id, secret = await _create_intent(db, provider, user_id, payment_id, created)
+        created.update(paymentIntentId=intent_id, clientSecret=secret)
+    return Session(created, True, sorted({ln.variant_id for ln in created.pop("lines")}))
 
 
 async def _refuse_if_sold_out(
@@ -191,25 +223,30 @@ async def _refuse_if_sold_out(
         raise OutOfStock("not enough stock", variantIds=sorted(str(v) for v in row["short"]))
 
 
-async def _session_body(
-    transaction: Transaction, provider: PaymentProvider, user_id: str, payment_id: str
-) -> dict[str, Any]:
-    async with transaction(user_id) as conn:
+async def _session_body(db: Database, provider: PaymentProvider, user_id: str, payment_id: str) -> dict[str, Any]:
+    async with db.transaction(user_id) as conn:
         row = await conn.fetchrow(SELECT_SESSION, payment_id)
-    intent_id, secret = row["provider_intent_id"], row["client_secret"]
-    if intent_id is None:
-        intent = await provider.create_intent(
-            row["amount"], row["currency"], f"checkout-{payment_id}", {"paymentId": payment_id}
-        )
-        async with transaction(user_id) as conn:
-            stored = await conn.fetchrow(STORE_INTENT, payment_id, intent.id, intent.client_secret)
-        intent_id, secret = stored["provider_intent_id"], stored["client_secret"]
-    return {
+    body = {
         "orderIds": [str(o) for o in row["order_ids"]], "paymentId": str(row["id"]),
-        "paymentIntentId": intent_id, "clientSecret": secret, "amount": row["amount"],
-        "currency": row["currency"], "expiresAt": _iso(row["expires_at"]),
+        "paymentIntentId": row["provider_intent_id"], "clientSecret": row["client_secret"],
+        "amount": row["amount"], "currency": row["currency"], "expiresAt": _iso(row["expires_at"]),
         "provider": row["provider"], "status": row["status"],
     }
+    if body["paymentIntentId"] is None:  # the first request's provider call failed: retry it
+        body["paymentIntentId"], body["clientSecret"] = await _create_intent(db, provider, user_id, payment_id, body)
+    return body
+
+
+async def _create_intent(
+    db: Database, provider: PaymentProvider, user_id: str, payment_id: str, session: dict[str, Any]
+) -> tuple[str, str]:
+    """Create the provider's intent for a payment and store it (first writer wins)."""
+    intent = await provider.create_intent(
+        session["amount"], session["currency"], f"checkout-{payment_id}", {"paymentId": payment_id}
+    )
+    async with db.transaction(user_id) as conn:
+        stored = await conn.fetchrow(STORE_INTENT, payment_id, intent.id, intent.client_secret)
+    return stored["provider_intent_id"], stored["client_secret"]
 
 
 def _iso(value: datetime) -> str:
@@ -249,14 +286,16 @@ def _uuid(value: str, name: str) -> str:
 
 
 async def _hold(
-    conn: asyncpg.Connection, user_id: str, idempotency_key: str, body: dict[str, Any], ttl: int,
-    provider_name: str,
-) -> tuple[str, list[str]]:
-    """Create the payment, orders, items and holds; take the stock. Return (payment id, variant ids).
+    tx: HotTransaction, user_id: str, payment_id: str, body: dict[str, Any], ttl: int,
+    provider: PaymentProvider,
+) -> dict[str, Any]:
+    """Create the payment, orders, items and holds; take the stock and commit.
 
-    Taking the stock is the last statement before COMMIT: the hot variant rows of a
-    drop are locked for one round trip and the commit, not for the whole checkout.
+    Return the session body (`paymentIntentId` None when the provider's intent is still
+    to be created) with the bought `lines`. Taking the stock is the last statement and
+    goes with COMMIT: the hot variant rows of a drop are locked only inside PostgreSQL.
     """
+    conn = tx.conn
     lines, cart_id, cart_coupon_id = await _lines(conn, user_id, body)
     variants = {str(r["id"]): r for r in await conn.fetch(SELECT_VARIANTS, [ln.variant_id for ln in lines])}
     short = []
@@ -313,9 +352,15 @@ async def _hold(
     if total <= 0:
         raise Invalid("the total must be more than zero")
 
-    payment = await conn.fetchrow(INSERT_PAYMENT, user_id, provider_name, total, currency, float(ttl), cart_id)
-    payment_id = payment["id"]
-    await conn.execute(STORE_KEY_RESPONSE, user_id, idempotency_key, json.dumps({"paymentId": str(payment_id)}))
+    intent = None
+    if provider.local_intents:  # no network call: the payment row carries its intent
+        intent = await provider.create_intent(
+            total, currency, f"checkout-{payment_id}", {"paymentId": payment_id}
+        )
+    expires_at = await conn.fetchval(
+        INSERT_PAYMENT, payment_id, user_id, provider.name, total, currency, float(ttl), cart_id,
+        intent and intent.id, intent and intent.client_secret,
+    )
     if coupon is not None:
         await conn.execute(INSERT_REDEMPTION, coupon["id"], user_id, payment_id)
     orders = await conn.fetch(
@@ -331,14 +376,18 @@ async def _hold(
         [variants[v]["price"] for v in ids],
     )
     await conn.execute(
-        INSERT_HOLDS_AND_EVENTS, payment_id, payment["expires_at"], line_orders, ids, qtys,
+        INSERT_HOLDS_AND_EVENTS, payment_id, expires_at, line_orders, ids, qtys,
         [ln.product_id for ln in lines],
     )
-    # Last: take the stock, in variant-id order (lines are sorted by variant id).
-    for line in lines:
-        if await conn.fetchval(TAKE_STOCK, line.variant_id, line.qty) is None:
-            raise OutOfStock("not enough stock", variantIds=[line.variant_id])
-    return str(payment_id), ids
+    # Last: take the stock, in variant-id order (lines are sorted by variant id), and
+    # commit. `ids` hold canonical UUIDs (`_lines`) and `qtys` integers.
+    await tx.commit_with(TAKE_STOCK.format(ids=",".join(ids), qtys=",".join(str(int(q)) for q in qtys)))
+    return {
+        "orderIds": [str(order_of[s]) for s in sellers], "paymentId": payment_id,
+        "paymentIntentId": intent and intent.id, "clientSecret": intent and intent.client_secret,
+        "amount": total, "currency": currency, "expiresAt": _iso(expires_at),
+        "provider": provider.name, "status": "requires_payment", "lines": lines,
+    }
 
 
 def _split_discount(discount: int, subtotals: list[int]) -> list[int]:

@@ -45,7 +45,7 @@ class ShopCommerce:
             "items": [{"productId": product_id, "variantId": variant_id, "qty": qty}],
         }
         session = await checkout.create_checkout_session(
-            app[DB].transaction, app[PAYMENTS], user_id=user_id, idempotency_key=idempotency_key,
-            body=body, hold_ttl_seconds=app[SETTINGS].hold_ttl_seconds, precheck=app[DB].pool.fetchrow,
+            app[DB], app[PAYMENTS], user_id=user_id, idempotency_key=idempotency_key,
+            body=body, hold_ttl_seconds=app[SETTINGS].hold_ttl_seconds,
         )
         return session.body

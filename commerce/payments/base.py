@@ -39,6 +39,9 @@ class PaymentProvider(Protocol):
     """What checkout, webhooks and refunds need from a payment provider."""
 
     name: str
+    # True when create_intent makes no network call (and cannot fail for the network):
+    # the checkout then creates the intent inside its transaction.
+    local_intents: bool
 
     async def create_intent(
         self, amount: int, currency: str, idempotency_key: str, metadata: dict[str, str]

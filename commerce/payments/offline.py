@@ -61,6 +61,7 @@ class OfflineProvider:
     """Payment intents kept in the payments table; confirmed with test card numbers."""
 
     name = "offline"
+    local_intents = True
 
     def __init__(self, transaction: Transaction) -> None:
         # `transaction(system=True)` as in server.db.Database.transaction.

@@ -35,6 +35,7 @@ class StripeProvider:
     """Payment intents at Stripe (or anything that speaks its API)."""
 
     name = "stripe"
+    local_intents = False
 
     def __init__(self, secret_key: str, api_base: str, *, max_network_retries: int = 2) -> None:
         self._http = stripe.AIOHTTPClient(timeout=30)

@@ -68,9 +68,8 @@ async def create_session(request: web.Request) -> web.Response:
         )
     app = request.app
     session = await checkout.create_checkout_session(
-        app[DB].transaction, app[PAYMENTS], user_id=request[IDENTITY].user_id,
+        app[DB], app[PAYMENTS], user_id=request[IDENTITY].user_id,
         idempotency_key=key, body=request[BODY], hold_ttl_seconds=app[SETTINGS].hold_ttl_seconds,
-        precheck=app[DB].pool.fetchrow,
     )
     if session.created:
         await notify.stock_changed(app, session.variant_ids)
