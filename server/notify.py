@@ -5,7 +5,7 @@ running (`app[HUB]`), they do nothing: commerce works the same with or without r
 The hub's side of the contract:
 
     await hub.emit(livestream_id, event_type, payload, audience="all" | "seller")
-    await hub.stock_changed(variant_ids)   # hub looks up which live rooms show them
+    hub.stock_changed(variant_ids)         # hub looks up which live rooms show them, later
 
 A livestream that ends (`stream:state` ended) also closes its media room, so every
 publisher and viewer session ends with it, however the end came about.
@@ -37,4 +37,4 @@ async def stock_changed(app: web.Application, variant_ids: Iterable[str]) -> Non
     hub = app.get(HUB)
     ids = sorted({str(v) for v in variant_ids})
     if hub is not None and ids:
-        await hub.stock_changed(ids)
+        hub.stock_changed(ids)

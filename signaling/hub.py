@@ -197,6 +197,9 @@ class Hub:
         self.attention: set[Connection] = set()
         self.stats: collections.Counter[str] = collections.Counter()
         self._task: asyncio.Task[None] | None = None
+        # Variants whose stock changed and the one task that reads and announces them.
+        self._stock_pending: set[str] = set()
+        self._stock_task: asyncio.Task[None] | None = None
         self._next_housekeeping = 0.0
         self._next_figures = 0.0
 
@@ -209,10 +212,11 @@ class Hub:
 
     async def stop(self) -> None:
         """Stop ticking, close every connection, write the viewer figures."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._stock_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for room in list(self.rooms.values()):
             for conn in list(room.connections):
                 conn.transport.close()
@@ -305,18 +309,30 @@ class Hub:
         else:
             self.deliver(room.livestream_id, "reaction", {"counts": {kind: 1}})
 
-    async def stock_changed(self, variant_ids: Iterable[str]) -> None:
-        """Emit `stock:update` to every live room that shows one of these variants."""
-        ids = sorted({str(v) for v in variant_ids})
-        if not ids:
-            return
-        async with self.transaction(system=True) as db:
-            rows = await store.live_stock(db, ids)
-        for row in rows:
-            await self.emit(str(row["livestream_id"]), "stock:update", {
-                "productId": str(row["product_id"]), "variantId": str(row["variant_id"]),
-                "stock": row["stock"],
-            })
+    def stock_changed(self, variant_ids: Iterable[str]) -> None:
+        """Emit `stock:update` to every live room that shows one of these variants.
+
+        The caller does not wait: one task reads the stock of every variant changed
+        since its last read (one query for a whole drop's worth of sales) and emits.
+        """
+        self._stock_pending.update(str(v) for v in variant_ids)
+        if self._stock_pending and (self._stock_task is None or self._stock_task.done()):
+            self._stock_task = asyncio.create_task(self._announce_stock(), name="realtime-stock")
+
+    async def _announce_stock(self) -> None:
+        while self._stock_pending:
+            ids = sorted(self._stock_pending)
+            self._stock_pending.clear()
+            try:
+                async with self.transaction(system=True) as db:
+                    rows = await store.live_stock(db, ids)
+                for row in rows:
+                    await self.emit(str(row["livestream_id"]), "stock:update", {
+                        "productId": str(row["product_id"]), "variantId": str(row["variant_id"]),
+                        "stock": row["stock"],
+                    })
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("stock:update for %d variants failed: %s", len(ids), exc)
 
     def _from_bus(self, kind: str, livestream_id: str, message: dict[str, Any]) -> None:
         room = self.rooms.get(livestream_id)

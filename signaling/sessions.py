@@ -59,8 +59,8 @@ class Realtime:
                    *, audience: str = "all") -> None:
         await self.hub.emit(livestream_id, event_type, payload, audience=audience)
 
-    async def stock_changed(self, variant_ids: Iterable[str]) -> None:
-        await self.hub.stock_changed(variant_ids)
+    def stock_changed(self, variant_ids: Iterable[str]) -> None:
+        self.hub.stock_changed(variant_ids)
 
     async def start(self) -> None:
         await self.hub.start()
@@ -170,7 +170,7 @@ class Realtime:
             idempotency_key=f"live:{livestream_id}:{message.ref}",
         )
         conn.send_direct(events.ack(message.ref, checkout=session))
-        await self.hub.stock_changed([p["variantId"]])
+        self.hub.stock_changed([p["variantId"]])
 
     async def _auth(self, conn: Connection, message: ClientMessage) -> None:
         participant = await self.identify(message.payload["accessToken"])
