@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import fastjsonschema
 import jsonschema
 from aiohttp import web
 
@@ -113,6 +114,58 @@ class Api:
             app.router.add_route(spec.method, spec.path, _wrap(spec), name=_route_name(spec))
 
 
+# Keywords that mean the same in draft-07 (fastjsonschema) and 2020-12 (jsonschema), or
+# where draft-07's reading is only stricter ("format"). Anything else, e.g.
+# dependentRequired, which draft-07 would silently ignore, keeps a schema off the fast path.
+FAST_KEYWORDS = frozenset({
+    "type", "properties", "required", "additionalProperties", "minProperties", "maxProperties",
+    "items", "minItems", "maxItems", "uniqueItems", "minLength", "maxLength", "pattern",
+    "format", "minimum", "maximum", "enum", "const", "not",
+})
+
+
+class BodyValidator:
+    """Validate request bodies: a compiled check accepts, jsonschema decides the rest.
+
+    fastjsonschema compiles a schema to Python (about 1 us for a checkout body, against
+    about 30 us for jsonschema's validator), but knows only draft-07. It is used for
+    schemas whose keywords are all in FAST_KEYWORDS, and only to accept: a body it
+    refuses is validated again by jsonschema (2020-12), which decides and words the errors.
+    """
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self.full = jsonschema.Draft202012Validator(schema)
+        self.fast = (
+            fastjsonschema.compile(schema, use_default=False, use_formats=True)
+            if _keywords(schema) <= FAST_KEYWORDS else None
+        )
+
+    def errors(self, data: Any) -> list[jsonschema.ValidationError]:
+        """Return the body's errors (none: valid), by their place in the body."""
+        if self.fast is not None:
+            try:
+                self.fast(data)
+                return []
+            except fastjsonschema.JsonSchemaValueException:
+                pass
+        return sorted(self.full.iter_errors(data), key=lambda e: list(e.absolute_path))
+
+
+def _keywords(schema: Any) -> set[str]:
+    """Every keyword a schema uses (property names under `properties` are not keywords)."""
+    found: set[str] = set()
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            found.add(key)
+            children = value.values() if key == "properties" and isinstance(value, dict) else [value]
+            for child in children:
+                found |= _keywords(child)
+    elif isinstance(schema, list):
+        for item in schema:
+            found |= _keywords(item)
+    return found
+
+
 def _route_name(spec: RouteSpec) -> str:
     return spec.method.lower() + "_" + re.sub(r"[^a-z0-9]+", "_", spec.path.lower()).strip("_")
 
@@ -120,9 +173,10 @@ def _route_name(spec: RouteSpec) -> str:
 def _wrap(spec: RouteSpec) -> Handler:
     # A body schema for another content type (multipart) only documents the request.
     body_validator = (
-        jsonschema.Draft202012Validator(spec.body)
+        BodyValidator(spec.body)
         if spec.body is not None and spec.request_content_type == "application/json" else None
     )
+    query_validators = {name: jsonschema.Draft202012Validator(schema) for name, schema in spec.query.items()}
 
     async def handler(request: web.Request) -> web.StreamResponse:
         request[SPEC] = spec
@@ -136,7 +190,7 @@ def _wrap(spec: RouteSpec) -> Handler:
                 raise forbidden("seller account required")
             if spec.auth == "admin" and identity.role != "admin":
                 raise forbidden("admin role required")
-        request[QUERY] = _parse_query(spec, request)
+        request[QUERY] = _parse_query(spec, query_validators, request)
         if body_validator is not None:
             request[BODY] = await _read_json(request, body_validator)
         return await spec.handler(request)
@@ -144,7 +198,9 @@ def _wrap(spec: RouteSpec) -> Handler:
     return handler
 
 
-def _parse_query(spec: RouteSpec, request: web.Request) -> dict[str, Any]:
+def _parse_query(
+    spec: RouteSpec, validators: dict[str, jsonschema.Draft202012Validator], request: web.Request
+) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, schema in spec.query.items():
         raw = request.query.get(name)
@@ -165,7 +221,7 @@ def _parse_query(spec: RouteSpec, request: web.Request) -> dict[str, Any]:
             if raw not in ("true", "false"):
                 raise validation_error(f"{name} must be true or false", **{name: "not a boolean"})
             value = raw == "true"
-        errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value), key=str)
+        errors = sorted(validators[name].iter_errors(value), key=str)
         if errors:
             raise validation_error(f"{name}: {errors[0].message}", **{name: errors[0].message})
         values[name] = value
@@ -196,7 +252,7 @@ def refuse_nul(data: Any) -> None:
         )
 
 
-async def _read_json(request: web.Request, validator: jsonschema.Draft202012Validator) -> Any:
+async def _read_json(request: web.Request, validator: BodyValidator) -> Any:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "expected Content-Type: application/json")
     raw = await read_body(request)
@@ -204,7 +260,7 @@ async def _read_json(request: web.Request, validator: jsonschema.Draft202012Vali
         data = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "malformed_json", "request body is not valid JSON") from None
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    errors = validator.errors(data)
     if not errors:
         refuse_nul(data)
         return data
