@@ -75,7 +75,9 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     async def database(app: web.Application) -> AsyncIterator[None]:
         if run_migrations:
             await migrate(dsn, settings.db_app_role)
-        app[DB] = await Database.connect(dsn, settings.db_app_role)
+        app[DB] = await Database.connect(
+            dsn, settings.db_app_role, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        )
         yield
         await app[DB].close()
 

@@ -87,6 +87,9 @@ class Settings:
     redis_prefix: str = "shopstream:"
     # The database role the application's queries run as (RLS applies to it).
     db_app_role: str = "shopstream_app"
+    # Connections the server keeps open (min) and may open (max) to PostgreSQL.
+    db_pool_min: int = 2
+    db_pool_max: int = 20
 
     @property
     def embedded_database(self) -> bool:
@@ -140,6 +143,8 @@ class Settings:
         take("CHAT_RATE_WINDOW", "chat_rate_window", int)
         take("REDIS_PREFIX", "redis_prefix")
         take("DB_APP_ROLE", "db_app_role")
+        take("DB_POOL_MIN", "db_pool_min", int)
+        take("DB_POOL_MAX", "db_pool_max", int)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.validate()
@@ -157,6 +162,8 @@ class Settings:
             raise ConfigError("JWT_SECRET must be at least 32 characters")
         if self.db_app_role and not self.db_app_role.replace("_", "").isalnum():
             raise ConfigError("DB_APP_ROLE must be a plain identifier")
+        if not 1 <= self.db_pool_min <= self.db_pool_max:
+            raise ConfigError("DB_POOL_MIN must be at least 1 and at most DB_POOL_MAX")
         if not 10 <= self.realtime_tick_ms <= 1000:
             raise ConfigError("REALTIME_TICK_MS must be between 10 and 1000")
         if self.chat_rate_limit < 1 or self.chat_rate_window < 1:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,6 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
 MIGRATION_LOCK_KEY = 0x5E0B_5743
 
 SET_CALLER = "SELECT set_config('app.user_id', $1, true), set_config('app.system', $2, true)"
-# The same, sent with BEGIN in one message; the caller is inlined (only a UUID's characters).
-BEGIN_AS = (
-    "BEGIN ISOLATION LEVEL READ COMMITTED;\n"
-    "SELECT set_config('app.user_id', '{user_id}', true), set_config('app.system', 'off', true)"
-)
 
 CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -185,28 +179,6 @@ class Database:
             await conn.execute(SET_CALLER, user_id or "", "on" if system else "off")
             yield conn
 
-    @contextlib.asynccontextmanager
-    async def hot_transaction(self, user_id: str) -> AsyncIterator[HotTransaction]:
-        """A transaction as `user_id` that ends with `commit_with` (see HotTransaction).
-
-        BEGIN and the caller's identity go in one message. Leaving the block without
-        `commit_with` commits; an exception rolls back.
-        """
-        begin = BEGIN_AS.format(user_id=uuid.UUID(user_id))
-        async with self.pool.acquire() as conn:
-            await conn.execute(begin)
-            tx = HotTransaction(conn)
-            try:
-                yield tx
-            except BaseException:
-                if not conn.is_closed() and conn.is_in_transaction():
-                    # If this fails too, the pool rolls back (or drops) the connection.
-                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                        await conn.execute("ROLLBACK")
-                raise
-            if not tx.committed:
-                await conn.execute("COMMIT")
-
     async def ping(self) -> bool:
         """Return True when the database answers a query within two seconds."""
         try:
@@ -214,25 +186,6 @@ class Database:
                 return await self.pool.fetchval("SELECT 1") == 1
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return False
-
-
-class HotTransaction:
-    """A transaction whose last statement is sent with COMMIT, in one message.
-
-    The rows that statement locks (a drop's one variant row, which every buyer waits
-    on) are locked only inside PostgreSQL, for the statement and the commit, never
-    across a round trip to this busy process. An error in it aborts the transaction and
-    skips the COMMIT.
-    """
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn = conn
-        self.committed = False
-
-    async def commit_with(self, sql: str) -> None:
-        """Run `sql` (literal SQL, no parameters: the caller inlines only safe values), then COMMIT."""
-        await self.conn.execute(f"{sql};\nCOMMIT")
-        self.committed = True
 
 
 class EmbeddedPostgres:

@@ -26,11 +26,18 @@ def test_generated_jwt_secret_is_kept_in_data_dir(tmp_path) -> None:
 @pytest.mark.parametrize(
     "env",
     [{"SHOPSTREAM_PORT": "abc"}, {"SHOPSTREAM_PORT": "70000"}, {"JWT_SECRET": "short"},
-     {"ICE_SERVERS": "stun.example.com:3478"}],
+     {"ICE_SERVERS": "stun.example.com:3478"}, {"DB_POOL_MIN": "0"},
+     {"DB_POOL_MIN": "30", "DB_POOL_MAX": "20"}, {"DB_POOL_MAX": "many"}],
 )
 def test_bad_settings_are_refused(env) -> None:
     with pytest.raises(ConfigError):
         Settings.from_env(env)
+
+
+def test_pool_size_is_read_from_the_environment() -> None:
+    settings = Settings.from_env({"DB_POOL_MIN": "5", "DB_POOL_MAX": "40"})
+    assert (settings.db_pool_min, settings.db_pool_max) == (5, 40)
+    assert (Settings.from_env({}).db_pool_min, Settings.from_env({}).db_pool_max) == (2, 20)
 
 
 def test_no_default_ice_server() -> None:

@@ -130,32 +130,20 @@ async def test_inventory_events_are_append_only_for_the_app_role(factory: Factor
         await owner.close()
 
 
-async def test_hot_transaction_sends_its_last_statement_with_commit(factory: Factory, clean_db: str) -> None:
-    """commit_with commits; a failing last statement rolls everything back; the connection stays clean."""
-    buyer, seller = await factory.user(), await factory.seller()
+async def test_take_stock_takes_every_line_or_none(factory: Factory, clean_db: str) -> None:
+    """take_stock (the last step of place_checkout) gives back the first line when the second is short."""
+    seller = await factory.seller()
     product = await factory.product(seller, stock=3, variants=2)
     first, second = sorted(product["variantIds"])
-    take = "SELECT take_stock('{%s,%s}'::uuid[], '{%d,%d}'::int[])"
     db = await Database.connect(clean_db, APP_ROLE, min_size=1, max_size=1)
     try:
-        async with db.hot_transaction(buyer.id) as tx:
-            assert str(await tx.conn.fetchval("SELECT app_user_id()")) == buyer.id
-            assert await tx.conn.fetchval("SELECT app_is_system()") is False
-            await tx.commit_with(take % (first, second, 1, 2))
-            assert not tx.conn.is_in_transaction()
+        take = "SELECT take_stock($1::uuid[], $2::int[])"
+        await db.pool.execute(take, [first, second], [1, 2])
         with pytest.raises(asyncpg.PostgresError) as short:
-            async with db.hot_transaction(buyer.id) as tx:
-                # Taken first, then given back by the rollback the second line's shortage causes.
-                await tx.conn.execute("UPDATE product_variants SET stock = stock - 1 WHERE id = $1", first)
-                await tx.commit_with(take % (first, second, 1, 2))  # second has 1 left
+            await db.pool.execute(take, [first, second], [1, 2])  # second has 1 left
         assert short.value.sqlstate == "SS001" and short.value.detail == second
-        async with db.pool.acquire() as conn:
-            assert not conn.is_in_transaction()
-            stocks = dict(await conn.fetch(
-                "SELECT id::text, stock FROM product_variants WHERE id = ANY($1::uuid[])", [first, second]))
+        stocks = dict(await db.pool.fetch(
+            "SELECT id::text, stock FROM product_variants WHERE id = ANY($1::uuid[])", [first, second]))
         assert stocks == {first: 2, second: 1}
-        with pytest.raises(ValueError):  # the caller is inlined into SQL: only a UUID is accepted
-            async with db.hot_transaction("x', true); DROP TABLE users; --"):
-                pass
     finally:
         await db.close()
