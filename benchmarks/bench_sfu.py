@@ -438,7 +438,7 @@ async def measure_fanout(viewers: int, packets: int = 3000) -> float:
     from aiortc.codecs import CODECS
     from aiortc.rtp import RtpPacket
 
-    from media.aiortc_hook import _nonblocking_sendto
+    from media.aiortc_hook import _connected_send
     from media.forwarder import TrackForwarder, ViewerTrack
 
     loop = asyncio.get_running_loop()
@@ -456,9 +456,10 @@ async def measure_fanout(viewers: int, packets: int = 3000) -> float:
         session = pylibsrtp.Session(pylibsrtp.Policy(
             key=_os.urandom(44), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
             srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM))
+        # Connected to its viewer, as the SFU's viewer egress is (Egress.bind).
         egress = types.SimpleNamespace(srtp=session, srtp_handle=session._srtp[0],
-                                       sendto=_nonblocking_sendto(transport),
-                                       addr=sink.getsockname())
+                                       send=_connected_send(transport._sock,  # type: ignore[attr-defined]
+                                                            sink.getsockname()))
         forwarder.add_viewer(ViewerTrack(types.SimpleNamespace(  # type: ignore[arg-type]
             egress=egress, _ssrc=1000 + index, payload_type=96, rtx_payload_type=97,
             _rtx_ssrc=2000 + index)))

@@ -200,12 +200,14 @@ class SrtpScratch:
 class Egress:
     """Send SRTP/SRTCP on a connected DTLS transport without aiortc's coroutines.
 
-    ``sendto`` raises ``OSError`` (``BlockingIOError``) instead of queueing when the
-    viewer's socket cannot take more: the caller drops the packet and counts it.
+    ``send(data)`` sends to the nominated peer, ``sendto(data, addr)`` anywhere; both
+    raise ``OSError`` (``BlockingIOError``) instead of queueing when the viewer's socket
+    cannot take more: the caller drops the packet and counts it.
     """
 
     __slots__ = (
-        "dtls", "srtp", "srtp_handle", "protect_rtcp", "sendto", "addr", "_pending", "_dup",
+        "dtls", "srtp", "srtp_handle", "protect_rtcp", "send", "sendto", "addr", "_pending",
+        "_dup",
     )
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
@@ -214,6 +216,7 @@ class Egress:
         self.srtp: pylibsrtp.Session | None = None
         self.srtp_handle: Any = None
         self.protect_rtcp: Any = None
+        self.send: Any = None
         self.sendto: Any = None
         self.addr: tuple[str, int] | None = None
         self._dup: socket.socket | None = None
@@ -221,9 +224,10 @@ class Egress:
     def bind(self, raw_socket: bool = False) -> bool:
         """Resolve the SRTP session and the nominated socket; False if not connected.
 
-        With ``raw_socket``, packets bypass the event loop's UDP transport when it is
-        not asyncio's own (uvloop): a duplicate of its socket is used, which
-        :meth:`close` must release.
+        With ``raw_socket`` (a viewer's egress), packets bypass the event loop's UDP
+        transport when it is not asyncio's own (uvloop): a duplicate of its socket is
+        used, which :meth:`close` must release; and the socket is connected to the
+        nominated peer, so ``send`` needs no address.
         """
         srtp = self.dtls._tx_srtp
         pair = self.dtls.transport._connection._nominated.get(1)
@@ -234,17 +238,23 @@ class Egress:
         self.srtp_handle = srtp._srtp[0]
         self.protect_rtcp = srtp.protect_rtcp
         protocol = pair.protocol
+        addr = self.addr = pair.remote_addr
+        self.send = None
         if type(protocol) is StunProtocol:
             self.sendto = _nonblocking_sendto(protocol.transport)
-            if raw_socket and not isinstance(getattr(protocol.transport, "_sock", None),
-                                             socket.socket):
-                self._dup = _duplicate_socket(protocol.transport)
+            sock = getattr(protocol.transport, "_sock", None)
+            if raw_socket and not isinstance(sock, socket.socket):
+                sock = self._dup = _duplicate_socket(protocol.transport)
                 if self._dup is not None:
                     self.sendto = self._dup.sendto
+            if raw_socket and isinstance(sock, socket.socket):
+                self.send = _connected_send(sock, addr)
         else:
             # A TURN relay wraps each datagram; keep aioice's coroutine for it.
             self.sendto = self._send_via_protocol(protocol)
-        self.addr = pair.remote_addr
+        if self.send is None:
+            sendto = self.sendto
+            self.send = lambda data: sendto(data, addr)
         return True
 
     def close(self) -> None:
@@ -252,14 +262,14 @@ class Egress:
         if self._dup is not None:
             self._dup.close()
             self._dup = None
-            self.sendto = None
+            self.send = self.sendto = None
 
     def send_rtcp(self, data: bytes) -> None:
         """Protect and send one compound RTCP packet, if the transport is connected."""
-        if self.sendto is None and not self.bind():
+        if self.send is None and not self.bind():
             return
         try:
-            self.sendto(self.protect_rtcp(data), self.addr)
+            self.send(self.protect_rtcp(data))
         except BlockingIOError:
             pass  # RTCP is periodic: the next report replaces this one
 
@@ -282,6 +292,22 @@ def _duplicate_socket(transport: asyncio.DatagramTransport) -> socket.socket | N
     duplicate = socket.socket(original.family, original.type, fileno=os.dup(original.fileno()))
     duplicate.setblocking(False)
     return duplicate
+
+
+def _connected_send(sock: socket.socket, addr: tuple[Any, ...]) -> Any:
+    """Connect an ICE socket to its nominated peer and return its ``send``, if it can.
+
+    A connected UDP socket saves the kernel's route lookup and Python's address parsing
+    on every datagram (about 0.45 µs of a 3.3 µs ``sendto`` on loopback, measured here),
+    and makes the kernel drop datagrams from other sources, which ICE no longer needs
+    once the pair is nominated (aiortc does not restart ICE). aioice's own ``sendto``
+    calls on the socket keep working: an explicit address overrides the connected one.
+    """
+    try:
+        sock.connect(addr)
+    except OSError:
+        return None
+    return sock.send
 
 
 def _nonblocking_sendto(transport: asyncio.DatagramTransport) -> Any:

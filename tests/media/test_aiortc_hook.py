@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 
+import aioice.ice
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSenderInfo, RtcpSrPacket, RtpPacket
@@ -252,3 +253,28 @@ async def test_srtp_ingress_is_removed_when_the_receiver_stops() -> None:
         await receiver.stop()
         assert connection._shopstream_ingress is None
 
+
+async def test_viewer_egress_sends_on_a_connected_socket_and_keeps_ice_consent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A viewer's socket is connected to its peer; consent checks still pass over it."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    async with running_sfu() as sfu:
+        publisher, _ = await publish(sfu, "r")
+        viewer, viewer_id = await watch(sfu, "r")
+        try:
+            await wait_for(lambda: len(viewer.video_frames) > 3, timeout=10)
+            egress = sfu.rooms["r"].viewers[viewer_id].senders["video"].egress
+            assert egress is not None
+            assert egress.send.__self__.getpeername() == egress.addr
+            session = sfu.sessions[viewer_id]
+            connection = session.pc.getTransceivers()[0].sender.transport.transport._connection
+            answered = connection._query_consent_task
+            await asyncio.sleep(2.0)  # ten consent intervals: six failures would close it
+            assert session.pc.connectionState == "connected"
+            assert connection._query_consent_task is answered and not answered.done()
+            frames = len(viewer.video_frames)
+            await wait_for(lambda: len(viewer.video_frames) > frames + 10, timeout=5)
+        finally:
+            await viewer.close()
+            await publisher.close()
