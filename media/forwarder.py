@@ -186,6 +186,9 @@ class TrackForwarder:
         view, length, protect, cdata = scratch.view, scratch.length, scratch.protect, scratch.cdata
         total = 12 + size
         pack_into = HEADER_AFTER_FIRST_BYTE.pack_into
+        # The protected packet's view, re-sliced only when the SRTP trailer's length
+        # changes (viewers normally share one SRTP profile): one object less per viewer.
+        out, out_length = view, -1
         for viewer in self.viewers:
             if not in_order and not _newer(seq, (viewer.start_seq - 1) & 0xFFFF):
                 continue  # a late packet from before this viewer's first keyframe
@@ -198,8 +201,11 @@ class TrackForwarder:
             if protect(viewer.srtp, cdata, length):
                 viewer.drops += 1  # libsrtp refused (e.g. the session is gone)
                 continue
+            if length[0] != out_length:
+                out_length = length[0]
+                out = view[:out_length]
             try:
-                viewer.send(view[: length[0]])
+                viewer.send(out)
             except OSError:  # BlockingIOError: the viewer's buffer is full
                 viewer.drops += 1
                 continue
