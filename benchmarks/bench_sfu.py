@@ -383,6 +383,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "system_seconds": usage.ru_stime - usage0.ru_stime,
             "context_switches": (usage.ru_nvcsw + usage.ru_nivcsw)
             - (usage0.ru_nvcsw + usage0.ru_nivcsw),
+            # Voluntary: the loop slept and was woken; involuntary: preempted.
+            "voluntary_context_switches": usage.ru_nvcsw - usage0.ru_nvcsw,
             "us_per_packet": cpu / forwarded * 1e6 if forwarded else None,
             "cpu_per_viewer_second": cpu / wall / max(viewers, 1),
             "frames_sent": frames_sent,
