@@ -383,6 +383,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "system_seconds": usage.ru_stime - usage0.ru_stime,
             "context_switches": (usage.ru_nvcsw + usage.ru_nivcsw)
             - (usage0.ru_nvcsw + usage0.ru_nivcsw),
+            # Voluntary: the loop slept and was woken; involuntary: preempted.
+            "voluntary_context_switches": usage.ru_nvcsw - usage0.ru_nvcsw,
             "us_per_packet": cpu / forwarded * 1e6 if forwarded else None,
             "cpu_per_viewer_second": cpu / wall / max(viewers, 1),
             "frames_sent": frames_sent,
@@ -438,7 +440,7 @@ async def measure_fanout(viewers: int, packets: int = 3000) -> float:
     from aiortc.codecs import CODECS
     from aiortc.rtp import RtpPacket
 
-    from media.aiortc_hook import _nonblocking_sendto
+    from media.aiortc_hook import _connected_send
     from media.forwarder import TrackForwarder, ViewerTrack
 
     loop = asyncio.get_running_loop()
@@ -456,9 +458,10 @@ async def measure_fanout(viewers: int, packets: int = 3000) -> float:
         session = pylibsrtp.Session(pylibsrtp.Policy(
             key=_os.urandom(44), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
             srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM))
+        # Connected to its viewer, as the SFU's viewer egress is (Egress.bind).
         egress = types.SimpleNamespace(srtp=session, srtp_handle=session._srtp[0],
-                                       sendto=_nonblocking_sendto(transport),
-                                       addr=sink.getsockname())
+                                       send=_connected_send(transport._sock,  # type: ignore[attr-defined]
+                                                            sink.getsockname()))
         forwarder.add_viewer(ViewerTrack(types.SimpleNamespace(  # type: ignore[arg-type]
             egress=egress, _ssrc=1000 + index, payload_type=96, rtx_payload_type=97,
             _rtx_ssrc=2000 + index)))

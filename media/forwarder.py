@@ -4,7 +4,7 @@ Each viewer gets its own SSRC, sequence-number and timestamp space: a viewer's
 numbers are the publisher's plus per-viewer offsets fixed when the viewer starts
 (at a keyframe for video). The per-packet work for a viewer is one ``struct``
 rewrite of the 12-byte header in a shared buffer, one SRTP ``protect`` and one
-``sendto``: no packet objects are built per viewer.
+``send`` on the viewer's connected socket: no packet objects are built per viewer.
 
 Nothing here awaits, so the fan-out of one packet is never interleaved with
 anything else, and a viewer whose socket cannot keep up loses its own packets
@@ -68,8 +68,8 @@ class ViewerTrack:
 
     __slots__ = (
         "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
-        "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "sendto",
-        "addr", "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
+        "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "send",
+        "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
     )
 
     def __init__(self, sender: ForwardingSender) -> None:
@@ -92,8 +92,7 @@ class ViewerTrack:
         self.active = False
         self.egress = egress  # keeps the SRTP session behind ``srtp`` alive
         self.srtp = egress.srtp_handle
-        self.sendto = egress.sendto
-        self.addr = egress.addr
+        self.send = egress.send
         self.packets = 0
         self.octets = 0
         self.drops = 0
@@ -187,6 +186,9 @@ class TrackForwarder:
         view, length, protect, cdata = scratch.view, scratch.length, scratch.protect, scratch.cdata
         total = 12 + size
         pack_into = HEADER_AFTER_FIRST_BYTE.pack_into
+        # The protected packet's view, re-sliced only when the SRTP trailer's length
+        # changes (viewers normally share one SRTP profile): one object less per viewer.
+        out, out_length = view, -1
         for viewer in self.viewers:
             if not in_order and not _newer(seq, (viewer.start_seq - 1) & 0xFFFF):
                 continue  # a late packet from before this viewer's first keyframe
@@ -199,8 +201,11 @@ class TrackForwarder:
             if protect(viewer.srtp, cdata, length):
                 viewer.drops += 1  # libsrtp refused (e.g. the session is gone)
                 continue
+            if length[0] != out_length:
+                out_length = length[0]
+                out = view[:out_length]
             try:
-                viewer.sendto(view[: length[0]], viewer.addr)
+                viewer.send(out)
             except OSError:  # BlockingIOError: the viewer's buffer is full
                 viewer.drops += 1
                 continue
@@ -254,7 +259,7 @@ class TrackForwarder:
             viewer.drops += 1
             return False
         try:
-            viewer.sendto(scratch.view[: scratch.length[0]], viewer.addr)
+            viewer.send(scratch.view[: scratch.length[0]])
         except OSError:
             viewer.drops += 1
             return False

@@ -38,12 +38,12 @@ async def test_dead_and_stuck_viewers_do_not_delay_healthy_ones() -> None:
                 sender = transceiver.sender
                 assert sender.egress is not None
 
-                def refuse(data: bytes, addr: tuple[str, int]) -> None:
+                def refuse(data: bytes) -> None:
                     raise BlockingIOError("buffer full")
 
-                sender.egress.sendto = refuse
+                sender.egress.send = refuse
                 for track in sfu.rooms["r"].viewers[stuck_id].tracks.values():
-                    track.sendto = refuse
+                    track.send = refuse
             drops_before = sfu.stats("r")["drops"]
             since = time.monotonic()
             await asyncio.sleep(3)
