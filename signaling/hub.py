@@ -313,14 +313,19 @@ class Hub:
         """Emit `stock:update` to every live room that shows one of these variants.
 
         The caller does not wait: one task reads the stock of every variant changed
-        since its last read (one query for a whole drop's worth of sales) and emits.
+        since its last read (one query for a whole drop's worth of sales) and emits, at
+        once after a quiet spell, then at most once per tick while changes keep coming.
         """
         self._stock_pending.update(str(v) for v in variant_ids)
         if self._stock_pending and (self._stock_task is None or self._stock_task.done()):
             self._stock_task = asyncio.create_task(self._announce_stock(), name="realtime-stock")
 
     async def _announce_stock(self) -> None:
+        first = True
         while self._stock_pending:
+            if not first:  # rooms hear events once per tick: read no more often than that
+                await asyncio.sleep(self.options.tick_seconds)
+            first = False
             ids = sorted(self._stock_pending)
             self._stock_pending.clear()
             try:
