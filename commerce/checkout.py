@@ -12,14 +12,16 @@ both call it). It runs in three steps:
 2. Compute here: merge the lines, check the variants, group them per seller, price
    them, apply the coupon (`coupons.discount_for`), split the discount across orders.
 3. Write: `place_checkout` (sql/migrations/0060) in one statement outside any explicit
-   transaction, so its work commits as the statement ends. It claims the key with its
-   answer (the payment id chosen here; a concurrent identical request waits on that row,
-   then gets the stored answer), checks the address, takes a coupon use under the
-   coupon's lock (per-user and usage limits exact), writes the payment, orders, items,
-   holds and inventory events, and last takes the stock (`take_stock`: a conditional
-   `UPDATE ... SET stock = stock - qty WHERE ... AND stock >= qty` per variant in id
-   order). Any failure rolls all of it back, key included. The drop's hot variant row
-   is locked only inside PostgreSQL, from that UPDATE to the commit.
+   transaction, so its work commits as the statement ends; sales of the same variants
+   that arrive while one is being written go together in one transaction, each in its
+   own subtransaction (`commerce.sales.SaleQueue`, sql/migrations/0070). A sale claims
+   the key with its answer (the payment id chosen here; a concurrent identical request
+   waits on that row, then gets the stored answer), checks the address, takes a coupon
+   use under the coupon's lock (per-user and usage limits exact), writes the payment,
+   orders, items, holds and inventory events, and last takes the stock (`take_stock`: a
+   conditional `UPDATE ... SET stock = stock - qty WHERE ... AND stock >= qty` per
+   variant in id order). Any failure undoes the sale, key included. The drop's hot
+   variant row is locked only inside PostgreSQL, from that UPDATE to the commit.
 
 The provider's intent: a provider whose intents need no network call (offline) makes it
 before step 3 and the payment row carries it. Otherwise it is created after step 3 with
@@ -48,6 +50,7 @@ import asyncpg
 from commerce import coupons
 from commerce.errors import CouponInvalid, IdempotencyConflict, Invalid, NotFound, OutOfStock
 from commerce.payments.base import PaymentProvider
+from commerce.sales import Sale, SaleFailed, SaleQueue
 
 READ_KEY = "SELECT request_hash, response FROM idempotency_keys WHERE user_id = $1 AND key = $2"
 SELECT_ACTIVE_CART = "SELECT id, coupon_id FROM carts WHERE user_id = $1 AND status = 'active'"
@@ -60,11 +63,6 @@ SELECT k.known_key, k.livestream_found, v.id, v.product_id, v.seller_id, v.stock
 FROM (SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE user_id = $1 AND key = $2) AS known_key,
              $3::uuid IS NULL OR EXISTS (SELECT 1 FROM livestreams WHERE id = $3) AS livestream_found) k
 LEFT JOIN (product_variants v JOIN products p ON p.id = v.product_id) ON v.id = ANY($4::uuid[])
-"""
-PLACE_CHECKOUT = """
-SELECT replayed, request_hash, response, expires_at FROM place_checkout(
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-    $16, $17, $18, $19, $20, $21, $22, $23, $24)
 """
 SELECT_SESSION = """
 SELECT p.id, p.provider, p.provider_intent_id, p.client_secret, p.amount, p.currency,
@@ -130,7 +128,7 @@ def request_hash(body: dict[str, Any]) -> str:
 
 
 async def create_checkout_session(
-    db: Database, provider: PaymentProvider, *, user_id: str, idempotency_key: str,
+    db: Database, sales: SaleQueue, provider: PaymentProvider, *, user_id: str, idempotency_key: str,
     body: dict[str, Any], hold_ttl_seconds: int,
 ) -> Session:
     """Create (or replay) the checkout session for this buyer and idempotency key.
@@ -152,18 +150,21 @@ async def create_checkout_session(
     order_ids = [str(uuid.uuid4()) for _ in plan.sellers]
     order_of = dict(zip(plan.sellers, order_ids, strict=True))
     lines = plan.lines
+    sale = Sale(
+        user=user_id, key=idempotency_key, hash=digest, response=json.dumps({"paymentId": payment_id}),
+        payment=payment_id, provider=provider.name, amount=plan.total, currency=plan.currency,
+        ttl_seconds=float(hold_ttl_seconds), cart=_str(plan.cart_id), intent=intent and intent.id,
+        client_secret=intent and intent.client_secret, coupon=_str(plan.coupon_id),
+        livestream=plan.livestream_id, address=plan.address_id, order_ids=order_ids,
+        sellers=plan.sellers, subtotals=plan.subtotals, discounts=plan.discounts,
+        line_orders=[order_of[plan.seller_of[ln.variant_id]] for ln in lines],
+        product_ids=[ln.product_id for ln in lines], variant_ids=[ln.variant_id for ln in lines],
+        qtys=[ln.qty for ln in lines], prices=[plan.prices[ln.variant_id] for ln in lines],
+    )
     try:
-        placed = await db.pool.fetchrow(
-            PLACE_CHECKOUT, user_id, idempotency_key, digest, json.dumps({"paymentId": payment_id}),
-            payment_id, provider.name, plan.total, plan.currency, float(hold_ttl_seconds), plan.cart_id,
-            intent and intent.id, intent and intent.client_secret, plan.coupon_id, plan.livestream_id,
-            plan.address_id, order_ids, plan.sellers, plan.subtotals, plan.discounts,
-            [order_of[plan.seller_of[ln.variant_id]] for ln in lines], [ln.product_id for ln in lines],
-            [ln.variant_id for ln in lines], [ln.qty for ln in lines],
-            [plan.prices[ln.variant_id] for ln in lines],
-        )
-    except asyncpg.PostgresError as e:
-        raise _place_error(e, plan) from None
+        placed = await sales.place(sale)
+    except (asyncpg.PostgresError, SaleFailed) as e:
+        raise _place_error(e.sqlstate, e.detail, plan) or e from None
     if placed["replayed"]:  # the same key, claimed meanwhile by a concurrent request
         return Session(await _replay(db, provider, user_id, idempotency_key, digest), False)
     session = {
@@ -179,18 +180,21 @@ async def create_checkout_session(
     return Session(session, True, [ln.variant_id for ln in lines])
 
 
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 # place_checkout's own SQLSTATEs (sql/migrations/0060_place_checkout.sql).
-def _place_error(error: asyncpg.PostgresError, plan: Plan) -> Exception:
-    state = error.sqlstate
+def _place_error(state: str, detail: str | None, plan: Plan) -> Exception | None:
     if state == "SS001":
-        return OutOfStock("not enough stock", variantIds=[error.detail])
+        return OutOfStock("not enough stock", variantIds=[detail])
     if state == "SS002":
         return CouponInvalid("you have already used this coupon", reason="per_user_limit")
     if state == "SS003":
         return CouponInvalid("this coupon has been used up", reason="exhausted")
     if state == "SS004":
         return NotFound("address not found", addressId=plan.address_id)
-    return error
+    return None
 
 
 async def _plan(db: Database, user_id: str, idempotency_key: str, body: dict[str, Any]) -> Plan | None:

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from commerce.sales import SaleQueue
 from media import SFU, IceServer, MediaSettings
 from server import notify
 from server.api import Api
 from server.auth import Passwords, RateLimiter, Tokens
 from server.config import Settings
 from server.db import Database, migrate
-from server.keys import DB, GATEWAY, HUB, LOGIN_LIMITER, METRICS, PASSWORDS, SETTINGS, TOKENS
+from server.keys import DB, GATEWAY, HUB, LOGIN_LIMITER, METRICS, PASSWORDS, SALES, SETTINGS, TOKENS
 from server.keys import SFU as SFU_KEY
 from server.middleware import HttpMetrics, request_context
 from server.payments import payments_ctx
@@ -78,7 +79,9 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
         app[DB] = await Database.connect(
             dsn, settings.db_app_role, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         )
+        app[SALES] = SaleQueue(app[DB].pool)
         yield
+        await app[SALES].close()
         await app[DB].close()
 
     app.cleanup_ctx.append(database)

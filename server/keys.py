@@ -24,6 +24,7 @@ SFU: web.AppKey[Any] = web.AppKey("sfu")  # media.SFU
 GATEWAY: web.AppKey[Any] = web.AppKey("media_gateway")  # signaling.whip.MediaGateway
 HUB: web.AppKey[Any] = web.AppKey("hub")
 PAYMENTS: web.AppKey[Any] = web.AppKey("payments")
+SALES: web.AppKey[Any] = web.AppKey("sales")  # commerce.sales.SaleQueue
 REDIS: web.AppKey[Any] = web.AppKey("redis")
 
 # Per-request state set by the middleware and the route wrapper (server/api.py).

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from commerce import cart, checkout
 from commerce.errors import Invalid
-from server.keys import DB, PAYMENTS, SETTINGS
+from server.keys import DB, PAYMENTS, SALES, SETTINGS
 
 LATEST_ADDRESS = "SELECT id FROM addresses WHERE user_id = $1 ORDER BY created_at DESC, id LIMIT 1"
 
@@ -45,7 +45,7 @@ class ShopCommerce:
             "items": [{"productId": product_id, "variantId": variant_id, "qty": qty}],
         }
         session = await checkout.create_checkout_session(
-            app[DB], app[PAYMENTS], user_id=user_id, idempotency_key=idempotency_key,
+            app[DB], app[SALES], app[PAYMENTS], user_id=user_id, idempotency_key=idempotency_key,
             body=body, hold_ttl_seconds=app[SETTINGS].hold_ttl_seconds,
         )
         return session.body

@@ -12,7 +12,7 @@ from commerce.payments.offline import OfflineProvider
 from server import notify
 from server.api import Api, json_response
 from server.errors import ApiError, validation_error
-from server.keys import BODY, DB, IDENTITY, PAYMENTS, SETTINGS
+from server.keys import BODY, DB, IDENTITY, PAYMENTS, SALES, SETTINGS
 from server.payments import after_commit
 
 api = Api()
@@ -68,7 +68,7 @@ async def create_session(request: web.Request) -> web.Response:
         )
     app = request.app
     session = await checkout.create_checkout_session(
-        app[DB], app[PAYMENTS], user_id=request[IDENTITY].user_id,
+        app[DB], app[SALES], app[PAYMENTS], user_id=request[IDENTITY].user_id,
         idempotency_key=key, body=request[BODY], hold_ttl_seconds=app[SETTINGS].hold_ttl_seconds,
     )
     if session.created:

@@ -31,23 +31,24 @@ DECLARE
 BEGIN
     PERFORM set_config('app.user_id', p_user::text, true), set_config('app.system', 'off', true);
 
-    -- A sale that the stock no longer allows fails here, before any write (take_stock
-    -- below still decides, under the row lock). In a drop, many attempts read stock
-    -- before the last units went and arrive here after.
-    SELECT s.variant_id INTO v_short
-    FROM unnest(p_variant_ids, p_qtys) AS s(variant_id, qty)
-    JOIN product_variants v ON v.id = s.variant_id
-    WHERE v.stock < s.qty ORDER BY s.variant_id LIMIT 1;
-    IF v_short IS NOT NULL THEN
-        RAISE EXCEPTION 'not enough stock' USING ERRCODE = 'SS001', DETAIL = v_short::text;
-    END IF;
-
     INSERT INTO idempotency_keys (user_id, key, request_hash, response)
     VALUES (p_user, p_key, p_hash, p_response) ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         RETURN QUERY SELECT true, k.request_hash, k.response, NULL::timestamptz
                      FROM idempotency_keys k WHERE k.user_id = p_user AND k.key = p_key;
         RETURN;
+    END IF;
+
+    -- A sale that the stock no longer allows fails here, before the other writes
+    -- (take_stock below still decides, under the row lock). In a drop, many attempts
+    -- read stock before the last units went and arrive here after. After the key: a
+    -- replay answers with its session whatever the stock is now.
+    SELECT s.variant_id INTO v_short
+    FROM unnest(p_variant_ids, p_qtys) AS s(variant_id, qty)
+    JOIN product_variants v ON v.id = s.variant_id
+    WHERE v.stock < s.qty ORDER BY s.variant_id LIMIT 1;
+    IF v_short IS NOT NULL THEN
+        RAISE EXCEPTION 'not enough stock' USING ERRCODE = 'SS001', DETAIL = v_short::text;
     END IF;
 
     SELECT jsonb_build_object('line1', a.line1, 'line2', a.line2, 'city', a.city, 'state', a.state,

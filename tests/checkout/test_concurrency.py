@@ -10,6 +10,7 @@ from collections import Counter
 
 import asyncpg
 
+from server.keys import SALES
 from tests.checkout.conftest import assert_inventory_ok, checkout, make_shop, stock_of
 from tests.factories import Factory, make_buyers, make_cart, make_coupon
 
@@ -107,3 +108,33 @@ async def test_holds_race_with_cancel_and_expiry(client, factory: Factory, clean
     await assert_inventory_ok(clean_db)
     conn = await factory.conn()
     assert await conn.fetchval("SELECT count(*) FROM stock_holds WHERE status = 'held' AND expires_at <= now()") == 0
+
+
+async def test_concurrent_sales_are_written_in_groups_and_fail_alone(client, factory: Factory, clean_db: str) -> None:
+    """Sales of one variant raced: written a group at a time, each sale kept or undone on its own."""
+    shop = await make_shop(factory, stock=20)
+    buyers = await make_buyers(factory, 40)
+    (_, strangers_address), = await make_buyers(factory, 1)
+    item = shop.item(1)
+
+    async def attempt(i: int) -> tuple[int, dict]:
+        user, address = buyers[i]
+        if i % 8 == 0:  # someone else's address: this sale alone is refused
+            address = strangers_address
+        resp = await checkout(client, user, {"addressId": address, "items": [item]}, f"group-{i}")
+        return resp.status, await resp.json()
+
+    results = await asyncio.gather(*(attempt(i) for i in range(40)), attempt(1))
+    assert results[1] == results[-1]  # the same key twice, maybe in one group: one answer
+    statuses = Counter(status for status, _ in results[:-1])
+    assert statuses[201] == 20 and statuses[404] + statuses[409] == 20, statuses
+    # A stranger's address never buys: refused as not found, or as sold out once it is.
+    strangers = [results[i][0] for i in range(0, 40, 8)]
+    assert 201 not in strangers and strangers[0] == 404, strangers
+    assert all(body["error"]["code"] == "not_found" for status, body in results if status == 404)
+    assert client.server.app[SALES].groups >= 1, "the sales were written one by one"
+    assert await stock_of(factory, item["variantId"]) == 0
+    conn = await factory.conn()
+    assert await conn.fetchval("SELECT count(*) FROM stock_holds WHERE status = 'held'") == 20
+    assert await conn.fetchval("SELECT count(*) FROM payments") == 20
+    await assert_inventory_ok(clean_db)

@@ -1,0 +1,151 @@
+"""Sales of the same variants, written together: one transaction and one commit for many.
+
+In a drop, every sale of the one variant waits for the previous sale's commit on its
+row. A :class:`SaleQueue` sends a sale to `place_checkout()` at once when no sale of the
+same variants is being written, and otherwise queues it; when the write in flight ends,
+everything queued meanwhile goes in one `place_checkouts()` call (sql/migrations/0070):
+one transaction, each sale in its own subtransaction, so a sale that fails is undone
+alone. An idle server adds no delay; a busy one commits a batch at a time.
+
+Sales with a coupon are never grouped: a sale locks its coupon before its variants, and
+a group holding one sale's variants while locking another sale's coupon would break
+that order (commerce/holds.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+PLACE_ONE = """
+SELECT replayed, request_hash, response, expires_at, NULL::text AS error_state, NULL::text AS error_detail
+FROM place_checkout($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                    $16, $17, $18, $19, $20, $21, $22, $23, $24)
+"""
+PLACE_MANY = "SELECT * FROM place_checkouts($1::jsonb)"
+MAX_GROUP = 50
+
+
+@dataclass(frozen=True)
+class Sale:
+    """place_checkout's arguments, by name (see sql/migrations/0060_place_checkout.sql)."""
+
+    user: str
+    key: str
+    hash: str
+    response: str  # JSON text
+    payment: str
+    provider: str
+    amount: int
+    currency: str
+    ttl_seconds: float
+    cart: str | None
+    intent: str | None
+    client_secret: str | None
+    coupon: str | None
+    livestream: str | None
+    address: str
+    order_ids: list[str]
+    sellers: list[str]
+    subtotals: list[int]
+    discounts: list[int]
+    line_orders: list[str]
+    product_ids: list[str]
+    variant_ids: list[str]
+    qtys: list[int]
+    prices: list[int]
+
+    def args(self) -> tuple[Any, ...]:
+        return (
+            self.user, self.key, self.hash, self.response, self.payment, self.provider, self.amount,
+            self.currency, self.ttl_seconds, self.cart, self.intent, self.client_secret, self.coupon,
+            self.livestream, self.address, self.order_ids, self.sellers, self.subtotals,
+            self.discounts, self.line_orders, self.product_ids, self.variant_ids, self.qtys,
+            self.prices,
+        )
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "user": self.user, "key": self.key, "hash": self.hash, "response": json.loads(self.response),
+            "payment": self.payment, "provider": self.provider, "amount": self.amount,
+            "currency": self.currency, "ttlSeconds": self.ttl_seconds, "cart": self.cart,
+            "intent": self.intent, "clientSecret": self.client_secret, "coupon": self.coupon,
+            "livestream": self.livestream, "address": self.address, "orderIds": self.order_ids,
+            "sellers": self.sellers, "subtotals": self.subtotals, "discounts": self.discounts,
+            "lineOrders": self.line_orders, "productIds": self.product_ids,
+            "variantIds": self.variant_ids, "qtys": self.qtys, "prices": self.prices,
+        }
+
+
+class SaleFailed(Exception):
+    """place_checkout raised inside a group: its SQLSTATE and DETAIL."""
+
+    def __init__(self, sqlstate: str, detail: str | None) -> None:
+        super().__init__(f"sale failed with SQLSTATE {sqlstate}")
+        self.sqlstate = sqlstate
+        self.detail = detail
+
+
+class SaleQueue:
+    """Write sales through place_checkout, grouping those of the same variants."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._waiting: dict[Hashable, list[tuple[Sale, asyncio.Future[Any]]]] = {}
+        self._writers: dict[Hashable, asyncio.Task[None]] = {}
+        self.groups = 0  # place_checkouts calls made (for tests and metrics)
+
+    async def place(self, sale: Sale) -> asyncpg.Record:
+        """Write one sale; return place_checkout's row. Raises SaleFailed or asyncpg errors."""
+        if sale.coupon is not None:
+            return await self.pool.fetchrow(PLACE_ONE, *sale.args())
+        key = tuple(sorted(sale.variant_ids))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append((sale, future))
+        if key not in self._writers:
+            self._writers[key] = asyncio.create_task(self._write(key), name="sales")
+        row = await future
+        if row["error_state"] is not None:
+            raise SaleFailed(row["error_state"], row["error_detail"])
+        return row
+
+    async def close(self) -> None:
+        """Let the writes in flight finish."""
+        if self._writers:
+            await asyncio.gather(*self._writers.values(), return_exceptions=True)
+
+    async def _write(self, key: Hashable) -> None:
+        try:
+            while waiting := self._waiting.pop(key, None):
+                group, rest = waiting[:MAX_GROUP], waiting[MAX_GROUP:]
+                if rest:
+                    self._waiting[key] = rest
+                try:
+                    if len(group) == 1:
+                        rows = [await self.pool.fetchrow(PLACE_ONE, *group[0][0].args())]
+                    else:
+                        self.groups += 1
+                        rows = await self.pool.fetch(PLACE_MANY, json.dumps([s.json() for s, _ in group]))
+                except BaseException as exc:  # every caller of the group hears of it
+                    for _, future in group:
+                        if future.done():
+                            continue
+                        if isinstance(exc, asyncio.CancelledError):
+                            future.cancel()
+                        else:
+                            future.set_exception(exc)
+                    if not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+                        raise
+                    continue
+                for (_, future), row in zip(group, rows, strict=True):
+                    if not future.done():
+                        future.set_result(row)
+        finally:
+            del self._writers[key]
+            for _, future in self._waiting.pop(key, []):  # only when this task was cancelled
+                future.cancel()
