@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from benchmarks.http1 import Http1Pool
 from commerce.inventory_check import check_inventory
 from server.auth import Tokens
 from server.db import migrate
@@ -129,19 +130,17 @@ async def run_http(
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     item = {"productId": drop["product"], "variantId": drop["variant"], "qty": 1}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session, \
-            Progress(label, len(drop["buyers"])) as progress:
+    pool = Http1Pool(url, concurrency)
+    async with Progress(label, len(drop["buyers"])) as progress:
 
         async def attempt(i: int, due: float) -> None:
             token, address = drop["buyers"][i]
-            async with session.post(
-                f"{url}/api/v1/checkout/session", json={"addressId": address, "items": [item]},
-                headers={"Authorization": f"Bearer {token}", "Idempotency-Key": f"drop-{i}"},
-            ) as resp:
-                await resp.read()
+            status, _ = await pool.post_json(
+                "/api/v1/checkout/session", json.dumps({"addressId": address, "items": [item]}).encode(),
+                {"Authorization": f"Bearer {token}", "Idempotency-Key": f"drop-{i}"},
+            )
             latencies.append(time.perf_counter() - due)
-            statuses[resp.status] = statuses.get(resp.status, 0) + 1
+            statuses[status] = statuses.get(status, 0) + 1
             progress.done += 1
 
         started = time.perf_counter()
@@ -161,6 +160,7 @@ async def run_http(
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+    await pool.close()
     return _summary(latencies, elapsed, successes=statuses.get(201, 0), statuses=statuses)
 
 
