@@ -177,7 +177,7 @@ async def create_checkout_session(
         session["paymentIntentId"], session["clientSecret"] = await _create_intent(
             db, provider, user_id, payment_id, session
         )
-    return Session(session, True, [ln.variant_id for ln in lines])
+    return Session(session, True, sale.variant_ids)
 
 
 def _str(value: Any) -> str | None:

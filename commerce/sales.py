@@ -15,25 +15,22 @@ that order (commerce/holds.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-PLACE_ONE = """
-SELECT replayed, request_hash, response, expires_at, NULL::text AS error_state, NULL::text AS error_detail
-FROM place_checkout($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                    $16, $17, $18, $19, $20, $21, $22, $23, $24)
-"""
-PLACE_MANY = "SELECT * FROM place_checkouts($1::jsonb)"
 MAX_GROUP = 50
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Sale:
-    """place_checkout's arguments, by name (see sql/migrations/0060_place_checkout.sql)."""
+    """place_checkout's arguments, by name and in order (sql/migrations/0060_place_checkout.sql).
+
+    A group goes to place_checkouts as a JSON array of these, keyed by the field names.
+    """
 
     user: str
     key: str
@@ -61,25 +58,18 @@ class Sale:
     prices: list[int]
 
     def args(self) -> tuple[Any, ...]:
-        return (
-            self.user, self.key, self.hash, self.response, self.payment, self.provider, self.amount,
-            self.currency, self.ttl_seconds, self.cart, self.intent, self.client_secret, self.coupon,
-            self.livestream, self.address, self.order_ids, self.sellers, self.subtotals,
-            self.discounts, self.line_orders, self.product_ids, self.variant_ids, self.qtys,
-            self.prices,
-        )
+        return tuple(getattr(self, name) for name in FIELDS)
 
-    def json(self) -> dict[str, Any]:
-        return {
-            "user": self.user, "key": self.key, "hash": self.hash, "response": json.loads(self.response),
-            "payment": self.payment, "provider": self.provider, "amount": self.amount,
-            "currency": self.currency, "ttlSeconds": self.ttl_seconds, "cart": self.cart,
-            "intent": self.intent, "clientSecret": self.client_secret, "coupon": self.coupon,
-            "livestream": self.livestream, "address": self.address, "orderIds": self.order_ids,
-            "sellers": self.sellers, "subtotals": self.subtotals, "discounts": self.discounts,
-            "lineOrders": self.line_orders, "productIds": self.product_ids,
-            "variantIds": self.variant_ids, "qtys": self.qtys, "prices": self.prices,
-        }
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(Sale))
+PLACE_ONE = f"""
+SELECT replayed, request_hash, response, expires_at, NULL::text AS error_state, NULL::text AS error_detail
+FROM place_checkout({", ".join(f"${i}" for i in range(1, len(FIELDS) + 1))})
+"""
+PLACE_MANY = "SELECT * FROM place_checkouts($1::jsonb)"
 
 
 class SaleFailed(Exception):
@@ -130,7 +120,7 @@ class SaleQueue:
                         rows = [await self.pool.fetchrow(PLACE_ONE, *group[0][0].args())]
                     else:
                         self.groups += 1
-                        rows = await self.pool.fetch(PLACE_MANY, json.dumps([s.json() for s, _ in group]))
+                        rows = await self.pool.fetch(PLACE_MANY, json.dumps([s.as_dict() for s, _ in group]))
                 except BaseException as exc:  # every caller of the group hears of it
                     for _, future in group:
                         if future.done():

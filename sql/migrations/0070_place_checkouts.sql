@@ -6,7 +6,7 @@
 -- (not enough stock, a spent coupon, an unknown address) undoes that sale alone.
 --
 -- p_sales is a JSON array of objects whose fields are place_checkout's parameters
--- (arrays as JSON arrays). One row per sale, in the input's order: the sale's result, or
+-- without their p_ (arrays as JSON arrays; the response as JSON text). One row per sale, in the input's order: the sale's result, or
 -- the SQLSTATE and DETAIL of the error that undid it.
 CREATE FUNCTION place_checkouts(p_sales jsonb)
 RETURNS TABLE (replayed boolean, request_hash text, response jsonb, expires_at timestamptz,
@@ -21,17 +21,17 @@ BEGIN
     FOR s IN SELECT value FROM jsonb_array_elements(p_sales) WITH ORDINALITY ORDER BY ordinality LOOP
         BEGIN
             SELECT * INTO r FROM place_checkout(
-                (s->>'user')::uuid, s->>'key', s->>'hash', s->'response',
+                (s->>'user')::uuid, s->>'key', s->>'hash', (s->>'response')::jsonb,
                 (s->>'payment')::uuid, s->>'provider', (s->>'amount')::bigint, s->>'currency',
-                (s->>'ttlSeconds')::float8, (s->>'cart')::uuid, s->>'intent', s->>'clientSecret',
+                (s->>'ttl_seconds')::float8, (s->>'cart')::uuid, s->>'intent', s->>'client_secret',
                 (s->>'coupon')::uuid, (s->>'livestream')::uuid, (s->>'address')::uuid,
-                ARRAY(SELECT jsonb_array_elements_text(s->'orderIds'))::uuid[],
+                ARRAY(SELECT jsonb_array_elements_text(s->'order_ids'))::uuid[],
                 ARRAY(SELECT jsonb_array_elements_text(s->'sellers'))::uuid[],
                 ARRAY(SELECT jsonb_array_elements_text(s->'subtotals'))::bigint[],
                 ARRAY(SELECT jsonb_array_elements_text(s->'discounts'))::bigint[],
-                ARRAY(SELECT jsonb_array_elements_text(s->'lineOrders'))::uuid[],
-                ARRAY(SELECT jsonb_array_elements_text(s->'productIds'))::uuid[],
-                ARRAY(SELECT jsonb_array_elements_text(s->'variantIds'))::uuid[],
+                ARRAY(SELECT jsonb_array_elements_text(s->'line_orders'))::uuid[],
+                ARRAY(SELECT jsonb_array_elements_text(s->'product_ids'))::uuid[],
+                ARRAY(SELECT jsonb_array_elements_text(s->'variant_ids'))::uuid[],
                 ARRAY(SELECT jsonb_array_elements_text(s->'qtys'))::int[],
                 ARRAY(SELECT jsonb_array_elements_text(s->'prices'))::bigint[]
             );
