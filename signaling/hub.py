@@ -321,11 +321,7 @@ class Hub:
             self._stock_task = asyncio.create_task(self._announce_stock(), name="realtime-stock")
 
     async def _announce_stock(self) -> None:
-        first = True
         while self._stock_pending:
-            if not first:  # rooms hear events once per tick: read no more often than that
-                await asyncio.sleep(self.options.tick_seconds)
-            first = False
             ids = sorted(self._stock_pending)
             self._stock_pending.clear()
             try:
@@ -338,6 +334,8 @@ class Hub:
                     })
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 log.warning("stock:update for %d variants failed: %s", len(ids), exc)
+            # Rooms hear events once per tick: read no more often than that.
+            await asyncio.sleep(self.options.tick_seconds)
 
     def _from_bus(self, kind: str, livestream_id: str, message: dict[str, Any]) -> None:
         room = self.rooms.get(livestream_id)
