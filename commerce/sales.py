@@ -1,11 +1,12 @@
 """Sales of the same variants, written together: one transaction and one commit for many.
 
 In a drop, every sale of the one variant waits for the previous sale's commit on its
-row. A :class:`SaleQueue` sends a sale to `place_checkout()` at once when no sale of the
-same variants is being written, and otherwise queues it; when the write in flight ends,
-everything queued meanwhile goes in one `place_checkouts()` call (sql/migrations/0070):
-one transaction, each sale in its own subtransaction, so a sale that fails is undone
-alone. An idle server adds no delay; a busy one commits a batch at a time.
+row. A :class:`SaleQueue` writes a sale at once when no sale of the same variants is
+being written, and otherwise queues it; when the write in flight ends, everything queued
+meanwhile goes in one `place_checkouts()` call (sql/migrations/0080): one transaction
+and a fixed number of set-based statements for the whole group, each sale kept or
+refused on its own (stock, address). An idle server adds no delay; a busy one commits
+a batch at a time.
 
 Sales with a coupon are never grouped: a sale locks its coupon before its variants, and
 a group holding one sale's variants while locking another sale's coupon would break
@@ -29,7 +30,8 @@ MAX_GROUP = 50
 class Sale:
     """place_checkout's arguments, by name and in order (sql/migrations/0060_place_checkout.sql).
 
-    A group goes to place_checkouts as a JSON array of these, keyed by the field names.
+    A group goes to place_checkouts as a JSON array of these, keyed by the field names
+    (the fields of the checkout_sale type, sql/migrations/0080).
     """
 
     user: str
@@ -73,7 +75,7 @@ PLACE_MANY = "SELECT * FROM place_checkouts($1::jsonb)"
 
 
 class SaleFailed(Exception):
-    """place_checkout raised inside a group: its SQLSTATE and DETAIL."""
+    """A sale of a group was refused: its SQLSTATE and DETAIL (place_checkout's own codes)."""
 
     def __init__(self, sqlstate: str, detail: str | None) -> None:
         super().__init__(f"sale failed with SQLSTATE {sqlstate}")
@@ -82,16 +84,20 @@ class SaleFailed(Exception):
 
 
 class SaleQueue:
-    """Write sales through place_checkout, grouping those of the same variants."""
+    """Write sales through place_checkouts, grouping those of the same variants.
+
+    A sale with a coupon, or one that its group's call could not write, goes alone
+    through place_checkout.
+    """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._waiting: dict[Hashable, list[tuple[Sale, asyncio.Future[Any]]]] = {}
         self._writers: dict[Hashable, asyncio.Task[None]] = {}
-        self.groups = 0  # place_checkouts calls made (for tests and metrics)
+        self.groups = 0  # place_checkouts calls of more than one sale (for tests and metrics)
 
     async def place(self, sale: Sale) -> asyncpg.Record:
-        """Write one sale; return place_checkout's row. Raises SaleFailed or asyncpg errors."""
+        """Write one sale; return its row. Raises SaleFailed or asyncpg errors."""
         if sale.coupon is not None:
             return await self.pool.fetchrow(PLACE_ONE, *sale.args())
         key = tuple(sorted(sale.variant_ids))
@@ -116,11 +122,7 @@ class SaleQueue:
                 if rest:
                     self._waiting[key] = rest
                 try:
-                    if len(group) == 1:
-                        rows = [await self.pool.fetchrow(PLACE_ONE, *group[0][0].args())]
-                    else:
-                        self.groups += 1
-                        rows = await self.pool.fetch(PLACE_MANY, json.dumps([s.as_dict() for s, _ in group]))
+                    outcomes = await self._outcomes([sale for sale, _ in group])
                 except BaseException as exc:  # every caller of the group hears of it
                     for _, future in group:
                         if future.done():
@@ -132,10 +134,37 @@ class SaleQueue:
                     if not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
                         raise
                     continue
-                for (_, future), row in zip(group, rows, strict=True):
-                    if not future.done():
-                        future.set_result(row)
+                for (_, future), outcome in zip(group, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
         finally:
             del self._writers[key]
             for _, future in self._waiting.pop(key, []):  # only when this task was cancelled
                 future.cancel()
+
+    async def _outcomes(self, sales: list[Sale]) -> list[asyncpg.Record | asyncpg.PostgresError]:
+        """Each sale's row or error, from one place_checkouts call.
+
+        A sale is written again alone when the group's call failed as a whole (something
+        other than stock or an address: a cart or livestream deleted meanwhile, say) or
+        when its key was claimed by an earlier sale of the group that was then refused
+        (SS000); so a sale's outcome never depends on the others'.
+        """
+        if len(sales) > 1:
+            self.groups += 1
+        try:
+            rows = await self.pool.fetch(PLACE_MANY, json.dumps([s.as_dict() for s in sales]))
+        except asyncpg.PostgresError:
+            return [await self._place_alone(sale) for sale in sales]
+        return [await self._place_alone(sale) if row["error_state"] == "SS000" else row
+                for sale, row in zip(sales, rows, strict=True)]
+
+    async def _place_alone(self, sale: Sale) -> asyncpg.Record | asyncpg.PostgresError:
+        try:
+            return await self.pool.fetchrow(PLACE_ONE, *sale.args())
+        except asyncpg.PostgresError as e:
+            return e

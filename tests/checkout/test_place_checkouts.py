@@ -1,0 +1,117 @@
+"""place_checkouts() (sql/migrations/0080) called directly: each sale of a group decided alone.
+
+The HTTP races cannot choose which sales share a group; these tests do, on the real
+database, through the SaleQueue's own statement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+
+import asyncpg
+import pytest
+
+from commerce.sales import PLACE_MANY, Sale
+from tests.checkout.conftest import Shop, assert_inventory_ok, make_shop, stock_of
+from tests.factories import Factory, make_buyers
+
+
+def sale(shop: Shop, user: str, address: str, *, key: str | None = None, qty: int = 1) -> Sale:
+    payment, order = str(uuid.uuid4()), str(uuid.uuid4())
+    price = shop.product["price"]
+    return Sale(
+        user=user, key=key or f"key-{payment}", hash=f"hash-{payment}", response=json.dumps({"paymentId": payment}),
+        payment=payment, provider="offline", amount=price * qty, currency="USD", ttl_seconds=600.0, cart=None,
+        intent=f"pi_offline_{payment}", client_secret="secret", coupon=None, livestream=None, address=address,
+        order_ids=[order], sellers=[shop.seller.seller_id], subtotals=[price * qty], discounts=[0],
+        line_orders=[order], product_ids=[shop.product["id"]], variant_ids=[shop.product["variantIds"][0]],
+        qtys=[qty], prices=[price],
+    )
+
+
+async def place(conn: asyncpg.Connection, sales: list[Sale]) -> list[asyncpg.Record]:
+    return await conn.fetch(PLACE_MANY, json.dumps([s.as_dict() for s in sales]))
+
+
+async def test_a_group_keeps_and_refuses_each_sale_on_its_own(factory: Factory, clean_db: str) -> None:
+    shop = await make_shop(factory, stock=3)
+    buyers = [(user.id, address) for user, address in await make_buyers(factory, 6)]
+    stranger = buyers[5][1]
+    variant = shop.product["variantIds"][0]
+    group = [
+        sale(shop, *buyers[0]),
+        sale(shop, buyers[1][0], stranger),  # not this buyer's address
+        sale(shop, *buyers[2], qty=2),
+        sale(shop, *buyers[3]),  # one unit too many
+        sale(shop, *buyers[4]),
+    ]
+    conn = await factory.conn()
+    rows = await place(conn, group)
+
+    assert [r["error_state"] for r in rows] == [None, "SS004", None, "SS001", "SS001"]
+    assert rows[1]["error_detail"] == stranger and rows[3]["error_detail"] == variant
+    kept = [group[0], group[2]]
+    for s, r in zip(group, rows, strict=True):
+        if s in kept:
+            assert (r["replayed"], r["request_hash"], json.loads(r["response"])) == (
+                False, s.hash, {"paymentId": s.payment})
+            assert r["expires_at"] is not None
+    assert await stock_of(factory, variant) == 0
+    payments = {str(p) for p in await conn.fetchval("SELECT array_agg(id) FROM payments")}
+    assert payments == {s.payment for s in kept}
+    assert await conn.fetchval("SELECT sum(qty) FROM stock_holds WHERE status = 'held'") == 3
+    assert await conn.fetchval("SELECT count(*) FROM orders") == 2
+    assert await conn.fetchval("SELECT count(*) FROM order_items") == 2
+    # The refused sales gave their keys back: the same keys can be used again.
+    keys = {r["key"] for r in await conn.fetch("SELECT key FROM idempotency_keys")}
+    assert keys == {s.key for s in kept}
+    order = await conn.fetchrow("SELECT * FROM orders WHERE payment_id = $1", group[0].payment)
+    assert json.loads(order["shipping_address"])["city"] and order["total"] == group[0].amount
+    await assert_inventory_ok(clean_db)
+
+
+async def test_keys_already_claimed_are_replays(factory: Factory, clean_db: str) -> None:
+    shop = await make_shop(factory, stock=1)
+    (user, address), (other, other_address) = [(u.id, a) for u, a in await make_buyers(factory, 2)]
+    conn = await factory.conn()
+    first = sale(shop, user, address, key="same")
+    [row] = await place(conn, [first])
+    assert row["error_state"] is None
+
+    # Sold out now, but a replay answers with its stored session whatever the stock.
+    again = sale(shop, user, address, key="same")
+    twice = [sale(shop, other, other_address, key="twice"), sale(shop, other, other_address, key="twice")]
+    rows = await place(conn, [again, *twice])
+    assert (rows[0]["replayed"], rows[0]["request_hash"], json.loads(rows[0]["response"])) == (
+        True, first.hash, {"paymentId": first.payment})
+    # One key twice in a group, its first sale refused: the second is handed back (SS000)
+    # for the caller to write alone.
+    assert [r["error_state"] for r in rows[1:]] == ["SS001", "SS000"]
+    assert await conn.fetchval("SELECT count(*) FROM idempotency_keys") == 1
+    assert await conn.fetchval("SELECT count(*) FROM payments") == 1
+    await assert_inventory_ok(clean_db)
+
+
+async def test_one_key_twice_in_a_group_is_one_sale(factory: Factory, clean_db: str) -> None:
+    shop = await make_shop(factory, stock=5)
+    (user, address), = [(u.id, a) for u, a in await make_buyers(factory, 1)]
+    conn = await factory.conn()
+    first, second = sale(shop, user, address, key="k"), sale(shop, user, address, key="k")
+    rows = await place(conn, [first, second])
+    assert [r["replayed"] for r in rows] == [False, True]
+    assert json.loads(rows[1]["response"]) == {"paymentId": first.payment}
+    assert await stock_of(factory, shop.product["variantIds"][0]) == 4
+    await assert_inventory_ok(clean_db)
+
+
+async def test_a_coupon_sale_is_never_grouped(factory: Factory, clean_db: str) -> None:
+    shop = await make_shop(factory, stock=5)
+    (user, address), = [(u.id, a) for u, a in await make_buyers(factory, 1)]
+    conn = await factory.conn()
+    with_coupon = dataclasses.replace(sale(shop, user, address), coupon=str(uuid.uuid4()))
+    with pytest.raises(asyncpg.RaiseError, match="no sales with a coupon"):
+        await place(conn, [with_coupon])
+    assert await conn.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+    assert await stock_of(factory, shop.product["variantIds"][0]) == 5
