@@ -72,6 +72,9 @@ SELECT replayed, request_hash, response, expires_at, NULL::text AS error_state, 
 FROM place_checkout({", ".join(f"${i}" for i in range(1, len(FIELDS) + 1))})
 """
 PLACE_MANY = "SELECT * FROM place_checkouts($1::jsonb)"
+# Run once by every new pool connection (server/db.py `warm`): prepares PLACE_MANY and
+# has PostgreSQL compile place_checkouts and plan its statements before the first drop.
+WARM_UP = "SELECT * FROM place_checkouts('[]'::jsonb)"
 
 
 class SaleFailed(Exception):

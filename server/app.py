@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from commerce.sales import SaleQueue
+from commerce.sales import WARM_UP, SaleQueue
 from media import SFU, IceServer, MediaSettings
 from server import notify
 from server.api import Api
@@ -77,7 +77,8 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
         if run_migrations:
             await migrate(dsn, settings.db_app_role)
         app[DB] = await Database.connect(
-            dsn, settings.db_app_role, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+            dsn, settings.db_app_role, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+            warm=[WARM_UP],
         )
         app[SALES] = SaleQueue(app[DB].pool)
         yield

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,13 +147,22 @@ class Database:
 
     @classmethod
     async def connect(
-        cls, dsn: str, app_role: str, *, min_size: int = 2, max_size: int = 20
+        cls, dsn: str, app_role: str, *, min_size: int = 2, max_size: int = 20,
+        warm: Sequence[str] = (),
     ) -> Database:
-        """Open a pool whose connections all run as the application role."""
+        """Open a pool whose connections all run as the application role.
+
+        `warm`: statements without arguments that every new connection runs once, so that
+        the first real use of a hot path on that connection (a drop's first sales, say)
+        does not pay for preparing it: asyncpg's statement and type lookups, PostgreSQL's
+        parsing and planning of the functions it calls.
+        """
 
         async def init(conn: asyncpg.Connection) -> None:
             if app_role:
                 await conn.execute(f'SET ROLE "{app_role}"')
+            for statement in warm:
+                await conn.fetch(statement)
 
         async def reset(conn: asyncpg.Connection) -> None:
             # asyncpg's default reset is one more round trip (RESET ALL, UNLISTEN, ...) on
@@ -162,8 +171,11 @@ class Database:
             # rolled back by the pool before this is called.
             return None
 
+        # No JIT: our statements are short, and compiling one (asyncpg's type lookup query
+        # crosses the cost threshold) took 20-40 ms of a connection's first queries.
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=init, reset=reset, command_timeout=30
+            dsn, min_size=min_size, max_size=max_size, init=init, reset=reset, command_timeout=30,
+            server_settings={"jit": "off"},
         )
         return cls(pool)
 

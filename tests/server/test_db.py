@@ -109,6 +109,23 @@ async def test_pooled_connection_carries_nothing_into_the_next_transaction(clean
         await db.close()
 
 
+async def test_every_new_connection_runs_the_warm_up_without_jit(clean_db: str) -> None:
+    """Connections opened later (the pool growing in a drop) are warmed like the first."""
+    from commerce.sales import WARM_UP
+
+    db = await Database.connect(clean_db, APP_ROLE, min_size=1, max_size=3,
+                                warm=[WARM_UP, "SELECT set_config('test.warmed', 'yes', false)"])
+    try:
+        async with db.pool.acquire() as a, db.pool.acquire() as b, db.pool.acquire() as c:
+            assert len({conn.get_server_pid() for conn in (a, b, c)}) == 3
+            for conn in (a, b, c):
+                assert await conn.fetchval("SELECT current_setting('test.warmed', true)") == "yes"
+                assert await conn.fetchval("SHOW jit") == "off"
+                assert await conn.fetchval("SELECT current_user") == APP_ROLE
+    finally:
+        await db.close()
+
+
 async def test_inventory_events_are_append_only_for_the_app_role(factory: Factory, clean_db: str) -> None:
     seller = await factory.seller()
     await factory.product(seller, stock=5)
