@@ -41,6 +41,7 @@ from server.db import migrate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 APP_ROLE = "shopstream_app"
+SETTLE_SECONDS = 1.0
 
 
 def _free_port() -> int:
@@ -280,7 +281,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         print(f"server {url}; warm-up, then the drop at {args.rate:,.0f} attempts/s (open loop), "
               f"then as fast as {args.concurrency} in flight allow (closed loop)", flush=True)
         warmup = await run_http(url, warm, args.concurrency, label="warm-up")
+        # Each measured drop starts on a settled server, as a real one would: the previous
+        # phase's connections closed and its background work (stock announcements, the
+        # database's own writes) done.
+        await asyncio.sleep(SETTLE_SECONDS)
         opened = await run_http(url, open_drop, args.concurrency, rate=args.rate, label="drop at a fixed rate")
+        await asyncio.sleep(SETTLE_SECONDS)
         closed = await run_http(url, closed_drop, args.concurrency, label="drop, closed loop")
         checks = {
             "open": await verify(dsn, open_drop, args.units, opened["successes"]),
