@@ -29,7 +29,8 @@ an idempotency key derived from the payment id and stored on the payment (first 
 wins); a replay or a retry after a provider failure repeats this and gets the same intent.
 
 The conditional UPDATE decides every sale; the stock read in step 1 only refuses early
-what it would refuse. The coupon read in step 2 is not locked: its validity window is
+what it would refuse, and so does the SaleQueue when a group that committed after that
+read (same row version) left too little. The coupon read in step 2 is not locked: its validity window is
 checked a moment before the write, its limits under the lock in step 3.
 Lock order (see commerce/holds.py): coupon row, then variants in id order.
 The cart path leaves the cart active; it is marked converted when the payment succeeds.
@@ -58,7 +59,7 @@ SELECT_CART_LINES = "SELECT product_id, variant_id, qty FROM cart_items WHERE ca
 # One row per variant found (none found: one row of NULLs), each with the two flags.
 # Idempotency keys, variants, products and livestreams are not behind row-level security.
 SNAPSHOT = """
-SELECT k.known_key, k.livestream_found, v.id, v.product_id, v.seller_id, v.stock,
+SELECT k.known_key, k.livestream_found, v.id, v.product_id, v.seller_id, v.stock, v.xmin::text AS version,
        coalesce(v.price_override, p.price) AS price, p.currency, p.status
 FROM (SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE user_id = $1 AND key = $2) AS known_key,
              $3::uuid IS NULL OR EXISTS (SELECT 1 FROM livestreams WHERE id = $3) AS livestream_found) k
@@ -116,6 +117,7 @@ class Plan:
     discounts: list[int]
     prices: dict[str, int]
     seller_of: dict[str, str]
+    versions: dict[str, str]  # the variants' row versions where their stock was read
 
     @property
     def total(self) -> int:
@@ -162,7 +164,7 @@ async def create_checkout_session(
         qtys=[ln.qty for ln in lines], prices=[plan.prices[ln.variant_id] for ln in lines],
     )
     try:
-        placed = await sales.place(sale)
+        placed = await sales.place(sale, plan.versions)
     except (asyncpg.PostgresError, SaleFailed) as e:
         raise _place_error(e.sqlstate, e.detail, plan) or e from None
     if placed["replayed"]:  # the same key, claimed meanwhile by a concurrent request
@@ -265,7 +267,7 @@ async def _plan(db: Database, user_id: str, idempotency_key: str, body: dict[str
         lines=lines, cart_id=cart_id, livestream_id=livestream_id, address_id=address_id,
         currency=currency, coupon_id=coupon["id"] if coupon else None, sellers=sellers,
         subtotals=subtotals, discounts=_split_discount(discount, subtotals), prices=prices,
-        seller_of=seller_of,
+        seller_of=seller_of, versions={ln.variant_id: variants[ln.variant_id]["version"] for ln in lines},
     )
 
 

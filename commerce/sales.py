@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import asyncpg
 
 MAX_GROUP = 50
+Versions = Mapping[str, str]  # variant id -> the row version (xmin) its stock was read at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +69,8 @@ class Sale:
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Sale))
 PLACE_ONE = f"""
-SELECT replayed, request_hash, response, expires_at, NULL::text AS error_state, NULL::text AS error_detail
+SELECT replayed, request_hash, response, expires_at, NULL::text AS error_state, NULL::text AS error_detail,
+       NULL::jsonb AS stock_left
 FROM place_checkout({", ".join(f"${i}" for i in range(1, len(FIELDS) + 1))})
 """
 PLACE_MANY = "SELECT * FROM place_checkouts($1::jsonb)"
@@ -95,17 +97,32 @@ class SaleQueue:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self._waiting: dict[Hashable, list[tuple[Sale, asyncio.Future[Any]]]] = {}
+        self._waiting: dict[Hashable, list[tuple[Sale, Versions, asyncio.Future[Any]]]] = {}
         self._writers: dict[Hashable, asyncio.Task[None]] = {}
+        # Per variant, what the last group that wrote it knew: the row version it locked
+        # and the stock it left. One entry per variant ever sold here.
+        self._left: dict[str, tuple[str, int]] = {}
         self.groups = 0  # place_checkouts calls of more than one sale (for tests and metrics)
+        self.refused_early = 0  # sales refused without a write (for tests and metrics)
 
-    async def place(self, sale: Sale) -> asyncpg.Record:
-        """Write one sale; return its row. Raises SaleFailed or asyncpg errors."""
+    async def place(self, sale: Sale, seen: Versions | None = None) -> asyncpg.Record:
+        """Write one sale; return its row. Raises SaleFailed or asyncpg errors.
+
+        `seen`: each variant's row version (xmin) where the caller read its stock. A
+        group that locked that same version committed after that read, so while this
+        sale was being made; if the group left less than the sale needs, "not enough
+        stock" was true then, and the sale is refused (SS001) without a write. In a drop
+        this answers at once the buyers who read the stock just before it ran out.
+        """
+        seen = seen or {}
+        if (short := self._short(sale, seen)) is not None:
+            self.refused_early += 1
+            raise SaleFailed("SS001", short)
         if sale.coupon is not None:
             return await self.pool.fetchrow(PLACE_ONE, *sale.args())
         key = tuple(sorted(sale.variant_ids))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, []).append((sale, future))
+        self._waiting.setdefault(key, []).append((sale, seen, future))
         if key not in self._writers:
             self._writers[key] = asyncio.create_task(self._write(key), name="sales")
         row = await future
@@ -125,9 +142,9 @@ class SaleQueue:
                 if rest:
                     self._waiting[key] = rest
                 try:
-                    outcomes = await self._outcomes([sale for sale, _ in group])
+                    outcomes = await self._outcomes([sale for sale, _, _ in group])
                 except BaseException as exc:  # every caller of the group hears of it
-                    for _, future in group:
+                    for _, _, future in group:
                         if future.done():
                             continue
                         if isinstance(exc, asyncio.CancelledError):
@@ -137,17 +154,40 @@ class SaleQueue:
                     if not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
                         raise
                     continue
-                for (_, future), outcome in zip(group, outcomes, strict=True):
+                for (_, _, future), outcome in zip(group, outcomes, strict=True):
                     if future.done():
                         continue
                     if isinstance(outcome, Exception):
                         future.set_exception(outcome)
                     else:
                         future.set_result(outcome)
+                self._refuse_short(key)
         finally:
             del self._writers[key]
-            for _, future in self._waiting.pop(key, []):  # only when this task was cancelled
+            for _, _, future in self._waiting.pop(key, []):  # only when this task was cancelled
                 future.cancel()
+
+    def _short(self, sale: Sale, seen: Versions) -> str | None:
+        """The first variant that a group, committed since `seen`, left short for this sale."""
+        for variant, qty in zip(sale.variant_ids, sale.qtys, strict=True):
+            left = self._left.get(variant)
+            if left is not None and left[0] == seen.get(variant) and left[1] < qty:
+                return variant
+        return None
+
+    def _refuse_short(self, key: Hashable) -> None:
+        """Refuse the waiting sales that the group just written left short (see place)."""
+        kept = []
+        for sale, seen, future in self._waiting.get(key, []):
+            if (short := self._short(sale, seen)) is None:
+                kept.append((sale, seen, future))
+            elif not future.done():
+                self.refused_early += 1
+                future.set_exception(SaleFailed("SS001", short))
+        if kept:
+            self._waiting[key] = kept
+        else:
+            self._waiting.pop(key, None)
 
     async def _outcomes(self, sales: list[Sale]) -> list[asyncpg.Record | asyncpg.PostgresError]:
         """Each sale's row or error, from one place_checkouts call.
@@ -163,6 +203,8 @@ class SaleQueue:
             rows = await self.pool.fetch(PLACE_MANY, json.dumps([s.as_dict() for s in sales]))
         except asyncpg.PostgresError:
             return [await self._place_alone(sale) for sale in sales]
+        for variant, (version, stock) in json.loads(rows[0]["stock_left"]).items():
+            self._left[variant] = (version, stock)
         return [await self._place_alone(sale) if row["error_state"] == "SS000" else row
                 for sale, row in zip(sales, rows, strict=True)]
 

@@ -16,8 +16,13 @@
 --      with one INSERT each, and set each variant's stock once; give back the keys of
 --      the refused sales.
 --
--- Same arguments and rows as before: a JSON array of place_checkout's parameters by
--- name without their p_ (commerce/sales.py Sale), one row per sale in the input's order.
+-- Same arguments as before: a JSON array of place_checkout's parameters by name without
+-- their p_ (commerce/sales.py Sale). One row per sale in the input's order, as before,
+-- each also carrying `stock_left`: for every variant of the group, the row version
+-- (xmin) the group locked and the stock it left, {"<variant id>": ["<xmin>", stock]}.
+-- A sale whose stock read saw that same version was read before this group's commit,
+-- so if it needs more than the group left it can be refused at once, exactly
+-- (commerce/sales.py).
 -- A sale whose key an earlier sale of the same group claimed and then lost to a refusal
 -- gets error_state 'SS000': the caller writes it again on its own. Sales with a coupon
 -- are never grouped (lock order: coupon, then variants) and are refused here. Any other
@@ -36,9 +41,10 @@ CREATE TYPE checkout_sale AS (
     prices bigint[]
 );
 
-CREATE OR REPLACE FUNCTION place_checkouts(p_sales jsonb)
+DROP FUNCTION place_checkouts(jsonb);
+CREATE FUNCTION place_checkouts(p_sales jsonb)
 RETURNS TABLE (replayed boolean, request_hash text, response jsonb, expires_at timestamptz,
-               error_state text, error_detail text)
+               error_state text, error_detail text, stock_left jsonb)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_sales checkout_sale[];
@@ -46,7 +52,9 @@ DECLARE
     v_claimed uuid[];        -- payments of the sales that claimed their key
     v_address_ok boolean[];  -- per sale: the address is the buyer's
     v_ids uuid[];            -- the group's variants, locked, in id order
+    v_versions text[];       -- their row versions (xmin) as locked, before this group's update
     v_stock int[];           -- their stock, as the kept sales leave it
+    v_left jsonb;
     v_taken int[];
     v_kept checkout_sale[] := '{}';
     v_refused_users uuid[] := '{}';  -- the refused sales' keys, given back
@@ -69,11 +77,12 @@ BEGIN
     END IF;
 
     -- Two sales of a group may carry one key (a request sent twice): the first claims it.
-    -- The answer's paymentId, chosen per sale, tells which sale a claimed row is.
+    -- The answer's paymentId, chosen per sale, tells which sale a claimed row is. Keys
+    -- are claimed in (user, key) order, so two groups never wait on each other's keys.
     WITH claimed AS (
         INSERT INTO idempotency_keys (user_id, key, request_hash, response)
         SELECT x."user", x.key, x.hash, x.response::jsonb
-        FROM unnest(v_sales) WITH ORDINALITY x ORDER BY x.ordinality
+        FROM unnest(v_sales) WITH ORDINALITY x ORDER BY x."user", x.key, x.ordinality
         ON CONFLICT DO NOTHING
         RETURNING (idempotency_keys.response->>'paymentId')::uuid AS payment
     )
@@ -83,9 +92,10 @@ BEGIN
         SELECT EXISTS (SELECT 1 FROM addresses a WHERE a.id = x.address AND a.user_id = x."user")
         FROM unnest(v_sales) WITH ORDINALITY x ORDER BY x.ordinality);
 
-    SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}'), coalesce(array_agg(l.stock ORDER BY l.id), '{}')
-    INTO v_ids, v_stock
-    FROM (SELECT v.id, v.stock FROM product_variants v
+    SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}'), coalesce(array_agg(l.stock ORDER BY l.id), '{}'),
+           coalesce(array_agg(l.version ORDER BY l.id), '{}')
+    INTO v_ids, v_stock, v_versions
+    FROM (SELECT v.id, v.stock, v.xmin::text AS version FROM product_variants v
           WHERE v.id IN (SELECT unnest(x.variant_ids) FROM unnest(v_sales) x)
           ORDER BY v.id FOR UPDATE) l;
     v_taken := array_fill(0, ARRAY[coalesce(array_length(v_ids, 1), 0)]);
@@ -152,6 +162,9 @@ BEGIN
     FROM unnest(v_ids, v_taken) AS t(id, taken)
     WHERE v.id = t.id AND t.taken > 0;
 
+    v_left := (SELECT coalesce(jsonb_object_agg(t.id, jsonb_build_array(t.version, t.stock)), '{}')
+               FROM unnest(v_ids, v_versions, v_stock) AS t(id, version, stock));
+
     DELETE FROM idempotency_keys k
     USING unnest(v_refused_users, v_refused_keys) AS r(user_id, key)
     WHERE k.user_id = r.user_id AND k.key = r.key;
@@ -164,6 +177,7 @@ BEGIN
         expires_at := NULL;
         error_state := v_state[i];
         error_detail := v_detail[i];
+        stock_left := v_left;
         IF v_state[i] IS NOT NULL THEN
             NULL;
         ELSIF v_claimed IS NOT NULL AND s.payment = ANY (v_claimed) THEN

@@ -13,7 +13,7 @@ import uuid
 import asyncpg
 import pytest
 
-from commerce.sales import PLACE_MANY, Sale
+from commerce.sales import PLACE_MANY, Sale, SaleFailed, SaleQueue
 from tests.checkout.conftest import Shop, assert_inventory_ok, make_shop, stock_of
 from tests.factories import Factory, make_buyers
 
@@ -115,3 +115,43 @@ async def test_a_coupon_sale_is_never_grouped(factory: Factory, clean_db: str) -
         await place(conn, [with_coupon])
     assert await conn.fetchval("SELECT count(*) FROM idempotency_keys") == 0
     assert await stock_of(factory, shop.product["variantIds"][0]) == 5
+
+
+async def test_a_sale_read_before_a_group_that_left_too_little_is_refused_without_a_write(
+    factory: Factory, clean_db: str,
+) -> None:
+    """The SaleQueue refuses at once a sale that read the stock before a sell-out committed."""
+    shop = await make_shop(factory, stock=1)
+    buyers = [(u.id, a) for u, a in await make_buyers(factory, 4)]
+    variant = shop.product["variantIds"][0]
+    conn = await factory.conn()
+
+    async def version() -> dict[str, str]:
+        return {variant: await conn.fetchval("SELECT xmin::text FROM product_variants WHERE id = $1", variant)}
+
+    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=2)
+    try:
+        queue = SaleQueue(pool)
+        before = await version()
+        await queue.place(sale(shop, *buyers[0]), before)  # takes the last unit
+        late = sale(shop, *buyers[1])
+        with pytest.raises(SaleFailed) as refused:
+            await queue.place(late, before)
+        assert (refused.value.sqlstate, refused.value.detail, queue.refused_early) == ("SS001", variant, 1)
+        assert await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = $1", late.key) == 0
+
+        # A read of the current version is not refused here: the database decides.
+        with pytest.raises(SaleFailed) as from_database:
+            await queue.place(sale(shop, *buyers[2]), await version())
+        assert from_database.value.sqlstate == "SS001" and queue.refused_early == 1
+
+        # Restocked: a sale that read the new version is not refused early, and buys.
+        await conn.execute("UPDATE product_variants SET stock = stock + 1 WHERE id = $1", variant)
+        await conn.execute("INSERT INTO inventory_events (product_id, variant_id, delta, reason) "
+                           "VALUES ($1, $2, 1, 'restock')", shop.product["id"], variant)
+        row = await queue.place(sale(shop, *buyers[3]), await version())
+        assert row["replayed"] is False and queue.refused_early == 1
+    finally:
+        await pool.close()
+    assert await stock_of(factory, variant) == 0
+    await assert_inventory_ok(clean_db)
