@@ -3,35 +3,35 @@
 `create_checkout_session` is the domain entry point (HTTP and the realtime `buy:now`
 both call it). It runs in three steps:
 
-1. Read (`SNAPSHOT`, one query outside any transaction for a buy-now; the active cart's
-   lines in a transaction as the buyer for a cart checkout): whether the idempotency key
-   is known, the variants with their prices and stock, whether the livestream exists.
-   A known key is a replay: the stored session is returned. A new key asking for more
-   than a variant has right now is refused here (409); in a sold-out drop that is
-   almost every attempt, at the cost of one round trip.
+1. Read (`SNAPSHOT`; for a buy-now outside any transaction, concurrent checkouts' reads
+   going in one query, `SaleQueue.reads`; for the active cart in a transaction as the
+   buyer): whether the idempotency key is known, the variants with their prices, stock
+   and row versions, whether the livestream exists. A known key is a replay: the stored
+   session is returned. A new key asking for more than a variant has right now is
+   refused here (409); in a sold-out drop that is almost every attempt.
 2. Compute here: merge the lines, check the variants, group them per seller, price
    them, apply the coupon (`coupons.discount_for`), split the discount across orders.
-3. Write: `place_checkout` (sql/migrations/0060) in one statement outside any explicit
-   transaction, so its work commits as the statement ends; sales of the same variants
-   that arrive while one is being written go together in one transaction, each in its
-   own subtransaction (`commerce.sales.SaleQueue`, sql/migrations/0070). A sale claims
-   the key with its answer (the payment id chosen here; a concurrent identical request
-   waits on that row, then gets the stored answer), checks the address, takes a coupon
-   use under the coupon's lock (per-user and usage limits exact), writes the payment,
-   orders, items, holds and inventory events, and last takes the stock (`take_stock`: a
-   conditional `UPDATE ... SET stock = stock - qty WHERE ... AND stock >= qty` per
-   variant in id order). Any failure undoes the sale, key included. The drop's hot
-   variant row is locked only inside PostgreSQL, from that UPDATE to the commit.
+3. Write, in one statement outside any explicit transaction, so its work commits as the
+   statement ends. A sale with a coupon goes alone to `place_checkout`
+   (sql/migrations/0060); the others go through `commerce.sales.SaleQueue`, which
+   writes sales of the same variants that arrive while one is being written together in
+   one `place_checkouts` call (sql/migrations/0080), each sale kept or refused on its
+   own. Either claims the key with its answer (the payment id chosen here; a concurrent
+   identical request waits on that row, then gets the stored answer), checks the
+   address, takes a coupon use under the coupon's lock (per-user and usage limits
+   exact), writes the payment, orders, items, holds and inventory events, and takes the
+   stock under the variant rows' locks, in id order. A refused sale leaves nothing,
+   key included. The drop's hot variant row is locked only inside PostgreSQL.
 
 The provider's intent: a provider whose intents need no network call (offline) makes it
 before step 3 and the payment row carries it. Otherwise it is created after step 3 with
 an idempotency key derived from the payment id and stored on the payment (first writer
 wins); a replay or a retry after a provider failure repeats this and gets the same intent.
 
-The conditional UPDATE decides every sale; the stock read in step 1 only refuses early
+The write under the lock decides every sale; the stock read in step 1 only refuses early
 what it would refuse, and so does the SaleQueue when a group that committed after that
-read (same row version) left too little. The coupon read in step 2 is not locked: its validity window is
-checked a moment before the write, its limits under the lock in step 3.
+read (same row version) left too little. The coupon read in step 2 is not locked: its
+validity window is checked a moment before the write, its limits under the lock in step 3.
 Lock order (see commerce/holds.py): coupon row, then variants in id order.
 The cart path leaves the cart active; it is marked converted when the payment succeeds.
 """
@@ -51,20 +51,11 @@ import asyncpg
 from commerce import coupons
 from commerce.errors import CouponInvalid, IdempotencyConflict, Invalid, NotFound, OutOfStock
 from commerce.payments.base import PaymentProvider
-from commerce.sales import Sale, SaleFailed, SaleQueue
+from commerce.sales import SNAPSHOT, Sale, SaleFailed, SaleQueue
 
 READ_KEY = "SELECT request_hash, response FROM idempotency_keys WHERE user_id = $1 AND key = $2"
 SELECT_ACTIVE_CART = "SELECT id, coupon_id FROM carts WHERE user_id = $1 AND status = 'active'"
 SELECT_CART_LINES = "SELECT product_id, variant_id, qty FROM cart_items WHERE cart_id = $1 ORDER BY created_at, id"
-# One row per variant found (none found: one row of NULLs), each with the two flags.
-# Idempotency keys, variants, products and livestreams are not behind row-level security.
-SNAPSHOT = """
-SELECT k.known_key, k.livestream_found, v.id, v.product_id, v.seller_id, v.stock, v.xmin::text AS version,
-       coalesce(v.price_override, p.price) AS price, p.currency, p.status
-FROM (SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE user_id = $1 AND key = $2) AS known_key,
-             $3::uuid IS NULL OR EXISTS (SELECT 1 FROM livestreams WHERE id = $3) AS livestream_found) k
-LEFT JOIN (product_variants v JOIN products p ON p.id = v.product_id) ON v.id = ANY($4::uuid[])
-"""
 SELECT_SESSION = """
 SELECT p.id, p.provider, p.provider_intent_id, p.client_secret, p.amount, p.currency,
        p.expires_at, p.status,
@@ -140,7 +131,7 @@ async def create_checkout_session(
     OutOfStock, CouponInvalid, IdempotencyConflict, PaymentProviderError.
     """
     digest = request_hash(body)
-    plan = await _plan(db, user_id, idempotency_key, body)
+    plan = await _plan(db, sales, user_id, idempotency_key, body)
     if plan is None:
         return Session(await _replay(db, provider, user_id, idempotency_key, digest), False)
     payment_id = str(uuid.uuid4())
@@ -199,7 +190,9 @@ def _place_error(state: str, detail: str | None, plan: Plan) -> Exception | None
     return None
 
 
-async def _plan(db: Database, user_id: str, idempotency_key: str, body: dict[str, Any]) -> Plan | None:
+async def _plan(
+    db: Database, sales: SaleQueue, user_id: str, idempotency_key: str, body: dict[str, Any]
+) -> Plan | None:
     """Steps 1 and 2: read, check and price the checkout; None when the key is known."""
     livestream_id = body.get("livestreamId")
     if livestream_id is not None:
@@ -207,7 +200,7 @@ async def _plan(db: Database, user_id: str, idempotency_key: str, body: dict[str
     cart_id = cart_coupon_id = None
     if "items" in body:
         lines = _merge([(i["productId"], i["variantId"], int(i["qty"])) for i in body["items"]])
-        rows = await db.pool.fetch(SNAPSHOT, user_id, idempotency_key, livestream_id, [ln.variant_id for ln in lines])
+        rows = await sales.reads.read(user_id, idempotency_key, livestream_id, [ln.variant_id for ln in lines])
     else:
         async with db.transaction(user_id) as conn:
             cart = await conn.fetchrow(SELECT_ACTIVE_CART, user_id)

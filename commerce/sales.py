@@ -1,4 +1,5 @@
-"""Sales of the same variants, written together: one transaction and one commit for many.
+"""The checkout's hot path, batched: sales of the same variants written together, one
+transaction and one commit for many; buy-now stock reads made together (SnapshotReads).
 
 In a drop, every sale of the one variant waits for the previous sale's commit on its
 row. A :class:`SaleQueue` writes a sale at once when no sale of the same variants is
@@ -74,9 +75,7 @@ SELECT replayed, request_hash, response, expires_at, NULL::text AS error_state, 
 FROM place_checkout({", ".join(f"${i}" for i in range(1, len(FIELDS) + 1))})
 """
 PLACE_MANY = "SELECT * FROM place_checkouts($1::jsonb)"
-# Run once by every new pool connection (server/db.py `warm`): prepares PLACE_MANY and
-# has PostgreSQL compile place_checkouts and plan its statements before the first drop.
-WARM_UP = "SELECT * FROM place_checkouts('[]'::jsonb)"
+
 
 
 class SaleFailed(Exception):
@@ -86,6 +85,110 @@ class SaleFailed(Exception):
         super().__init__(f"sale failed with SQLSTATE {sqlstate}")
         self.sqlstate = sqlstate
         self.detail = detail
+
+
+# One row per variant found (none found: one row of NULLs), each with the two flags.
+# Idempotency keys, variants, products and livestreams are not behind row-level security.
+SNAPSHOT = """
+SELECT k.known_key, k.livestream_found, v.id, v.product_id, v.seller_id, v.stock, v.xmin::text AS version,
+       coalesce(v.price_override, p.price) AS price, p.currency, p.status
+FROM (SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE user_id = $1 AND key = $2) AS known_key,
+             $3::uuid IS NULL OR EXISTS (SELECT 1 FROM livestreams WHERE id = $3) AS livestream_found) k
+LEFT JOIN (product_variants v JOIN products p ON p.id = v.product_id) ON v.id = ANY($4::uuid[])
+"""
+# The same read for several checkouts at once (buy-now, SnapshotReads): one
+# row per variant found for each checkout n (none found: one row of NULLs), each row
+# with that checkout's two flags.
+READ_MANY = """
+SELECT r.n, EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.user_id = r.user_id AND k.key = r.key) AS known_key,
+       r.livestream_id IS NULL OR EXISTS (SELECT 1 FROM livestreams s WHERE s.id = r.livestream_id)
+           AS livestream_found,
+       v.id, v.product_id, v.seller_id, v.stock, v.xmin::text AS version,
+       coalesce(v.price_override, p.price) AS price, p.currency, p.status
+FROM unnest($1::uuid[], $2::text[], $3::uuid[]) WITH ORDINALITY AS r(user_id, key, livestream_id, n)
+LEFT JOIN (unnest($4::bigint[], $5::uuid[]) AS l(n, variant_id)
+           JOIN product_variants v ON v.id = l.variant_id
+           JOIN products p ON p.id = v.product_id) ON l.n = r.n
+"""
+READERS = 2  # batched reads in flight at once
+# Run once by every new pool connection (server/db.py `warm`), with nothing to read or
+# write: prepares the hot statements, looks up their types, and has PostgreSQL compile
+# place_checkouts and plan its statements, all before the first drop.
+WARM_UP = ((PLACE_MANY, ("[]",)), (READ_MANY, ([], [], [], [], [])), (SNAPSHOT, (None, "", None, [])))
+
+
+class SnapshotReads:
+    """The buy-now checkout's first read, batched: at most READERS queries in flight.
+
+    A read starts a query at once when fewer than READERS are in flight; otherwise it
+    waits and goes with every read that arrived meanwhile in the next one. An idle
+    server reads one checkout per query; a backlogged one (a drop) reads dozens, saving
+    each a pool checkout and a round trip. If a batch fails as a whole, each of its
+    reads is made again alone (SNAPSHOT), so one checkout's error stays its own.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[list[asyncpg.Record]]]] = []
+        self._readers: set[asyncio.Task[None]] = set()
+        self.batches = 0  # queries of more than one read (for tests and metrics)
+
+    async def read(self, user_id: str, key: str, livestream_id: str | None,
+                   variant_ids: list[str]) -> list[asyncpg.Record]:
+        future: asyncio.Future[list[asyncpg.Record]] = asyncio.get_running_loop().create_future()
+        self._waiting.append(((user_id, key, livestream_id, variant_ids), future))
+        if len(self._readers) < READERS:
+            task = asyncio.create_task(self._read(), name="snapshot reads")
+            self._readers.add(task)
+            task.add_done_callback(self._readers.discard)
+        return await future
+
+    async def _read(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                results = await self._results([args for args, _ in batch])
+            except BaseException as exc:
+                for _, future in batch:
+                    if future.done():
+                        continue
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def _results(self, reads: list[tuple[Any, ...]]) -> list[list[asyncpg.Record] | Exception]:
+        if len(reads) == 1:
+            return [await self._alone(reads[0])]
+        self.batches += 1
+        lines = [(n, variant) for n, read in enumerate(reads, 1) for variant in read[3]]
+        try:
+            rows = await self.pool.fetch(
+                READ_MANY, [r[0] for r in reads], [r[1] for r in reads], [r[2] for r in reads],
+                [n for n, _ in lines], [variant for _, variant in lines],
+            )
+        except asyncpg.PostgresError:
+            return [await self._alone(read) for read in reads]
+        results: list[list[asyncpg.Record] | Exception] = [[] for _ in reads]
+        for row in rows:
+            results[row["n"] - 1].append(row)  # type: ignore[union-attr]
+        return results
+
+    async def _alone(self, read: tuple[Any, ...]) -> list[asyncpg.Record] | Exception:
+        try:
+            return await self.pool.fetch(SNAPSHOT, *read)
+        except asyncpg.PostgresError as e:
+            return e
 
 
 class SaleQueue:
@@ -102,6 +205,7 @@ class SaleQueue:
         # Per variant, what the last group that wrote it knew: the row version it locked
         # and the stock it left. One entry per variant ever sold here.
         self._left: dict[str, tuple[str, int]] = {}
+        self.reads = SnapshotReads(pool)
         self.groups = 0  # place_checkouts calls of more than one sale (for tests and metrics)
         self.refused_early = 0  # sales refused without a write (for tests and metrics)
 

@@ -78,7 +78,7 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
             await migrate(dsn, settings.db_app_role)
         app[DB] = await Database.connect(
             dsn, settings.db_app_role, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
-            warm=[WARM_UP],
+            warm=WARM_UP,
         )
         app[SALES] = SaleQueue(app[DB].pool)
         yield

@@ -24,6 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -148,21 +149,21 @@ class Database:
     @classmethod
     async def connect(
         cls, dsn: str, app_role: str, *, min_size: int = 2, max_size: int = 20,
-        warm: Sequence[str] = (),
+        warm: Sequence[tuple[str, Sequence[Any]]] = (),
     ) -> Database:
         """Open a pool whose connections all run as the application role.
 
-        `warm`: statements without arguments that every new connection runs once, so that
-        the first real use of a hot path on that connection (a drop's first sales, say)
-        does not pay for preparing it: asyncpg's statement and type lookups, PostgreSQL's
-        parsing and planning of the functions it calls.
+        `warm`: (statement, arguments) that every new connection runs once, so that the
+        first real use of a hot path on that connection (a drop's first sales, say) does
+        not pay for preparing it: asyncpg's statement and type lookups, PostgreSQL's
+        parsing and planning of the statements and of the functions they call.
         """
 
         async def init(conn: asyncpg.Connection) -> None:
             if app_role:
                 await conn.execute(f'SET ROLE "{app_role}"')
-            for statement in warm:
-                await conn.fetch(statement)
+            for statement, args in warm:
+                await conn.fetch(statement, *args)
 
         async def reset(conn: asyncpg.Connection) -> None:
             # asyncpg's default reset is one more round trip (RESET ALL, UNLISTEN, ...) on

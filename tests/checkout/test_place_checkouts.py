@@ -6,6 +6,7 @@ database, through the SaleQueue's own statement.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -13,7 +14,7 @@ import uuid
 import asyncpg
 import pytest
 
-from commerce.sales import PLACE_MANY, Sale, SaleFailed, SaleQueue
+from commerce.sales import PLACE_MANY, SNAPSHOT, Sale, SaleFailed, SaleQueue
 from tests.checkout.conftest import Shop, assert_inventory_ok, make_shop, stock_of
 from tests.factories import Factory, make_buyers
 
@@ -155,3 +156,35 @@ async def test_a_sale_read_before_a_group_that_left_too_little_is_refused_withou
         await pool.close()
     assert await stock_of(factory, variant) == 0
     await assert_inventory_ok(clean_db)
+
+
+async def test_concurrent_reads_are_made_in_one_query_with_the_same_answers(factory: Factory, clean_db: str) -> None:
+    """SnapshotReads: reads made together answer what each would have read alone."""
+    shop = await make_shop(factory, stock=7, variants=2)
+    buyers = [(u.id, a) for u, a in await make_buyers(factory, 3)]
+    variants = shop.product["variantIds"]
+    conn = await factory.conn()
+    await place(conn, [sale(shop, *buyers[0], key="known")])
+    reads = [
+        (buyers[0][0], "known", None, [variants[0]]),  # a known key
+        (buyers[1][0], "new", None, variants),  # two variants
+        (buyers[2][0], "new", str(uuid.uuid4()), [variants[1]]),  # no such livestream
+        (buyers[2][0], "other", None, [str(uuid.uuid4())]),  # no such variant
+    ]
+    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=3)
+    try:
+        queue = SaleQueue(pool)
+        together = await asyncio.gather(*(queue.reads.read(*r) for r in reads * 3))
+        assert queue.reads.batches >= 1, "every read was made alone"
+        for read, rows in zip(reads * 3, together, strict=True):
+            alone = await pool.fetch(SNAPSHOT, *read)
+            assert sorted(map(tuple, alone)) == sorted(tuple(r)[1:] for r in rows), read
+
+        # One read the database refuses (a NUL in a key) fails alone; the others answer.
+        bad = (buyers[1][0], "bad\x00key", None, [variants[0]])
+        results = await asyncio.gather(*(queue.reads.read(*r) for r in [*reads, bad, *reads]),
+                                       return_exceptions=True)
+        assert isinstance(results[len(reads)], asyncpg.PostgresError)
+        assert all(isinstance(r, list) and r for i, r in enumerate(results) if i != len(reads))
+    finally:
+        await pool.close()

@@ -114,7 +114,7 @@ async def test_every_new_connection_runs_the_warm_up_without_jit(clean_db: str) 
     from commerce.sales import WARM_UP
 
     db = await Database.connect(clean_db, APP_ROLE, min_size=1, max_size=3,
-                                warm=[WARM_UP, "SELECT set_config('test.warmed', 'yes', false)"])
+                                warm=[*WARM_UP, ("SELECT set_config('test.warmed', $1, false)", ("yes",))])
     try:
         async with db.pool.acquire() as a, db.pool.acquire() as b, db.pool.acquire() as c:
             assert len({conn.get_server_pid() for conn in (a, b, c)}) == 3
