@@ -110,7 +110,6 @@ LEFT JOIN (unnest($4::bigint[], $5::uuid[]) AS l(n, variant_id)
            JOIN product_variants v ON v.id = l.variant_id
            JOIN products p ON p.id = v.product_id) ON l.n = r.n
 """
-READERS = 2  # batched reads in flight at once
 # Run once by every new pool connection (server/db.py `warm`), with nothing to read or
 # write: prepares the hot statements, looks up their types, and has PostgreSQL compile
 # place_checkouts and plan its statements, all before the first drop.
@@ -118,54 +117,58 @@ WARM_UP = ((PLACE_MANY, ("[]",)), (READ_MANY, ([], [], [], [], [])), (SNAPSHOT, 
 
 
 class SnapshotReads:
-    """The buy-now checkout's first read, batched: at most READERS queries in flight.
+    """The buy-now checkout's first read, batched: one query in flight at a time.
 
-    A read starts a query at once when fewer than READERS are in flight; otherwise it
-    waits and goes with every read that arrived meanwhile in the next one. An idle
-    server reads one checkout per query; a backlogged one (a drop) reads dozens, saving
-    each a pool checkout and a round trip. If a batch fails as a whole, each of its
-    reads is made again alone (SNAPSHOT), so one checkout's error stays its own.
+    A read starts a query at once when none is in flight; otherwise it waits, and every
+    read that arrived meanwhile goes in the next query. An idle server reads one
+    checkout per query; a backlogged one (a drop) reads dozens, saving each a pool
+    checkout and a round trip. If a batch fails as a whole, each of its reads is made
+    again alone (SNAPSHOT), so one checkout's error stays its own.
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[list[asyncpg.Record]]]] = []
-        self._readers: set[asyncio.Task[None]] = set()
+        self._reader: asyncio.Task[None] | None = None
         self.batches = 0  # queries of more than one read (for tests and metrics)
 
     async def read(self, user_id: str, key: str, livestream_id: str | None,
                    variant_ids: list[str]) -> list[asyncpg.Record]:
         future: asyncio.Future[list[asyncpg.Record]] = asyncio.get_running_loop().create_future()
         self._waiting.append(((user_id, key, livestream_id, variant_ids), future))
-        if len(self._readers) < READERS:
-            task = asyncio.create_task(self._read(), name="snapshot reads")
-            self._readers.add(task)
-            task.add_done_callback(self._readers.discard)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read(), name="snapshot reads")
         return await future
 
     async def _read(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                results = await self._results([args for args, _ in batch])
-            except BaseException as exc:
-                for _, future in batch:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    results = await self._results([args for args, _ in batch])
+                except BaseException as exc:
+                    for _, future in batch:
+                        if future.done():
+                            continue
+                        if isinstance(exc, asyncio.CancelledError):
+                            future.cancel()
+                        else:
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
-                    if isinstance(exc, asyncio.CancelledError):
-                        future.cancel()
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
                     else:
-                        future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+                        future.set_result(result)
+        finally:
+            self._reader = None
+            for _, future in self._waiting:  # only when this task was cancelled
+                future.cancel()
+            self._waiting = []
 
     async def _results(self, reads: list[tuple[Any, ...]]) -> list[list[asyncpg.Record] | Exception]:
         if len(reads) == 1:
