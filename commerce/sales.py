@@ -77,7 +77,6 @@ FROM place_checkout({", ".join(f"${i}" for i in range(1, len(FIELDS) + 1))})
 PLACE_MANY = "SELECT * FROM place_checkouts($1::jsonb)"
 
 
-
 class SaleFailed(Exception):
     """A sale of a group was refused: its SQLSTATE and DETAIL (place_checkout's own codes)."""
 
@@ -96,9 +95,9 @@ FROM (SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE user_id = $1 AND key =
              $3::uuid IS NULL OR EXISTS (SELECT 1 FROM livestreams WHERE id = $3) AS livestream_found) k
 LEFT JOIN (product_variants v JOIN products p ON p.id = v.product_id) ON v.id = ANY($4::uuid[])
 """
-# The same read for several checkouts at once (buy-now, SnapshotReads): one
-# row per variant found for each checkout n (none found: one row of NULLs), each row
-# with that checkout's two flags.
+# The same read for several buy-now checkouts at once (SnapshotReads): one row per
+# variant found for each checkout n (none found: one row of NULLs), each with that
+# checkout's two flags.
 READ_MANY = """
 SELECT r.n, EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.user_id = r.user_id AND k.key = r.key) AS known_key,
        r.livestream_id IS NULL OR EXISTS (SELECT 1 FROM livestreams s WHERE s.id = r.livestream_id)
@@ -134,6 +133,7 @@ class SnapshotReads:
 
     async def read(self, user_id: str, key: str, livestream_id: str | None,
                    variant_ids: list[str]) -> list[asyncpg.Record]:
+        """SNAPSHOT's rows for this checkout (each with its batch position `n` as well)."""
         future: asyncio.Future[list[asyncpg.Record]] = asyncio.get_running_loop().create_future()
         self._waiting.append(((user_id, key, livestream_id, variant_ids), future))
         if self._reader is None:
@@ -146,24 +146,12 @@ class SnapshotReads:
                 batch, self._waiting = self._waiting, []
                 try:
                     results = await self._results([args for args, _ in batch])
-                except BaseException as exc:
-                    for _, future in batch:
-                        if future.done():
-                            continue
-                        if isinstance(exc, asyncio.CancelledError):
-                            future.cancel()
-                        else:
-                            future.set_exception(exc)
+                except BaseException as exc:  # every read of the batch hears of it
+                    _fail([future for _, future in batch], exc)
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+                _settle([future for _, future in batch], results)
         finally:
             self._reader = None
             for _, future in self._waiting:  # only when this task was cancelled
@@ -251,23 +239,11 @@ class SaleQueue:
                 try:
                     outcomes = await self._outcomes([sale for sale, _, _ in group])
                 except BaseException as exc:  # every caller of the group hears of it
-                    for _, _, future in group:
-                        if future.done():
-                            continue
-                        if isinstance(exc, asyncio.CancelledError):
-                            future.cancel()
-                        else:
-                            future.set_exception(exc)
+                    _fail([future for _, _, future in group], exc)
                     if not isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
                         raise
                     continue
-                for (_, _, future), outcome in zip(group, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(outcome, Exception):
-                        future.set_exception(outcome)
-                    else:
-                        future.set_result(outcome)
+                _settle([future for _, _, future in group], outcomes)
                 self._refuse_short(key)
         finally:
             del self._writers[key]
@@ -320,3 +296,25 @@ class SaleQueue:
             return await self.pool.fetchrow(PLACE_ONE, *sale.args())
         except asyncpg.PostgresError as e:
             return e
+
+
+def _fail(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
+    """Pass one error to every caller still waiting (a cancellation as a cancellation)."""
+    for future in futures:
+        if future.done():
+            continue
+        if isinstance(exc, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(exc)
+
+
+def _settle(futures: list[asyncio.Future[Any]], outcomes: list[Any]) -> None:
+    """Give each caller still waiting its own outcome: a result, or an error raised."""
+    for future, outcome in zip(futures, outcomes, strict=True):
+        if future.done():
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
