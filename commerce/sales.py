@@ -133,7 +133,7 @@ class SnapshotReads:
 
     async def read(self, user_id: str, key: str, livestream_id: str | None,
                    variant_ids: list[str]) -> list[asyncpg.Record]:
-        """SNAPSHOT's rows for this checkout (each with its batch position `n` as well)."""
+        """SNAPSHOT's rows for this checkout (read in a batch, each row also carries its `n`)."""
         future: asyncio.Future[list[asyncpg.Record]] = asyncio.get_running_loop().create_future()
         self._waiting.append(((user_id, key, livestream_id, variant_ids), future))
         if self._reader is None:
