@@ -18,10 +18,11 @@ both call it). It runs in three steps:
    one `place_checkouts` call (sql/migrations/0080), each sale kept or refused on its
    own. Either claims the key with its answer (the payment id chosen here; a concurrent
    identical request waits on that row, then gets the stored answer), checks the
-   address, takes a coupon use under the coupon's lock (per-user and usage limits
-   exact), writes the payment, orders, items, holds and inventory events, and takes the
-   stock under the variant rows' locks, in id order. A refused sale leaves nothing,
-   key included. The drop's hot variant row is locked only inside PostgreSQL.
+   address, takes the coupon use under the coupon's lock (place_checkout: per-user and
+   usage limits exact), writes the payment, orders, items, holds and inventory events,
+   and takes the stock under the variant rows' locks, in id order. A refused sale
+   leaves nothing, key included. The drop's hot variant row is locked only inside
+   PostgreSQL.
 
 The provider's intent: a provider whose intents need no network call (offline) makes it
 before step 3 and the payment row carries it. Otherwise it is created after step 3 with
