@@ -140,6 +140,11 @@ class SnapshotReads:
             self._reader = asyncio.create_task(self._read(), name="snapshot reads")
         return await future
 
+    async def close(self) -> None:
+        """Let the read in flight finish."""
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
     async def _read(self) -> None:
         try:
             while self._waiting:
@@ -226,7 +231,8 @@ class SaleQueue:
         return row
 
     async def close(self) -> None:
-        """Let the writes in flight finish."""
+        """Let the reads and writes in flight finish."""
+        await self.reads.close()
         if self._writers:
             await asyncio.gather(*self._writers.values(), return_exceptions=True)
 
