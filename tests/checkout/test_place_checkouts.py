@@ -188,3 +188,26 @@ async def test_concurrent_reads_are_made_in_one_query_with_the_same_answers(fact
         assert all(isinstance(r, list) and r for i, r in enumerate(results) if i != len(reads))
     finally:
         await pool.close()
+
+
+async def test_a_group_the_database_refuses_as_a_whole_is_written_sale_by_sale(
+    factory: Factory, clean_db: str,
+) -> None:
+    """One sale breaks the group's statement (a livestream deleted meanwhile): the others still buy."""
+    shop = await make_shop(factory, stock=5)
+    buyers = [(u.id, a) for u, a in await make_buyers(factory, 2)]
+    good = sale(shop, *buyers[0])
+    broken = dataclasses.replace(sale(shop, *buyers[1]), livestream=str(uuid.uuid4()))
+    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=2)
+    try:
+        queue = SaleQueue(pool)
+        results = await asyncio.gather(queue.place(good), queue.place(broken), return_exceptions=True)
+        assert queue.groups == 1, "the two sales were not tried as one group"
+    finally:
+        await pool.close()
+    assert results[0]["replayed"] is False
+    assert isinstance(results[1], asyncpg.ForeignKeyViolationError)
+    conn = await factory.conn()
+    assert [str(p) for p in await conn.fetchval("SELECT array_agg(id) FROM payments")] == [good.payment]
+    assert await stock_of(factory, shop.product["variantIds"][0]) == 4
+    await assert_inventory_ok(clean_db)
