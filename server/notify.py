@@ -33,7 +33,8 @@ async def room_event(
         await gateway.end(livestream_id)
 
 
-async def stock_changed(app: web.Application, variant_ids: Iterable[str]) -> None:
+def stock_changed(app: web.Application, variant_ids: Iterable[str]) -> None:
+    """Have the hub announce these variants' stock to the live rooms showing them (not awaited)."""
     hub = app.get(HUB)
     ids = sorted({str(v) for v in variant_ids})
     if hub is not None and ids:

@@ -77,7 +77,7 @@ async def after_commit(app: web.Application, outcome: Outcome | None) -> None:
         return
     provider = app[PAYMENTS]
     if outcome.released_variant_ids:
-        await notify.stock_changed(app, outcome.released_variant_ids)
+        notify.stock_changed(app, outcome.released_variant_ids)
     for order in outcome.paid_orders:
         if order["livestreamId"]:
             await notify.room_event(app, order["livestreamId"], "order:new", order, audience="seller")

@@ -72,7 +72,7 @@ async def create_session(request: web.Request) -> web.Response:
         idempotency_key=key, body=request[BODY], hold_ttl_seconds=app[SETTINGS].hold_ttl_seconds,
     )
     if session.created:
-        await notify.stock_changed(app, session.variant_ids)
+        notify.stock_changed(app, session.variant_ids)
     return json_response(session.body, status=201)
 
 

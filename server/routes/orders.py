@@ -110,5 +110,5 @@ async def refund_order(request: web.Request) -> web.Response:
             conn, request.app[PAYMENTS], seller_id, path_id(request), body.get("amount"),
             bool(body.get("restock", False)),
         )
-    await notify.stock_changed(request.app, restocked)
+    notify.stock_changed(request.app, restocked)
     return json_response(order)

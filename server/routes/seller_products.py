@@ -112,7 +112,7 @@ async def add_variant(request: web.Request) -> web.Response:
     async with seller_transaction(request) as (conn, seller_id):
         variant = await seller_products.add_variant(conn, seller_id, product_id, request[BODY])
     if variant["stock"]:
-        await notify.stock_changed(request.app, [variant["id"]])
+        notify.stock_changed(request.app, [variant["id"]])
     return json_response(variant, status=201)
 
 
@@ -128,7 +128,7 @@ async def update_variant(request: web.Request) -> web.Response:
             conn, seller_id, product_id, variant_id, request[BODY]
         )
     if "stockDelta" in request[BODY]:
-        await notify.stock_changed(request.app, [variant_id])
+        notify.stock_changed(request.app, [variant_id])
     return json_response(variant)
 
 

@@ -67,7 +67,7 @@ async def test_two_instances_share_chat_counts_highlights_stock_and_limits(
 
     conn = await factory.conn()
     await conn.execute("UPDATE product_variants SET stock = 3 WHERE id = $1", product["variantIds"][0])
-    await notify.stock_changed(client.server.app, product["variantIds"])
+    notify.stock_changed(client.server.app, product["variantIds"])
     for c in b:
         assert await c.expect("stock:update") == {
             "productId": product["id"], "variantId": product["variantIds"][0], "stock": 3,
