@@ -271,8 +271,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         print(f"setting up 3 drops (a warm-up and two measured) of {args.users} buyers and "
               f"{args.units} units ...", flush=True)
-        # The same drop first, unmeasured: every pooled connection has run the checkout
-        # (PostgreSQL plans a function's statements per connection, on first use).
+        # The same drop first, unmeasured: the server has opened its pool connections
+        # (each warms the checkout's statements as it opens) and run every code path.
         warm = await setup_drop(dsn, secret, args.users, args.units)
         open_drop = await setup_drop(dsn, secret, args.users, args.units)
         closed_drop = await setup_drop(dsn, secret, args.users, args.units)

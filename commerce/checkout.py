@@ -226,7 +226,7 @@ async def _plan(
             raise NotFound("variant not found", variantId=line.variant_id)
         if v["stock"] < line.qty:
             short.append(line.variant_id)
-    if short:  # an early answer; take_stock decides
+    if short:  # an early answer; the write decides
         raise OutOfStock("not enough stock", variantIds=short)
     currencies = {variants[ln.variant_id]["currency"] for ln in lines}
     if len(currencies) != 1:

@@ -40,7 +40,8 @@ class PaymentProvider(Protocol):
 
     name: str
     # True when create_intent makes no network call (and cannot fail for the network):
-    # the checkout then creates the intent inside its transaction.
+    # the checkout then creates the intent before writing the sale, and the payment row
+    # carries it.
     local_intents: bool
 
     async def create_intent(
