@@ -52,7 +52,7 @@ import asyncpg
 from commerce import coupons
 from commerce.errors import CouponInvalid, IdempotencyConflict, Invalid, NotFound, OutOfStock
 from commerce.payments.base import PaymentProvider
-from commerce.sales import SNAPSHOT, Sale, SaleFailed, SaleQueue
+from commerce.sales import Sale, SaleFailed, SaleQueue, read_snapshots
 
 READ_KEY = "SELECT request_hash, response FROM idempotency_keys WHERE user_id = $1 AND key = $2"
 SELECT_ACTIVE_CART = "SELECT id, coupon_id FROM carts WHERE user_id = $1 AND status = 'active'"
@@ -210,7 +210,7 @@ async def _plan(
                 for r in await conn.fetch(SELECT_CART_LINES, cart["id"])
             ]
             lines = _merge(raw)
-            rows = await conn.fetch(SNAPSHOT, user_id, idempotency_key, livestream_id, [ln.variant_id for ln in lines])
+            [rows] = await read_snapshots(conn, [(user_id, idempotency_key, livestream_id, [ln.variant_id for ln in lines])])
         if cart is not None:
             cart_id, cart_coupon_id = cart["id"], cart["coupon_id"]
     if rows[0]["known_key"]:

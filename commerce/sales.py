@@ -86,19 +86,11 @@ class SaleFailed(Exception):
         self.detail = detail
 
 
-# One row per variant found (none found: one row of NULLs), each with the two flags.
-# Idempotency keys, variants, products and livestreams are not behind row-level security.
+# A checkout's first read, for one or several checkouts at once (read_snapshots): for
+# each checkout n, whether its key is known and its livestream exists, and one row per
+# variant found (none found: one row of NULLs). Idempotency keys, variants, products and
+# livestreams are not behind row-level security.
 SNAPSHOT = """
-SELECT k.known_key, k.livestream_found, v.id, v.product_id, v.seller_id, v.stock, v.xmin::text AS version,
-       coalesce(v.price_override, p.price) AS price, p.currency, p.status
-FROM (SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE user_id = $1 AND key = $2) AS known_key,
-             $3::uuid IS NULL OR EXISTS (SELECT 1 FROM livestreams WHERE id = $3) AS livestream_found) k
-LEFT JOIN (product_variants v JOIN products p ON p.id = v.product_id) ON v.id = ANY($4::uuid[])
-"""
-# The same read for several buy-now checkouts at once (SnapshotReads): one row per
-# variant found for each checkout n (none found: one row of NULLs), each with that
-# checkout's two flags.
-READ_MANY = """
 SELECT r.n, EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.user_id = r.user_id AND k.key = r.key) AS known_key,
        r.livestream_id IS NULL OR EXISTS (SELECT 1 FROM livestreams s WHERE s.id = r.livestream_id)
            AS livestream_found,
@@ -109,10 +101,28 @@ LEFT JOIN (unnest($4::bigint[], $5::uuid[]) AS l(n, variant_id)
            JOIN product_variants v ON v.id = l.variant_id
            JOIN products p ON p.id = v.product_id) ON l.n = r.n
 """
+SnapshotRead = tuple[str, str, "str | None", list[str]]  # user id, key, livestream id, variant ids
+
+
+async def read_snapshots(
+    db: asyncpg.Pool | asyncpg.Connection, reads: list[SnapshotRead],
+) -> list[list[asyncpg.Record]]:
+    """SNAPSHOT's rows for each read, in the reads' order."""
+    lines = [(n, variant) for n, read in enumerate(reads, 1) for variant in read[3]]
+    rows = await db.fetch(
+        SNAPSHOT, [r[0] for r in reads], [r[1] for r in reads], [r[2] for r in reads],
+        [n for n, _ in lines], [variant for _, variant in lines],
+    )
+    results: list[list[asyncpg.Record]] = [[] for _ in reads]
+    for row in rows:
+        results[row["n"] - 1].append(row)
+    return results
+
+
 # Run once by every new pool connection (server/db.py `warm`), with nothing to read or
 # write: prepares the hot statements, looks up their types, and has PostgreSQL compile
 # place_checkouts and plan its statements, all before the first drop.
-WARM_UP = ((PLACE_MANY, ("[]",)), (READ_MANY, ([], [], [], [], [])), (SNAPSHOT, (None, "", None, [])))
+WARM_UP = ((PLACE_MANY, ("[]",)), (SNAPSHOT, ([], [], [], [], [])))
 
 
 class SnapshotReads:
@@ -122,18 +132,18 @@ class SnapshotReads:
     read that arrived meanwhile goes in the next query. An idle server reads one
     checkout per query; a backlogged one (a drop) reads dozens, saving each a pool
     checkout and a round trip. If a batch fails as a whole, each of its reads is made
-    again alone (SNAPSHOT), so one checkout's error stays its own.
+    again alone, so one checkout's error stays its own.
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[list[asyncpg.Record]]]] = []
+        self._waiting: list[tuple[SnapshotRead, asyncio.Future[list[asyncpg.Record]]]] = []
         self._reader: asyncio.Task[None] | None = None
         self.batches = 0  # queries of more than one read (for tests and metrics)
 
     async def read(self, user_id: str, key: str, livestream_id: str | None,
                    variant_ids: list[str]) -> list[asyncpg.Record]:
-        """SNAPSHOT's rows for this checkout (read in a batch, each row also carries its `n`)."""
+        """SNAPSHOT's rows for this checkout."""
         future: asyncio.Future[list[asyncpg.Record]] = asyncio.get_running_loop().create_future()
         self._waiting.append(((user_id, key, livestream_id, variant_ids), future))
         if self._reader is None:
@@ -163,26 +173,18 @@ class SnapshotReads:
                 future.cancel()
             self._waiting = []
 
-    async def _results(self, reads: list[tuple[Any, ...]]) -> list[list[asyncpg.Record] | Exception]:
-        if len(reads) == 1:
-            return [await self._alone(reads[0])]
-        self.batches += 1
-        lines = [(n, variant) for n, read in enumerate(reads, 1) for variant in read[3]]
-        try:
-            rows = await self.pool.fetch(
-                READ_MANY, [r[0] for r in reads], [r[1] for r in reads], [r[2] for r in reads],
-                [n for n, _ in lines], [variant for _, variant in lines],
-            )
-        except asyncpg.PostgresError:
-            return [await self._alone(read) for read in reads]
-        results: list[list[asyncpg.Record] | Exception] = [[] for _ in reads]
-        for row in rows:
-            results[row["n"] - 1].append(row)  # type: ignore[union-attr]
-        return results
+    async def _results(self, reads: list[SnapshotRead]) -> list[list[asyncpg.Record] | Exception]:
+        if len(reads) > 1:
+            self.batches += 1
+            try:
+                return list(await read_snapshots(self.pool, reads))
+            except asyncpg.PostgresError:
+                pass  # each read again alone, below
+        return [await self._alone(read) for read in reads]
 
-    async def _alone(self, read: tuple[Any, ...]) -> list[asyncpg.Record] | Exception:
+    async def _alone(self, read: SnapshotRead) -> list[asyncpg.Record] | Exception:
         try:
-            return await self.pool.fetch(SNAPSHOT, *read)
+            return (await read_snapshots(self.pool, [read]))[0]
         except asyncpg.PostgresError as e:
             return e
 

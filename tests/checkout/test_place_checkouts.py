@@ -14,7 +14,7 @@ import uuid
 import asyncpg
 import pytest
 
-from commerce.sales import PLACE_MANY, SNAPSHOT, Sale, SaleFailed, SaleQueue
+from commerce.sales import PLACE_MANY, Sale, SaleFailed, SaleQueue, read_snapshots
 from tests.checkout.conftest import Shop, assert_inventory_ok, make_shop, stock_of
 from tests.factories import Factory, make_buyers
 
@@ -177,8 +177,8 @@ async def test_concurrent_reads_are_made_in_one_query_with_the_same_answers(fact
         together = await asyncio.gather(*(queue.reads.read(*r) for r in reads * 3))
         assert queue.reads.batches >= 1, "every read was made alone"
         for read, rows in zip(reads * 3, together, strict=True):
-            alone = await pool.fetch(SNAPSHOT, *read)
-            assert sorted(map(tuple, alone)) == sorted(tuple(r)[1:] for r in rows), read
+            [alone] = await read_snapshots(pool, [read])
+            assert sorted(tuple(r)[1:] for r in alone) == sorted(tuple(r)[1:] for r in rows), read
 
         # One read the database refuses (a NUL in a key) fails alone; the others answer.
         bad = (buyers[1][0], "bad\x00key", None, [variants[0]])
