@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from commerce.errors import NotFound
+from commerce.outage import database_unavailable
 from signaling import store
 from signaling.bus import Bus
 from signaling.events import batch, event
@@ -332,8 +333,12 @@ class Hub:
                         "productId": str(row["product_id"]), "variantId": str(row["variant_id"]),
                         "stock": row["stock"],
                     })
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
                 log.warning("stock:update for %d variants failed: %s", len(ids), exc)
+                if database_unavailable(exc):
+                    # Announce them once the database is back, or rooms keep showing old stock.
+                    self._stock_pending.update(ids)
+                    await asyncio.sleep(1.0)
             # Rooms hear events once per tick: read no more often than that.
             await asyncio.sleep(self.options.tick_seconds)
 
