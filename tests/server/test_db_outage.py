@@ -25,11 +25,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from commerce.inventory_check import check_inventory
 from commerce.outage import database_unavailable
 from server.app import create_app
+from signaling.events import decode
 from tests.conftest import make_settings
 from tests.server.pg_cluster import PostgresCluster, binaries
 from tests.signaling.conftest import EventsClient, ws_client
@@ -164,6 +166,22 @@ async def chat_while(chatter: EventsClient, tag: str, seconds: float) -> list[st
     return answers
 
 
+async def join_events(client: TestClient, livestream_id: str) -> tuple[list[str], int | None]:
+    """Open the events WebSocket; return the events (type, or error:code) until it closes."""
+    seen = []
+    ws = await client.ws_connect(f"/api/v1/livestreams/{livestream_id}/events")
+    async with asyncio.timeout(30):
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                break
+            for e in decode(msg.data):
+                seen.append(e["type"] + (":" + e["payload"]["code"] if e["type"] == "error" else ""))
+            if "welcome" in seen:
+                break
+    await ws.close()
+    return seen, ws.close_code
+
+
 async def recovery_seconds(client: TestClient, record: Record, since: float) -> float:
     """Seconds from `since` until a read answers 200 again (no retries: the first success)."""
     while True:
@@ -222,7 +240,8 @@ async def test_postgres_restart_under_load_answers_503_and_loses_nothing(
         # A long outage: ~5 s away while every shopper keeps trying.
         unavailable_before = record.unavailable
         await asyncio.to_thread(cluster.stop, "fast")
-        chat_during = await chat_while(chatter, "during", 5.0)
+        chat_during = await chat_while(chatter, "during", 4.0)
+        joined_during = await join_events(client, livestream_id)
         during_long = record.unavailable - unavailable_before
         await asyncio.to_thread(cluster.start)
         back = time.monotonic()
@@ -244,6 +263,8 @@ async def test_postgres_restart_under_load_answers_503_and_loses_nothing(
     assert quick < 10 and long < 10, (quick, long)
     assert chat_during and set(chat_during) <= {"ack", "unavailable"}, chat_during
     assert "unavailable" in chat_during, chat_during
+    # A viewer joining while the database is away hears "unavailable, try again later".
+    assert joined_during == (["error:unavailable"], 1013), joined_during
 
     conn = await asyncpg.connect(cluster.dsn("shopstream"))
     try:
