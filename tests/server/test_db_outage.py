@@ -31,12 +31,23 @@ from aiohttp.test_utils import TestClient
 from commerce.inventory_check import check_inventory
 from commerce.outage import database_unavailable
 from server.app import create_app
+from server.config import Secret
 from signaling.events import decode
+from tests.checkout.conftest import (
+    WEBHOOK_SECRET,
+    LocalStripe,
+    checkout,
+    localstripe_url,
+    make_shop,
+    signed,
+)
 from tests.conftest import make_settings
+from tests.factories import Factory
 from tests.server.pg_cluster import PostgresCluster, binaries
 from tests.signaling.conftest import EventsClient, ws_client
 
 pytestmark = pytest.mark.timeout(300)
+__all__ = ["localstripe_url"]  # a session fixture of tests/checkout, used here too
 
 CARD_OK = {"cardNumber": "4242 4242 4242 4242", "expMonth": 12, "expYear": 2030, "cvc": "123"}
 SHOPPERS = 8
@@ -331,3 +342,48 @@ async def test_connection_refused_from_asyncpg_counts_as_an_outage() -> None:
     with pytest.raises(OSError) as raised:
         await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", timeout=5)
     assert database_unavailable(raised.value)
+
+
+async def test_stripe_webhook_during_an_outage_is_503_and_its_retry_pays_the_order(
+    cluster: PostgresCluster, aiohttp_client: Any, tmp_path: Path, localstripe_url: str,
+) -> None:
+    """A payment Stripe took while the database was away is not lost: Stripe retries a 503."""
+    conn = await asyncpg.connect(cluster.dsn())
+    await conn.execute("CREATE DATABASE shopstream")
+    await conn.close()
+    settings = make_settings(
+        tmp_path, stripe_secret_key=Secret("sk_test_shopstream"), stripe_api_base=localstripe_url,
+        stripe_webhook_secret=Secret(WEBHOOK_SECRET), stripe_max_network_retries=1,
+    )
+    client = await aiohttp_client(create_app(settings, cluster.dsn("shopstream")))
+    factory = Factory(client, cluster.dsn("shopstream"))
+    try:
+        shop = await make_shop(factory)
+        resp = await checkout(client, shop.buyer, {"addressId": shop.address_id, "items": [shop.item(2)]}, "w1")
+        assert resp.status == 201, await resp.text()
+        session = await resp.json()
+        stripe = LocalStripe(localstripe_url)
+        assert (await stripe.pay(session["paymentIntentId"]))["status"] == "succeeded"
+        events = await stripe.events(session["paymentIntentId"])
+        succeeded = next(e for e in events if e["type"] == "payment_intent.succeeded")
+        await factory.close()  # its connection dies with the server
+
+        await asyncio.to_thread(cluster.stop, "fast")
+        body, headers = signed(succeeded)
+        resp = await client.post("/api/v1/webhooks/stripe", data=body, headers=headers)
+        assert resp.status == 503, await resp.text()
+        assert resp.headers["Retry-After"] and (await resp.json())["error"]["code"] == "unavailable"
+        await asyncio.to_thread(cluster.start)
+
+        async with asyncio.timeout(30):  # Stripe's retry, once the database is back
+            while True:
+                body, headers = signed(succeeded)
+                resp = await client.post("/api/v1/webhooks/stripe", data=body, headers=headers)
+                if resp.status != 503:
+                    break
+                await asyncio.sleep(0.2)
+        assert resp.status == 200, await resp.text()
+        order = await client.get(f"/api/v1/me/orders/{session['orderIds'][0]}", headers=shop.buyer.headers)
+        assert (await order.json())["status"] == "paid"
+    finally:
+        await factory.close()
