@@ -357,7 +357,11 @@ class Hub:
             room.chat.hold()
 
     async def _catch_up(self) -> None:
-        """Deliver to each room the chat stored while Redis was away (before live messages)."""
+        """Deliver to each room what it missed while Redis was away (before live messages).
+
+        The chat stored meanwhile, then the room's state and highlighted product as the
+        database has them now, when they differ from what the room last heard.
+        """
         for room in list(self.rooms.values()):
             held, since = room.chat.release()
             if not held:
@@ -365,12 +369,18 @@ class Hub:
             try:
                 async with self.transaction(system=True) as db:
                     missed = await catchup.missed_chat(db, room.livestream_id, since)
+                    info = await store.room_info(db, room.livestream_id)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 log.warning("could not catch up on the chat of %s: %s", room.livestream_id, exc)
                 continue
             fresh = [m for m in missed if not room.chat.delivered(m["id"])]
             for message in fresh:
                 self.deliver(room.livestream_id, "chat:new", message)
+            if info is not None and info.state != room.state:
+                self.deliver(room.livestream_id, "stream:state", {"state": info.state})
+            highlighted = info.highlighted_product if info is not None else None
+            if highlighted is not None and (room.highlighted or {}).get("id") != highlighted.get("id"):
+                self.deliver(room.livestream_id, "product:highlighted", highlighted)
             if fresh:
                 self.stats["caught_up"] += len(fresh)
                 log.info("caught up %d chat messages in %s after the redis outage",

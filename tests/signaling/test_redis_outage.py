@@ -80,7 +80,8 @@ async def test_chat_sent_while_redis_is_down_reaches_the_other_process_once_in_o
     try:
         seller = await factory.seller()
         buyer = await factory.user(name="Buyer on two")
-        livestream_id = await make_livestream(factory, seller)
+        product = await factory.product(seller)
+        livestream_id = await make_livestream(factory, seller, products=(product["id"],))
     finally:
         await factory.close()
     talker_one = await ws_client(one, livestream_id, seller.access_token)
@@ -101,6 +102,10 @@ async def test_chat_sent_while_redis_is_down_reaches_the_other_process_once_in_o
     for a, b in zip(from_one, from_two, strict=True):
         await say(talker_one, a)
         await say(talker_two, b)
+    # The seller highlights a product through process one meanwhile.
+    resp = await one.post(f"/api/v1/seller/livestreams/{livestream_id}/highlight",
+                          json={"productId": product["id"]}, headers=seller.headers)
+    assert resp.status == 200, await resp.text()
     # Local delivery goes on in each process while Redis is away.
     await until(lambda: all(chat_of(v)[-DURING:] == from_one for v in viewers_one))
     await until(lambda: all(chat_of(v)[-DURING:] == from_two for v in viewers_two))
@@ -128,6 +133,9 @@ async def test_chat_sent_while_redis_is_down_reaches_the_other_process_once_in_o
             # The missed chat arrives before anything sent after Redis came back from that process.
             sender_after = "after-two" if theirs is from_two else "after-one"
             assert chat.index(theirs[-1]) < chat.index(sender_after)
+    # The highlight made during the outage reaches process two's viewers too, once.
+    for viewer in viewers_two:
+        assert [p["id"] for p in viewer.inbox.of("product:highlighted")] == [product["id"]]
     assert one.server.app[HUB].hub.stats["caught_up"] == DURING
     assert two.server.app[HUB].hub.stats["caught_up"] == DURING
 
