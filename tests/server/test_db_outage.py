@@ -344,6 +344,23 @@ async def test_connection_refused_from_asyncpg_counts_as_an_outage() -> None:
     assert database_unavailable(raised.value)
 
 
+async def test_command_timeout_and_terminated_sessions_count_as_an_outage(cluster: PostgresCluster) -> None:
+    """asyncpg's command timeout (a TimeoutError) and a session the server ends are outages."""
+    conn = await asyncpg.connect(cluster.dsn())
+    other = await asyncpg.connect(cluster.dsn())
+    try:
+        with pytest.raises(TimeoutError) as raised:
+            await conn.execute("SELECT pg_sleep(5)", timeout=0.2)
+        assert database_unavailable(raised.value)
+        await other.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+        with pytest.raises(Exception) as ended:  # noqa: PT011 - which class asyncpg picks varies
+            await conn.fetchval("SELECT 1")
+        assert database_unavailable(ended.value), repr(ended.value)
+    finally:
+        await conn.close()
+        await other.close()
+
+
 async def test_stripe_webhook_during_an_outage_is_503_and_its_retry_pays_the_order(
     cluster: PostgresCluster, aiohttp_client: Any, tmp_path: Path, localstripe_url: str,
 ) -> None:
