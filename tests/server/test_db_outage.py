@@ -353,7 +353,7 @@ async def test_command_timeout_and_terminated_sessions_count_as_an_outage(cluste
             await conn.execute("SELECT pg_sleep(5)", timeout=0.2)
         assert database_unavailable(raised.value)
         await other.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
-        with pytest.raises(Exception) as ended:  # noqa: PT011 - which class asyncpg picks varies
+        with pytest.raises(Exception) as ended:  # which class asyncpg raises here varies
             await conn.fetchval("SELECT 1")
         assert database_unavailable(ended.value), repr(ended.value)
     finally:
