@@ -249,8 +249,14 @@ class Hub:
         room.connections.add(conn)
         if not publisher:
             room.joined += 1
-        async with self.transaction(system=True) as db:
-            recent = await store.recent_chat(db, livestream_id, self.options.recent_chat)
+        try:
+            async with self.transaction(system=True) as db:
+                recent = await store.recent_chat(db, livestream_id, self.options.recent_chat)
+        except BaseException:
+            self.leave(conn)  # the database is away: no welcome, and no ghost viewer left behind
+            if not publisher:
+                room.joined -= 1
+            raise
         if new_room:
             room.chat.seed(recent)
             if self.bus is not None and not self.bus.connected:

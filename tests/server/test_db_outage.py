@@ -32,6 +32,7 @@ from commerce.inventory_check import check_inventory
 from commerce.outage import database_unavailable
 from server.app import create_app
 from server.config import Secret
+from server.keys import HUB
 from signaling.events import decode
 from tests.checkout.conftest import (
     WEBHOOK_SECRET,
@@ -276,6 +277,8 @@ async def test_postgres_restart_under_load_answers_503_and_loses_nothing(
     assert "unavailable" in chat_during, chat_during
     # A viewer joining while the database is away hears "unavailable, try again later".
     assert joined_during == (["error:unavailable"], 1013), joined_during
+    room = client.server.app[HUB].hub.rooms[livestream_id]
+    assert room.local_viewers == 1, "the viewer refused during the outage stayed in the room"
 
     conn = await asyncpg.connect(cluster.dsn("shopstream"))
     try:
