@@ -12,8 +12,9 @@ recipients, and the listener keeps retrying until Redis answers again, then logs
 recovery and resumes cross-process delivery. Pub/sub keeps nothing for a subscriber
 that was away: `lost` is called when the bus goes away, and `resumed` after it has
 subscribed again but before it hands over any message, so the hub can first deliver
-what its rooms missed from the stored chat (`signaling/catchup.py`). Limits counted here (`hit`, `claim`) fall
-back to the caller's in-process counters while Redis is away (`None` answers).
+what its rooms missed from the stored chat (`signaling/catchup.py`). Limits counted
+here (`hit`, `claim`) fall back to the caller's in-process counters while Redis is
+away (`None` answers).
 """
 
 from __future__ import annotations
