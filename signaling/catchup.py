@@ -33,9 +33,6 @@ WHERE m.livestream_id = $1 AND m.deleted_at IS NULL
 ORDER BY m.created_at DESC, m.id DESC LIMIT $3
 """
 
-_NOT_HELD = object()
-
-
 class ChatLog:
     """The chat ids one room delivered recently, and what to catch up from after an outage."""
 
@@ -44,11 +41,8 @@ class ChatLog:
         self.limit = limit
         self.newest: float | None = None
         self._ids: dict[str, float] = {}  # insertion order: oldest first
-        self._held: float | None | object = _NOT_HELD
-
-    @property
-    def holding(self) -> bool:
-        return self._held is not _NOT_HELD
+        self.holding = False
+        self._held: float | None = None  # the newest timestamp when holding began
 
     def seed(self, messages: list[dict[str, Any]]) -> None:
         """Remember the chat a room opened with (its viewers got it in `welcome`)."""
@@ -73,19 +67,19 @@ class ChatLog:
     def hold(self) -> None:
         """Delivery stops being complete now: keep the point to catch up from (idempotent)."""
         if not self.holding:
-            self._held = self.newest
+            self.holding, self._held = True, self.newest
 
     def release(self) -> tuple[bool, float | None]:
         """Stop holding; return (was holding, the timestamp to read from, None for all)."""
-        held, self._held = self._held, _NOT_HELD
-        if held is _NOT_HELD:
+        if not self.holding:
             return False, None
-        return True, None if held is None else float(held) - self.margin  # type: ignore[arg-type]
+        self.holding = False
+        return True, None if self._held is None else self._held - self.margin
 
     def _prune(self) -> None:
         floor = self.newest if self.newest is not None else 0.0
         if self.holding and self._held is not None:
-            floor = min(floor, float(self._held))  # type: ignore[arg-type]
+            floor = min(floor, self._held)
         floor -= self.margin
         while self._ids:
             oldest_id, oldest_ts = next(iter(self._ids.items()))
