@@ -156,3 +156,36 @@ def test_chat_log_remembers_what_it_delivered_and_where_to_catch_up_from() -> No
     for n in range(50):
         busy.first_time({"id": str(n), "ts": 5000.0 + n})
     assert not busy.delivered("0") and busy.delivered("49")
+
+
+async def test_a_room_opened_during_the_outage_catches_up_from_what_it_opened_with(
+    two_processes: tuple[TestClient, TestClient], redis_server: RedisServer, clean_db: str, closing: list,
+) -> None:
+    one, two = two_processes
+    factory = Factory(one, clean_db)
+    try:
+        seller = await factory.seller()
+        livestream_id = await make_livestream(factory, seller)
+    finally:
+        await factory.close()
+    talker = await ws_client(one, livestream_id, seller.access_token)
+    closing.append(talker)
+    await say(talker, "old")
+    bus_one, bus_two = one.server.app[HUB].hub.bus, two.server.app[HUB].hub.bus
+
+    redis_server.kill()
+    await until(lambda: not bus_one.connected and not bus_two.connected)
+    await say(talker, "before-join")
+    late = await ws_client(two, livestream_id)  # process two opens the room only now
+    closing.append(late)
+    assert [m["message"] for m in late.welcome["room"]["recentChat"]] == ["old", "before-join"]
+    said = [f"m{n}" for n in range(10)]
+    for message in said:
+        await say(talker, message)
+
+    redis_server.start()
+    await until(lambda: bus_one.connected and bus_two.connected)
+    await say(talker, "after")
+    await until(lambda: "after" in chat_of(late))
+    await asyncio.sleep(0.5)
+    assert chat_of(late) == [*said, "after"], "welcome's chat again, a gap, a duplicate or disorder"
