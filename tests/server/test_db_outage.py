@@ -88,9 +88,11 @@ class Record:
     cart_lines: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (user id, variant id)
     sessions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     paid: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    answered: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (sent at, status)
 
-    def saw(self, name: str, status: int, body: Any, headers: Any) -> None:
+    def saw(self, name: str, status: int, body: Any, headers: Any, sent: float = 0.0) -> None:
         self.statuses[(name, status)] += 1
+        self.answered.append((sent, status))
         if status == 503:
             self.unavailable += 1
             code = body.get("error", {}).get("code") if isinstance(body, dict) else None
@@ -109,9 +111,10 @@ async def call(client: TestClient, record: Record, name: str, method: str, path:
     if token:
         all_headers["Authorization"] = f"Bearer {token}"
     while True:
+        sent = time.monotonic()
         resp = await client.request(method, path, json=json, headers=all_headers)
         body = await resp.json(content_type=None) if resp.content_length != 0 else None
-        record.saw(name, resp.status, body, resp.headers)
+        record.saw(name, resp.status, body, resp.headers, sent)
         if resp.status != 503 or time.monotonic() > give_up:
             return resp.status, body
         await asyncio.sleep(min(float(resp.headers.get("Retry-After", "1")), 0.2))
@@ -245,18 +248,19 @@ async def test_postgres_restart_under_load_answers_503_and_loses_nothing(
         # A quick restart: stop fast and start at once (~0.2-0.5 s away).
         await asyncio.to_thread(cluster.stop, "fast")
         await asyncio.to_thread(cluster.start)
-        back = time.monotonic()
+        back = quick_back = time.monotonic()
         quick = await recovery_seconds(client, record, back)
         await asyncio.sleep(1.5)
 
         # A long outage: ~5 s away while every shopper keeps trying.
         unavailable_before = record.unavailable
+        long_stop = time.monotonic()
         await asyncio.to_thread(cluster.stop, "fast")
         chat_during = await chat_while(chatter, "during", 4.0)
         joined_during = await join_events(client, livestream_id)
         during_long = record.unavailable - unavailable_before
         await asyncio.to_thread(cluster.start)
-        back = time.monotonic()
+        back = long_back = time.monotonic()
         long = await recovery_seconds(client, record, back)
         await asyncio.sleep(2.0)  # shoppers finish what the outage delayed
         # The realtime side recovered too: chat is stored and acknowledged again.
@@ -270,8 +274,11 @@ async def test_postgres_restart_under_load_answers_503_and_loses_nothing(
     assert not record.bad, record.bad[:10]
     assert during_long > 0, "the long outage was answered without any 503: was the database really down?"
     assert len(record.paid) > paid_before, "no payment went through after the restarts"
+    late = [sum(1 for sent, status in record.answered if status == 503 and back <= sent < until)
+            for back, until in ((quick_back, long_stop), (long_back, time.monotonic()))]
     print(f"\nstatuses: {dict(record.statuses)}\nrecovered {quick:.2f} s after the quick restart, "
-          f"{long:.2f} s after the long one; {len(record.paid)} paid checkouts")
+          f"{long:.2f} s after the long one; 503s to requests sent after the database was back: "
+          f"{late[0]} and {late[1]}; {len(record.paid)} paid checkouts")
     assert quick < 10 and long < 10, (quick, long)
     assert chat_during and set(chat_during) <= {"ack", "unavailable"}, chat_during
     assert "unavailable" in chat_during, chat_during
