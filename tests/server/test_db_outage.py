@@ -32,6 +32,7 @@ from commerce.inventory_check import check_inventory
 from commerce.outage import database_unavailable
 from server.app import create_app
 from server.config import Secret
+from server.db import Database
 from server.keys import HUB
 from signaling.events import decode
 from tests.checkout.conftest import (
@@ -414,3 +415,30 @@ async def test_stripe_webhook_during_an_outage_is_503_and_its_retry_pays_the_ord
         assert (await order.json())["status"] == "paid"
     finally:
         await factory.close()
+
+
+async def test_a_database_host_that_stops_answering_costs_seconds_then_503(tmp_path: Path) -> None:
+    """A server that accepts but never answers (a hung host): connecting gives up after the
+    connect timeout, and that error is an outage (503), not a request hanging for a minute."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # keep it open, say nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # The app's own default connect timeout (asyncpg's would hold the request for 60 s).
+    db = await Database.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", "", min_size=0,
+                                max_size=1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception) as raised:  # which class asyncpg raises here varies
+            async with db.transaction(system=True) as conn:
+                await conn.fetchval("SELECT 1")
+        assert time.monotonic() - started < 10
+        assert database_unavailable(raised.value), repr(raised.value)
+    finally:
+        await db.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
