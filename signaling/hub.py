@@ -368,10 +368,10 @@ class Hub:
         The chat stored meanwhile, then the room's state and highlighted product as the
         database has them now, when they differ from what the room last heard.
         """
-        for room in list(self.rooms.values()):
-            held, since = room.chat.release()
-            if not held:
-                continue
+        # Release every room first: one the bus's time limit cuts off must not stay held.
+        held_rooms = [(room, since) for room in list(self.rooms.values())
+                      for held, since in [room.chat.release()] if held]
+        for room, since in held_rooms:
             try:
                 async with self.transaction(system=True) as db:
                     missed = await catchup.missed_chat(db, room.livestream_id, since)
