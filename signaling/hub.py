@@ -369,8 +369,11 @@ class Hub:
         database has them now, when they differ from what the room last heard.
         """
         # Release every room first: one the bus's time limit cuts off must not stay held.
-        held_rooms = [(room, since) for room in list(self.rooms.values())
-                      for held, since in [room.chat.release()] if held]
+        held_rooms = []
+        for room in list(self.rooms.values()):
+            held, since = room.chat.release()
+            if held:
+                held_rooms.append((room, since))
         for room, since in held_rooms:
             try:
                 async with self.transaction(system=True) as db:
