@@ -34,6 +34,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
 # Any constant shared by every process of this app; two starting at once serialise on it.
 MIGRATION_LOCK_KEY = 0x5E0B_5743
 
+CONNECT_TIMEOUT = 5.0  # seconds to open one pooled connection, handshake included
 SET_CALLER = "SELECT set_config('app.user_id', $1, true), set_config('app.system', $2, true)"
 
 CREATE_MIGRATIONS_TABLE = """
@@ -149,7 +150,7 @@ class Database:
     @classmethod
     async def connect(
         cls, dsn: str, app_role: str, *, min_size: int = 2, max_size: int = 20,
-        warm: Sequence[tuple[str, Sequence[Any]]] = (),
+        warm: Sequence[tuple[str, Sequence[Any]]] = (), connect_timeout: float = CONNECT_TIMEOUT,
     ) -> Database:
         """Open a pool whose connections all run as the application role.
 
@@ -157,6 +158,9 @@ class Database:
         first real use of a hot path on that connection (a drop's first sales, say) does
         not pay for preparing it: asyncpg's statement and type lookups, PostgreSQL's
         parsing and planning of the statements and of the functions they call.
+
+        `connect_timeout` bounds opening one connection (asyncpg's default is 60 s): a
+        database host that stopped answering costs a request that long, then a 503.
         """
 
         async def init(conn: asyncpg.Connection) -> None:
@@ -176,7 +180,7 @@ class Database:
         # crosses the cost threshold) took 20-40 ms of a connection's first queries.
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=init, reset=reset, command_timeout=30,
-            server_settings={"jit": "off"},
+            timeout=connect_timeout, server_settings={"jit": "off"},
         )
         return cls(pool)
 

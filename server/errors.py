@@ -5,11 +5,16 @@ Every error response is `{"error": {"code", "message", "details"}}` (DESIGN.md).
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from aiohttp import web
 
 from commerce import errors as ce
+from commerce.outage import RETRY_AFTER_SECONDS, database_unavailable
+
+log = logging.getLogger("shopstream.http")
 
 
 class ApiError(Exception):
@@ -71,6 +76,35 @@ _HTTP_CODES = {
 }
 
 
+def unavailable(message: str = "temporarily unavailable, try again shortly",
+                retry_after: int = RETRY_AFTER_SECONDS) -> ApiError:
+    return ApiError(
+        503, "unavailable", message, {"retryAfter": retry_after},
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+class _OutageLog:
+    """Log a database outage once when it starts, then at most every few seconds."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every = every
+        self.last = 0.0
+        self.hidden = 0
+
+    def note(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            self.hidden += 1
+            return
+        more = f" (and {self.hidden} more since)" if self.hidden else ""
+        log.warning("database unavailable: %s: %s; answering 503%s", type(exc).__name__, exc, more)
+        self.last, self.hidden = now, 0
+
+
+_outage_log = _OutageLog()
+
+
 def register_domain_error(cls: type[Exception], status: int, code: str) -> None:
     """Map another package's error class to a status and code (used for media errors)."""
     if not any(entry[0] is cls for entry in _DOMAIN_STATUS):
@@ -103,4 +137,9 @@ def error_response(exc: BaseException) -> web.Response | None:
             error_body(_HTTP_CODES.get(exc.status, "http_error"), message),
             status=exc.status, headers=headers,
         )
+    if database_unavailable(exc):
+        # PostgreSQL restarting or refusing connections: the client retries, and the pool
+        # reconnects by itself once the server is back (no 500, no restart).
+        _outage_log.note(exc)
+        return error_response(unavailable())
     return None

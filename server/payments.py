@@ -20,6 +20,7 @@ from aiohttp import web
 from commerce import holds
 from commerce.errors import PaymentProviderError
 from commerce.fulfilment import Outcome
+from commerce.outage import database_unavailable
 from commerce.payments.offline import OfflineProvider
 from commerce.payments.stripe_provider import StripeProvider
 from server import notify
@@ -67,8 +68,11 @@ async def _sweep_forever(app: web.Application) -> None:
             await sweep_once(app)
         except (OSError, PaymentProviderError) as exc:
             log.warning("hold expiry sweep failed: %s", exc)
-        except Exception:  # noqa: BLE001 - a background loop must survive one bad round
-            log.exception("hold expiry sweep failed")
+        except Exception as exc:  # noqa: BLE001 - a background loop must survive one bad round
+            if database_unavailable(exc):  # the next round, after the database is back, catches up
+                log.warning("hold expiry sweep skipped: database unavailable (%s)", exc)
+            else:
+                log.exception("hold expiry sweep failed")
 
 
 async def after_commit(app: web.Application, outcome: Outcome | None) -> None:

@@ -9,8 +9,12 @@ local viewer count of a room, so every process can show the room's total.
 Redis going away must not take chat down: a failed publish or a broken subscription
 marks the bus disconnected (one warning in the log), events keep flowing to local
 recipients, and the listener keeps retrying until Redis answers again, then logs the
-recovery and resumes cross-process delivery. Limits counted here (`hit`, `claim`) fall
-back to the caller's in-process counters while Redis is away (`None` answers).
+recovery and resumes cross-process delivery. Pub/sub keeps nothing for a subscriber
+that was away: `lost` is called when the bus goes away, and `resumed` after it has
+subscribed again but before it hands over any message, so the hub can first deliver
+what its rooms missed from the stored chat (`signaling/catchup.py`). Limits counted
+here (`hit`, `claim`) fall back to the caller's in-process counters while Redis is
+away (`None` answers).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -32,6 +36,8 @@ log = logging.getLogger("shopstream.realtime.bus")
 
 # (kind, livestream_id, message) for each message from another process.
 BusHandler = Callable[[str, str, dict[str, Any]], None]
+Resumed = Callable[[], Awaitable[None]]
+RESUME_TIMEOUT = 10.0  # seconds the catch-up may hold back live messages at most
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 
@@ -55,6 +61,9 @@ class Bus:
         self.retry_seconds = retry_seconds
         self.connected = False
         self.handler: BusHandler | None = None
+        self.lost: Callable[[], None] | None = None
+        self.resumed: Resumed | None = None
+        self._missed = False  # lost since the last subscription: catch up when back
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._warned = False
@@ -62,9 +71,15 @@ class Bus:
     def channel(self, livestream_id: str) -> str:
         return f"{self.prefix}room:{livestream_id}"
 
-    async def start(self, handler: BusHandler, *, wait: float = 2.0) -> None:
-        """Start listening; wait briefly for the first subscription (never fail on it)."""
+    async def start(self, handler: BusHandler, *, wait: float = 2.0,
+                    lost: Callable[[], None] | None = None, resumed: Resumed | None = None) -> None:
+        """Start listening; wait briefly for the first subscription (never fail on it).
+
+        `lost()` runs when Redis goes away; `await resumed()` once it is back, before
+        the first message from it is handed to `handler`.
+        """
         self.handler = handler
+        self.lost, self.resumed = lost, resumed
         self._task = asyncio.create_task(self._listen(), name="realtime-bus")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._ready.wait(), wait)
@@ -125,6 +140,10 @@ class Bus:
             log.warning("redis unavailable (%s): delivering room events in this process only", exc)
             self._warned = True
         self.connected = False
+        if not self._missed:
+            self._missed = True
+            if self.lost is not None:
+                self.lost()
 
     async def _listen(self) -> None:
         """Subscribe, hand messages over, and on any failure retry until Redis is back."""
@@ -139,6 +158,9 @@ class Bus:
                     self._warned = False
                 self.connected = True
                 self._ready.set()
+                if self._missed:
+                    self._missed = False
+                    await self._catch_up()
                 while self.connected:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None:
@@ -152,6 +174,16 @@ class Bus:
                 with contextlib.suppress(*_FAILURES):
                     await pubsub.aclose()
             await asyncio.sleep(self.retry_seconds)
+
+    async def _catch_up(self) -> None:
+        """Let the hub deliver what was missed; messages from Redis wait in the socket."""
+        if self.resumed is None:
+            return
+        try:
+            async with asyncio.timeout(RESUME_TIMEOUT):
+                await self.resumed()
+        except Exception:  # noqa: BLE001 - a failed catch-up must not stop live delivery
+            log.exception("catching up after the redis outage failed")
 
     def _dispatch(self, data: bytes) -> None:
         try:

@@ -14,6 +14,8 @@ retried every tick; when the queue is full the oldest message is dropped and cou
 
 Across processes the bus (`signaling/bus.py`) carries emitted events and each
 process's viewer count; events that come from the bus are delivered like local ones.
+When the bus comes back after Redis was away, each room first gets the chat it missed
+from the database (`signaling/catchup.py`), each message once and in order.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import Any, Protocol
 import asyncpg
 
 from commerce.errors import NotFound
-from signaling import store
+from commerce.outage import database_unavailable
+from signaling import catchup, store
 from signaling.bus import Bus
 from signaling.events import batch, event
 
@@ -158,6 +161,7 @@ class Room:
         self.published_count, self.published_at = -1, 0.0
         # Viewer figures not yet written to the livestream row.
         self.peak, self.joined, self.watch_seconds = 0, 0, 0.0
+        self.chat = catchup.ChatLog()  # what it delivered, for the catch-up after an outage
 
     def is_owner(self, participant: Participant | None) -> bool:
         return participant is not None and (
@@ -207,7 +211,7 @@ class Hub:
 
     async def start(self) -> None:
         if self.bus is not None:
-            await self.bus.start(self._from_bus)
+            await self.bus.start(self._from_bus, lost=self._bus_lost, resumed=self._catch_up)
         self._task = asyncio.create_task(self._run(), name="realtime-hub")
 
     async def stop(self) -> None:
@@ -231,6 +235,7 @@ class Hub:
                    participant: Participant | None, *, publisher: bool = False) -> Connection:
         """Add a recipient to a room and send it the `welcome` snapshot."""
         room = self.rooms.get(livestream_id)
+        new_room = room is None
         if room is None:
             async with self.transaction(system=True) as db:
                 info = await store.room_info(db, livestream_id)
@@ -244,8 +249,18 @@ class Hub:
         room.connections.add(conn)
         if not publisher:
             room.joined += 1
-        async with self.transaction(system=True) as db:
-            recent = await store.recent_chat(db, livestream_id, self.options.recent_chat)
+        try:
+            async with self.transaction(system=True) as db:
+                recent = await store.recent_chat(db, livestream_id, self.options.recent_chat)
+        except BaseException:
+            self.leave(conn)  # the database is away: no welcome, and no ghost viewer left behind
+            if not publisher:
+                room.joined -= 1
+            raise
+        if new_room:
+            room.chat.seed(recent)
+            if self.bus is not None and not self.bus.connected:
+                room.chat.hold()  # opened during an outage: catch up from what it opened with
         welcome = event("welcome", {
             "sessionId": conn.session_id,
             "identity": participant.as_json() if participant else None,
@@ -286,6 +301,8 @@ class Hub:
         room = self.rooms.get(livestream_id)
         if room is None:
             return
+        if event_type == "chat:new" and not room.chat.first_time(payload):
+            return  # already delivered (by the catch-up after an outage, or in welcome)
         room.apply(event_type, payload)
         fragment = event(event_type, payload)
         if audience.startswith("user:"):
@@ -332,10 +349,51 @@ class Hub:
                         "productId": str(row["product_id"]), "variantId": str(row["variant_id"]),
                         "stock": row["stock"],
                     })
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
                 log.warning("stock:update for %d variants failed: %s", len(ids), exc)
+                if database_unavailable(exc):
+                    # Announce them once the database is back, or rooms keep showing old stock.
+                    self._stock_pending.update(ids)
+                    await asyncio.sleep(1.0)
             # Rooms hear events once per tick: read no more often than that.
             await asyncio.sleep(self.options.tick_seconds)
+
+    def _bus_lost(self) -> None:
+        for room in self.rooms.values():
+            room.chat.hold()
+
+    async def _catch_up(self) -> None:
+        """Deliver to each room what it missed while Redis was away (before live messages).
+
+        The chat stored meanwhile, then the room's state and highlighted product as the
+        database has them now, when they differ from what the room last heard.
+        """
+        # Release every room first: one the bus's time limit cuts off must not stay held.
+        held_rooms = []
+        for room in list(self.rooms.values()):
+            held, since = room.chat.release()
+            if held:
+                held_rooms.append((room, since))
+        for room, since in held_rooms:
+            try:
+                async with self.transaction(system=True) as db:
+                    missed = await catchup.missed_chat(db, room.livestream_id, since)
+                    info = await store.room_info(db, room.livestream_id)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("could not catch up on the chat of %s: %s", room.livestream_id, exc)
+                continue
+            fresh = [m for m in missed if not room.chat.delivered(m["id"])]
+            for message in fresh:
+                self.deliver(room.livestream_id, "chat:new", message)
+            if info is not None and info.state != room.state:
+                self.deliver(room.livestream_id, "stream:state", {"state": info.state})
+            highlighted = info.highlighted_product if info is not None else None
+            if highlighted is not None and (room.highlighted or {}).get("id") != highlighted.get("id"):
+                self.deliver(room.livestream_id, "product:highlighted", highlighted)
+            if fresh:
+                self.stats["caught_up"] += len(fresh)
+                log.info("caught up %d chat messages in %s after the redis outage",
+                         len(fresh), room.livestream_id)
 
     def _from_bus(self, kind: str, livestream_id: str, message: dict[str, Any]) -> None:
         room = self.rooms.get(livestream_id)

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from commerce.errors import CommerceError
+from commerce.outage import database_unavailable
 from signaling import events, store
 from signaling.chat import Chat, Limits
 from signaling.events import ClientMessage, ProtocolError
@@ -113,7 +114,11 @@ class Realtime:
         except (asyncpg.PostgresError, OSError) as exc:
             log.warning("realtime message failed: %s", exc)
             conn.send_direct(events.error("unavailable", "temporarily unavailable, try again", ref))
-        except Exception:  # noqa: BLE001 - the session boundary: a bug must not end the session
+        except Exception as exc:  # noqa: BLE001 - the session boundary: a bug must not end the session
+            if database_unavailable(exc):  # e.g. InterfaceError: the pool's connection was closed
+                log.warning("realtime message failed: %s", exc)
+                conn.send_direct(events.error("unavailable", "temporarily unavailable, try again", ref))
+                return
             log.exception("realtime message crashed (session %s)", conn.session_id)
             conn.send_direct(events.error("internal_error", "internal error", ref))
 

@@ -8,14 +8,15 @@ import secrets
 import socket
 from collections.abc import AsyncIterator
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
+from commerce.outage import database_unavailable
 from server import notify
 from server.api import Api, json_response, path_id
 from server.errors import ApiError, not_found, unauthenticated
 from server.shop import ShopCommerce
 from server.keys import BODY, DB, HUB, IDENTITY, QUERY, REDIS, SETTINGS, TOKENS
-from signaling import chat
+from signaling import chat, events
 from signaling.bus import Bus, connect
 from signaling.chat import Chat, Limits
 from signaling.hub import Hub, HubOptions, Participant
@@ -105,9 +106,17 @@ async def events_socket(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     if transport is None:  # the client left during the upgrade
         return ws
-    conn = await realtime.open(
-        livestream_id, WebSocketTransport(transport, lambda: transport.close()), participant
-    )
+    try:
+        conn = await realtime.open(
+            livestream_id, WebSocketTransport(transport, lambda: transport.close()), participant
+        )
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        # Upgraded already: no 503 can be sent now. 1013 asks the client to try again later.
+        await ws.send_str(events.error("unavailable", "temporarily unavailable, try again"))
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
+        return ws
     try:
         async for message in ws:
             if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
