@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from server.config import ConfigError, Secret, Settings
-from server.db import EmbeddedPostgres, migrate
+from server.db import EmbeddedPostgres, MigrationError, migrate
 
 log = logging.getLogger("shopstream")
 
@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None) -> None:
         "seed": lambda: _seed(settings),
         "check-inventory": lambda: _check_inventory(settings),
     }
-    run(commands[args.command])
+    try:
+        run(commands[args.command])
+    except MigrationError as exc:
+        sys.exit(f"database migration error: {exc}")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ from typing import Any
 
 import asyncpg
 
+from sql import MIGRATIONS_DIR
+
 log = logging.getLogger("shopstream.db")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
 # Any constant shared by every process of this app; two starting at once serialise on it.
 MIGRATION_LOCK_KEY = 0x5E0B_5743
 
@@ -72,6 +73,12 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
         if not sql.lstrip().startswith("-- Why:"):
             raise MigrationError(f"{path.name}: must start with a '-- Why:' comment")
         migrations.append(Migration(version, name, sql))
+    if not migrations:
+        # Applying nothing would start a server whose first query fails far from here.
+        raise MigrationError(
+            f"no migrations found in {directory}: the installation is incomplete "
+            "(sql/migrations/*.sql must be installed as package data)"
+        )
     versions = [m.version for m in migrations]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"duplicate migration versions in {directory}")
