@@ -10,6 +10,7 @@ the installed server's path: it runs from an empty folder.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,10 +63,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A developer's tree holds more than the source; none of it may reach the wheel, and a
+# stale build/ would (setuptools reuses it), so the wheel is built from a clean copy.
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "var", "build", "*.egg-info", "__pycache__", "test-artifacts", "results",
+)
+
+
 def build_wheel(out_dir: Path) -> Path:
-    """Build the project's wheel (isolated build, as `pip wheel` does for a user)."""
+    """Build the project's wheel from a clean copy (isolated build, as `pip wheel` does)."""
+    source = out_dir / "source"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out_dir), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out_dir), str(source)],
         check=True, capture_output=True, text=True, timeout=600,
     )
     (wheel,) = out_dir.glob("kein_shopstream-*.whl")

@@ -126,9 +126,25 @@ def test_installed_demo_runs_from_an_empty_folder(installed_wheel: InstalledWhee
         assert status == 200 and b"<html" in page.lower()
     finally:
         code = stop(proc)
-    assert code == 0, log.read_text()
+    output = log.read_text()
+    assert code == 0, output
     # Everything the demo keeps lives in the folder it was started from.
     assert (workdir / "var" / "jwt_secret").exists()
+    assert_quiet_demo_output(output, workdir / "var")
+
+
+def assert_quiet_demo_output(output: str, data_dir: Path) -> None:
+    """One short line, then one banner; PostgreSQL's chatter is in a file; no access log."""
+    lines = output.splitlines()
+    banner = next(i for i, line in enumerate(lines) if "demo listening on http://" in line)
+    assert banner <= 2, output
+    assert "DEMO ONLY" in output and "seller@demo.shopstream.test" in output
+    for noise in ("initdb", "pg_ctl", "PostmasterInfo", "Running commandline", "RuntimeDirWarning",
+                  "applied migration", '"method"'):
+        assert noise not in output, f"{noise!r} printed:\n{output}"
+    assert len(lines) < 25, output
+    pg_log = (data_dir / "embedded-postgres.log").read_text()
+    assert "initdb" in pg_log and "pg_ctl" in pg_log
 
 
 def test_installed_loadtest_finds_its_scenarios(installed_wheel: InstalledWheel, tmp_path: Path) -> None:
