@@ -9,7 +9,6 @@ PostgreSQL through its unix socket, which namespaces do not isolate.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
@@ -190,12 +189,18 @@ async def show(lab: netns.Lab, lab_database: str, turn_server: str,
     publisher = None
     try:
         wait_tcp(lab, "pub", netns.PUBLIC_SERVER, HTTP, server, server_log)
-        publisher = lab.popen("pub", [sys.executable, "-m", "tests.deploy.netns_peer", "publish", BASE,
-                                      row["id"], row["stream_key"]],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # stderr to a file: a pipe nobody reads would fill and stall the publisher.
+        publisher_log = folder / "publisher.log"
+        with publisher_log.open("w") as errors:
+            publisher = lab.popen("pub", [sys.executable, "-m", "tests.deploy.netns_peer", "publish",
+                                          BASE, row["id"], row["stream_key"]],
+                                  cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=errors)
         assert publisher.stdout is not None
         line = publisher.stdout.readline()
-        assert line and json.loads(line)["status"] == 201, line + (publisher.stderr.read() if publisher.poll() is not None and publisher.stderr else "")
+        if not line or json.loads(line)["status"] != 201:
+            stop(publisher)
+            raise AssertionError(f"the publisher did not go live: {line}{publisher_log.read_text()}\n"
+                                 + server_log.read_text()[-3000:])
         yield {"id": row["id"], "env": env, "server_log": server_log}
     finally:
         if publisher is not None:

@@ -155,12 +155,15 @@ def test_installed_loadtest_finds_its_scenarios(installed_wheel: InstalledWheel,
     # A ready scenario loads by name from the installed package (no source checkout here).
     code = (
         "from benchmarks.loadtest import parser; from benchmarks.scenario import from_arguments;"
-        "s = from_arguments(parser().parse_args(['--scenario', 'smoke'])); print(s.name, s.viewers)"
+        "s = from_arguments(parser().parse_args(['--scenario', 'smoke'])); print(s.name, s.results_dir)"
     )
     loaded = subprocess.run([installed_wheel.python, "-c", code], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr
-    assert loaded.stdout.split()[0] == "smoke"
+    name, results_dir = loaded.stdout.split()
+    assert name == "smoke"
+    # Results go to the working folder, never into the (read-only) installed package.
+    assert results_dir == "loadtest-results"
     # A missing scenario is a clear error, not a traceback.
     missing = subprocess.run([installed_wheel.shopstream, "loadtest", "--scenario", "nope"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
