@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = Path(__file__).parent / "scenarios"
-RESULTS = Path(__file__).parent / "results"
+# In a source checkout results go next to the benchmarks; an installed package must not
+# write into site-packages (often read-only, as in the container), so there: ./loadtest-results.
+_CHECKOUT = (Path(__file__).parent.parent / "pyproject.toml").exists()
+RESULTS = Path(__file__).parent / "results" if _CHECKOUT else Path("loadtest-results")
 
 
 class ScenarioError(ValueError):

@@ -13,13 +13,14 @@ H.264) without decoding it. The server uses it like this::
     sfu.stats(room_id)                   # counters for Prometheus
     await sfu.close()                    # on shutdown
 
-Errors to map to HTTP: BadOffer -> 400/415, PublisherConflict -> 409, RoomFull -> 503,
-RoomNotFound/RoomClosed/SessionNotFound -> 404.
+Errors to map to HTTP: BadOffer -> 400/415, PublisherConflict -> 409, RoomFull and
+MediaPortsExhausted -> 503, RoomNotFound/RoomClosed/SessionNotFound -> 404.
 """
 
 from .errors import (
     BadOffer,
     MediaError,
+    MediaPortsExhausted,
     PublisherConflict,
     RoomClosed,
     RoomFull,
@@ -35,6 +36,7 @@ __all__ = [
     "BadOffer",
     "IceServer",
     "MediaError",
+    "MediaPortsExhausted",
     "MediaSession",
     "MediaSettings",
     "PublisherConflict",

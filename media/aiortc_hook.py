@@ -18,9 +18,12 @@ rewritten RTP packets to each viewer. This module is the only place that knows h
   from aioice's datagram callback (unprotect in place, header read with ``struct``),
   instead of aiortc's queue, DTLS task and full ``RtpPacket.parse``.
 * :func:`ice_host_addresses` chooses which local addresses aioice gathers (it leaves
-  out loopback by default); it rests on one of the module's two monkeypatches (the
-  other keeps ICE consent alive while a publisher's media keeps arriving, and routes
-  datagrams to the :class:`SrtpIngress`).
+  out loopback by default); it rests on the first of the module's three monkeypatches
+  (the second keeps ICE consent alive while a publisher's media keeps arriving, and
+  routes datagrams to the :class:`SrtpIngress`).
+* :class:`IcePolicyPeerConnection` binds host candidates inside fixed UDP port ranges
+  and advertises announced addresses (1:1 NAT) instead of the bound ones; it rests on
+  the third patch, of ``aioice.ice.Connection.get_component_candidates``.
 
 The hook reads private aiortc, aioice and pylibsrtp attributes, so the aiortc version
 is pinned and checked at import (and pylibsrtp's handle is checked too).
@@ -31,6 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
+import inspect
+import ipaddress
 import logging
 import os
 import random
@@ -38,13 +44,18 @@ import socket
 import struct
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aioice
+import aioice.candidate
 import aioice.ice
 import aioice.stun
+import aioice.turn
 import aiortc
 import pylibsrtp
 from aioice.ice import StunProtocol
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
@@ -74,6 +85,8 @@ from aiortc.rtp import (
 from aiortc.stats import RTCStatsReport
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
+
+from .errors import MediaPortsExhausted
 
 SUPPORTED_AIORTC = "1.16."
 if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
@@ -174,6 +187,156 @@ def ice_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
         yield
     finally:
         _host_addresses.reset(token)
+
+
+# --- ICE ports and announced addresses -------------------------------------------------
+#
+# aioice binds every host candidate with ``create_datagram_endpoint(local_addr=(address,
+# 0))`` inside ``Connection.get_component_candidates``: a random port, which no firewall,
+# container or cloud security group can open ahead of time, and the bound address is
+# what it advertises. The third monkeypatch replaces that method while an
+# :class:`IcePolicy` is active (see :class:`IcePolicyPeerConnection`): host sockets bind
+# inside the policy's port ranges, and their candidates advertise the announced address
+# (1:1 NAT: bind the private address, advertise the public one). STUN and TURN
+# candidates are left to aioice: its own method runs with no host addresses.
+
+
+@dataclass(frozen=True)
+class IcePolicy:
+    """Where ICE host candidates bind (UDP port ranges) and which address they advertise."""
+
+    # Inclusive (first, last) UDP port ranges; empty: any port (the kernel picks).
+    port_ranges: tuple[tuple[int, int], ...] = ()
+    # (local address, advertised address) pairs; local "*" stands for every address.
+    announced: tuple[tuple[str, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.port_ranges or self.announced)
+
+    def announced_for(self, local: str) -> str:
+        """Return the address to advertise for a socket bound on ``local``."""
+        for bound, advertised in self.announced:
+            if bound in (local, "*"):
+                return advertised
+        return local
+
+    def describe_ranges(self) -> str:
+        return ",".join(f"{first}-{last}" for first, last in self.port_ranges)
+
+
+_ice_policy: contextvars.ContextVar[IcePolicy | None] = contextvars.ContextVar(
+    "media_ice_policy", default=None
+)
+_aioice_get_component_candidates = aioice.ice.Connection.get_component_candidates
+if list(inspect.signature(_aioice_get_component_candidates).parameters) != [
+    "self", "component", "addresses", "timeout"
+]:
+    raise ImportError("media.aiortc_hook: aioice's Connection.get_component_candidates changed")
+
+
+def bind_udp_in_range(address: str, policy: IcePolicy) -> socket.socket:
+    """Return a UDP socket bound on ``address`` at a free port of the policy's ranges.
+
+    Starts at a random port so that concurrent sessions (and processes sharing a range)
+    rarely probe the same ports; raises :class:`MediaPortsExhausted` when all are taken.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if not policy.port_ranges:
+        sock.bind((address, 0))
+        return sock
+    sizes = [last - first + 1 for first, last in policy.port_ranges]
+    total = sum(sizes)
+    start = random.randrange(total)
+    try:
+        for step in range(total):
+            index = (start + step) % total
+            for (first, _), size in zip(policy.port_ranges, sizes):
+                if index < size:
+                    port = first + index
+                    break
+                index -= size
+            try:
+                sock.bind((address, port))
+                return sock
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    raise
+    except BaseException:
+        sock.close()
+        raise
+    sock.close()
+    raise MediaPortsExhausted(address, policy.describe_ranges())
+
+
+async def _get_component_candidates(
+    self: aioice.ice.Connection, component: int, addresses: list[str], timeout: int = 5
+) -> list[aioice.Candidate]:
+    """Gather like aioice, binding host candidates as the active :class:`IcePolicy` says."""
+    policy = _ice_policy.get()
+    if not policy:
+        return await _aioice_get_component_candidates(self, component, addresses, timeout)
+    loop = asyncio.get_running_loop()
+    protocols: list[StunProtocol] = []
+    try:
+        for address in addresses:
+            try:
+                sock = bind_udp_in_range(address, policy)
+            except OSError as exc:  # as aioice does: an address that cannot bind is skipped
+                logger.info("could not bind ICE host candidate on %s: %s", address, exc)
+                continue
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
+            _, protocol = await loop.create_datagram_endpoint(lambda: StunProtocol(self), sock=sock)
+            protocols.append(protocol)
+            bound, port = protocol.transport.get_extra_info("sockname")[:2]
+            advertised = policy.announced_for(bound)
+            protocol.local_candidate = aioice.Candidate(
+                foundation=aioice.candidate.candidate_foundation("host", "udp", advertised),
+                component=component, transport="udp",
+                priority=aioice.candidate.candidate_priority(component, "host"),
+                host=advertised, port=port, type="host",
+            )
+    except BaseException:
+        for protocol in protocols:
+            protocol.transport.close()
+        raise
+    self._protocols += protocols
+    candidates = [protocol.local_candidate for protocol in protocols]
+    if self.stun_server and not policy.announced:
+        queries = [aioice.ice.server_reflexive_candidate(p, self.stun_server) for p in protocols
+                   if ipaddress.ip_address(p.local_candidate.host).version == 4]
+        if queries:
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with asyncio.timeout(timeout):
+                    for result in await asyncio.gather(*queries, return_exceptions=True):
+                        if not isinstance(result, BaseException):
+                            candidates.append(result[0])
+    # TURN (relayed) candidates: aioice's own code, given no host address to bind again.
+    return candidates + await _aioice_get_component_candidates(self, component, [], timeout)
+
+
+aioice.ice.Connection.get_component_candidates = _get_component_candidates
+
+
+class IcePolicyPeerConnection(RTCPeerConnection):
+    """An ``RTCPeerConnection`` whose ICE gathering follows an :class:`IcePolicy`.
+
+    Gathering happens inside ``setLocalDescription``; the policy is set for that call
+    only, so every other aioice user (and every other peer connection) is unaffected.
+    """
+
+    def __init__(self, configuration: RTCConfiguration, policy: IcePolicy) -> None:
+        super().__init__(configuration)
+        self.ice_policy = policy
+
+    async def setLocalDescription(  # noqa: N802 (aiortc API)
+        self, sessionDescription: RTCSessionDescription | None = None  # noqa: N803
+    ) -> None:
+        token = _ice_policy.set(self.ice_policy)
+        try:
+            await super().setLocalDescription(sessionDescription)
+        finally:
+            _ice_policy.reset(token)
 
 
 # --- egress ----------------------------------------------------------------------------

@@ -8,7 +8,8 @@ The tree, so that the HTTP layer can map it in one place::
     ├── RoomFull               the per-room viewer limit is reached (-> 503)
     ├── RoomNotFound           no room (or no publisher yet) with that id (-> 404)
     │   └── RoomClosed         the room existed but has ended (-> 404/410)
-    └── SessionNotFound        no session with that id (-> 404)
+    ├── SessionNotFound        no session with that id (-> 404)
+    └── MediaPortsExhausted    every UDP port of ICE_PORT_RANGE is taken (-> 503)
 
 Each error carries a human-readable message and the ids the caller may need.
 """
@@ -66,3 +67,14 @@ class SessionNotFound(MediaError):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"media session {session_id!r} not found")
         self.session_id = session_id
+
+
+class MediaPortsExhausted(MediaError):
+    """No UDP port is free in the configured ICE port range for a new session."""
+
+    def __init__(self, address: str, ranges: str) -> None:
+        super().__init__(
+            f"no free UDP port for media on {address} in the ICE port range {ranges}: "
+            "every port is taken by a session (widen ICE_PORT_RANGE or add a server)"
+        )
+        self.address = address

@@ -11,7 +11,13 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
-from .aiortc_hook import ice_host_addresses, install_receiver, install_sender
+from .aiortc_hook import (
+    IcePolicy,
+    IcePolicyPeerConnection,
+    ice_host_addresses,
+    install_receiver,
+    install_sender,
+)
 from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
 from .room import Room, RoomState, RoomStats
 from .sdp import codec_preferences, plan_publish, plan_watch
@@ -40,6 +46,10 @@ class MediaSettings:
     ice_servers: Sequence[IceServer] = ()
     # Local addresses to gather and advertise; None means every non-loopback one.
     ice_host_addresses: Sequence[str] | None = None
+    # Host candidates bind in these inclusive UDP port ranges (empty: any port) and
+    # advertise the announced address of their local one ("*": any), for 1:1 NAT.
+    ice_port_ranges: Sequence[tuple[int, int]] = ()
+    ice_announced_addresses: Sequence[tuple[str, str]] = ()
     max_viewers_per_room: int = 200
     # Bitrate cap sent to publishers as REMB.
     remb_bitrate_bps: int = 2_500_000
@@ -235,7 +245,14 @@ class SFU:
             for s in self.settings.ice_servers
         ]
         # Always an explicit list: aiortc's default would contact a public STUN server.
-        return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        configuration = RTCConfiguration(iceServers=servers)
+        policy = IcePolicy(
+            port_ranges=tuple(self.settings.ice_port_ranges),
+            announced=tuple(self.settings.ice_announced_addresses),
+        )
+        if policy:
+            return IcePolicyPeerConnection(configuration, policy)
+        return RTCPeerConnection(configuration)
 
     async def _answer(self, session: MediaSession, offer_sdp: str) -> None:
         pc = session.pc

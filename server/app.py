@@ -99,6 +99,8 @@ async def media_context(app: web.Application) -> AsyncIterator[None]:
     sfu = SFU(MediaSettings(
         ice_servers=[IceServer(urls=url) for url in settings.ice_servers],
         ice_host_addresses=list(settings.ice_host_addresses) or None,
+        ice_port_ranges=settings.ice_port_ranges,
+        ice_announced_addresses=settings.ice_announced_pairs,
         max_viewers_per_room=settings.max_viewers_per_room,
         remb_bitrate_bps=settings.remb_bitrate_bps,
         publisher_grace_seconds=settings.publisher_grace_seconds,

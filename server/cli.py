@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -15,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from server.config import ConfigError, Secret, Settings
-from server.db import EmbeddedPostgres, migrate
+from server.db import EmbeddedPostgres, EmbeddedPostgresError, MigrationError, migrate
 
 log = logging.getLogger("shopstream")
 
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         common(p)
         p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+        if name == "demo":
+            p.add_argument("--access-log", action="store_true",
+                           help="print a JSON line per request (as LOG_REQUESTS=1 does)")
     common(sub.add_parser("migrate", help="apply database migrations and exit"))
     common(sub.add_parser("seed", help="load the demo data and exit"))
     common(sub.add_parser(
@@ -45,12 +49,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    log_requests = None  # serve: LOG_REQUESTS, on by default (JSON lines for production)
+    if args.command == "demo":
+        # The demo's terminal is for people: requests are logged only when asked for.
+        log_requests = args.access_log or _env_flag("LOG_REQUESTS")
     return Settings.from_env(
+        log_requests=log_requests,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         data_dir=Path(args.data_dir) if args.data_dir else None,
         database_url=Secret(args.database_url) if args.database_url else None,
     ).with_jwt_secret_from_data_dir()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
 
 
 @contextlib.asynccontextmanager
@@ -60,7 +73,7 @@ async def database_dsn(settings: Settings) -> AsyncIterator[str]:
         yield settings.database_url.get()
         return
     embedded = EmbeddedPostgres(settings.data_dir)
-    log.info("starting embedded PostgreSQL in %s", embedded.pgdata)
+    log.info("starting embedded PostgreSQL in %s (its log: %s)", embedded.pgdata, embedded.log_path)
     dsn = await asyncio.to_thread(embedded.start)
     try:
         yield dsn
@@ -72,8 +85,11 @@ async def database_dsn(settings: Settings) -> AsyncIterator[str]:
 async def _serve(settings: Settings, *, demo: bool) -> None:
     from server.app import create_app
 
+    if demo:
+        print("Kein Shopstream demo: starting (the first start sets up a database, ~10 s)...",
+              flush=True)
     async with database_dsn(settings) as dsn:
-        await migrate(dsn, settings.db_app_role)
+        await migrate(dsn, settings.db_app_role, quiet=demo)
         if demo:
             from server.demo import seed_demo
 
@@ -84,9 +100,10 @@ async def _serve(settings: Settings, *, demo: bool) -> None:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         base = f"http://{settings.host}:{settings.port}"
-        print(f"Kein Shopstream listening on {base}", flush=True)
         if demo:
-            _print_demo(base, details)
+            _print_demo(base, details, settings)
+        else:
+            print(f"Kein Shopstream listening on {base}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -96,19 +113,29 @@ async def _serve(settings: Settings, *, demo: bool) -> None:
         await runner.cleanup()
 
 
-def _print_demo(base: str, details: dict[str, Any]) -> None:
-    print("\nDemo data:")
-    for account in details["accounts"]:
-        print(f"  {account['role']:<7} {account['email']}  password: {account['password']}")
-    print(f"  livestream: {details['livestream']['title']} ({details['livestream']['id']})")
-    print(f"  stream key (WHIP bearer): {details['livestream']['streamKey']}")
-    print("\nURLs:")
-    print(f"  shop:         {base}/")
-    print(f"  watch:        {base}/live/{details['livestream']['id']}")
-    print(f"  studio:       {base}/studio/{details['livestream']['id']}")
-    print(f"  WHIP publish: {base}/api/v1/livestreams/{details['livestream']['id']}/publish")
-    print(f"  API docs:     {base}/api/v1/openapi.json")
-    print(f"  health:       {base}/healthz\n", flush=True)
+def _print_demo(base: str, details: dict[str, Any], settings: Settings | None = None) -> None:
+    """Print the demo's one banner: where to go, how to log in, what is demo-only."""
+    stream = details["livestream"]
+    lines = [
+        f"Kein Shopstream demo listening on {base}",
+        f"  shop          {base}/",
+        f"  watch         {base}/live/{stream['id']}  ({stream['title']})",
+        f"  studio        {base}/studio/{stream['id']}  (log in as the seller)",
+        f"  WHIP publish  {base}/api/v1/livestreams/{stream['id']}/publish",
+        f"  API docs      {base}/api/v1/openapi.json   health: {base}/readyz",
+        "  logins        " + "\n                ".join(
+            f"{a['role']:<7} {a['email']}  password: {a['password']}" for a in details["accounts"]
+        ),
+        f"  stream key    {stream['streamKey']}  (DEMO ONLY: the WHIP bearer; anyone holding it"
+        " can publish)",
+    ]
+    if settings is not None:
+        where = "embedded PostgreSQL" if settings.embedded_database else "DATABASE_URL"
+        lines.append(f"  data          {settings.data_dir.resolve()}  (database: {where})")
+        lines.append("  requests      " + (
+            "logged as JSON lines" if settings.log_requests else "not logged (--access-log)"))
+    lines.append("Stop with Ctrl-C.")
+    print("\n".join(lines), flush=True)
 
 
 async def _migrate(settings: Settings) -> None:
@@ -161,11 +188,16 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(loadtest(argv[1:]))
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # `demo` talks to a person: warnings only, plus the access log when asked for.
+    quiet = args.command == "demo"
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
     try:
         settings = _settings(args)
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
+    if quiet and settings.log_requests:
+        logging.getLogger("shopstream.access").setLevel(logging.INFO)
     commands = {
         "serve": lambda: _serve(settings, demo=False),
         "demo": lambda: _serve(settings, demo=True),
@@ -173,7 +205,12 @@ def main(argv: list[str] | None = None) -> None:
         "seed": lambda: _seed(settings),
         "check-inventory": lambda: _check_inventory(settings),
     }
-    run(commands[args.command])
+    try:
+        run(commands[args.command])
+    except MigrationError as exc:
+        sys.exit(f"database migration error: {exc}")
+    except EmbeddedPostgresError as exc:
+        sys.exit(str(exc))
 
 
 if __name__ == "__main__":

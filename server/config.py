@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
@@ -47,6 +48,43 @@ def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def _port_ranges(value: str) -> tuple[tuple[int, int], ...]:
+    """Parse `50000-50199` (or several, comma-separated; `50000` is one port)."""
+    ranges = []
+    for part in _split(value):
+        first, _, last = part.partition("-")
+        try:
+            ranges.append((int(first), int(last or first)))
+        except ValueError:
+            raise ValueError(f"{part!r} is not a port range like 50000-50199") from None
+    return tuple(ranges)
+
+
+def _addresses(value: str) -> tuple[str, ...]:
+    """Parse comma-separated IP addresses (no host names: candidates carry addresses)."""
+    parsed = []
+    for part in _split(value):
+        try:
+            parsed.append(str(ipaddress.ip_address(part)))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address") from None
+    return tuple(parsed)
+
+
+def _check_port_ranges(ranges: tuple[tuple[int, int], ...]) -> None:
+    for first, last in ranges:
+        if not (1 <= first <= 65535 and 1 <= last <= 65535):
+            raise ConfigError(f"ICE_PORT_RANGE: {first}-{last} is outside 1-65535")
+        if first > last:
+            raise ConfigError(f"ICE_PORT_RANGE: {first}-{last} is reversed (write {last}-{first})")
+    ordered = sorted(ranges)
+    for (a_first, a_last), (b_first, b_last) in zip(ordered, ordered[1:]):
+        if b_first <= a_last:
+            raise ConfigError(
+                f"ICE_PORT_RANGE: {a_first}-{a_last} and {b_first}-{b_last} overlap"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything the server is configured by; built once at start-up."""
@@ -75,6 +113,16 @@ class Settings:
     # Media: never a default STUN server (aiortc's built-in default is a public host).
     ice_servers: tuple[str, ...] = ()
     ice_host_addresses: tuple[str, ...] = ()  # empty: every non-loopback address
+    # UDP ports ICE host candidates bind in (inclusive ranges); empty: any port.
+    ice_port_ranges: tuple[tuple[int, int], ...] = ()
+    # Addresses advertised instead of the bound ones (1:1 NAT): one for every host
+    # address, or one per ICE_HOST_ADDRESSES entry in the same order.
+    ice_announced_addresses: tuple[str, ...] = ()
+    # TURN relays for clients (not used by the server itself), with credentials minted
+    # per session from TURN_SECRET (coturn's use-auth-secret, the TURN REST API scheme).
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    turn_credential_ttl: int = 24 * 3600
     max_viewers_per_room: int = 500
     remb_bitrate_bps: int = 2_500_000
     publisher_grace_seconds: float = 15.0
@@ -133,7 +181,12 @@ class Settings:
         take("HOLD_SWEEP_SECONDS", "hold_sweep_seconds", float)
         take("STRIPE_MAX_NETWORK_RETRIES", "stripe_max_network_retries", int)
         take("ICE_SERVERS", "ice_servers", lambda v: tuple(_split(v)))
-        take("ICE_HOST_ADDRESSES", "ice_host_addresses", lambda v: tuple(_split(v)))
+        take("ICE_HOST_ADDRESSES", "ice_host_addresses", _addresses)
+        take("ICE_PORT_RANGE", "ice_port_ranges", _port_ranges)
+        take("ICE_ANNOUNCED_ADDRESSES", "ice_announced_addresses", _addresses)
+        take("TURN_URLS", "turn_urls", lambda v: tuple(_split(v)))
+        take("TURN_SECRET", "turn_secret", Secret)
+        take("TURN_CREDENTIAL_TTL", "turn_credential_ttl", int)
         take("MAX_VIEWERS_PER_ROOM", "max_viewers_per_room", int)
         take("REMB_BITRATE_BPS", "remb_bitrate_bps", int)
         take("PUBLISHER_GRACE_SECONDS", "publisher_grace_seconds", float)
@@ -171,6 +224,39 @@ class Settings:
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ConfigError(f"ICE server {url!r} must start with stun:, turn: or turns:")
+        self._validate_ice()
+
+    def _validate_ice(self) -> None:
+        # Each message names its setting: the server stops on it before binding anything.
+        for name, addresses in (("ICE_HOST_ADDRESSES", self.ice_host_addresses),
+                                ("ICE_ANNOUNCED_ADDRESSES", self.ice_announced_addresses)):
+            try:
+                _addresses(",".join(addresses))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+        _check_port_ranges(self.ice_port_ranges)
+        hosts, announced = len(self.ice_host_addresses), len(self.ice_announced_addresses)
+        if announced > 1 and announced != hosts:
+            raise ConfigError(
+                f"ICE_ANNOUNCED_ADDRESSES: {announced} addresses for {hosts} ICE_HOST_ADDRESSES "
+                "(give one address, or one per ICE_HOST_ADDRESSES entry in the same order)"
+            )
+        for url in self.turn_urls:
+            if not url.startswith(("turn:", "turns:")):
+                raise ConfigError(f"TURN_URLS: {url!r} must start with turn: or turns:")
+        if self.turn_secret and not self.turn_urls:
+            raise ConfigError("TURN_SECRET is set but TURN_URLS is empty: name the TURN server(s)")
+        if self.turn_urls and not self.turn_secret:
+            raise ConfigError("TURN_URLS needs TURN_SECRET (coturn's static-auth-secret)")
+        if self.turn_credential_ttl < 60:
+            raise ConfigError("TURN_CREDENTIAL_TTL must be at least 60 seconds")
+
+    @property
+    def ice_announced_pairs(self) -> tuple[tuple[str, str], ...]:
+        """Return (bound address, advertised address) pairs; "*" binds any address."""
+        if len(self.ice_announced_addresses) == 1:
+            return (("*", self.ice_announced_addresses[0]),)
+        return tuple(zip(self.ice_host_addresses, self.ice_announced_addresses))
 
     def with_jwt_secret_from_data_dir(self) -> Settings:
         """Return settings whose JWT secret is the one kept in the data folder.

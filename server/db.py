@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import subprocess
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +30,10 @@ from typing import Any
 
 import asyncpg
 
+from sql import MIGRATIONS_DIR
+
 log = logging.getLogger("shopstream.db")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
 # Any constant shared by every process of this app; two starting at once serialise on it.
 MIGRATION_LOCK_KEY = 0x5E0B_5743
 
@@ -73,6 +76,12 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
         if not sql.lstrip().startswith("-- Why:"):
             raise MigrationError(f"{path.name}: must start with a '-- Why:' comment")
         migrations.append(Migration(version, name, sql))
+    if not migrations:
+        # Applying nothing would start a server whose first query fails far from here.
+        raise MigrationError(
+            f"no migrations found in {directory}: the installation is incomplete "
+            "(sql/migrations/*.sql must be installed as package data)"
+        )
     versions = [m.version for m in migrations]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"duplicate migration versions in {directory}")
@@ -205,27 +214,77 @@ class Database:
             return False
 
 
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded PostgreSQL did not start; the message carries the end of its log."""
+
+
 class EmbeddedPostgres:
-    """Run PostgreSQL from the `pgserver` package inside the data folder."""
+    """Run PostgreSQL from the `pgserver` package inside the data folder.
+
+    pgserver logs every initdb/pg_ctl call with its full output at INFO, and
+    platformdirs warns when XDG_RUNTIME_DIR is unset: both go to `log_path` in the data
+    folder (next to PostgreSQL's own `pg/log`), never to the terminal, and the end of
+    that file is shown when the server fails to start.
+    """
+
+    LOG_NAME = "embedded-postgres.log"
 
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = (data_dir / "pg").resolve()
+        self.log_path = self.pgdata.parent / self.LOG_NAME
         self._server = None
+        self._handler: logging.Handler | None = None
 
     def start(self) -> str:
         """Start (or reuse) the server and return a DSN for its `shopstream` database."""
-        import pgserver  # imported lazily: only the embedded mode needs it
-
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
-        exists = self._server.psql(
-            "SELECT 1 FROM pg_database WHERE datname = 'shopstream';"
-        )
-        if "(0 rows)" in exists:
-            self._server.psql("CREATE DATABASE shopstream;")
-        return self._server.get_uri("shopstream")
+        pg_log = self._capture_logs()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                import pgserver  # imported lazily: only the embedded mode needs it
+
+                self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+                exists = self._server.psql(
+                    "SELECT 1 FROM pg_database WHERE datname = 'shopstream';"
+                )
+                if "(0 rows)" in exists:
+                    self._server.psql("CREATE DATABASE shopstream;")
+                return self._server.get_uri("shopstream")
+            except (OSError, subprocess.SubprocessError, AssertionError) as exc:
+                pg_log.error("embedded PostgreSQL failed: %r", exc)
+                raise EmbeddedPostgresError(
+                    f"the embedded PostgreSQL in {self.pgdata} did not start "
+                    f"({type(exc).__name__}); the end of {self.log_path}:\n"
+                    + self.log_tail()
+                ) from exc
+            finally:
+                for warning in caught:
+                    pg_log.warning("%s: %s", warning.category.__name__, warning.message)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Return the last `lines` lines of the embedded database's log file."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log written)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _capture_logs(self) -> logging.Logger:
+        pg_log = logging.getLogger("pgserver")
+        if self._handler is None:
+            self._handler = logging.FileHandler(self.log_path)
+            self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            pg_log.addHandler(self._handler)
+        pg_log.setLevel(logging.INFO)
+        pg_log.propagate = False
+        return pg_log
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+        if self._handler is not None:
+            logging.getLogger("pgserver").removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from media import SFU, BadOffer, PublisherConflict, RoomFull, RoomNotFound, SessionNotFound
-from server.api import Api, path_id, read_body
+from media import (
+    SFU,
+    BadOffer,
+    MediaPortsExhausted,
+    PublisherConflict,
+    RoomFull,
+    RoomNotFound,
+    SessionNotFound,
+)
+from server import turn
+from server.api import Api, json_response, path_id, read_body
 from server.errors import ApiError, register_domain_error, unauthenticated
-from server.keys import BEARER, GATEWAY, HUB, IDENTITY
+from server.keys import BEARER, GATEWAY, HUB, IDENTITY, SETTINGS
 from server.keys import SFU as SFU_KEY
 
 api = Api()
@@ -19,6 +30,7 @@ api = Api()
 register_domain_error(BadOffer, 400, "bad_offer")
 register_domain_error(PublisherConflict, 409, "publisher_conflict")
 register_domain_error(RoomFull, 503, "room_full")
+register_domain_error(MediaPortsExhausted, 503, "media_ports_exhausted")
 register_domain_error(RoomNotFound, 409, "not_live")
 register_domain_error(SessionNotFound, 404, "not_found")
 
@@ -48,12 +60,14 @@ async def participant_of(request: web.Request) -> Any:
     return await request.app[HUB].participant(identity.user_id, identity.role)
 
 
-def created(session: Any) -> web.Response:
+def created(session: Any, request: web.Request) -> web.Response:
     location = f"/api/v1/sessions/{session.id}"
-    return web.Response(
-        status=201, text=session.answer_sdp, content_type=SDP,
-        headers={"Location": location, "ETag": f'"{session.id}"'},
-    )
+    headers = CIMultiDict({"Location": location, "ETag": f'"{session.id}"'})
+    # RFC 9725: the TURN servers (with credentials minted for this session) as Link headers.
+    credentials = turn.mint(request.app[SETTINGS], session.id)
+    for link in credentials.link_headers() if credentials else ():
+        headers.add("Link", link)
+    return web.Response(status=201, text=session.answer_sdp, content_type=SDP, headers=headers)
 
 
 @api.route(
@@ -72,7 +86,7 @@ async def publish(request: web.Request) -> web.Response:
         livestream_id, offer, bearer=bearer, user_id=identity.user_id if identity else None,
         participant=await participant_of(request),
     )
-    return created(session)
+    return created(session, request)
 
 
 @api.route(
@@ -88,7 +102,35 @@ async def watch(request: web.Request) -> web.Response:
         livestream_id, offer, user_id=identity.user_id if identity else None,
         participant=await participant_of(request),
     )
-    return created(session)
+    return created(session, request)
+
+
+ICE_SERVERS = {
+    "type": "object",
+    "required": ["iceServers", "expiresAt"],
+    "properties": {
+        "iceServers": {"type": "array", "items": {
+            "type": "object", "required": ["urls"],
+            "properties": {"urls": {"type": "array", "items": {"type": "string"}},
+                           "username": {"type": "string"}, "credential": {"type": "string"}},
+        }},
+        "expiresAt": {"type": ["integer", "null"]},
+    },
+}
+
+
+@api.route(
+    "GET", "/api/v1/ice-servers", summary="ICE servers for a browser peer connection (TURN credentials)",
+    tags=("media",), auth="optional", response=ICE_SERVERS,
+)
+async def ice_servers(request: web.Request) -> web.Response:
+    # The web pages build their RTCPeerConnection before the WHIP/WHEP answer (and its
+    # Link headers) exists, so they ask here first. No TURN configured: an empty list.
+    credentials = turn.mint(request.app[SETTINGS], "web-" + secrets.token_hex(8))
+    if credentials is None:
+        return json_response({"iceServers": [], "expiresAt": None})
+    return json_response({"iceServers": [credentials.ice_server()], "expiresAt": credentials.expires_at},
+                         headers={"Cache-Control": "no-store"})
 
 
 @api.route(

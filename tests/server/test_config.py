@@ -44,3 +44,71 @@ def test_no_default_ice_server() -> None:
     assert Settings.from_env({}).ice_servers == ()
     assert Settings.from_env({"ICE_SERVERS": "stun:127.0.0.1:3478"}).ice_servers == ("stun:127.0.0.1:3478",)
     assert repr(Secret("x")) == "Secret('**********')"
+
+
+# --- media ports, announced addresses, TURN (issue 15) -------------------------------
+
+
+def test_ice_port_ranges_announced_addresses_and_turn_are_read() -> None:
+    settings = Settings.from_env({
+        "ICE_PORT_RANGE": "50000-50099, 50200-50299", "ICE_HOST_ADDRESSES": "10.0.0.5",
+        "ICE_ANNOUNCED_ADDRESSES": "203.0.113.7", "TURN_URLS": "turn:turn.example.net:3478?transport=tcp",
+        "TURN_SECRET": "t" * 32, "TURN_CREDENTIAL_TTL": "600",
+    })
+    assert settings.ice_port_ranges == ((50000, 50099), (50200, 50299))
+    assert settings.ice_announced_pairs == (("*", "203.0.113.7"),)
+    assert settings.turn_urls == ("turn:turn.example.net:3478?transport=tcp",)
+    assert settings.turn_credential_ttl == 600 and "t" * 32 not in repr(settings)
+    paired = Settings.from_env({"ICE_HOST_ADDRESSES": "10.0.0.5,10.0.1.5",
+                                "ICE_ANNOUNCED_ADDRESSES": "203.0.113.7,203.0.113.8"})
+    assert paired.ice_announced_pairs == (("10.0.0.5", "203.0.113.7"), ("10.0.1.5", "203.0.113.8"))
+    assert Settings.from_env({"ICE_PORT_RANGE": "50000"}).ice_port_ranges == ((50000, 50000),)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ICE_PORT_RANGE": "50199-50000"}, "ICE_PORT_RANGE"),
+        ({"ICE_PORT_RANGE": "50000-50199,50100-50299"}, "ICE_PORT_RANGE"),
+        ({"ICE_PORT_RANGE": "50000-70000"}, "ICE_PORT_RANGE"),
+        ({"ICE_PORT_RANGE": "fifty-sixty"}, "ICE_PORT_RANGE"),
+        ({"ICE_ANNOUNCED_ADDRESSES": "203.0.113.300"}, "ICE_ANNOUNCED_ADDRESSES"),
+        ({"ICE_ANNOUNCED_ADDRESSES": "public.example.com"}, "ICE_ANNOUNCED_ADDRESSES"),
+        ({"ICE_HOST_ADDRESSES": "10.0.0"}, "ICE_HOST_ADDRESSES"),
+        ({"ICE_ANNOUNCED_ADDRESSES": "203.0.113.7,203.0.113.8"}, "ICE_ANNOUNCED_ADDRESSES"),
+        ({"TURN_SECRET": "s" * 32}, "TURN_SECRET"),
+        ({"TURN_URLS": "turn:127.0.0.1:3478"}, "TURN_URLS"),
+        ({"TURN_URLS": "stun:127.0.0.1:3478", "TURN_SECRET": "s" * 32}, "TURN_URLS"),
+        ({"TURN_URLS": "turn:127.0.0.1", "TURN_SECRET": "s", "TURN_CREDENTIAL_TTL": "5"},
+         "TURN_CREDENTIAL_TTL"),
+    ],
+)
+def test_bad_media_settings_name_the_setting(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)
+
+
+def test_a_bad_setting_stops_the_server_before_anything_binds(tmp_path) -> None:
+    """One line naming the setting; no port bound, no data folder written."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "JWT_SECRET")}
+    env.update(ICE_PORT_RANGE="50199-50000", SHOPSTREAM_DATA_DIR=str(tmp_path / "var"))
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "serve", "--port", str(port)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "configuration error: ICE_PORT_RANGE: 50199-50000 is reversed (write 50000-50199)"
+    ]
+    assert not (tmp_path / "var").exists()
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))  # still free: nothing was bound half-way

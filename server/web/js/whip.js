@@ -33,6 +33,12 @@ function waitForIceGathering(pc) {
   });
 }
 
+// TURN relays with credentials minted by the server (empty unless TURN_URLS is set).
+async function iceServers() {
+  const resp = await fetch("/api/v1/ice-servers").catch(() => null);
+  return resp && resp.ok ? (await resp.json()).iceServers : [];
+}
+
 function preferCodecs(transceiver, kind) {
   // The SFU forwards VP8 and H.264 (VP9/AV1-only offers are refused): offer those first.
   if (!transceiver.setCodecPreferences || !window.RTCRtpReceiver?.getCapabilities) return;
@@ -150,7 +156,7 @@ export class MediaSession {
   }
 
   async _negotiate(generation) {
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const pc = new RTCPeerConnection({ iceServers: await iceServers() });
     this.pc = pc;
     // Created before the offer so that the offer carries an SCTP section.
     const channel = pc.createDataChannel("events", { ordered: true });
