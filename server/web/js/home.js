@@ -33,7 +33,7 @@ async function loadProducts(search = "") {
   box.replaceChildren(el("p", { class: "loading" }, "Loading products…"));
   try {
     const q = new URLSearchParams({ limit: "24" });
-    if (search) q.set("search", search);
+    if (search) q.set("q", search);
     const products = listOf(await api(`/api/v1/products?${q}`));
     box.replaceChildren(...products.map((p) => productCard(p, { onAdd: addToCart }).node));
     if (!products.length) box.append(el("p", { class: "empty" }, search ? `No products match “${search}”.` : "No products yet."));
