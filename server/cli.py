@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         common(p)
         p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+        if name == "demo":
+            p.add_argument("--no-live", action="store_true", help="do not publish the built-in test card")
     common(sub.add_parser("migrate", help="apply database migrations and exit"))
     common(sub.add_parser("seed", help="load the demo data and exit"))
     common(sub.add_parser(
@@ -69,7 +71,7 @@ async def database_dsn(settings: Settings) -> AsyncIterator[str]:
         await asyncio.to_thread(embedded.stop)
 
 
-async def _serve(settings: Settings, *, demo: bool) -> None:
+async def _serve(settings: Settings, *, demo: bool, live: bool = False) -> None:
     from server.app import create_app
 
     async with database_dsn(settings) as dsn:
@@ -87,12 +89,19 @@ async def _serve(settings: Settings, *, demo: bool) -> None:
         print(f"Kein Shopstream listening on {base}", flush=True)
         if demo:
             _print_demo(base, details)
+        publisher = None
+        if demo and live:
+            from server.demo_live import start_demo_publisher
+
+            publisher = start_demo_publisher(settings, details["livestream"])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         print("shutting down", flush=True)
+        if publisher is not None:
+            await publisher.stop()
         await runner.cleanup()
 
 
@@ -168,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"configuration error: {exc}")
     commands = {
         "serve": lambda: _serve(settings, demo=False),
-        "demo": lambda: _serve(settings, demo=True),
+        "demo": lambda: _serve(settings, demo=True, live=not args.no_live),
         "migrate": lambda: _migrate(settings),
         "seed": lambda: _seed(settings),
         "check-inventory": lambda: _check_inventory(settings),
