@@ -70,7 +70,7 @@ def card_background(width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
     top = height // 3
     for i, color in enumerate(BARS):
         img[top:top + height // 6, i * bar_w:(i + 1) * bar_w] = color
-    draw_text(img, "LIVE DEMO", (width - 35 * 6) // 2, top - 60, 6, (255, 255, 255))
+    draw_text(img, "LIVE DEMO", (width - 35 * 5) // 2, top - 50, 5, (255, 255, 255))
     return img
 
 
@@ -98,7 +98,7 @@ class TestCardTrack(MediaStreamTrack):
         x = int((self._count * 6) % (self.width + 40)) - 40
         band = slice(self.height // 3 + self.height // 6 + 10, self.height // 3 + self.height // 6 + 40)
         img[band, max(0, x):max(0, x + 40)] = (255, 255, 255)
-        draw_text(img, time.strftime("%H:%M:%S"), (self.width - 31 * 6) // 2, self.height * 2 // 3, 6, (255, 235, 120))
+        draw_text(img, time.strftime("%H:%M:%S"), (self.width - 31 * 5) // 2, self.height * 2 // 3, 5, (255, 235, 120))
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
         frame.pts = int(self._count * CLOCK_RATE / self.fps)
         frame.time_base = TIME_BASE

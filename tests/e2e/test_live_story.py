@@ -115,15 +115,18 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     await studio.click(f"[data-highlight='{product['id']}']")
     card = f"#product [data-product-id='{product['id']}']"
     await viewer.wait_for_selector(card, timeout=TIMEOUT)
-    variant_id = await viewer.eval_on_selector(f"{card} select", "s => s.value")
-    assert variant_id == product["variantIds"][0]
     assert await viewer.get_attribute(f"{card} [data-stock]", "data-stock") == "5"
+    # On the phone the card is on the playing video: Buy is in view without scrolling.
+    buy = await viewer.locator(f"{card} [data-buy]").bounding_box()
+    assert buy and 0 <= buy["y"] and buy["y"] + buy["height"] <= PHONE["height"], buy
     await shoot(viewer, "story-03-viewer-product")
 
-    # The viewer buys it with the offline provider.
+    # The viewer buys it with the offline provider, in the sheet over the video.
     await viewer.click(f"{card} [data-buy]")
     dialog = "#buy-dialog"
     await expect(viewer, f"{dialog} [data-new-address]", "buy-dialog")
+    variant_id = await viewer.eval_on_selector(f"{dialog} [data-variant-picker]", "s => s.value")
+    assert variant_id == product["variantIds"][0]
     await viewer.fill(f"{dialog} [name=line1]", "1 Market Street")
     await viewer.fill(f"{dialog} [name=city]", "Springfield")
     await viewer.fill(f"{dialog} [name=postalCode]", "12345")
@@ -159,7 +162,9 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     await studio.click("#end")
     await expect(studio, "body[data-publish-state='ended']", "studio-ended")
     await expect(viewer, "body[data-stream-state='ended']", "viewer-ended")
-    assert "ended" in (await viewer.text_content("#overlay") or "")
+    await expect(viewer, "#ended:not([hidden])", "viewer-ended-panel")
+    assert "ended" in (await viewer.text_content("#ended") or "")
+    assert not await viewer.is_visible("#unmute")
     await shoot(viewer, "story-08-viewer-ended")
     await shoot(studio, "story-09-studio-ended")
 

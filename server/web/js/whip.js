@@ -109,13 +109,28 @@ export class MediaSession {
     this.location = null;
     // DELETE before closing: a closed peer connection may already end the session on
     // the server, and the DELETE would then find nothing to leave.
-    if (location) {
-      const headers = {};
-      const token = await this.token().catch(() => null);
-      if (token) headers.Authorization = `Bearer ${token}`;
-      await fetch(location, { method: "DELETE", headers, keepalive }).catch(() => {});
-    }
+    // The session URL is the capability (no token): nothing to refresh before leaving.
+    if (location) await fetch(location, { method: "DELETE", keepalive }).catch(() => {});
     if (pc) pc.close();
+  }
+
+  /**
+   * Leave at once because the page is going away (pagehide, hidden): the DELETE is
+   * sent synchronously with keepalive, so it outlives the page, then the peer
+   * connection closes. Nothing is awaited: an unloading page gets no second turn.
+   */
+  leaveNow() {
+    this.stopped = true;
+    this.generation += 1;
+    clearTimeout(this.timer);
+    clearTimeout(this.graceTimer);
+    window.removeEventListener("online", this._online);
+    const { pc, location } = this;
+    this.pc = null;
+    this.location = null;
+    if (location) fetch(location, { method: "DELETE", keepalive: true }).catch(() => {});
+    if (pc) pc.close();
+    this._setState("stopped");
   }
 
   async _connect() {
