@@ -22,7 +22,7 @@ const status = $("status");
 const buyStatus = $("buy-status");
 const chatLog = $("chat");
 const unmute = $("unmute");
-const REACTIONS = { heart: "❤️", fire: "🔥", clap: "👏", wow: "😮" };
+const REACTIONS = { heart: "❤️", fire: "🔥", clap: "👏", wow: "😲" };
 // A lost chat connection is only worth a message if it lasts (reconnects are quick).
 const LOST_NOTICE_MS = 2500;
 
