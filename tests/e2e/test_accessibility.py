@@ -17,8 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.e2e.conftest import PHONE, session_of, settle, shoot
-from tests.e2e.test_room import LAPTOP, PLAYING, TIMEOUT, live_show
 from tests.e2e.test_live_story import MISSING
+from tests.e2e.test_room import LAPTOP, PLAYING, TIMEOUT, live_show
 from tests.factories import Factory
 
 AXE = Path(__file__).resolve().parents[2] / ".cache" / "axe" / "node_modules" / "axe-core" / "axe.min.js"

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.config import Secret, Settings
-from tests.e2e.conftest import DESKTOP, PHONE, has_route, playwright_api, session_of, shoot
+from tests.e2e.conftest import PHONE, has_route, playwright_api, session_of, shoot
 from tests.factories import Factory
 
 NEEDED = (
