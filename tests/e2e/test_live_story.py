@@ -121,6 +121,19 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     await expect(studio, f"#chat li:has-text('{message}')", "studio-chat")
     await expect(viewer, f"#chat li:has-text('{message}')", "viewer-chat")
 
+    # Inline moderation: the seller deletes a message; every viewer sees it removed.
+    rude = f"Rude words {secrets.token_hex(3)}"
+    await viewer.fill("#chat-input", rude)
+    await viewer.press("#chat-input", "Enter")
+    line = f"#chat li:has-text('{rude}')"
+    await expect(studio, line, "studio-rude")
+    await studio.click(f"{line} button:has-text('Delete')")
+    await viewer.wait_for_function(
+        f"() => ![...document.querySelectorAll('#chat li')].some(li => li.textContent.includes('{rude}'))",
+        timeout=TIMEOUT,
+    )
+    assert await viewer.locator("#chat li:has-text('Message removed by the seller')").count() == 1
+
     # The seller highlights the product; the viewer's card appears with its stock.
     await studio.click(f"[data-highlight='{product['id']}']")
     card = f"#product [data-product-id='{product['id']}']"

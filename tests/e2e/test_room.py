@@ -208,10 +208,16 @@ async def test_sold_out_shows_live_and_the_ended_show_is_one_clean_state(
             await expect(page, "#product [data-state='sold-out']", "sold-out")
             assert await page.is_disabled("#product [data-buy]")
 
+        # After `ended` no page tries to watch again (no WHEP offer, no WebSocket).
+        retries: list[str] = []
+        for page, _ in pages:
+            page.on("request", lambda r: retries.append(r.url) if "/watch" in r.url or "/events" in r.url else None)
         resp = await client.post(f"/api/v1/seller/livestreams/{stream['id']}/end", headers=seller.headers)
         assert resp.status == 200, await resp.text()
-        for (page, watch), name in zip(pages, ("phone", "laptop"), strict=True):
+        for page, _ in pages:
             await expect(page, "body[data-stream-state='ended']", "ended")
+        ended_at = len(retries)
+        for (page, watch), name in zip(pages, ("phone", "laptop"), strict=True):
             await expect(page, f"#ended-products [data-product-id='{product['id']}']", "ended-products")
             # Give a reconnect loop the time it would need to show itself.
             await asyncio.sleep(3)
@@ -225,6 +231,7 @@ async def test_sold_out_shows_live_and_the_ended_show_is_one_clean_state(
         # Nobody is counted any more and no session tries to come back.
         await asyncio.sleep(2)
         assert counts(client, stream["id"]) == (0, 0)
+        assert retries[ended_at:] == [], retries
     finally:
         await publisher.stop()
 
