@@ -89,8 +89,10 @@ async def test_closing_tabs_ends_viewer_sessions_within_two_seconds(
 
         took = []
         for n, page in enumerate(pages):
+            closing = time.monotonic()
             await page.close()
-            took.append(await wait_counts(client, stream["id"], 2 - n, 2.0))
+            await wait_counts(client, stream["id"], 2 - n, 2.0)
+            took.append(time.monotonic() - closing)
         # Every close was seen well within the 2 s budget (figures printed for the report).
         print(f"viewer count correct after closing a tab in {', '.join(f'{t:.2f}' for t in took)} s")
         assert watch.real_errors() == [], watch.real_errors()
