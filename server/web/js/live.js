@@ -263,9 +263,12 @@ const media = new MediaSession({
 // A lost connection may mean the show ended (the server closes every session then,
 // possibly before its `stream:state` reaches us): ask once instead of retrying blindly.
 let checking = false;
+let lastCheck = 0;
 async function checkEnded() {
-  if (checking || streamState === "ended") return;
+  // At most one question every few seconds, however many retries the loops make.
+  if (checking || streamState === "ended" || Date.now() - lastCheck < 3000) return;
   checking = true;
+  lastCheck = Date.now();
   try {
     const s = await api(`/api/v1/livestreams/${encodeURIComponent(id)}`);
     if (s.status === "ended") setStreamState("ended");
