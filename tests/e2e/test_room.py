@@ -259,3 +259,28 @@ async def test_laptop_room_keeps_a_side_column(
             assert watch.real_errors() == [], watch.real_errors()
     finally:
         await publisher.stop()
+
+
+async def test_going_live_while_another_source_is_live_says_so_and_stops(
+    new_context: Any, factory: Factory, client: TestClient, base_url: str,
+) -> None:
+    seller, stream, publisher = await live_show(client, factory, base_url)
+    try:
+        ctx, watch = await new_context(LAPTOP, session_of(seller, "Maya"))
+        page = await ctx.new_page()
+        publishes: list[str] = []
+        page.on("request", lambda r: publishes.append(r.url) if r.url.endswith("/publish") else None)
+        await page.goto(f"/studio/{stream['id']}")
+        await page.wait_for_function("() => document.getElementById('preview').videoWidth > 0", timeout=TIMEOUT)
+        await page.click("#go-live")
+        await expect(page, "#status:has-text('Another source is already live')", "conflict")
+        assert await page.get_attribute("body", "data-publish-state") == "error"
+        assert not await page.is_disabled("#go-live")
+        # One attempt, no retry loop against the live source.
+        await asyncio.sleep(3)
+        assert len(publishes) == 1, publishes
+        # The browser logs the refused offer itself (a 409); nothing else went wrong.
+        others = [e for e in watch.real_errors() if "409 (Conflict)" not in e]
+        assert others == [], others
+    finally:
+        await publisher.stop()

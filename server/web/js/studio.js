@@ -102,7 +102,16 @@ async function startBroadcast() {
       if (state === "connected") { setBadge("LIVE", true); showStatus(status, "You are live.", "ok"); startClock(); }
       else if (state === "reconnecting" || state === "waiting") { setBadge("Reconnecting"); showStatus(status, "Connection to the server lost. Reconnecting…", "warn"); }
       else if (state === "connecting") setBadge("Connecting");
-      else if (state === "failed") { setBadge("Error"); showStatus(status, `Could not go live: ${detail.error?.message}`, "error"); goLive.disabled = false; }
+      else if (state === "failed") {
+        setBadge("Error");
+        const busy = detail.error?.code === "publisher_conflict";
+        showStatus(status, busy
+          ? "Another source is already live on this show (OBS, ffmpeg or the demo's test card). Stop it, then press “Go live” again."
+          : `Could not go live: ${detail.error?.message}`, "error");
+        clearInterval(healthTimer);
+        media = null;
+        goLive.disabled = false;
+      }
     },
   });
   media.start();

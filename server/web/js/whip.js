@@ -11,10 +11,11 @@ const DISCONNECTED_GRACE_MS = 3000;
 const MAX_BACKOFF_MS = 8000;
 
 export class MediaError extends Error {
-  constructor(status, message, retryable) {
+  constructor(status, message, retryable, code = null) {
     super(message);
     this.status = status;
     this.retryable = retryable;
+    this.code = code;
   }
 }
 
@@ -200,10 +201,18 @@ export class MediaSession {
     }
     if (resp.status !== 201) {
       let message = `The media server answered ${resp.status}.`;
-      try { message = (await resp.json()).error?.message || message; } catch { /* not JSON */ }
+      let code = null;
+      try {
+        const error = (await resp.json()).error || {};
+        message = error.message || message;
+        code = error.code || null;
+      } catch { /* not JSON */ }
       // 404/409: the stream is not live (yet); 429/5xx: busy. Both are worth retrying.
-      const retryable = resp.status === 404 || resp.status === 409 || resp.status === 429 || resp.status >= 500;
-      throw new MediaError(resp.status, message, retryable);
+      let retryable = resp.status === 404 || resp.status === 409 || resp.status === 429 || resp.status >= 500;
+      // Another publisher is live (OBS, ffmpeg, the demo's test card): waiting would never
+      // end. After we were connected it is our own old session, gone in a few seconds.
+      if (this.mode === "publish" && code === "publisher_conflict" && !this.everConnected) retryable = false;
+      throw new MediaError(resp.status, message, retryable, code);
     }
     const location = resp.headers.get("Location");
     this.location = location ? new URL(location, new URL(this.url, window.location.href)).href : null;
