@@ -16,6 +16,7 @@ where a variant's `price` is its override or else the product's price.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -26,6 +27,7 @@ import asyncpg
 from commerce.errors import Conflict, Invalid, NotFound
 from commerce.pagination import decode_cursor, split_page
 
+PLAIN_WORDS = re.compile(r"[\w\s]+")
 PRODUCT_COLUMNS = """
 p.id, p.title, p.description, p.price, p.currency, p.images, p.status, p.category_id,
 p.seller_id, s.display_name AS seller_name, p.created_at
@@ -39,20 +41,31 @@ FROM product_variants v JOIN products p ON p.id = v.product_id
 WHERE v.product_id = ANY($1::uuid[])
 ORDER BY v.created_at, v.sku
 """
+# A title this similar to a plain-words query matches it even without a full-text hit
+# (typo tolerance: "snekers" finds "Canvas sneakers"); typo_similarity is migration 0090.
+TYPO_THRESHOLD = 0.45
+# Relevance: full-text rank (title weighs more than description) plus title similarity.
+RANK = "(ts_rank(p.search, q.query) + CASE WHEN $7::text IS NULL THEN 0 ELSE typo_similarity($7, p.title) END)::float8"
 # Public listing. $1 search text or NULL, $2 category slug/id or NULL, $3 seller id or
-# NULL; the category filter covers the whole subtree below the named category.
+# NULL, $7 the search text when it is plain words (the only kind typos are forgiven in)
+# or NULL; the category filter covers the whole subtree below the named category.
 PUBLIC_PRODUCTS = f"""
 WITH RECURSIVE subtree AS (
     SELECT id FROM categories WHERE $2::text IS NOT NULL AND (slug = $2 OR id::text = $2)
     UNION
     SELECT c.id FROM categories c JOIN subtree t ON c.parent_id = t.id
 ), q AS (
-    SELECT websearch_to_tsquery('english', coalesce($1::text, '')) AS query
+    -- Every lexeme of the websearch query becomes a prefix ('sneak' finds 'sneakers');
+    -- quotes, OR and exclusions keep their meaning.
+    SELECT regexp_replace(
+        websearch_to_tsquery('english', coalesce($1::text, ''))::text, '''((?:[^'']|'''')+)''', '''\\1'':*', 'g'
+    )::tsquery AS query
 )
-SELECT {PRODUCT_COLUMNS}, ts_rank(p.search, q.query)::float8 AS rank
+SELECT {PRODUCT_COLUMNS}, {RANK} AS rank
 FROM products p JOIN sellers s ON s.id = p.seller_id CROSS JOIN q
 WHERE p.status = 'active'
-  AND ($1::text IS NULL OR p.search @@ q.query)
+  AND ($1::text IS NULL OR p.search @@ q.query
+       OR ($7::text IS NOT NULL AND typo_similarity($7, p.title) >= {TYPO_THRESHOLD}))
   AND ($2::text IS NULL OR p.category_id IN (SELECT id FROM subtree))
   AND ($3::uuid IS NULL OR p.seller_id = $3)
 """
@@ -61,8 +74,8 @@ NEWEST_PAGE = """
   AND ($4::timestamptz IS NULL OR (p.created_at, p.id) < ($4, $5::uuid))
 ORDER BY p.created_at DESC, p.id DESC LIMIT $6
 """
-RANKED_PAGE = """
-  AND ($4::float8 IS NULL OR (ts_rank(p.search, q.query)::float8, p.id) < ($4, $5::uuid))
+RANKED_PAGE = f"""
+  AND ($4::float8 IS NULL OR ({RANK}, p.id) < ($4, $5::uuid))
 ORDER BY rank DESC, p.id DESC LIMIT $6
 """
 SELECT_CATEGORIES = """
@@ -158,7 +171,9 @@ async def list_products(
     types = (float if search else datetime, uuid.UUID)
     key, last_id = decode_cursor(cursor, kind, types) or (None, None)
     query = PUBLIC_PRODUCTS + (RANKED_PAGE if search else NEWEST_PAGE)
-    rows = await conn.fetch(query, search, category or None, seller_id, key, last_id, limit + 1)
+    # Websearch syntax ("quoted phrase", -exclusion, or) asks for exact words: no typos.
+    plain = search if search and PLAIN_WORDS.fullmatch(search) else None
+    rows = await conn.fetch(query, search, category or None, seller_id, key, last_id, limit + 1, plain)
     sort_columns = ("rank", "id") if search else ("created_at", "id")
     page, next_cursor = split_page(rows, limit, kind, sort_columns)
     return {"items": await products_json(conn, page), "nextCursor": next_cursor}

@@ -24,6 +24,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
+# Emoji (reactions, chat) in the browser tests' screenshots.
+[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing+=(fonts-noto-color-emoji)
 if [ ${#missing[@]} -gt 0 ]; then echo "installing ${missing[*]}"; apt_install "${missing[@]}"; fi
 
 say "python environment (.venv)"
@@ -34,6 +36,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+
+# axe-core (accessibility checks injected by the browser tests) into a local folder.
+if [ ! -f .cache/axe/node_modules/axe-core/axe.min.js ]; then
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  npm install --silent --no-save --no-package-lock --prefix .cache/axe axe-core@4 >/dev/null
+fi
 
 say "services"
 # Redis: tests use TEST_REDIS_URL, or a local server on 6379, started here if needed.

@@ -201,6 +201,14 @@ def _wrap(spec: RouteSpec) -> Handler:
 def _parse_query(
     spec: RouteSpec, validators: dict[str, jsonschema.Draft202012Validator], request: web.Request
 ) -> dict[str, Any]:
+    # A misspelt or unsupported parameter would otherwise be ignored silently (a filter
+    # that did nothing looks like an empty result): name it instead.
+    unknown = sorted(set(request.query) - set(spec.query))
+    if unknown:
+        raise validation_error(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
+            **{name: "not a parameter of this endpoint" for name in unknown},
+        )
     values: dict[str, Any] = {}
     for name, schema in spec.query.items():
         raw = request.query.get(name)

@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "demo":
             p.add_argument("--access-log", action="store_true",
                            help="print a JSON line per request (as LOG_REQUESTS=1 does)")
+            p.add_argument("--no-live", action="store_true", help="do not publish the built-in test card")
     common(sub.add_parser("migrate", help="apply database migrations and exit"))
     common(sub.add_parser("seed", help="load the demo data and exit"))
     common(sub.add_parser(
@@ -82,7 +83,7 @@ async def database_dsn(settings: Settings) -> AsyncIterator[str]:
         await asyncio.to_thread(embedded.stop)
 
 
-async def _serve(settings: Settings, *, demo: bool) -> None:
+async def _serve(settings: Settings, *, demo: bool, live: bool = False) -> None:
     from server.app import create_app
 
     if demo:
@@ -104,12 +105,19 @@ async def _serve(settings: Settings, *, demo: bool) -> None:
             _print_demo(base, details, settings)
         else:
             print(f"Kein Shopstream listening on {base}", flush=True)
+        publisher = None
+        if demo and live:
+            from server.demo_live import start_demo_publisher
+
+            publisher = start_demo_publisher(settings, details["livestream"])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         print("shutting down", flush=True)
+        if publisher is not None:
+            await publisher.stop()
         await runner.cleanup()
 
 
@@ -200,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("shopstream.access").setLevel(logging.INFO)
     commands = {
         "serve": lambda: _serve(settings, demo=False),
-        "demo": lambda: _serve(settings, demo=True),
+        "demo": lambda: _serve(settings, demo=True, live=not args.no_live),
         "migrate": lambda: _migrate(settings),
         "seed": lambda: _seed(settings),
         "check-inventory": lambda: _check_inventory(settings),

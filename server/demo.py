@@ -1,11 +1,14 @@
-"""Demo data: a seller, a shopper, an admin, a category tree, products with stock and a
-scheduled livestream with those products attached. Idempotent: running it again
-changes nothing and prints the same details."""
+"""Demo data: a seller, a shopper, an admin, a category tree, products with stock and
+generated images, and a livestream with those products attached, one of them
+highlighted, and a few chat lines. Idempotent: running it again changes nothing and
+prints the same details (once the demo livestream has ended, a new one is scheduled).
+`shopstream demo` then makes it live with the built-in publisher (server/demo_live.py)."""
 
 from __future__ import annotations
 
 import json
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -13,6 +16,8 @@ import asyncpg
 from commerce.inventory import adjust_stock
 from server.auth import Passwords
 from server.config import Settings
+from server.demo_live import encode_png, product_image
+from server.uploads import store_image
 
 # Demo accounts only exist in demo data; these are not secrets of any real deployment.
 ACCOUNTS = [
@@ -38,6 +43,18 @@ PRODUCTS = [
      [("HOOD-BLK-M", "Black", "M", 10), ("HOOD-BLK-L", "Black", "L", 10)]),
 ]
 LIVESTREAM_TITLE = "Friday Night Drop"
+# (account role, message): what a newcomer sees already said in the demo room.
+CHAT = [
+    ("user", "Hi Maya! Is the hoodie true to size?"),
+    ("seller", "Hi all! Yes, true to size. Only 20 made, the drop is on now."),
+    ("user", "Love the pour-over set 😍"),
+    ("admin", "Welcome to the demo show. Tap Buy on the product card to try checkout."),
+]
+
+
+def demo_image(settings: Settings, index: int) -> str:
+    """Draw demo product `index`'s picture into the uploads and return its file name."""
+    return store_image(settings.data_dir, encode_png(product_image(index)))
 
 
 async def seed_demo(dsn: str, settings: Settings) -> dict[str, Any]:
@@ -74,7 +91,7 @@ async def seed_demo(dsn: str, settings: Settings) -> dict[str, Any]:
                     name, slug, categories.get(parent) if parent else None,
                 )
             product_ids = []
-            for title, description, price, category, variants in PRODUCTS:
+            for index, (title, description, price, category, variants) in enumerate(PRODUCTS):
                 product_id = await conn.fetchval(
                     "SELECT id FROM products WHERE seller_id = $1 AND title = $2", seller_id, title
                 )
@@ -94,9 +111,16 @@ async def seed_demo(dsn: str, settings: Settings) -> dict[str, Any]:
                         await adjust_stock(
                             conn, variant_id=str(variant_id), delta=stock, reason="initial stock (demo)"
                         )
+                await conn.execute(
+                    "UPDATE products SET images = $2 WHERE id = $1 AND images = '[]'::jsonb",
+                    product_id, json.dumps([f"/uploads/{demo_image(settings, index)}"]),
+                )
                 product_ids.append(product_id)
+            # An ended demo show accepts no publisher: the demo then schedules a new one.
             stream = await conn.fetchrow(
-                "SELECT id, stream_key FROM livestreams WHERE seller_id = $1 AND title = $2",
+                """SELECT id, stream_key FROM livestreams
+                   WHERE seller_id = $1 AND title = $2 AND status <> 'ended'
+                   ORDER BY created_at DESC LIMIT 1""",
                 seller_id, LIVESTREAM_TITLE,
             )
             if stream is None:
@@ -110,10 +134,18 @@ async def seed_demo(dsn: str, settings: Settings) -> dict[str, Any]:
                     "room_" + secrets.token_hex(8),
                 )
                 for position, product_id in enumerate(product_ids):
+                    # The drop hoodie is on show from the start: the card is on the video.
                     await conn.execute(
-                        """INSERT INTO live_products (livestream_id, product_id, position)
-                           VALUES ($1, $2, $3)""",
+                        """INSERT INTO live_products (livestream_id, product_id, position, highlighted_at)
+                           VALUES ($1, $2, $3, $4)""",
                         stream["id"], product_id, position,
+                        datetime.now(UTC) if position == len(product_ids) - 1 else None,
+                    )
+                for n, (role, message) in enumerate(CHAT):
+                    await conn.execute(
+                        """INSERT INTO chat_messages (livestream_id, user_id, message, created_at)
+                           VALUES ($1, $2, $3, now() - make_interval(secs => $4))""",
+                        stream["id"], users[role], message, float(len(CHAT) - n),
                     )
     finally:
         await conn.close()

@@ -12,6 +12,7 @@ labelled `events` in its offer speaks the event protocol on it (signaling/transp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ from aiortc import RTCDataChannel
 
 from commerce import livestreams
 from commerce.errors import Forbidden, InvalidState
-from media import SFU, MediaSession
+from media import SFU, MediaSession, SessionNotFound
 from signaling.hub import Participant
 from signaling.sessions import Realtime
 from signaling.transports import attach_datachannel
@@ -106,8 +107,18 @@ class MediaGateway:
                 self._spawn(attach_datachannel(
                     realtime, livestream_id, channel, participant, publisher=publisher
                 ))
+                if not publisher:
+                    # A viewer's events channel closes when its page goes (SCTP ABORT or
+                    # DTLS close): end the media session now rather than when ICE
+                    # consent runs out (~30 s), so the SFU's count is right at once.
+                    channel.on("close", lambda: self._spawn(self._viewer_left(session)))
 
         session.on_datachannel = arrived
+
+    async def _viewer_left(self, session: MediaSession) -> None:
+        if not session.closed:
+            with contextlib.suppress(SessionNotFound):
+                await self.sfu.close_session(session.id)
 
     def _room_state_changed(self, room_id: str, state: str) -> None:
         if state in ("live", "paused", "ended"):

@@ -59,7 +59,12 @@ CATEGORY: dict[str, Any] = {
     },
 }
 PRODUCT_QUERY: dict[str, dict[str, Any]] = {
-    "search": {"type": "string", "maxLength": 200},
+    "q": {
+        "type": "string", "maxLength": 200,
+        "description": "search text: words match by prefix (sneak finds sneakers), plain words"
+                       " also with typos; websearch syntax (\"phrase\", -word, or) is understood",
+    },
+    "search": {"type": "string", "maxLength": 200, "description": "the older name of q", "deprecated": True},
     "category": {"type": "string", "maxLength": 100, "description": "category slug or id; includes sub-categories"},
     "seller": {"type": "string", "maxLength": 100, "description": "seller id"},
     **PAGE_QUERY,
@@ -92,7 +97,7 @@ async def list_products(request: web.Request) -> web.Response:
     q = request[QUERY]
     async with request.app[DB].transaction() as conn:
         page = await catalog.list_products(
-            conn, search=q.get("search"), category=q.get("category"), seller_id=q.get("seller"),
+            conn, search=q.get("q") or q.get("search"), category=q.get("category"), seller_id=q.get("seller"),
             cursor=q.get("cursor"), limit=q["limit"],
         )
     return json_response(page)

@@ -206,3 +206,31 @@ async def test_get_product_function_for_the_realtime_layer(factory: Factory, cli
         await catalog.get_product(conn, draft["id"])
     product = await catalog.get_product(conn, draft["id"], viewer_seller_id=seller.seller_id)
     assert product["id"] == draft["id"] and len(product["variants"]) == 1
+
+
+async def test_search_matches_prefixes_and_forgives_typos(client, factory: Factory) -> None:
+    seller = await factory.seller()
+    sneakers = await factory.product(seller, title="Canvas sneakers", description="Rubber sole.")
+    await factory.product(seller, title="Ceramic pour-over set", description="Two cups.")
+
+    async def found(**params: str) -> list[str]:
+        resp = await client.get("/api/v1/products", params=params)
+        assert resp.status == 200, await resp.text()
+        return [p["id"] for p in (await resp.json())["items"]]
+
+    assert await found(q="sneak") == [sneakers["id"]]  # a prefix
+    assert await found(q="Sneakers") == [sneakers["id"]]
+    assert await found(q="snekers") == [sneakers["id"]]  # a typo
+    assert await found(q="canvas snekers") == [sneakers["id"]]
+    assert await found(search="sneak") == [sneakers["id"]]  # the older parameter name
+    assert await found(q="bicycle") == []
+    # Websearch syntax asks for exact words: no typo tolerance there.
+    assert await found(q='"snekers"') == []
+
+
+async def test_unknown_query_parameters_are_refused(client) -> None:
+    resp = await client.get("/api/v1/products", params={"serch": "sneak", "limit": "5"})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["code"] == "validation_error"
+    assert "serch" in error["message"] and "serch" in error["details"]["fields"]

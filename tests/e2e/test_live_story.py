@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.config import Secret, Settings
-from tests.e2e.conftest import DESKTOP, PHONE, has_route, playwright_api, session_of, shoot
+from tests.e2e.conftest import PHONE, has_route, playwright_api, session_of, shoot
 from tests.factories import Factory
 
 NEEDED = (
@@ -40,6 +40,7 @@ MISSING = _missing_backend()
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"backend routes not merged yet: {MISSING}")
 
 TIMEOUT = 20_000
+LAPTOP = {"width": 1366, "height": 768}
 
 
 async def expect(page: Any, selector: str, what: str) -> None:
@@ -76,15 +77,24 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     )
     assert resp.status == 201, await resp.text()
 
-    studio_ctx, studio_watch = await new_context(DESKTOP, session_of(seller, "Maya"))
+    studio_ctx, studio_watch = await new_context(LAPTOP, session_of(seller, "Maya"))
     viewer_ctx, viewer_watch = await new_context(PHONE, session_of(shopper, "Sam"))
 
     # The seller goes live from the studio.
     studio = await studio_ctx.new_page()
     await studio.goto(f"/studio/{stream_id}")
     await studio.wait_for_function("() => document.getElementById('preview').videoWidth > 0", timeout=TIMEOUT)
+    # A stage on a laptop: the key actions are on screen without scrolling.
+    for selector in ("#go-live", "#end", "#camera", "#mic", f"[data-highlight='{product['id']}']", "#chat-input", "#revenue", "#viewers"):
+        box = await studio.locator(selector).bounding_box()
+        assert box and 0 <= box["y"] and box["y"] + box["height"] <= LAPTOP["height"], (selector, box)
+        assert 0 <= box["x"] and box["x"] + box["width"] <= LAPTOP["width"], (selector, box)
     await studio.click("#go-live")
     await expect(studio, "body[data-publish-state='live']", "studio-live")
+    # Network health from getStats: the outgoing bitrate is measured.
+    await studio.wait_for_function(
+        "() => Number(document.getElementById('health').dataset.kbps) > 0", timeout=TIMEOUT
+    )
     await shoot(studio, "story-01-studio-live")
 
     # A viewer sees the video play: decoded frames increase, the picture has a size.
@@ -111,19 +121,35 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     await expect(studio, f"#chat li:has-text('{message}')", "studio-chat")
     await expect(viewer, f"#chat li:has-text('{message}')", "viewer-chat")
 
+    # Inline moderation: the seller deletes a message; every viewer sees it removed.
+    rude = f"Rude words {secrets.token_hex(3)}"
+    await viewer.fill("#chat-input", rude)
+    await viewer.press("#chat-input", "Enter")
+    line = f"#chat li:has-text('{rude}')"
+    await expect(studio, line, "studio-rude")
+    await studio.click(f"{line} button:has-text('Delete')")
+    await viewer.wait_for_function(
+        f"() => ![...document.querySelectorAll('#chat li')].some(li => li.textContent.includes('{rude}'))",
+        timeout=TIMEOUT,
+    )
+    assert await viewer.locator("#chat li:has-text('Message removed by the seller')").count() == 1
+
     # The seller highlights the product; the viewer's card appears with its stock.
     await studio.click(f"[data-highlight='{product['id']}']")
     card = f"#product [data-product-id='{product['id']}']"
     await viewer.wait_for_selector(card, timeout=TIMEOUT)
-    variant_id = await viewer.eval_on_selector(f"{card} select", "s => s.value")
-    assert variant_id == product["variantIds"][0]
     assert await viewer.get_attribute(f"{card} [data-stock]", "data-stock") == "5"
+    # On the phone the card is on the playing video: Buy is in view without scrolling.
+    buy = await viewer.locator(f"{card} [data-buy]").bounding_box()
+    assert buy and 0 <= buy["y"] and buy["y"] + buy["height"] <= PHONE["height"], buy
     await shoot(viewer, "story-03-viewer-product")
 
-    # The viewer buys it with the offline provider.
+    # The viewer buys it with the offline provider, in the sheet over the video.
     await viewer.click(f"{card} [data-buy]")
     dialog = "#buy-dialog"
     await expect(viewer, f"{dialog} [data-new-address]", "buy-dialog")
+    variant_id = await viewer.eval_on_selector(f"{dialog} [data-variant-picker]", "s => s.value")
+    assert variant_id == product["variantIds"][0]
     await viewer.fill(f"{dialog} [name=line1]", "1 Market Street")
     await viewer.fill(f"{dialog} [name=city]", "Springfield")
     await viewer.fill(f"{dialog} [name=postalCode]", "12345")
@@ -144,6 +170,8 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     await viewer.click("#buy-close")
     await shoot(viewer, "story-05-viewer-paid")
     await expect(studio, "#orders li[data-order-id]", "studio-order")
+    assert await studio.text_content("#order-count") == "1"
+    assert await studio.text_content("#revenue") == "$79.00"
     await shoot(studio, "story-06-studio-order-feed")
 
     # The viewer's orders page lists it as paid.
@@ -158,8 +186,20 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     await studio.click("#end")
     await studio.click("#end")
     await expect(studio, "body[data-publish-state='ended']", "studio-ended")
+    # The studio stops the camera and shows the show's summary.
+    await expect(studio, "#summary:not([hidden])", "studio-summary")
+    assert await studio.evaluate("() => document.getElementById('preview').srcObject === null")
+    await studio.wait_for_function(
+        "() => document.querySelector('#summary [data-orders]').textContent === '1'", timeout=TIMEOUT
+    )
+    assert await studio.text_content("#summary [data-revenue]") == "$79.00"
+    assert int(await studio.text_content("#summary [data-peak]") or "0") >= 1
+    assert await studio.is_disabled("#chat-input") and await studio.is_disabled("#go-live")
+    assert await studio.locator("button[data-highlight]").count() == 0
     await expect(viewer, "body[data-stream-state='ended']", "viewer-ended")
-    assert "ended" in (await viewer.text_content("#overlay") or "")
+    await expect(viewer, "#ended:not([hidden])", "viewer-ended-panel")
+    assert "ended" in (await viewer.text_content("#ended") or "")
+    assert not await viewer.is_visible("#unmute")
     await shoot(viewer, "story-08-viewer-ended")
     await shoot(studio, "story-09-studio-ended")
 

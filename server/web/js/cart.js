@@ -29,13 +29,17 @@ function render(cart) {
         el("button", { type: "button", class: "small", "aria-label": `Remove ${itemTitle(i)}`, onclick: () => remove(i) }, "Remove"))));
   }));
   const totals = $("totals");
-  totals.replaceChildren(
-    el("dt", {}, "Subtotal"), el("dd", {}, money(cart.subtotal, currency)),
-    cart.discount ? [el("dt", {}, `Discount${cart.coupon?.code ? ` (${cart.coupon.code})` : ""}`), el("dd", {}, `− ${money(cart.discount, currency)}`)] : null,
-    el("dt", {}, el("strong", {}, "Total")), el("dd", {}, el("strong", { "data-total": true }, money(cart.total, currency))));
-  if (cart.coupon?.code) {
-    totals.append(el("dd", {}, el("button", { type: "button", class: "small", onclick: removeCoupon }, "Remove coupon")));
+  // replaceChildren would print a null as the text "null": only real pairs go in.
+  const rows = [el("dt", {}, "Subtotal"), el("dd", {}, money(cart.subtotal, currency))];
+  if (cart.discount) {
+    rows.push(el("dt", {}, `Discount${cart.coupon?.code ? ` (${cart.coupon.code})` : ""}`), el("dd", {}, `− ${money(cart.discount, currency)}`));
   }
+  rows.push(el("dt", {}, el("strong", {}, "Total")), el("dd", {}, el("strong", { "data-total": true }, money(cart.total, currency))));
+  if (cart.coupon?.code) {
+    // A dd belongs to a dt: the coupon's own row carries its remove button.
+    rows.push(el("dt", {}, `Coupon ${cart.coupon.code}`), el("dd", {}, el("button", { type: "button", class: "small", onclick: removeCoupon }, "Remove coupon")));
+  }
+  totals.replaceChildren(...rows);
 }
 
 async function call(path, options, busy) {

@@ -96,6 +96,15 @@ export class EventClient {
     });
   }
 
+  /** Open again after close() (the page came back after being hidden). */
+  reopen() {
+    if (!this.closed) return;
+    this.closed = false;
+    this.attempt = 0;
+    window.addEventListener("online", this._online);
+    this.start();
+  }
+
   close() {
     this.closed = true;
     clearTimeout(this.wsTimer);

@@ -7,8 +7,15 @@ const status = document.getElementById("status");
 const cartStatus = document.getElementById("cart-status");
 
 function streamCard(s, live) {
-  return el("article", { class: "card" },
-    el("div", { class: "thumb" }, s.thumbnailUrl ? el("img", { src: s.thumbnailUrl, alt: "" }) : el("span", { "aria-hidden": "true" }, live ? "● LIVE" : "Coming soon")),
+  const thumb = el("div", { class: `thumb${live ? " live-thumb" : ""}` }, s.thumbnailUrl ? el("img", { src: s.thumbnailUrl, alt: "" }) : el("span", { "aria-hidden": "true" }, live ? "● LIVE" : "Coming soon"));
+  // No thumbnail: a live show is pictured by the product it has on show.
+  if (!s.thumbnailUrl && s.highlightedProductId) {
+    api(`/api/v1/products/${encodeURIComponent(s.highlightedProductId)}`, { auth: false })
+      .then((p) => { if (p.images?.[0]) thumb.replaceChildren(el("img", { src: p.images[0], alt: "" })); })
+      .catch(() => {});
+  }
+  return el("article", { class: `card${live ? " show-live" : ""}` },
+    thumb,
     el("div", { class: "row" }, live ? el("span", { class: "badge live" }, "LIVE") : el("span", { class: "badge" }, when(s.scheduledAt) || "Scheduled"),
       s.viewerCount ? el("span", { class: "small muted" }, `${s.viewerCount} watching`) : null),
     el("h3", {}, s.title),
@@ -33,7 +40,7 @@ async function loadProducts(search = "") {
   box.replaceChildren(el("p", { class: "loading" }, "Loading products…"));
   try {
     const q = new URLSearchParams({ limit: "24" });
-    if (search) q.set("search", search);
+    if (search) q.set("q", search);
     const products = listOf(await api(`/api/v1/products?${q}`));
     box.replaceChildren(...products.map((p) => productCard(p, { onAdd: addToCart }).node));
     if (!products.length) box.append(el("p", { class: "empty" }, search ? `No products match “${search}”.` : "No products yet."));

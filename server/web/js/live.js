@@ -1,9 +1,15 @@
-// The live viewer page: WHEP video, the event protocol (chat, highlighted product,
-// stock, viewer count, reactions, stream state) and buy-now with payment in a dialog.
-import { accessToken, api, currentUser, describeError, el, freshAccessToken, goLogin, newKey, renderHeader, showError, showStatus, when } from "./api.js";
+// The live room: WHEP video full height, chat and reactions over it, the highlighted
+// product as a card on the video with one-tap Buy, checkout in a bottom sheet while the
+// video keeps playing, and one "show ended" state. Leaving (closing the tab, switching
+// away) ends the media session at once with a keepalive DELETE.
+//
+// The event protocol has no "drop announced" event, so there is no drop countdown; a
+// scheduled show counts down to its start instead.
+import { accessToken, api, currentUser, describeError, el, freshAccessToken, goLogin, money, renderHeader, showError, showStatus, when } from "./api.js";
 import { EventClient } from "./events.js";
-import { addressPicker, paymentForm } from "./payment.js";
-import { listOf, productCard } from "./product.js";
+import { openCheckout } from "./livecheckout.js";
+import { liveCard } from "./livecard.js";
+import { listOf } from "./product.js";
 import { MediaSession } from "./whip.js";
 
 renderHeader();
@@ -15,29 +21,46 @@ const badge = $("state-badge");
 const status = $("status");
 const buyStatus = $("buy-status");
 const chatLog = $("chat");
-const REACTIONS = { heart: "❤️", fire: "🔥", clap: "👏", wow: "😮" };
+const unmute = $("unmute");
+const REACTIONS = { heart: "❤️", fire: "🔥", clap: "👏", wow: "😲" };
+// A lost chat connection is only worth a message if it lasts (reconnects are quick).
+const LOST_NOTICE_MS = 2500;
 
 let streamState = "connecting"; // scheduled | live | paused | ended (from the server)
 let mediaState = "connecting";
 let card = null;
 let stream = null;
+let countdownTimer = null;
+let lostTimer = null;
 const token = async () => (currentUser() ? (await freshAccessToken()) || accessToken() : null);
 
 // --- what the viewer sees on the stage ---------------------------------------
+function countdown(iso) {
+  const ms = Date.parse(iso) - Date.now();
+  if (!(ms > 0)) return "any minute now";
+  const s = Math.floor(ms / 1000);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `in ${h ? `${h}:${pad(m)}` : m}:${pad(s % 60)}`;
+}
+
 function render() {
   let text = "";
   let badgeText = "Connecting";
   let badgeClass = "badge";
+  clearTimeout(countdownTimer);
   if (streamState === "ended") {
-    text = "This stream has ended. Thanks for watching!";
+    text = "";
     badgeText = "Ended";
   } else if (streamState === "scheduled") {
     text = stream?.scheduledAt
-      ? `This stream starts ${when(stream.scheduledAt)}. This page connects by itself when the seller goes live.`
+      ? `The show starts ${countdown(stream.scheduledAt)} (${when(stream.scheduledAt)}). Stay here: it starts by itself.`
       : "The seller is not live yet. This page connects by itself when they go live.";
-    badgeText = "Not live yet";
+    badgeText = "Soon";
+    if (stream?.scheduledAt) countdownTimer = setTimeout(render, 1000);
   } else if (streamState === "paused") {
-    text = "The seller paused the stream. Stay here, it will continue.";
+    text = "The seller paused the show. Stay here, it will continue.";
     badgeText = "Paused";
   } else if (mediaState === "connected") {
     badgeText = "LIVE";
@@ -52,12 +75,13 @@ function render() {
     text = "The video could not be started. Reload the page to try again.";
     badgeText = "Error";
   } else {
-    text = "Connecting to the stream…";
+    text = "Connecting to the show…";
   }
   overlay.textContent = text;
   overlay.hidden = !text;
   badge.textContent = badgeText;
   badge.className = badgeClass;
+  unmute.hidden = streamState === "ended" || mediaState !== "connected" || !video.muted;
   document.body.dataset.streamState = streamState;
   document.body.dataset.mediaState = mediaState;
 }
@@ -65,16 +89,46 @@ function render() {
 function setStreamState(state) {
   if (!state || state === streamState) return;
   streamState = state;
-  if (state === "ended") {
-    media.stop({ leave: false }); // ending the stream closed every session on the server
-    events.close();
-    video.srcObject = null;
-    $("chat-form").querySelectorAll("input, button").forEach((x) => { x.disabled = true; });
-    $("chat-hint").textContent = "Chat is closed because the stream has ended.";
-  } else if (state === "live" && mediaState !== "connected") {
-    media.retryNow();
-  }
+  if (state === "ended") showEnded();
+  else if (state === "live" && mediaState !== "connected") media.retryNow();
   render();
+}
+
+// One "show ended" state: no video, no reconnecting, no chat box, the show's products.
+function showEnded() {
+  media.stop({ leave: false }); // ending the show closed every session on the server
+  events.close();
+  clearTimeout(lostTimer);
+  video.srcObject = null;
+  unmute.hidden = true;
+  showStatus(status, "");
+  document.body.classList.add("is-ended");
+  $("chat-form").querySelectorAll("input, button").forEach((x) => { x.disabled = true; });
+  $("chat-hint").textContent = "Chat is closed: the show has ended.";
+  $("ended").hidden = false;
+  api(`/api/v1/livestreams/${encodeURIComponent(id)}/products`).then((data) => {
+    $("ended-products").replaceChildren(...listOf(data).map((x) => endedProduct(x.product || x)));
+  }).catch(() => {});
+}
+
+function endedProduct(p) {
+  const image = (p.images || [])[0];
+  const variant = (p.variants || []).find((v) => v.stock > 0);
+  const add = el("button", { type: "button", class: "small", disabled: !variant }, variant ? "Add to cart" : "Sold out");
+  add.addEventListener("click", async () => {
+    if (!currentUser()) { goLogin(); return; }
+    add.disabled = true;
+    try {
+      await api("/api/v1/me/cart/items", { method: "POST", body: { productId: p.id, variantId: variant.id, qty: 1 } });
+      add.textContent = "In your cart";
+    } catch (err) {
+      add.disabled = false;
+      showError(status, err);
+    }
+  });
+  return el("li", { "data-product-id": p.id },
+    image ? el("img", { src: image, alt: "" }) : el("span", { class: "noimg", "aria-hidden": "true" }, "🛍"),
+    el("span", { class: "name" }, p.title), el("strong", {}, money(p.price, p.currency)), add);
 }
 
 const tsOf = (m) => (typeof m.ts === "number" ? m.ts * 1000 : Date.parse(m.ts || m.createdAt) || 0);
@@ -83,8 +137,9 @@ const tsOf = (m) => (typeof m.ts === "number" ? m.ts * 1000 : Date.parse(m.ts ||
 function addChat(m) {
   if (!m || chatLog.querySelector(`[data-id="${CSS.escape(String(m.id))}"]`)) return;
   chatLog.append(el("li", { "data-id": m.id, "data-user": m.user?.id },
-    el("span", { class: "who" }, m.user?.name || "Someone"), el("span", { class: "text" }, m.message)));
-  while (chatLog.children.length > 200) chatLog.firstElementChild.remove();
+    el("span", { class: "who" }, m.user?.name || "Someone"), " ", el("span", { class: "text" }, m.message)));
+  // The overlay keeps the newest few; older lines fade out at the top.
+  while (chatLog.children.length > 60) chatLog.firstElementChild.remove();
   chatLog.scrollTop = chatLog.scrollHeight;
 }
 
@@ -93,92 +148,37 @@ function deleteChat(p) {
   if (li) li.replaceChildren(el("span", { class: "deleted" }, "Message removed by the seller"));
 }
 
-// --- product card ---------------------------------------------------------------
+// --- the product on the video -----------------------------------------------------
 function showProduct(product) {
   if (!product?.id) return;
-  card = productCard(product, { onBuy: buyNow, onAdd: addToCart, highlight: true });
+  const fresh = card?.product.id !== product.id;
+  card = liveCard(product, { onBuy: buyNow });
   $("product").replaceChildren(card.node);
+  if (fresh) card.node.classList.add("pop");
 }
 
-async function addToCart({ product, variant, qty }) {
+async function buyNow({ product, variant }) {
   if (!currentUser()) { goLogin(); return; }
-  showStatus(buyStatus, "Adding to your cart…", "loading");
-  try {
-    await api("/api/v1/me/cart/items", { method: "POST", body: { productId: product.id, variantId: variant.id, qty } });
-    buyStatus.replaceChildren("Added. ", el("a", { href: "/cart" }, "View cart"));
-    buyStatus.className = "status ok";
-  } catch (err) {
-    showError(buyStatus, err);
-  }
-}
-
-const dialog = $("buy-dialog");
-$("buy-close").addEventListener("click", () => dialog.close());
-
-// Buy now goes over the live room (DESIGN.md `buy:now`); when the room cannot take it
-// (not connected, or a server without in-room buying) the same checkout session comes
-// from the HTTP API, with one idempotency key per attempt.
-async function reserve({ product, variant, qty, addressId }) {
-  try {
-    const ack = await events.request("buy:now", { productId: product.id, variantId: variant.id, qty, addressId });
-    return ack.checkout || ack.session || ack;
-  } catch (err) {
-    if (err.code && err.code !== "unavailable") throw err;
-  }
-  return api("/api/v1/checkout/session", {
-    method: "POST", headers: { "Idempotency-Key": newKey() },
-    body: { addressId, items: [{ productId: product.id, variantId: variant.id, qty }], livestreamId: id },
+  await openCheckout({
+    dialog: $("buy-dialog"), body: $("buy-body"), product, variant, livestreamId: id, events,
+    onVariant: (v) => card?.select(v.id),
+    onPaid: () => showStatus(buyStatus, ""),
   });
 }
-
-async function buyNow({ product, variant, qty }) {
-  if (!currentUser()) { goLogin(); return; }
-  const body = $("buy-body");
-  const step = el("div", { class: "status loading", role: "status" }, "Loading your addresses…");
-  body.replaceChildren(el("p", {}, el("strong", {}, product.title), ` × ${qty}`), step);
-  dialog.showModal();
-  let picker;
-  try {
-    const box = el("div");
-    body.insertBefore(box, step);
-    picker = await addressPicker(box);
-    showStatus(step, "");
-  } catch (err) {
-    showError(step, err);
-    return;
-  }
-  const go = el("button", { type: "button", class: "primary", "data-continue": true }, "Continue to payment");
-  body.append(el("p", {}, go));
-  go.addEventListener("click", async () => {
-    let addressId;
-    try { addressId = await picker.resolve(); } catch { return; }
-    go.disabled = true;
-    showStatus(step, "Reserving your item…", "loading");
-    try {
-      const checkout = await reserve({ product, variant, qty, addressId });
-      showStatus(step, "");
-      const pay = el("div");
-      body.replaceChildren(el("p", {}, el("strong", {}, product.title), ` × ${qty}`), pay);
-      await paymentForm(pay, checkout, {
-        onPaid: () => {
-          body.append(el("p", { class: "status ok", "data-paid": true }, "Order placed! ", el("a", { href: "/orders" }, "See your orders")));
-          showStatus(buyStatus, "Thanks for your order!", "ok");
-        },
-      });
-    } catch (err) {
-      go.disabled = false;
-      showStatus(step, err.code === "out_of_stock" ? "Sorry, that just sold out." : describeError(err), "error");
-    }
-  });
-}
+$("buy-close").addEventListener("click", () => $("buy-dialog").close());
 
 // --- realtime -------------------------------------------------------------------
 const events = new EventClient({
   livestreamId: id, token,
   onStatus: (s) => {
+    clearTimeout(lostTimer);
     if (streamState === "ended") return;
-    if (s === "reconnecting") showStatus(status, "Chat connection lost. Reconnecting…", "warn");
-    else if (s === "open") showStatus(status, "");
+    if (s === "reconnecting") {
+      lostTimer = setTimeout(() => {
+        if (streamState !== "ended") showStatus(status, "Chat connection lost. Reconnecting…", "warn");
+      }, LOST_NOTICE_MS);
+      checkEnded();
+    } else if (s === "open") showStatus(status, "");
   },
 });
 
@@ -196,20 +196,27 @@ events
   .on("viewer:count", (p) => setViewers(p.count ?? p.viewers ?? p.viewerCount))
   .on("stock:update", (p) => card?.setStock(p.variantId, p.stock))
   .on("stream:state", (p) => setStreamState(p.state || p.status))
-  .on("reaction", (p) => burst(p.kind))
+  .on("reaction", (p) => {
+    // Batched counts per kind since the last tick; a few bursts stand for many.
+    for (const [kind, n] of Object.entries(p.counts || (p.kind ? { [p.kind]: 1 } : {}))) {
+      for (let i = 0; i < Math.min(n, 5); i++) setTimeout(() => burst(kind), i * 120);
+    }
+  })
   .on("error", (p) => showStatus(status, p.message || "Something went wrong.", "error"));
 
 function setViewers(n) {
   if (typeof n !== "number") return;
-  $("viewers").textContent = `${n} watching`;
+  document.querySelector("#viewers [data-count]").textContent = n >= 10000 ? `${(n / 1000).toFixed(0)}k` : String(n);
+  $("viewers").dataset.viewers = String(n);
 }
 
 function burst(kind) {
   const emoji = REACTIONS[kind];
   if (!emoji) return;
-  const node = el("span", { class: "reaction-burst", "aria-hidden": "true" }, emoji);
-  document.querySelector(".stage").append(node);
-  setTimeout(() => node.remove(), 1700);
+  const node = el("span", { class: "burst" }, emoji);
+  node.style.setProperty("--drift", `${Math.round(Math.random() * 60 - 30)}px`);
+  $("bursts").append(node);
+  setTimeout(() => node.remove(), 2200);
 }
 
 document.querySelectorAll(".reactions button").forEach((b) => b.addEventListener("click", () => {
@@ -234,7 +241,6 @@ $("chat-form").addEventListener("submit", (e) => {
 });
 
 // --- media ----------------------------------------------------------------------
-const unmute = $("unmute");
 unmute.addEventListener("click", () => { video.muted = false; unmute.hidden = true; video.play().catch(() => {}); });
 
 const media = new MediaSession({
@@ -243,28 +249,67 @@ const media = new MediaSession({
   onTrack: (remote) => {
     if (video.srcObject !== remote) video.srcObject = remote;
     video.play().catch(() => {});
-    unmute.hidden = !video.muted;
+    render();
   },
   onState: (state, detail) => {
+    if (streamState === "ended") return;
     mediaState = state;
     if (state === "failed") showStatus(status, `Video error: ${detail.error?.message || "unknown"}`, "error");
+    if (state === "reconnecting" || state === "waiting") checkEnded();
     render();
   },
 });
+
+// A lost connection may mean the show ended (the server closes every session then,
+// possibly before its `stream:state` reaches us): ask once instead of retrying blindly.
+let checking = false;
+let lastCheck = 0;
+async function checkEnded() {
+  // At most one question every few seconds, however many retries the loops make.
+  if (checking || streamState === "ended" || Date.now() - lastCheck < 3000) return;
+  checking = true;
+  lastCheck = Date.now();
+  try {
+    const s = await api(`/api/v1/livestreams/${encodeURIComponent(id)}`);
+    if (s.status === "ended") setStreamState("ended");
+  } catch { /* offline: the reconnect loop goes on */ } finally {
+    checking = false;
+  }
+}
+
+// --- leaving and coming back --------------------------------------------------------
+// A closed tab or an app switched away must not keep counting as a viewer: leave at
+// once (keepalive DELETE, no token refresh), and join again when the page is back.
+let away = false;
+function leave() {
+  if (away || streamState === "ended") return;
+  away = true;
+  media.leaveNow();
+  events.close();
+}
+function comeBack() {
+  if (!away || streamState === "ended") return;
+  away = false;
+  events.reopen();
+  media.start();
+}
+window.addEventListener("pagehide", leave);
+document.addEventListener("visibilitychange", () => (document.visibilityState === "hidden" ? leave() : comeBack()));
+window.addEventListener("pageshow", (e) => { if (e.persisted) comeBack(); });
 
 async function main() {
   render();
   try {
     stream = await api(`/api/v1/livestreams/${encodeURIComponent(id)}`);
   } catch (err) {
-    overlay.textContent = err.status === 404 ? "This stream does not exist." : `The stream could not be loaded: ${describeError(err)}`;
+    overlay.textContent = err.status === 404 ? "This show does not exist." : `The show could not be loaded: ${describeError(err)}`;
     badge.textContent = "Error";
-    $("title").textContent = "Stream not available";
+    $("title").textContent = "Show not available";
     return;
   }
   document.title = `${stream.title} · Kein Shopstream`;
   $("title").textContent = stream.title;
-  $("subtitle").textContent = [stream.seller?.displayName, stream.description].filter(Boolean).join(" · ");
+  $("subtitle").textContent = stream.seller?.displayName || stream.description || "";
   setStreamState(stream.status || "live");
   if (streamState === "ended") return;
   api(`/api/v1/livestreams/${encodeURIComponent(id)}/products`).then((data) => {
@@ -276,9 +321,9 @@ async function main() {
   await api(`/api/v1/livestreams/${encodeURIComponent(id)}/chat?limit=50`).then((data) => {
     listOf(data).sort((a, b) => tsOf(a) - tsOf(b)).forEach(addChat);
   }).catch(() => {});
+  if (document.visibilityState === "hidden") { away = true; return; }
   events.start();
   media.start();
 }
 
-window.addEventListener("pagehide", () => { media.stop({ keepalive: true }); events.close(); });
 main();

@@ -78,11 +78,12 @@ function loadStripeJs() {
  * Render the payment step for a checkout session ({paymentIntentId, clientSecret,
  * amount, currency, expiresAt}) into `container`; onPaid() runs after success.
  */
-export async function paymentForm(container, checkout, { onPaid }) {
+export async function paymentForm(container, checkout, { onPaid, showTotal = true, compact = false }) {
   const n = ++seq;
   const config = await clientConfig();
   const status = el("div", { class: "status", role: "status", "aria-live": "polite" });
-  const total = el("p", {}, "Total: ", el("strong", { "data-total": true }, money(checkout.amount, checkout.currency)));
+  // The live sheet shows its own price breakdown (with the total) above the form.
+  const total = showTotal ? el("p", {}, "Total: ", el("strong", { "data-total": true }, money(checkout.amount, checkout.currency))) : null;
   const expiry = checkout.expiresAt ? el("p", { class: "hint" }, `Your items are reserved until ${new Date(checkout.expiresAt).toLocaleTimeString()}.`) : null;
 
   if (config.paymentProvider === "stripe" && !config.stripePublishableKey) {
@@ -118,10 +119,15 @@ export async function paymentForm(container, checkout, { onPaid }) {
     el("label", { for: `${name}-${n}` }, label),
     el("input", { id: `${name}-${n}`, name, required: true, ...attrs }),
   ];
-  const cards = el("div", { class: "testcards" },
-    el("p", {}, "This shop uses the offline test payment provider. No real money moves. Test cards:"),
+  const cardList = [
     el("ul", {}, (config.testCards || []).map((c) => el("li", {}, el("code", {}, c.number), ` ${c.outcome}`))),
-    el("p", { class: "small" }, "Use any future expiry date and any 3 digits as CVC."));
+    el("p", { class: "small" }, "Use any future expiry date and any 3 digits as CVC."),
+  ];
+  // In the live sheet the list folds away: the show stays visible above the form.
+  const cards = compact
+    ? el("details", { class: "testcards" }, el("summary", {}, "Test payments only: no real money moves. Test cards"), cardList)
+    : el("div", { class: "testcards" },
+      el("p", {}, "This shop uses the offline test payment provider. No real money moves. Test cards:"), cardList);
   const pay = el("button", { type: "submit", class: "primary", "data-pay": true }, `Pay ${money(checkout.amount, checkout.currency)}`);
   const form = el("form", { class: "stack", novalidate: true },
     total, expiry, cards,

@@ -1,5 +1,7 @@
-// The seller studio: camera and microphone preview with device choice, go live over
-// WHIP, end, viewer count, chat with moderation, products to highlight, live orders.
+// The seller studio, a stage: camera and microphone preview with device choice, one-tap
+// go live over WHIP, the product rail with Highlight always in reach, live orders and a
+// revenue ticker, chat with inline moderation, viewer count and network health (from
+// getStats). Ending stops the camera and shows the show's summary.
 import { accessToken, api, currentUser, describeError, el, freshAccessToken, goLogin, money, renderHeader, showError, showStatus } from "./api.js";
 import { EventClient } from "./events.js";
 import { listOf, stockText, variantLabel } from "./product.js";
@@ -22,6 +24,13 @@ let media = null;       // the MediaSession while publishing
 let streamState = "scheduled";
 let products = [];      // products attached to this stream
 let highlightedId = null;
+let startedAt = null;   // when the show went live (for the clock and the summary)
+let peak = 0;           // the most viewers seen during this page's life
+let orderCount = 0;
+let revenue = 0;
+let currency = "USD";
+let healthTimer = null;
+let clockTimer = null;
 const token = async () => (await freshAccessToken()) || accessToken();
 
 function setBadge(text, live = false) {
@@ -51,7 +60,8 @@ async function startPreview() {
     await listDevices();
     showStatus(status, streamState === "live" ? "" : "Camera ready. Press “Go live” when you are.", "ok");
     goLive.disabled = streamState === "ended";
-    $("preview-btn").textContent = "Restart camera";
+    $("preview-btn").textContent = "Restart";
+    $("preview-btn").setAttribute("aria-label", "Restart the camera");
   } catch (err) {
     showStatus(status, `Camera or microphone not available: ${err.message}. Allow access in your browser and press “Start camera”.`, "error");
   }
@@ -89,14 +99,69 @@ async function startBroadcast() {
     mode: "publish", url: `/api/v1/livestreams/${encodeURIComponent(id)}/publish`, stream: local, token,
     onChannel: (dc) => events.attachChannel(dc),
     onState: (state, detail) => {
-      if (state === "connected") { setBadge("LIVE", true); showStatus(status, "You are live.", "ok"); }
+      if (state === "connected") { setBadge("LIVE", true); showStatus(status, "You are live.", "ok"); startClock(); }
       else if (state === "reconnecting" || state === "waiting") { setBadge("Reconnecting"); showStatus(status, "Connection to the server lost. Reconnecting…", "warn"); }
       else if (state === "connecting") setBadge("Connecting");
-      else if (state === "failed") { setBadge("Error"); showStatus(status, `Could not go live: ${detail.error?.message}`, "error"); goLive.disabled = false; }
+      else if (state === "failed") {
+        setBadge("Error");
+        const busy = detail.error?.code === "publisher_conflict";
+        showStatus(status, busy
+          ? "Another source is already live on this show (OBS, ffmpeg or the demo's test card). Stop it, then press “Go live” again."
+          : `Could not go live: ${detail.error?.message}`, "error");
+        clearInterval(healthTimer);
+        media = null;
+        goLive.disabled = false;
+      }
     },
   });
   media.start();
   endBtn.disabled = false;
+  watchHealth();
+}
+
+// --- the clock and network health -------------------------------------------------------
+function startClock(from = startedAt || Date.now()) {
+  startedAt = from;
+  clearInterval(clockTimer);
+  const tick = () => { $("clock").textContent = duration(Date.now() - startedAt); };
+  tick();
+  clockTimer = setInterval(tick, 1000);
+}
+
+function duration(ms) {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  const pad = (n) => String(n).padStart(2, "0");
+  return s >= 3600 ? `${Math.floor(s / 3600)}:${pad(Math.floor((s % 3600) / 60))}:${pad(s % 60)}` : `${Math.floor(s / 60)}:${pad(s % 60)}`;
+}
+
+// Outgoing video bitrate and the packet loss the server reports back (RTCP receiver
+// reports), from the publishing peer connection's getStats() every two seconds.
+function watchHealth() {
+  clearInterval(healthTimer);
+  let last = null;
+  healthTimer = setInterval(async () => {
+    const pc = media?.pc;
+    if (!pc) return;
+    let sent = 0;
+    let lost = 0;
+    let packets = 0;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === "outbound-rtp" && r.kind === "video") { sent += r.bytesSent || 0; packets += r.packetsSent || 0; }
+      if (r.type === "remote-inbound-rtp" && r.kind === "video") lost += Math.max(0, r.packetsLost || 0);
+    });
+    const now = performance.now();
+    if (last) {
+      const kbps = Math.round(((sent - last.sent) * 8) / (now - last.at));
+      const dp = packets - last.packets;
+      const loss = dp > 0 ? Math.min(100, (100 * Math.max(0, lost - last.lost)) / dp) : 0;
+      const health = $("health");
+      health.querySelector("[data-bitrate]").textContent = `▲ ${kbps} kbps`;
+      health.querySelector("[data-loss]").textContent = `loss ${loss.toFixed(1)}%`;
+      health.dataset.quality = kbps < 150 || loss > 5 ? "bad" : loss > 1 ? "fair" : "good";
+      health.dataset.kbps = String(kbps);
+    }
+    last = { sent, lost, packets, at: now };
+  }, 2000);
 }
 
 async function endBroadcast() {
@@ -104,11 +169,11 @@ async function endBroadcast() {
   if (endBtn.dataset.armed !== "1") {
     endBtn.dataset.armed = "1";
     endBtn.textContent = "Press again to end for everyone";
-    setTimeout(() => { endBtn.dataset.armed = ""; endBtn.textContent = "End stream"; }, 5000);
+    setTimeout(() => { endBtn.dataset.armed = ""; endBtn.textContent = "End show"; }, 5000);
     return;
   }
   endBtn.dataset.armed = "";
-  endBtn.textContent = "End stream";
+  endBtn.textContent = "End show";
   endBtn.disabled = true;
   showStatus(status, "Ending the stream…", "loading");
   // Leave the media session first (a clean DELETE), then end the livestream for everyone.
@@ -119,10 +184,41 @@ async function endBroadcast() {
   } catch (err) {
     if (err.code !== "invalid_state") { showError(status, err); endBtn.disabled = false; return; }
   }
+  showEnded();
+  showStatus(status, "The show has ended. Viewers see that it is over.", "ok");
+}
+
+// The show is over: the camera and microphone stop, live widgets go quiet, the summary
+// (duration, peak viewers, orders, revenue: the livestream's analytics) takes the stage.
+async function showEnded(stream = null) {
   streamState = "ended";
   setBadge("Ended");
-  goLive.disabled = true;
-  showStatus(status, "The stream has ended. Viewers see that it is over.", "ok");
+  document.body.classList.add("is-ended");
+  clearInterval(healthTimer);
+  clearInterval(clockTimer);
+  local?.getTracks().forEach((t) => t.stop());
+  local = null;
+  preview.srcObject = null;
+  events.close();
+  for (const id of ["go-live", "end", "preview-btn", "camera", "mic"]) $(id).disabled = true;
+  $("chat-form").querySelectorAll("input, button").forEach((x) => { x.disabled = true; });
+  $("viewers").textContent = "Ended";
+  renderProducts();
+  const summary = $("summary");
+  summary.hidden = false;
+  const started = stream?.startedAt ? Date.parse(stream.startedAt) : startedAt;
+  const ended = stream?.endedAt ? Date.parse(stream.endedAt) : Date.now();
+  summary.querySelector("[data-duration]").textContent = started ? duration(ended - started) : "—";
+  try {
+    const figures = await api(`/api/v1/seller/livestreams/${encodeURIComponent(id)}/analytics`);
+    summary.querySelector("[data-peak]").textContent = String(Math.max(figures.peakViewers || 0, peak));
+    summary.querySelector("[data-orders]").textContent = String(figures.orders ?? orderCount);
+    summary.querySelector("[data-revenue]").textContent = figures.revenue === null ? "several currencies" : money(figures.revenue ?? revenue, figures.currency || currency);
+  } catch (err) {
+    summary.querySelector("[data-peak]").textContent = String(peak);
+    summary.querySelector("[data-orders]").textContent = String(orderCount);
+    summary.querySelector("[data-revenue]").textContent = money(revenue, currency);
+  }
 }
 goLive.addEventListener("click", startBroadcast);
 endBtn.addEventListener("click", endBroadcast);
@@ -143,9 +239,9 @@ function addChat(m) {
   const mine = m.user?.id === currentUser()?.id;
   chatLog.append(el("li", { "data-id": m.id },
     el("span", { class: "who" }, name), el("span", { class: "text" }, m.message),
-    mine ? null : el("span", { class: "row" },
+    mine || streamState === "ended" ? null : el("span", { class: "mod" },
       el("button", { type: "button", class: "small", "aria-label": `Delete message from ${name}`, onclick: () => moderate({ action: "delete", messageId: m.id }, "Message deleted.") }, "Delete"),
-      el("button", { type: "button", class: "small", "aria-label": `Mute ${name} for 5 minutes`, onclick: () => moderate({ action: "mute", userId: m.user?.id, seconds: 300 }, `${name} is muted for 5 minutes.`) }, "Mute 5 min"),
+      el("button", { type: "button", class: "small", "aria-label": `Mute ${name} for 5 minutes`, onclick: () => moderate({ action: "mute", userId: m.user?.id, seconds: 300 }, `${name} is muted for 5 minutes.`) }, "Mute"),
       el("button", { type: "button", class: "small danger", "aria-label": `Ban ${name} from this stream`, onclick: () => moderate({ action: "ban", userId: m.user?.id }, `${name} is banned from this stream.`) }, "Ban"))));
   while (chatLog.children.length > 300) chatLog.firstElementChild.remove();
   chatLog.scrollTop = chatLog.scrollHeight;
@@ -164,15 +260,21 @@ function productOf(x) { return x.product || x; }
 function renderProducts(shown = highlightedId) {
   highlightedId = shown;
   const list = $("products");
+  const ended = streamState === "ended";
   list.replaceChildren(...products.map((x) => {
     const p = productOf(x);
     const on = p.id === highlightedId;
-    return el("li", { "data-product-id": p.id },
-      el("div", { class: "row spread" },
-        el("div", {}, el("strong", {}, p.title), " ", on ? el("span", { class: "badge live" }, "Showing") : null,
-          el("div", { class: "small muted" }, money(p.price, p.currency), " · ",
-            (p.variants || []).map((v) => `${variantLabel(v)}: ${stockText(v.stock)}`).join(", "))),
-        el("button", { type: "button", class: on ? "small" : "small primary", "data-highlight": p.id, onclick: () => highlight(p.id) }, on ? "Show again" : "Highlight")));
+    const left = (p.variants || []).reduce((n, v) => n + Math.max(0, v.stock || 0), 0);
+    const image = (p.images || [])[0];
+    return el("li", { "data-product-id": p.id, class: on ? "on" : "" },
+      image ? el("img", { src: image, alt: "" }) : el("span", { class: "noimg", "aria-hidden": "true" }, "🛍"),
+      el("div", { class: "what" },
+        el("strong", {}, p.title),
+        el("span", { class: "small" }, money(p.price, p.currency), " · ",
+          el("span", { class: left <= 0 ? "stock out" : left <= 5 ? "stock low" : "stock", title: (p.variants || []).map((v) => `${variantLabel(v)}: ${stockText(v.stock)}`).join(", ") }, left <= 0 ? "Sold out" : `${left} left`))),
+      ended ? null : on
+        ? el("span", { class: "badge live", "data-highlight": p.id }, "On show")
+        : el("button", { type: "button", class: "small primary", "data-highlight": p.id, "aria-label": `Highlight ${p.title}`, onclick: () => highlight(p.id) }, "Highlight"));
   }));
   if (!products.length) list.append(el("li", { class: "empty" }, "No products in this stream yet. Add one below."));
 }
@@ -183,6 +285,7 @@ async function highlight(productId) {
   try {
     await api(`${base}/highlight`, { method: "POST", body: { productId } });
     showStatus(ps, "Viewers now see this product.", "ok");
+    setTimeout(() => { if (ps.textContent === "Viewers now see this product.") showStatus(ps, ""); }, 3000);
     renderProducts(productId);
   } catch (err) {
     showError(ps, err);
@@ -220,6 +323,13 @@ $("attach-form").addEventListener("submit", async (e) => {
 // --- realtime --------------------------------------------------------------------------
 function addOrder(o) {
   orders.querySelector("[data-empty]")?.remove();
+  if (orders.querySelector(`[data-order-id="${CSS.escape(String(o.id || o.orderId))}"]`)) return;
+  orderCount += 1;
+  revenue += o.total ?? o.amount ?? 0;
+  currency = o.currency || currency;
+  $("order-count").textContent = String(orderCount);
+  $("revenue").textContent = money(revenue, currency);
+  $("revenue").classList.remove("bump"); void $("revenue").offsetWidth; $("revenue").classList.add("bump");
   const items = (o.items || []).map((i) => `${i.qty}× ${i.title || i.productTitle || "item"}`).join(", ");
   orders.prepend(el("li", { "data-order-id": o.id || o.orderId },
     el("strong", {}, money(o.total ?? o.amount, o.currency)), " ",
@@ -227,22 +337,29 @@ function addOrder(o) {
     o.status ? el("span", { class: "badge ok" }, o.status) : null));
 }
 
+function setViewers(n) {
+  if (streamState === "ended") return;
+  peak = Math.max(peak, n);
+  $("viewers").textContent = `${n} watching`;
+}
+
 const events = new EventClient({
   livestreamId: id, token,
-  onStatus: (s) => { if (s === "reconnecting") showStatus(status, "Chat connection lost. Reconnecting…", "warn"); },
+  onStatus: (s) => { if (s === "reconnecting" && streamState !== "ended") showStatus(status, "Chat connection lost. Reconnecting…", "warn"); },
 });
 events
   .on("welcome", (p) => {
     const room = p.room || p.snapshot || p;
     for (const m of room.recentChat || room.chat || []) addChat(m);
-    if (room.viewerCount !== undefined) $("viewers").textContent = `${room.viewerCount} watching`;
+    if (room.viewerCount !== undefined) setViewers(room.viewerCount);
   })
   .on("chat:new", addChat)
   .on("chat:deleted", (p) => {
     const li = chatLog.querySelector(`[data-id="${CSS.escape(String(p.id || p.messageId))}"]`);
     if (li) li.replaceChildren(el("span", { class: "deleted" }, "Message removed"));
   })
-  .on("viewer:count", (p) => { $("viewers").textContent = `${p.count ?? p.viewers ?? p.viewerCount ?? 0} watching`; })
+  .on("viewer:count", (p) => setViewers(p.count ?? p.viewers ?? p.viewerCount ?? 0))
+  .on("stream:state", (p) => { if ((p.state || p.status) === "ended" && streamState !== "ended") showEnded(); })
   .on("order:new", (p) => addOrder(p.order || p))
   .on("product:highlighted", (p) => renderProducts(productOf(p).id))
   .on("stock:update", (p) => {
@@ -261,23 +378,37 @@ async function main() {
     showStatus(status, err.status === 404 ? "This livestream does not exist." : describeError(err), "error");
     return;
   }
-  $("title").textContent = `Studio: ${stream.title}`;
+  $("title").textContent = stream.title;
   document.title = `Studio: ${stream.title} · Kein Shopstream`;
   streamState = stream.status;
-  if (stream.streamKey) $("stream-key").textContent = `For OBS or ffmpeg (WHIP): ${location.origin}/api/v1/livestreams/${stream.id}/publish with the stream key as Bearer token.`;
+  if (stream.streamKey) $("stream-key").textContent = `OBS or ffmpeg (WHIP): ${location.origin}/api/v1/livestreams/${stream.id}/publish, the stream key as Bearer token.`;
+  loadOrderFigures();
   if (streamState === "ended") {
-    setBadge("Ended");
-    showStatus(status, "This stream has ended. Schedule a new one from the dashboard.", "warn");
+    await loadProducts();
+    showEnded(stream);
     return;
   }
-  if (streamState === "live") {
+  if (streamState === "live" || streamState === "paused") {
     setBadge("Live (not from this page)");
     endBtn.disabled = false;
+    if (stream.startedAt) startClock(Date.parse(stream.startedAt));
   }
   loadProducts();
   events.start();
   await startPreview();
 }
 
-window.addEventListener("pagehide", () => { media?.stop({ keepalive: true }); events.close(); });
+// Orders and revenue of this show so far (a reload mid-show keeps the ticker right).
+async function loadOrderFigures() {
+  try {
+    const figures = await api(`/api/v1/seller/livestreams/${encodeURIComponent(id)}/analytics`);
+    orderCount = Math.max(orderCount, figures.orders || 0);
+    if (figures.revenue !== null && figures.revenue !== undefined) revenue = Math.max(revenue, figures.revenue);
+    currency = figures.currency || currency;
+    $("order-count").textContent = String(orderCount);
+    $("revenue").textContent = money(revenue, currency);
+  } catch { /* the ticker counts from the live events alone */ }
+}
+
+window.addEventListener("pagehide", () => { media?.leaveNow(); events.close(); });
 main();

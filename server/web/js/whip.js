@@ -11,10 +11,11 @@ const DISCONNECTED_GRACE_MS = 3000;
 const MAX_BACKOFF_MS = 8000;
 
 export class MediaError extends Error {
-  constructor(status, message, retryable) {
+  constructor(status, message, retryable, code = null) {
     super(message);
     this.status = status;
     this.retryable = retryable;
+    this.code = code;
   }
 }
 
@@ -115,13 +116,28 @@ export class MediaSession {
     this.location = null;
     // DELETE before closing: a closed peer connection may already end the session on
     // the server, and the DELETE would then find nothing to leave.
-    if (location) {
-      const headers = {};
-      const token = await this.token().catch(() => null);
-      if (token) headers.Authorization = `Bearer ${token}`;
-      await fetch(location, { method: "DELETE", headers, keepalive }).catch(() => {});
-    }
+    // The session URL is the capability (no token): nothing to refresh before leaving.
+    if (location) await fetch(location, { method: "DELETE", keepalive }).catch(() => {});
     if (pc) pc.close();
+  }
+
+  /**
+   * Leave at once because the page is going away (pagehide, hidden): the DELETE is
+   * sent synchronously with keepalive, so it outlives the page, then the peer
+   * connection closes. Nothing is awaited: an unloading page gets no second turn.
+   */
+  leaveNow() {
+    this.stopped = true;
+    this.generation += 1;
+    clearTimeout(this.timer);
+    clearTimeout(this.graceTimer);
+    window.removeEventListener("online", this._online);
+    const { pc, location } = this;
+    this.pc = null;
+    this.location = null;
+    if (location) fetch(location, { method: "DELETE", keepalive: true }).catch(() => {});
+    if (pc) pc.close();
+    this._setState("stopped");
   }
 
   async _connect() {
@@ -191,10 +207,18 @@ export class MediaSession {
     }
     if (resp.status !== 201) {
       let message = `The media server answered ${resp.status}.`;
-      try { message = (await resp.json()).error?.message || message; } catch { /* not JSON */ }
+      let code = null;
+      try {
+        const error = (await resp.json()).error || {};
+        message = error.message || message;
+        code = error.code || null;
+      } catch { /* not JSON */ }
       // 404/409: the stream is not live (yet); 429/5xx: busy. Both are worth retrying.
-      const retryable = resp.status === 404 || resp.status === 409 || resp.status === 429 || resp.status >= 500;
-      throw new MediaError(resp.status, message, retryable);
+      let retryable = resp.status === 404 || resp.status === 409 || resp.status === 429 || resp.status >= 500;
+      // Another publisher is live (OBS, ffmpeg, the demo's test card): waiting would never
+      // end. After we were connected it is our own old session, gone in a few seconds.
+      if (this.mode === "publish" && code === "publisher_conflict" && !this.everConnected) retryable = false;
+      throw new MediaError(resp.status, message, retryable, code);
     }
     const location = resp.headers.get("Location");
     this.location = location ? new URL(location, new URL(this.url, window.location.href)).href : null;
