@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,9 +54,9 @@ def demo(tmp_path: Path, *flags: str) -> Iterator[tuple[dict[str, str], list[str
             time.sleep(0.2)
         urls = {}
         for line in lines:
-            label, _, rest = line.strip().partition(": ")
-            if rest.strip().startswith("http://"):
-                urls[label.strip()] = rest.strip()
+            # The banner's rows: "  watch         http://host/live/<id>  (title)".
+            if found := re.match(r"\s+(\w[\w ]*?)\s{2,}(http://\S+)", line):
+                urls[found.group(1)] = found.group(2)
         yield urls, lines
     finally:
         proc.send_signal(signal.SIGTERM)
