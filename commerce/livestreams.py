@@ -60,6 +60,15 @@ UPDATE livestreams SET status = $2,
 WHERE id = $1 AND status = ANY($3::text[])
 RETURNING id
 """
+SET_MEDIA_NODE = "UPDATE livestreams SET media_node = $2 WHERE id = $1 AND status <> 'ended'"
+# Shows recorded on air that this node hosted (or that no node claimed: started through
+# the API, never published) and for which it has no SFU room: they lost their room.
+PAUSE_ORPHANS = """
+UPDATE livestreams SET status = 'paused'
+WHERE status IN ('live', 'paused') AND (media_node = $1 OR media_node IS NULL)
+  AND NOT (id::text = ANY($2::text[]))
+RETURNING id
+"""
 RECORD_VIEWER_STATS = """
 UPDATE livestreams SET peak_viewers = greatest(peak_viewers, $2),
        total_viewers = total_viewers + $3, watch_seconds = watch_seconds + $4
@@ -222,6 +231,23 @@ async def set_state(conn: asyncpg.Connection, livestream_id: str, new_state: str
             status=row["status"], target=new_state,
         )
     return await get_livestream(conn, livestream_id)
+
+
+async def set_media_node(conn: asyncpg.Connection, livestream_id: str, node: str) -> None:
+    """Record that ``node`` hosts the SFU room of this livestream (its publisher is there)."""
+    await conn.execute(SET_MEDIA_NODE, livestream_id, node)
+
+
+async def pause_orphans(conn: asyncpg.Connection, node: str, hosted: list[str]) -> list[str]:
+    """Pause the live or paused livestreams of ``node`` that are not in ``hosted``; return them.
+
+    A server calls this on start, with the rooms it has (none after a crash): a show whose
+    room died with the process cannot be watched, so it is paused until its seller
+    publishes again, and the caller ends it after the usual grace period otherwise.
+    Livestreams with no node recorded count as this node's.
+    """
+    rows = await conn.fetch(PAUSE_ORPHANS, node, hosted)
+    return [str(r["id"]) for r in rows]
 
 
 async def set_own_state(

@@ -254,14 +254,21 @@ class Room:
         self.state = state
         self._on_state_change(self, state)
 
-    def end(self) -> None:
-        """Mark the room ended and stop its timers (sessions are closed by the SFU)."""
+    def end(self, *, announce: bool = True) -> None:
+        """Mark the room ended and stop its timers (sessions are closed by the SFU).
+
+        ``announce=False`` ends it silently: a room whose first offer failed never went
+        on air, and reporting ``ended`` would end the livestream it was created for.
+        """
         for timer in (self._pli_timer, self._grace_timer):
             if timer is not None:
                 timer.cancel()
         self._pli_timer = self._grace_timer = None
         self._rtcp_task.cancel()
-        self._set_state(RoomState.ENDED)
+        if announce:
+            self._set_state(RoomState.ENDED)
+        else:
+            self.state = RoomState.ENDED
 
     async def wait_closed(self) -> None:
         """Wait for the RTCP task to finish after :meth:`end`."""

@@ -10,8 +10,10 @@ developer can act on, instead of an aiortc exception from deep inside
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 
+from aiortc import RTCDtlsFingerprint
 from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import CODECS, is_rtx
 from aiortc.rtcpeerconnection import is_codec_compatible
@@ -24,6 +26,13 @@ from .errors import BadOffer
 FORWARDED_VIDEO = ("video/vp8", "video/h264")
 FORWARDED_AUDIO = ("audio/opus",)
 MAX_SDP_BYTES = 64 * 1024
+# Digest length in bytes of each fingerprint hash function RFC 8122 names; a value must be
+# that many colon-separated hex pairs.
+FINGERPRINT_BYTES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
+# The ones aiortc 1.16 verifies (rtcdtlstransport.X509_DIGEST_ALGORITHMS); it ignores any
+# other, so a section needs at least one of these or its DTLS handshake can never succeed.
+VERIFIED_FINGERPRINTS = ("sha-256", "sha-384", "sha-512")
+_HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*")
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,12 @@ class OfferPlan:
 
 
 def parse_offer(text: str) -> aiortc_sdp.SessionDescription:
-    """Parse an SDP offer or raise :class:`BadOffer`."""
+    """Parse an SDP offer or raise :class:`BadOffer`.
+
+    Anything aiortc's parser or ``setRemoteDescription`` would trip over (an attribute
+    for a payload type without ``a=rtpmap``, a BUNDLE group naming no section, a
+    garbage fingerprint) is refused here with a reason.
+    """
     if not isinstance(text, str) or not text.strip():
         raise BadOffer("the SDP offer is empty")
     if len(text) > MAX_SDP_BYTES:
@@ -45,9 +59,10 @@ def parse_offer(text: str) -> aiortc_sdp.SessionDescription:
         raise BadOffer("the SDP offer must start with 'v=0'")
     try:
         description = aiortc_sdp.SessionDescription.parse(text)
-    # aiortc's parser reports malformed lines with asserts as well as ValueError.
-    except (AssertionError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise BadOffer(f"the SDP offer cannot be parsed: {exc}") from exc
+    # aiortc's parser reports malformed lines with whatever its code raises (asserts,
+    # ValueError, StopIteration from a lookup, ...): any of them means a bad offer.
+    except Exception as exc:
+        raise BadOffer(f"the SDP offer cannot be parsed: {_reason(exc)}") from exc
     if not description.media:
         raise BadOffer("the SDP offer has no media sections")
     for media in description.media:
@@ -56,9 +71,63 @@ def parse_offer(text: str) -> aiortc_sdp.SessionDescription:
         ice, dtls = media.ice, media.dtls
         if ice is None or not ice.usernameFragment or not ice.password:
             raise BadOffer(f"the {media.kind} section lacks ICE credentials")
-        if dtls is None or not dtls.fingerprints:
+        if dtls is None:  # aiortc drops the DTLS parameters of a section without a=setup
+            raise BadOffer(f"the {media.kind} section lacks a valid a=setup")
+        if not dtls.fingerprints:
             raise BadOffer(f"the {media.kind} section lacks a DTLS fingerprint")
+        _check_fingerprints(media.kind, dtls.fingerprints)
+    _check_mids(description)
     return description
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, StopIteration):  # aiortc's lookup of an a=fmtp line's codec
+        return "an a=fmtp line names a payload type that has no a=rtpmap"
+    return str(exc) or type(exc).__name__
+
+
+def _check_fingerprints(kind: str, fingerprints: list[RTCDtlsFingerprint]) -> None:
+    """Refuse a malformed fingerprint, or a section none of whose fingerprints aiortc checks."""
+    for fingerprint in fingerprints:
+        algorithm = fingerprint.algorithm.lower()
+        size = FINGERPRINT_BYTES.get(algorithm)
+        if size is None:
+            raise BadOffer(
+                f"the {kind} section has a fingerprint with unknown hash function "
+                f"{fingerprint.algorithm!r} (use sha-256)"
+            )
+        value = fingerprint.value
+        if not _HEX_PAIRS.fullmatch(value) or len(value) != 3 * size - 1:
+            raise BadOffer(
+                f"the {kind} section's {algorithm} fingerprint must be {size} colon-separated "
+                "hex bytes"
+            )
+    if not any(f.algorithm.lower() in VERIFIED_FINGERPRINTS for f in fingerprints):
+        raise BadOffer(
+            f"the {kind} section needs a fingerprint with "
+            f"{', '.join(VERIFIED_FINGERPRINTS)}"
+        )
+
+
+def _check_mids(description: aiortc_sdp.SessionDescription) -> None:
+    """Refuse duplicate mids and a BUNDLE group naming a mid no section has.
+
+    aiortc takes the transport of the group's first mid for every bundled section; when
+    no section has that mid the bundled sections get no transport at all.
+    """
+    mids = [m.rtp.muxId for m in description.media if m.rtp.muxId]
+    if len(set(mids)) != len(mids):
+        raise BadOffer("the offer's media sections must have distinct a=mid values")
+    for group in description.group:
+        if group.semantic != "BUNDLE":
+            continue
+        unknown = [str(item) for item in group.items if str(item) not in mids]
+        if unknown:
+            raise BadOffer(
+                f"the BUNDLE group names mid {unknown[0]!r}, which no media section has"
+            )
+        if group.items and any(not m.rtp.muxId for m in description.media):
+            raise BadOffer("with a BUNDLE group every media section needs an a=mid")
 
 
 def plan_publish(text: str, required_video: RTCRtpCodecParameters | None = None) -> OfferPlan:

@@ -107,10 +107,12 @@ class SFU:
         if room is not None:
             if room.owner != owner:
                 raise PublisherConflict(room_id)
-            if room.publisher is not None:
+            stale = room.publisher
+            if stale is not None:
                 if room.publisher_alive(self.settings.publisher_stale_seconds):
                     raise PublisherConflict(room_id)
-                await self._close_session(room.publisher, "replaced by a reconnect")
+                await self._close_session(stale, "replaced by a reconnect")
+                room.publisher_lost(stale)  # in case it was closed before but still attached
         plan = plan_publish(offer_sdp, room.video_codec if room is not None else None)
         created = room is None
         if room is None:
@@ -130,11 +132,13 @@ class SFU:
                 install_receiver(audio, room.forwarder("audio", plan.audio_codec))
             await self._answer(session, offer_sdp)
         except BaseException:
+            # Undo the room's side first, before any await: a room left with this
+            # publisher would refuse every later publish as a conflict.
+            if not created:
+                room.publisher_lost(session)  # back to paused, its grace period restarted
             await self._discard(session)
             if created:
-                await self._end_room(room)
-            else:
-                room.publisher_lost(session)
+                await self._end_room(room, announce=False)
             raise
         return session
 
@@ -259,6 +263,13 @@ class SFU:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             answer = await pc.createAnswer()
+        # Both steps only read the offer, and aiortc reports what it cannot apply with
+        # whatever its code raises: any of them is the offer's fault, never a 500.
+        except Exception as exc:
+            if not isinstance(exc, (ValueError, OperationError, InvalidAccessError)):
+                logger.info("offer refused by aiortc with %s", type(exc).__name__, exc_info=True)
+            raise BadOffer(f"the offer was refused: {exc or type(exc).__name__}") from exc
+        try:
             with ice_host_addresses(self.settings.ice_host_addresses):
                 await pc.setLocalDescription(answer)
         except (ValueError, KeyError, OperationError, InvalidAccessError, InvalidStateError,
@@ -301,19 +312,22 @@ class SFU:
                 room.publisher_lost(session)
             elif room.remove_viewer(session):
                 self._viewer_count_changed(room)
-        await session.pc.close()
+        await _close_pc(session.pc)
 
     async def _discard(self, session: MediaSession) -> None:
         """Close a session whose offer/answer failed before it was registered."""
+        if session.closed:  # a second pc.close() would wait for the first one forever
+            return
         session.closed = True
         self.sessions.pop(session.id, None)
-        await session.pc.close()
+        await _close_pc(session.pc)
 
-    async def _end_room(self, room: Room) -> None:
+    async def _end_room(self, room: Room, *, announce: bool = True) -> None:
+        """Close a room and its sessions; ``announce=False`` for one that never went on air."""
         if self.rooms.get(room.id) is not room:
             return
         del self.rooms[room.id]
-        room.end()
+        room.end(announce=announce)
         sessions = [entry.session for entry in room.viewers.values()]
         if room.publisher is not None:
             sessions.append(room.publisher)
@@ -342,3 +356,12 @@ class SFU:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def _close_pc(pc: RTCPeerConnection) -> None:
+    """Close a peer connection; one a bad offer left half set up may fail to close."""
+    try:
+        await pc.close()
+    # aiortc's close() assumes every transport exists (AttributeError on None otherwise).
+    except Exception:
+        logger.warning("closing a peer connection failed", exc_info=True)

@@ -112,5 +112,6 @@ async def media_context(app: web.Application) -> AsyncIterator[None]:
     app[SFU_KEY] = sfu
     app[GATEWAY] = MediaGateway(sfu, app[DB], room_event, realtime=app.get(HUB))
     app[METRICS].registry.register(media_routes.RoomMetrics(sfu))
+    await app[GATEWAY].reconcile()  # shows left "live" by a crash of this server
     yield
     await app[GATEWAY].close()

@@ -7,6 +7,13 @@ is open to anyone while the livestream is live or paused. The SFU reports room s
 (`live`, `paused`, `ended`) through a callback; they are written to the livestream
 record and announced to the room as `stream:state`. A client that opens a DataChannel
 labelled `events` in its offer speaks the event protocol on it (signaling/transports.py).
+
+Crash recovery: the gateway records its `node_id` on each livestream it hosts. On start,
+`reconcile()` pauses the livestreams recorded live/paused on this node (or on none) for
+which the SFU has no room, so their sellers can publish again at once, and ends those
+still without a room after the SFU's publisher grace period, as for a dropped
+publisher. Several workers or nodes sharing one database each need their own node id
+(today one process serves every room: DEFAULT_NODE).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ log = logging.getLogger("shopstream.signaling")
 
 RoomEvent = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 EVENTS_LABEL = "events"
+DEFAULT_NODE = "local"
 
 
 class Transactions(Protocol):
@@ -44,13 +52,15 @@ class MediaGateway:
 
     def __init__(
         self, sfu: SFU, db: Transactions, room_event: RoomEvent | None = None,
-        *, realtime: Realtime | None = None,
+        *, realtime: Realtime | None = None, node_id: str = DEFAULT_NODE,
     ) -> None:
         self.sfu = sfu
         self.db = db
         self.room_event = room_event
         self.realtime = realtime
+        self.node_id = node_id
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._orphan_timers: dict[str, asyncio.TimerHandle] = {}
         sfu.on_state_change = self._room_state_changed
 
     async def publish(
@@ -64,8 +74,14 @@ class MediaGateway:
             except Forbidden:
                 grant = await livestreams.check_publish_grant(conn, livestream_id, user_id=user_id)
         session = await self.sfu.publish(livestream_id, offer_sdp, owner=grant["sellerId"])
-        self._serve_events(session, livestream_id, participant, publisher=True)
-        await self._set_state(livestream_id, "live")
+        try:
+            self._serve_events(session, livestream_id, participant, publisher=True)
+            await self._set_state(livestream_id, "live")
+        except BaseException:
+            # The client never gets this session's answer: free the room for its next try.
+            with contextlib.suppress(SessionNotFound):
+                await self.sfu.close_session(session.id)
+            raise
         return session
 
     async def watch(
@@ -89,7 +105,38 @@ class MediaGateway:
         if livestream_id in self.sfu.rooms:
             await self.sfu.close_room(livestream_id)
 
+    async def reconcile(self) -> list[str]:
+        """Pause the shows this node hosted but has no room for; end them after the grace.
+
+        Called on start: after a crash the database still says `live` for shows whose
+        SFU rooms died with the process. Returns the ids of the livestreams paused.
+        """
+        async with self.db.transaction(system=True) as conn:
+            orphans = await livestreams.pause_orphans(conn, self.node_id, list(self.sfu.rooms))
+        grace = self.sfu.settings.publisher_grace_seconds
+        loop = asyncio.get_running_loop()
+        for livestream_id in orphans:
+            log.info("livestream %s lost its SFU room: paused for %.0f s", livestream_id, grace)
+            self._orphan_timers[livestream_id] = loop.call_later(
+                grace, self._orphan_grace_expired, livestream_id
+            )
+            if self.room_event is not None:
+                await self.room_event(livestream_id, "stream:state", {"state": "paused"})
+        return orphans
+
+    def _orphan_grace_expired(self, livestream_id: str) -> None:
+        self._spawn(self._end_orphan(livestream_id))
+
+    async def _end_orphan(self, livestream_id: str) -> None:
+        """End a reconciled show whose seller did not publish again within the grace."""
+        self._orphan_timers.pop(livestream_id, None)
+        if livestream_id not in self.sfu.rooms:
+            await self._set_state(livestream_id, "ended")
+
     async def close(self) -> None:
+        for timer in self._orphan_timers.values():
+            timer.cancel()
+        self._orphan_timers.clear()
         await self.sfu.close()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -127,9 +174,12 @@ class MediaGateway:
     async def _set_state(self, livestream_id: str, state: str) -> None:
         try:
             async with self.db.transaction(system=True) as conn:
-                await livestreams.set_state(conn, livestream_id, state)
-        except InvalidState:
-            return  # already there (the seller pressed start first), or already ended
+                if state == "live":  # this node hosts the room: reconcile() knows it as ours
+                    await livestreams.set_media_node(conn, livestream_id, self.node_id)
+                try:
+                    await livestreams.set_state(conn, livestream_id, state)
+                except InvalidState:
+                    return  # already there (the seller pressed start first), or already ended
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
             log.exception("could not record state %s of livestream %s", state, livestream_id)
             return
