@@ -18,9 +18,17 @@ rewritten RTP packets to each viewer. This module is the only place that knows h
   from aioice's datagram callback (unprotect in place, header read with ``struct``),
   instead of aiortc's queue, DTLS task and full ``RtpPacket.parse``.
 * :func:`ice_host_addresses` chooses which local addresses aioice gathers (it leaves
-  out loopback by default); it rests on one of the module's two monkeypatches (the
-  other keeps ICE consent alive while a publisher's media keeps arriving, and routes
+  out loopback by default); it rests on one of the module's monkeypatches (another
+  keeps ICE consent alive while a publisher's media keeps arriving, and routes
   datagrams to the :class:`SrtpIngress`).
+* :func:`negotiated_codecs` makes aiortc answer with the exact codec the SFU chose
+  from the offer (any H.264 profile, the offer's own fmtp), where aiortc alone only
+  knows its built-in list (VP8, two constrained/baseline H.264 entries, Opus).
+* :func:`prepare_dtls` gives a peer connection a certificate whose DTLS context also
+  offers ECDHE-RSA suites (an RSA-certificate peer acting as DTLS server), and
+  :func:`answer_dtls_passive` makes the SFU the DTLS server for ``actpass`` offers;
+  :func:`dtls_failure` returns why a handshake failed (OpenSSL's reason, which aiortc
+  only logs at debug level).
 
 The hook reads private aiortc, aioice and pylibsrtp attributes, so the aiortc version
 is pinned and checked at import (and pylibsrtp's handle is checked too).
@@ -31,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import copy
 import logging
 import os
 import random
@@ -43,10 +52,11 @@ from typing import Any, Protocol
 import aioice.ice
 import aioice.stun
 import aiortc
+import aiortc.rtcpeerconnection
 import pylibsrtp
 from aioice.ice import StunProtocol
 from aiortc.codecs import is_rtx
-from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, SRTPProtectionProfile
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
@@ -72,6 +82,7 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 from aiortc.stats import RTCStatsReport
+from OpenSSL import SSL
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
@@ -174,6 +185,162 @@ def ice_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
         yield
     finally:
         _host_addresses.reset(token)
+
+
+# --- codecs: answer with the codec the SFU chose ------------------------------------
+#
+# aiortc negotiates every section against its module-level codec list
+# (``find_common_codecs(CODECS[kind], offered)``) and ``setCodecPreferences`` refuses any
+# codec outside it, so an H.264 main or high profile offer cannot be answered. The third
+# monkeypatch: inside :func:`negotiated_codecs`, a section that offers the chosen codec's
+# payload type is answered with that codec (and the RTX entry offered for it) only.
+
+_negotiated: contextvars.ContextVar[dict[str, RTCRtpCodecParameters] | None] = (
+    contextvars.ContextVar("media_negotiated_codecs", default=None)
+)
+_aiortc_find_common_codecs = aiortc.rtcpeerconnection.find_common_codecs
+
+
+def _find_common_codecs(
+    local_codecs: list[RTCRtpCodecParameters], remote_codecs: list[RTCRtpCodecParameters]
+) -> list[RTCRtpCodecParameters]:
+    """Return the chosen codec for this section's kind, else aiortc's own negotiation."""
+    chosen_by_kind = _negotiated.get()
+    if chosen_by_kind and local_codecs:
+        chosen = chosen_by_kind.get(local_codecs[0].mimeType.split("/")[0].lower())
+        if chosen is not None and any(
+            c.payloadType == chosen.payloadType and c.mimeType.lower() == chosen.mimeType.lower()
+            for c in remote_codecs
+        ):
+            common = [copy.deepcopy(chosen)]
+            for rtx in remote_codecs:
+                if is_rtx(rtx) and rtx.parameters.get("apt") == chosen.payloadType:
+                    common.append(copy.deepcopy(rtx))
+                    break
+            return common
+    return _aiortc_find_common_codecs(local_codecs, remote_codecs)
+
+
+aiortc.rtcpeerconnection.find_common_codecs = _find_common_codecs
+
+
+@contextlib.contextmanager
+def negotiated_codecs(chosen: dict[str, RTCRtpCodecParameters]) -> Iterator[None]:
+    """Answer each ``kind`` with ``chosen[kind]`` (an offered payload type) inside this context.
+
+    Wrap ``setRemoteDescription`` of the offer: that is where aiortc negotiates.
+    """
+    token = _negotiated.set(dict(chosen))
+    try:
+        yield
+    finally:
+        _negotiated.reset(token)
+
+
+# --- DTLS: role, certificate, failure reason ---------------------------------------
+
+# aiortc offers ECDSA suites only, which an RSA-certificate DTLS server (GStreamer's
+# webrtcbin, a peer answering ``setup:passive``) cannot pick: "no shared cipher".
+# The ECDHE-RSA suites are added after them; the SFU's own key stays ECDSA.
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:"
+    b"ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA"
+)
+
+
+class SfuCertificate(RTCCertificate):
+    """aiortc's ECDSA certificate, with a DTLS context that also accepts RSA servers."""
+
+    def _create_ssl_context(self, srtp_profiles: list[SRTPProtectionProfile]) -> SSL.Context:
+        ctx = super()._create_ssl_context(srtp_profiles)
+        ctx.set_cipher_list(DTLS_CIPHERS)
+        return ctx
+
+
+def prepare_dtls(pc: aiortc.RTCPeerConnection) -> None:
+    """Give a fresh peer connection an :class:`SfuCertificate` (before any transceiver)."""
+    pc._RTCPeerConnection__certificates = [  # type: ignore[attr-defined]
+        SfuCertificate.generateCertificate()
+    ]
+
+
+def answer_dtls_passive(pc: aiortc.RTCPeerConnection) -> None:
+    """Make the SFU the DTLS server (``a=setup:passive``) where the offer said ``actpass``.
+
+    Call after ``setRemoteDescription(offer)``: aiortc leaves those transports at
+    "auto" and would answer ``active``; RFC 8842 recommends ``passive`` answers, and
+    peers such as webrtcbin expect it.
+    """
+    for transport in _dtls_transports(pc):
+        if transport._role == "auto":
+            transport._set_role("server")
+
+
+def dtls_failure(pc: aiortc.RTCPeerConnection) -> str | None:
+    """Return why a DTLS handshake of ``pc`` failed, or None if none did."""
+    for transport in _dtls_transports(pc):
+        reason = getattr(transport, "_shopstream_failure", None)
+        if reason:
+            return f"DTLS as {transport._role}: {reason}"
+    return None
+
+
+def _dtls_transports(pc: aiortc.RTCPeerConnection) -> list[RTCDtlsTransport]:
+    transports: list[RTCDtlsTransport] = []
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is not None and transport not in transports:
+            transports.append(transport)
+    if pc.sctp is not None and pc.sctp.transport not in transports:
+        transports.append(pc.sctp.transport)
+    return transports
+
+
+async def _do_handshake(self: RTCDtlsTransport) -> None:
+    """Run aiortc 1.16's DTLS handshake loop, keeping the failure reason."""
+    try:
+        while not self.encrypted:
+            try:
+                self._ssl.do_handshake()  # type: ignore[union-attr]
+            except SSL.WantReadError:
+                await self._write_ssl()
+                await self._recv_next()
+            except SSL.Error as exc:
+                self._shopstream_failure = _ssl_reason(exc)  # type: ignore[attr-defined]
+                self._set_state(DtlsState.FAILED)
+                return
+            else:
+                self.encrypted = True
+    except ConnectionError:
+        self._shopstream_failure = "the connection closed during the handshake"  # type: ignore[attr-defined]
+        self._set_state(DtlsState.FAILED)
+
+
+_aiortc_validate_peer_identity = RTCDtlsTransport._validate_peer_identity
+
+
+def _validate_peer_identity(self: RTCDtlsTransport, remoteParameters: Any) -> None:
+    _aiortc_validate_peer_identity(self, remoteParameters)
+    if self._state == DtlsState.FAILED:
+        self._shopstream_failure = (  # type: ignore[attr-defined]
+            "the peer's certificate does not match the fingerprint in its SDP"
+        )
+
+
+def _ssl_reason(exc: SSL.Error) -> str:
+    """Return OpenSSL's reason strings (e.g. "no shared cipher") from an SSL.Error."""
+    reasons = [
+        str(entry[2]) for entry in (exc.args[0] if exc.args and isinstance(exc.args[0], list) else [])
+        if isinstance(entry, tuple) and len(entry) == 3
+    ]
+    return "; ".join(reasons) or str(exc) or type(exc).__name__
+
+
+# The fourth and fifth patches: the same loop as aiortc's, plus the reason.
+RTCDtlsTransport._do_handshake = _do_handshake  # type: ignore[method-assign]
+RTCDtlsTransport._validate_peer_identity = _validate_peer_identity  # type: ignore[method-assign]
 
 
 # --- egress ----------------------------------------------------------------------------

@@ -11,10 +11,18 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
-from .aiortc_hook import ice_host_addresses, install_receiver, install_sender
+from .aiortc_hook import (
+    answer_dtls_passive,
+    dtls_failure,
+    ice_host_addresses,
+    install_receiver,
+    install_sender,
+    negotiated_codecs,
+    prepare_dtls,
+)
 from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
 from .room import Room, RoomState, RoomStats
-from .sdp import codec_preferences, plan_publish, plan_watch
+from .sdp import OfferPlan, plan_publish, plan_watch, reject_sections
 from .session import MediaSession
 
 logger = logging.getLogger(__name__)
@@ -112,13 +120,11 @@ class SFU:
         room.attach_publisher(session)
         try:
             video = pc.addTransceiver("video", direction="recvonly")
-            video.setCodecPreferences(codec_preferences(plan.video_codec))
             install_receiver(video, room.forwarder("video", plan.video_codec))
             if plan.audio_codec is not None:
                 audio = pc.addTransceiver("audio", direction="recvonly")
-                audio.setCodecPreferences(codec_preferences(plan.audio_codec))
                 install_receiver(audio, room.forwarder("audio", plan.audio_codec))
-            await self._answer(session, offer_sdp)
+            await self._answer(session, offer_sdp, plan)
         except BaseException:
             await self._discard(session)
             if created:
@@ -148,13 +154,11 @@ class SFU:
         entry = room.add_viewer(session)  # counted against the limit from now on
         try:
             video = pc.addTransceiver("video", direction="sendonly")
-            video.setCodecPreferences(codec_preferences(room.video_codec))
             room.watch_sender(entry, "video", install_sender(video, room))
             if plan.audio_codec is not None:
                 audio = pc.addTransceiver("audio", direction="sendonly")
-                audio.setCodecPreferences(codec_preferences(plan.audio_codec))
                 room.watch_sender(entry, "audio", install_sender(audio, room))
-            await self._answer(session, offer_sdp)
+            await self._answer(session, offer_sdp, plan)
         except BaseException:
             room.remove_viewer(session)
             await self._discard(session)
@@ -235,19 +239,27 @@ class SFU:
             for s in self.settings.ice_servers
         ]
         # Always an explicit list: aiortc's default would contact a public STUN server.
-        return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        prepare_dtls(pc)
+        return pc
 
-    async def _answer(self, session: MediaSession, offer_sdp: str) -> None:
+    async def _answer(self, session: MediaSession, offer_sdp: str, plan: OfferPlan) -> None:
         pc = session.pc
+        chosen = {"video": plan.video_codec}
+        if plan.audio_codec is not None:
+            chosen["audio"] = plan.audio_codec
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            with negotiated_codecs(chosen):
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            if plan.dtls_actpass:
+                answer_dtls_passive(pc)
             answer = await pc.createAnswer()
             with ice_host_addresses(self.settings.ice_host_addresses):
                 await pc.setLocalDescription(answer)
         except (ValueError, KeyError, OperationError, InvalidAccessError, InvalidStateError,
                 InternalError) as exc:
             raise BadOffer(f"the offer was refused: {exc or type(exc).__name__}") from exc
-        session.answer_sdp = pc.localDescription.sdp
+        session.answer_sdp = reject_sections(pc.localDescription.sdp, plan.rejected_mids)
         self.sessions[session.id] = session
         pc.on("connectionstatechange", lambda: self._connection_changed(session))
         self._timeouts[session.id] = asyncio.get_running_loop().call_later(
@@ -262,7 +274,12 @@ class SFU:
             if timeout is not None:
                 timeout.cancel()
         elif state in ("failed", "closed") and not session.closed:
-            self._spawn(self._close_session(session, f"connection {state}"))
+            reason = f"connection {state}"
+            failure = dtls_failure(session.pc)
+            if failure is not None:
+                reason += f" ({failure})"
+                logger.warning("%r: %s", session, reason)
+            self._spawn(self._close_session(session, reason))
 
     def _connect_timed_out(self, session: MediaSession) -> None:
         self._timeouts.pop(session.id, None)
