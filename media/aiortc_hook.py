@@ -250,13 +250,34 @@ DTLS_CIPHERS = (
 )
 
 
+# TLS alert descriptions (RFC 5246 7.2, RFC 8446 6): OpenSSL often leaves its error
+# queue empty when a DTLS handshake ends on an alert, so the alert is the reason.
+TLS_ALERTS = {
+    10: "unexpected_message", 20: "bad_record_mac", 40: "handshake_failure",
+    42: "bad_certificate", 43: "unsupported_certificate", 44: "certificate_revoked",
+    45: "certificate_expired", 46: "certificate_unknown", 47: "illegal_parameter",
+    48: "unknown_ca", 49: "access_denied", 50: "decode_error", 51: "decrypt_error",
+    70: "protocol_version", 71: "insufficient_security", 80: "internal_error",
+    90: "user_canceled", 110: "unsupported_extension",
+}
+
+
 class SfuCertificate(RTCCertificate):
     """aiortc's ECDSA certificate, with a DTLS context that also accepts RSA servers."""
 
     def _create_ssl_context(self, srtp_profiles: list[SRTPProtectionProfile]) -> SSL.Context:
         ctx = super()._create_ssl_context(srtp_profiles)
         ctx.set_cipher_list(DTLS_CIPHERS)
+        ctx.set_info_callback(_remember_alert)
         return ctx
+
+
+def _remember_alert(connection: SSL.Connection, where: int, ret: int) -> None:
+    """Keep the last TLS alert sent or received on ``connection`` (an info callback)."""
+    if where & SSL.SSL_CB_ALERT:
+        sent = "sent" if where & SSL.SSL_CB_WRITE else "received"
+        name = TLS_ALERTS.get(ret & 0xFF, f"alert {ret & 0xFF}")
+        connection._shopstream_alert = f"{name} alert {sent}"  # type: ignore[attr-defined]
 
 
 def prepare_dtls(pc: aiortc.RTCPeerConnection) -> None:
@@ -308,7 +329,9 @@ async def _do_handshake(self: RTCDtlsTransport) -> None:
                 await self._write_ssl()
                 await self._recv_next()
             except SSL.Error as exc:
-                self._shopstream_failure = _ssl_reason(exc)  # type: ignore[attr-defined]
+                self._shopstream_failure = _ssl_reason(  # type: ignore[attr-defined]
+                    exc, getattr(self._ssl, "_shopstream_alert", None)
+                )
                 self._set_state(DtlsState.FAILED)
                 return
             else:
@@ -329,13 +352,13 @@ def _validate_peer_identity(self: RTCDtlsTransport, remoteParameters: Any) -> No
         )
 
 
-def _ssl_reason(exc: SSL.Error) -> str:
-    """Return OpenSSL's reason strings (e.g. "no shared cipher") from an SSL.Error."""
-    reasons = [
-        str(entry[2]) for entry in (exc.args[0] if exc.args and isinstance(exc.args[0], list) else [])
-        if isinstance(entry, tuple) and len(entry) == 3
-    ]
-    return "; ".join(reasons) or str(exc) or type(exc).__name__
+def _ssl_reason(exc: SSL.Error, alert: str | None) -> str:
+    """Return OpenSSL's reasons (e.g. "no shared cipher") and the last TLS alert, if any."""
+    queue = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    reasons = [str(entry[2]) for entry in queue if isinstance(entry, tuple) and len(entry) == 3]
+    if alert:
+        reasons.append(alert)
+    return "; ".join(reasons) or "handshake error without a reason from OpenSSL"
 
 
 # The fourth and fifth patches: the same loop as aiortc's, plus the reason.
