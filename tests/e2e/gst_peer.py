@@ -6,7 +6,7 @@ SFU: an ``actpass`` offer, an RSA DTLS certificate, and (``bundle-policy=max-bun
 every section after the first marked ``bundle-only`` with port 0.
 
     python3 gst_peer.py publish URL [--key KEY] [--profile baseline|main|high] [--seconds N]
-    python3 gst_peer.py watch URL [--seconds N]
+    python3 gst_peer.py watch URL [--profile-level-id 42e01f|64001f] [--seconds N]
 
 It prints one JSON line: the answer's status, the DTLS/ICE states seen and, for a
 viewer, the decoded video frames and audio buffers.
@@ -40,7 +40,7 @@ audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample ! opusenc
 """
 
 VIDEO_CAPS = ("application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000,"
-              "packetization-mode=(string)1,profile-level-id=(string)42e01f")
+              "packetization-mode=(string)1,profile-level-id=(string){profile_level_id}")
 AUDIO_CAPS = "application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000"
 
 
@@ -59,7 +59,7 @@ class Peer:
             self.webrtc = Gst.ElementFactory.make("webrtcbin", "w")
             self.webrtc.set_property("bundle-policy", "max-bundle")
             self.pipeline.add(self.webrtc)
-            for caps in (VIDEO_CAPS, AUDIO_CAPS):
+            for caps in (VIDEO_CAPS.format(profile_level_id=args.profile_level_id), AUDIO_CAPS):
                 self.webrtc.emit("add-transceiver", GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY,
                                  Gst.Caps.from_string(caps))
             self.webrtc.connect("pad-added", self.on_incoming)
@@ -182,6 +182,8 @@ def main() -> int:
     parser.add_argument("--key", default="")
     parser.add_argument("--profile", default="constrained-baseline",
                         choices=("constrained-baseline", "baseline", "main", "high"))
+    parser.add_argument("--profile-level-id", default="42e01f",
+                        help="the H.264 format a viewer offers (64001f: high)")
     parser.add_argument("--seconds", type=int, default=15)
     args = parser.parse_args()
     Gst.init(None)
