@@ -23,7 +23,9 @@ rewritten RTP packets to each viewer. This module is the only place that knows h
   datagrams to the :class:`SrtpIngress`).
 * :func:`negotiated_codecs` makes aiortc answer with the exact codec the SFU chose
   from the offer (any H.264 profile, the offer's own fmtp), where aiortc alone only
-  knows its built-in list (VP8, two constrained/baseline H.264 entries, Opus).
+  knows its built-in list (VP8, two constrained/baseline H.264 entries, Opus), and
+  accept the RID header extensions of a simulcast publisher, whose layers a
+  :class:`ForwardingReceiver` tells apart (:mod:`media.simulcast` picks the one forwarded).
 * :func:`prepare_dtls` gives a peer connection a certificate whose DTLS context also
   offers ECDHE-RSA suites (an RSA-certificate peer acting as DTLS server), and
   :func:`answer_dtls_passive` makes the SFU the DTLS server for ``actpass`` offers;
@@ -55,7 +57,7 @@ import aiortc
 import aiortc.rtcpeerconnection
 import pylibsrtp
 from aioice.ice import StunProtocol
-from aiortc.codecs import is_rtx
+from aiortc.codecs import HEADER_EXTENSIONS, is_rtx
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, SRTPProtectionProfile
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import (
@@ -85,6 +87,8 @@ from aiortc.stats import RTCStatsReport
 from OpenSSL import SSL
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
+
+from .simulcast import LayerSelector
 
 SUPPORTED_AIORTC = "1.16."
 if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
@@ -193,12 +197,22 @@ def ice_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
 # (``find_common_codecs(CODECS[kind], offered)``) and ``setCodecPreferences`` refuses any
 # codec outside it, so an H.264 main or high profile offer cannot be answered. The third
 # monkeypatch: inside :func:`negotiated_codecs`, a section that offers the chosen codec's
-# payload type is answered with that codec (and the RTX entry offered for it) only.
+# payload type is answered with that codec (and the RTX entry offered for it) only. The
+# same context lets header extensions aiortc does not list (rtp-stream-id) be accepted.
 
 _negotiated: contextvars.ContextVar[dict[str, RTCRtpCodecParameters] | None] = (
     contextvars.ContextVar("media_negotiated_codecs", default=None)
 )
+_extra_extensions: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "media_extra_header_extensions", default=frozenset()
+)
 _aiortc_find_common_codecs = aiortc.rtcpeerconnection.find_common_codecs
+_aiortc_find_common_header_extensions = aiortc.rtcpeerconnection.find_common_header_extensions
+# The header extensions a simulcast publisher's layers are told apart by (RFC 8852).
+RID_EXTENSIONS = (
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+)
 
 
 def _find_common_codecs(
@@ -221,19 +235,37 @@ def _find_common_codecs(
     return _aiortc_find_common_codecs(local_codecs, remote_codecs)
 
 
+def _find_common_header_extensions(
+    local_extensions: list[Any], remote_extensions: list[Any]
+) -> list[Any]:
+    """Return aiortc's common extensions plus the offered ones chosen for this context."""
+    common = _aiortc_find_common_header_extensions(local_extensions, remote_extensions)
+    extra = _extra_extensions.get()
+    if extra and local_extensions is HEADER_EXTENSIONS["video"]:  # aiortc passes its own list
+        common += [x for x in remote_extensions if x.uri in extra]
+    return common
+
+
 aiortc.rtcpeerconnection.find_common_codecs = _find_common_codecs
+aiortc.rtcpeerconnection.find_common_header_extensions = _find_common_header_extensions
 
 
 @contextlib.contextmanager
-def negotiated_codecs(chosen: dict[str, RTCRtpCodecParameters]) -> Iterator[None]:
+def negotiated_codecs(
+    chosen: dict[str, RTCRtpCodecParameters], video_extensions: Sequence[str] = ()
+) -> Iterator[None]:
     """Answer each ``kind`` with ``chosen[kind]`` (an offered payload type) inside this context.
 
-    Wrap ``setRemoteDescription`` of the offer: that is where aiortc negotiates.
+    ``video_extensions`` are header extension URIs to accept in the video section on
+    top of aiortc's own (the RID extensions of a simulcast publisher). Wrap
+    ``setRemoteDescription`` of the offer: that is where aiortc negotiates.
     """
     token = _negotiated.set(dict(chosen))
+    extensions_token = _extra_extensions.set(frozenset(video_extensions))
     try:
         yield
     finally:
+        _extra_extensions.reset(extensions_token)
         _negotiated.reset(token)
 
 
@@ -608,6 +640,8 @@ class PacketSink(Protocol):
 
     def on_receiver_ended(self, receiver: ForwardingReceiver) -> None: ...
 
+    def restart(self) -> None: ...
+
 
 class CountingSinkBase:
     """A sink that only looks at packets (benchmark and load-test viewers): RTCP and
@@ -623,6 +657,9 @@ class CountingSinkBase:
         pass
 
     def on_receiver_ended(self, receiver: ForwardingReceiver) -> None:
+        pass
+
+    def restart(self) -> None:
         pass
 
 
@@ -645,6 +682,8 @@ class ForwardingReceiver:
         self._ended = False
         self.egress: Egress | None = None
         self.media_ssrc: int | None = None
+        # Set for a simulcast publisher: which of its layers reaches the sink.
+        self.layers: LayerSelector | None = None
 
     # The attributes and methods below are what aiortc's RTCPeerConnection,
     # RTCRtpTransceiver and RTCDtlsTransport call on a receiver.
@@ -732,6 +771,9 @@ class ForwardingReceiver:
         if stream is None:
             stream = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stream.add(packet)
+        if self.layers is not None:
+            self._receive_layer(packet, codec)
+            return
         if is_rtx(codec):
             original_ssrc = self._rtx_ssrc.get(packet.ssrc, self.media_ssrc)
             apt = codec.parameters.get("apt")
@@ -744,6 +786,40 @@ class ForwardingReceiver:
         if self._nack is not None and self._nack.add(packet):
             self.send_nack(packet.ssrc, sorted(self._nack.missing))
         if packet.payload:  # padding-only packets (bandwidth probes) carry nothing
+            self.sink.on_rtp(packet, codec)
+
+    def _receive_layer(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        """Forward the chosen simulcast layer only (see :mod:`media.simulcast`)."""
+        layers = self.layers
+        assert layers is not None
+        extensions = packet.extensions
+        if is_rtx(codec):
+            # Each layer has its own RTX SSRC, named by repaired-rtp-stream-id.
+            if extensions.repaired_rtp_stream_id is not None:
+                media_ssrc = layers.ssrc_of(extensions.repaired_rtp_stream_id)
+                if media_ssrc is not None:
+                    self._rtx_ssrc[packet.ssrc] = media_ssrc
+            original_ssrc = self._rtx_ssrc.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if original_ssrc != layers.chosen or len(packet.payload) < 2 or apt not in self._codecs:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)  # type: ignore[arg-type]
+            codec = self._codecs[apt]  # type: ignore[index]
+        elif extensions.rtp_stream_id is not None:
+            layers.learn(packet.ssrc, extensions.rtp_stream_id)
+        forward, switched = layers.on_packet(packet.ssrc, len(packet.payload), _monotonic())
+        if switched:
+            # A new layer is a new stream for the viewers: they wait for its keyframe.
+            logger.info("simulcast: forwarding layer %r", layers.chosen_rid)
+            self.media_ssrc = layers.chosen
+            self._nack = NackGenerator()
+            self.sink.restart()
+            self.send_pli()
+        if not forward:
+            return
+        if self._nack is not None and self._nack.add(packet):
+            self.send_nack(packet.ssrc, sorted(self._nack.missing))
+        if packet.payload:
             self.sink.on_rtp(packet, codec)
 
     # RTCP towards the publisher, sent synchronously through the egress.
@@ -898,10 +974,17 @@ class ForwardingSender:
 # --- installing ------------------------------------------------------------------------
 
 
-def install_receiver(transceiver: RTCRtpTransceiver, sink: PacketSink) -> ForwardingReceiver:
-    """Replace a fresh transceiver's receiver with a :class:`ForwardingReceiver`."""
+def install_receiver(
+    transceiver: RTCRtpTransceiver, sink: PacketSink, simulcast_rids: Sequence[str] = ()
+) -> ForwardingReceiver:
+    """Replace a fresh transceiver's receiver with a :class:`ForwardingReceiver`.
+
+    With ``simulcast_rids`` the receiver takes every layer and hands the chosen one on.
+    """
     original = transceiver.receiver
     receiver = ForwardingReceiver(transceiver.kind, original.transport, sink)
+    if simulcast_rids:
+        receiver.layers = LayerSelector(tuple(simulcast_rids))
     receiver._set_rtcp_ssrc(transceiver.sender._ssrc)
     # The original receiver was never started (no decoder thread exists yet).
     transceiver._RTCRtpTransceiver__receiver = receiver  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
 
 from .errors import BadOffer
 from .h264 import BROWSER_PROFILES, h264_format
+from .simulcast import MAX_LAYERS
 
 # Codecs the SFU forwards; anything else in an offer is ignored, and an offer with
 # none of them for a kind it needs is refused.
@@ -46,6 +47,8 @@ class OfferPlan:
     rejected_mids: tuple[str, ...] = field(default=())
     # The offerer lets the answerer pick the DTLS role (``a=setup:actpass``).
     dtls_actpass: bool = False
+    # A simulcast publisher's video layers (RIDs, as offered; at most MAX_LAYERS).
+    simulcast_rids: tuple[str, ...] = ()
 
 
 def parse_offer(text: str) -> aiortc_sdp.SessionDescription:
@@ -102,7 +105,8 @@ def plan_publish(text: str, required_video: RTCRtpCodecParameters | None = None)
                 "baseline, main or high profile with packetization-mode 0 or 1)"
             )
     return OfferPlan(_answered(video_codec), _audio_codec(audio), _has_datachannel(description),
-                     _rejected_mids(description), _dtls_actpass(description))
+                     _rejected_mids(description), _dtls_actpass(description),
+                     _simulcast_rids(video))
 
 
 def plan_watch(text: str, video_codec: RTCRtpCodecParameters) -> OfferPlan:
@@ -246,15 +250,49 @@ def _rejected_mids(description: aiortc_sdp.SessionDescription) -> tuple[str, ...
 
 
 def _mark_bundle_only(text: str, description: aiortc_sdp.SessionDescription) -> None:
-    """Set ``bundle_only`` on each parsed section, which aiortc's parser does not read."""
-    sections: list[bool] = []
+    """Set what aiortc's parser does not read on each section.
+
+    ``bundle_only`` (RFC 8843), ``rids`` (RFC 8851: id -> direction) and ``simulcast``
+    (RFC 8853: the ``a=simulcast`` value, or None).
+    """
+    sections: list[dict[str, object]] = []
     for line in text.splitlines():
+        line = line.strip()
         if line.startswith("m="):
-            sections.append(False)
-        elif sections and line.strip() == "a=bundle-only":
-            sections[-1] = True
-    for media, bundle_only in zip(description.media, sections):
-        media.bundle_only = bundle_only  # type: ignore[attr-defined]
+            sections.append({"bundle_only": False, "rids": {}, "simulcast": None})
+        elif not sections:
+            continue
+        elif line == "a=bundle-only":
+            sections[-1]["bundle_only"] = True
+        elif line.startswith("a=rid:"):
+            fields = line[len("a=rid:"):].split()
+            if len(fields) >= 2:
+                sections[-1]["rids"][fields[0]] = fields[1]  # type: ignore[index]
+        elif line.startswith("a=simulcast:"):
+            sections[-1]["simulcast"] = line[len("a=simulcast:"):].strip()
+    for media, extra in zip(description.media, sections):
+        for name, value in extra.items():
+            setattr(media, name, value)
+
+
+def _simulcast_rids(section: aiortc_sdp.MediaDescription) -> tuple[str, ...]:
+    """Return the RIDs a simulcast publisher sends in ``section`` (RFC 8853), or ()."""
+    value = getattr(section, "simulcast", None)
+    if not value:
+        return ()
+    fields = value.split()
+    if len(fields) != 2 or fields[0] != "send":
+        raise BadOffer(f"a publisher's simulcast must be 'send <rids>', got 'a=simulcast:{value}'")
+    offered: dict[str, str] = getattr(section, "rids", {})
+    rids: list[str] = []
+    for stream in fields[1].split(";"):
+        rid = stream.split(",")[0].lstrip("~")  # the first alternative; paused ones too
+        if offered.get(rid) != "send":
+            raise BadOffer(f"simulcast layer {rid!r} has no 'a=rid:{rid} send' line")
+        rids.append(rid)
+    if len(rids) > MAX_LAYERS:
+        raise BadOffer(f"the offer has {len(rids)} simulcast layers; at most {MAX_LAYERS} are served")
+    return tuple(rids)
 
 
 def _offered_names(section: aiortc_sdp.MediaDescription) -> str:
@@ -302,3 +340,28 @@ def reject_sections(answer: str, mids: tuple[str, ...]) -> str:
             kept = [item for item in line.split(" ")[1:] if item not in mids]
             lines[index] = " ".join(["a=group:BUNDLE", *kept])
     return "\r\n".join(lines)
+
+
+def answer_simulcast(answer: str, rids: tuple[str, ...]) -> str:
+    """Return ``answer`` with its video section receiving the simulcast layers ``rids``."""
+    if not rids:
+        return answer
+    lines = answer.split("\r\n")
+    out: list[str] = []
+    in_video = False
+    for line in lines:
+        if line.startswith("m="):
+            if in_video:
+                out.extend(_simulcast_lines(rids))
+            in_video = line.startswith("m=video")
+        elif in_video and line == "":
+            out.extend(_simulcast_lines(rids))
+            in_video = False
+        out.append(line)
+    if in_video:
+        out.extend(_simulcast_lines(rids))
+    return "\r\n".join(out)
+
+
+def _simulcast_lines(rids: tuple[str, ...]) -> list[str]:
+    return [f"a=rid:{rid} recv" for rid in rids] + [f"a=simulcast:recv {';'.join(rids)}"]

@@ -12,6 +12,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
 from .aiortc_hook import (
+    RID_EXTENSIONS,
     answer_dtls_passive,
     dtls_failure,
     ice_host_addresses,
@@ -22,7 +23,7 @@ from .aiortc_hook import (
 )
 from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
 from .room import Room, RoomState, RoomStats
-from .sdp import OfferPlan, plan_publish, plan_watch, reject_sections
+from .sdp import OfferPlan, answer_simulcast, plan_publish, plan_watch, reject_sections
 from .session import MediaSession
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class SFU:
         room.attach_publisher(session)
         try:
             video = pc.addTransceiver("video", direction="recvonly")
-            install_receiver(video, room.forwarder("video", plan.video_codec))
+            install_receiver(video, room.forwarder("video", plan.video_codec), plan.simulcast_rids)
             if plan.audio_codec is not None:
                 audio = pc.addTransceiver("audio", direction="recvonly")
                 install_receiver(audio, room.forwarder("audio", plan.audio_codec))
@@ -249,7 +250,7 @@ class SFU:
         if plan.audio_codec is not None:
             chosen["audio"] = plan.audio_codec
         try:
-            with negotiated_codecs(chosen):
+            with negotiated_codecs(chosen, RID_EXTENSIONS if plan.simulcast_rids else ()):
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             if plan.dtls_actpass:
                 answer_dtls_passive(pc)
@@ -259,7 +260,9 @@ class SFU:
         except (ValueError, KeyError, OperationError, InvalidAccessError, InvalidStateError,
                 InternalError) as exc:
             raise BadOffer(f"the offer was refused: {exc or type(exc).__name__}") from exc
-        session.answer_sdp = reject_sections(pc.localDescription.sdp, plan.rejected_mids)
+        session.answer_sdp = answer_simulcast(
+            reject_sections(pc.localDescription.sdp, plan.rejected_mids), plan.simulcast_rids
+        )
         self.sessions[session.id] = session
         pc.on("connectionstatechange", lambda: self._connection_changed(session))
         self._timeouts[session.id] = asyncio.get_running_loop().call_later(
