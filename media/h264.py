@@ -6,7 +6,7 @@ SFU forwards the publisher's stream untouched, so it only has to know whether a 
 offered format can decode it:
 
 * Profiles nest: constrained baseline is decodable by main and high decoders, main by
-  high, constrained high by high. Baseline (``42001f``) and constrained baseline
+  high, constrained high by high, and all of them by high 4:4:4 predictive. Baseline (``42001f``) and constrained baseline
   (``42e01f``) are treated as one: WebRTC encoders never use the baseline-only tools
   (FMO, ASO), and browsers decode either under either label.
 * The level is not a reason to refuse: browsers' decoders take any level, and
@@ -58,7 +58,9 @@ DECODES: dict[Profile, frozenset[Profile]] = {
     Profile.MAIN: _BASELINES | {Profile.MAIN},
     Profile.CONSTRAINED_HIGH: _BASELINES | {Profile.CONSTRAINED_HIGH},
     Profile.HIGH: _BASELINES | {Profile.MAIN, Profile.CONSTRAINED_HIGH, Profile.HIGH},
-    Profile.PREDICTIVE_HIGH_444: frozenset({Profile.PREDICTIVE_HIGH_444}),
+    # H.264 A.2.11: a High 4:4:4 Predictive decoder decodes High (and all below) too.
+    # Chromium built without the High decoder entry offers f4001f but not 64001f.
+    Profile.PREDICTIVE_HIGH_444: frozenset(Profile),
 }
 
 # What browsers decode, hence what a publisher may send to a room.

@@ -134,6 +134,8 @@ async def test_publisher_of_any_browser_profile_is_answered_with_its_own_format(
         ("42e01f", "4d001f", "4d001f"),
         ("4d001f", "64001f", "64001f"),
         ("640c1f", "64001f", "64001f"),
+        # Chromium without a plain High entry offers High 4:4:4 Predictive, which decodes it.
+        ("64001f", "f4001f", "f4001f"),
         # Refused: a baseline decoder cannot decode main or high.
         ("4d001f", "42e01f", None),
         ("640c1f", "42e01f", None),
