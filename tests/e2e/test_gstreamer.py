@@ -23,6 +23,7 @@ from aiohttp import web
 
 from media import SFU, BadOffer
 from tests.media.peers import publish, running_sfu, wait_for, watch
+from tests.media.test_whip_ffmpeg import high_profile_viewer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -132,7 +133,6 @@ async def test_webrtcbin_publisher_reaches_viewers_with_audio(profile: str) -> N
             if profile == "constrained-baseline":
                 viewers.append((await watch(sfu, "gst"))[0])
             else:
-                from tests.media.test_whip_ffmpeg import high_profile_viewer
                 viewers.append(await high_profile_viewer(sfu, "gst"))
             await wait_for(lambda: all(len(v.video_frames) >= 20 for v in viewers), timeout=20)
             await wait_for(lambda: all(v.audio_frames >= 20 for v in viewers), timeout=20)
