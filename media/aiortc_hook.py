@@ -18,12 +18,22 @@ rewritten RTP packets to each viewer. This module is the only place that knows h
   from aioice's datagram callback (unprotect in place, header read with ``struct``),
   instead of aiortc's queue, DTLS task and full ``RtpPacket.parse``.
 * :func:`ice_host_addresses` chooses which local addresses aioice gathers (it leaves
-  out loopback by default); it rests on the first of the module's three monkeypatches
+  out loopback by default); it rests on the first of the module's monkeypatches
   (the second keeps ICE consent alive while a publisher's media keeps arriving, and
   routes datagrams to the :class:`SrtpIngress`).
 * :class:`IcePolicyPeerConnection` binds host candidates inside fixed UDP port ranges
   and advertises announced addresses (1:1 NAT) instead of the bound ones; it rests on
   the third patch, of ``aioice.ice.Connection.get_component_candidates``.
+* :func:`negotiated_codecs` makes aiortc answer with the exact codec the SFU chose
+  from the offer (any H.264 profile, the offer's own fmtp), where aiortc alone only
+  knows its built-in list (VP8, two constrained/baseline H.264 entries, Opus), and
+  accept the RID header extensions of a simulcast publisher, whose layers a
+  :class:`ForwardingReceiver` tells apart (:mod:`media.simulcast` picks the one forwarded).
+* :func:`prepare_dtls` gives a peer connection a certificate whose DTLS context also
+  offers ECDHE-RSA suites (an RSA-certificate peer acting as DTLS server), and
+  :func:`answer_dtls_passive` makes the SFU the DTLS server for ``actpass`` offers;
+  :func:`dtls_failure` returns why a handshake failed (OpenSSL's reason, which aiortc
+  only logs at debug level).
 
 The hook reads private aiortc, aioice and pylibsrtp attributes, so the aiortc version
 is pinned and checked at import (and pylibsrtp's handle is checked too).
@@ -37,6 +47,7 @@ import contextvars
 import errno
 import inspect
 import ipaddress
+import copy
 import logging
 import os
 import random
@@ -53,11 +64,14 @@ import aioice.ice
 import aioice.stun
 import aioice.turn
 import aiortc
+import aiortc.rtcpeerconnection
 import pylibsrtp
 from aioice.ice import StunProtocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.codecs import HEADER_EXTENSIONS, is_rtx
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, SRTPProtectionProfile
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
@@ -83,10 +97,12 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 from aiortc.stats import RTCStatsReport
+from OpenSSL import SSL
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
 from .errors import MediaPortsExhausted
+from .simulcast import LayerSelector
 
 SUPPORTED_AIORTC = "1.16."
 if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
@@ -337,6 +353,211 @@ class IcePolicyPeerConnection(RTCPeerConnection):
             await super().setLocalDescription(sessionDescription)
         finally:
             _ice_policy.reset(token)
+# --- codecs: answer with the codec the SFU chose ------------------------------------
+#
+# aiortc negotiates every section against its module-level codec list
+# (``find_common_codecs(CODECS[kind], offered)``) and ``setCodecPreferences`` refuses any
+# codec outside it, so an H.264 main or high profile offer cannot be answered. The fourth
+# and fifth monkeypatches: inside :func:`negotiated_codecs`, a section that offers the chosen codec's
+# payload type is answered with that codec (and the RTX entry offered for it) only. The
+# same context lets header extensions aiortc does not list (rtp-stream-id) be accepted.
+
+_negotiated: contextvars.ContextVar[dict[str, RTCRtpCodecParameters] | None] = (
+    contextvars.ContextVar("media_negotiated_codecs", default=None)
+)
+_extra_extensions: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "media_extra_header_extensions", default=frozenset()
+)
+_aiortc_find_common_codecs = aiortc.rtcpeerconnection.find_common_codecs
+_aiortc_find_common_header_extensions = aiortc.rtcpeerconnection.find_common_header_extensions
+# The header extensions a simulcast publisher's layers are told apart by (RFC 8852).
+RID_EXTENSIONS = (
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+)
+
+
+def _find_common_codecs(
+    local_codecs: list[RTCRtpCodecParameters], remote_codecs: list[RTCRtpCodecParameters]
+) -> list[RTCRtpCodecParameters]:
+    """Return the chosen codec for this section's kind, else aiortc's own negotiation."""
+    chosen_by_kind = _negotiated.get()
+    if chosen_by_kind and local_codecs:
+        chosen = chosen_by_kind.get(local_codecs[0].mimeType.split("/")[0].lower())
+        if chosen is not None and any(
+            c.payloadType == chosen.payloadType and c.mimeType.lower() == chosen.mimeType.lower()
+            for c in remote_codecs
+        ):
+            common = [copy.deepcopy(chosen)]
+            for rtx in remote_codecs:
+                if is_rtx(rtx) and rtx.parameters.get("apt") == chosen.payloadType:
+                    common.append(copy.deepcopy(rtx))
+                    break
+            return common
+    return _aiortc_find_common_codecs(local_codecs, remote_codecs)
+
+
+def _find_common_header_extensions(
+    local_extensions: list[Any], remote_extensions: list[Any]
+) -> list[Any]:
+    """Return aiortc's common extensions plus the offered ones chosen for this context."""
+    common = _aiortc_find_common_header_extensions(local_extensions, remote_extensions)
+    extra = _extra_extensions.get()
+    if extra and local_extensions is HEADER_EXTENSIONS["video"]:  # aiortc passes its own list
+        common += [x for x in remote_extensions if x.uri in extra]
+    return common
+
+
+aiortc.rtcpeerconnection.find_common_codecs = _find_common_codecs
+aiortc.rtcpeerconnection.find_common_header_extensions = _find_common_header_extensions
+
+
+@contextlib.contextmanager
+def negotiated_codecs(
+    chosen: dict[str, RTCRtpCodecParameters], video_extensions: Sequence[str] = ()
+) -> Iterator[None]:
+    """Answer each ``kind`` with ``chosen[kind]`` (an offered payload type) inside this context.
+
+    ``video_extensions`` are header extension URIs to accept in the video section on
+    top of aiortc's own (the RID extensions of a simulcast publisher). Wrap
+    ``setRemoteDescription`` of the offer: that is where aiortc negotiates.
+    """
+    token = _negotiated.set(dict(chosen))
+    extensions_token = _extra_extensions.set(frozenset(video_extensions))
+    try:
+        yield
+    finally:
+        _extra_extensions.reset(extensions_token)
+        _negotiated.reset(token)
+
+
+# --- DTLS: role, certificate, failure reason ---------------------------------------
+
+# aiortc offers ECDSA suites only, which an RSA-certificate DTLS server (GStreamer's
+# webrtcbin, a peer answering ``setup:passive``) cannot pick: "no shared cipher".
+# The ECDHE-RSA suites are added after them; the SFU's own key stays ECDSA.
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:"
+    b"ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA"
+)
+
+
+# TLS alert descriptions (RFC 5246 7.2, RFC 8446 6): OpenSSL often leaves its error
+# queue empty when a DTLS handshake ends on an alert, so the alert is the reason.
+TLS_ALERTS = {
+    10: "unexpected_message", 20: "bad_record_mac", 40: "handshake_failure",
+    42: "bad_certificate", 43: "unsupported_certificate", 44: "certificate_revoked",
+    45: "certificate_expired", 46: "certificate_unknown", 47: "illegal_parameter",
+    48: "unknown_ca", 49: "access_denied", 50: "decode_error", 51: "decrypt_error",
+    70: "protocol_version", 71: "insufficient_security", 80: "internal_error",
+    90: "user_canceled", 110: "unsupported_extension",
+}
+
+
+class SfuCertificate(RTCCertificate):
+    """aiortc's ECDSA certificate, with a DTLS context that also accepts RSA servers."""
+
+    def _create_ssl_context(self, srtp_profiles: list[SRTPProtectionProfile]) -> SSL.Context:
+        ctx = super()._create_ssl_context(srtp_profiles)
+        ctx.set_cipher_list(DTLS_CIPHERS)
+        ctx.set_info_callback(_remember_alert)
+        return ctx
+
+
+def _remember_alert(connection: SSL.Connection, where: int, ret: int) -> None:
+    """Keep the last TLS alert sent or received on ``connection`` (an info callback)."""
+    if where & SSL.SSL_CB_ALERT:
+        sent = "sent" if where & SSL.SSL_CB_WRITE else "received"
+        name = TLS_ALERTS.get(ret & 0xFF, f"alert {ret & 0xFF}")
+        connection._shopstream_alert = f"{name} alert {sent}"  # type: ignore[attr-defined]
+
+
+def prepare_dtls(pc: aiortc.RTCPeerConnection) -> None:
+    """Give a fresh peer connection an :class:`SfuCertificate` (before any transceiver)."""
+    pc._RTCPeerConnection__certificates = [  # type: ignore[attr-defined]
+        SfuCertificate.generateCertificate()
+    ]
+
+
+def answer_dtls_passive(pc: aiortc.RTCPeerConnection) -> None:
+    """Make the SFU the DTLS server (``a=setup:passive``) where the offer said ``actpass``.
+
+    Call after ``setRemoteDescription(offer)``: aiortc leaves those transports at
+    "auto" and would answer ``active``; RFC 8842 recommends ``passive`` answers, and
+    peers such as webrtcbin expect it.
+    """
+    for transport in _dtls_transports(pc):
+        if transport._role == "auto":
+            transport._set_role("server")
+
+
+def dtls_failure(pc: aiortc.RTCPeerConnection) -> str | None:
+    """Return why a DTLS handshake of ``pc`` failed, or None if none did."""
+    for transport in _dtls_transports(pc):
+        reason = getattr(transport, "_shopstream_failure", None)
+        if reason:
+            return f"DTLS as {transport._role}: {reason}"
+    return None
+
+
+def _dtls_transports(pc: aiortc.RTCPeerConnection) -> list[RTCDtlsTransport]:
+    transports: list[RTCDtlsTransport] = []
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is not None and transport not in transports:
+            transports.append(transport)
+    if pc.sctp is not None and pc.sctp.transport not in transports:
+        transports.append(pc.sctp.transport)
+    return transports
+
+
+async def _do_handshake(self: RTCDtlsTransport) -> None:
+    """Run aiortc 1.16's DTLS handshake loop, keeping the failure reason."""
+    try:
+        while not self.encrypted:
+            try:
+                self._ssl.do_handshake()  # type: ignore[union-attr]
+            except SSL.WantReadError:
+                await self._write_ssl()
+                await self._recv_next()
+            except SSL.Error as exc:
+                self._shopstream_failure = _ssl_reason(  # type: ignore[attr-defined]
+                    exc, getattr(self._ssl, "_shopstream_alert", None)
+                )
+                self._set_state(DtlsState.FAILED)
+                return
+            else:
+                self.encrypted = True
+    except ConnectionError:
+        self._shopstream_failure = "the connection closed during the handshake"  # type: ignore[attr-defined]
+        self._set_state(DtlsState.FAILED)
+
+
+_aiortc_validate_peer_identity = RTCDtlsTransport._validate_peer_identity
+
+
+def _validate_peer_identity(self: RTCDtlsTransport, remoteParameters: Any) -> None:
+    _aiortc_validate_peer_identity(self, remoteParameters)
+    if self._state == DtlsState.FAILED:
+        self._shopstream_failure = (  # type: ignore[attr-defined]
+            "the peer's certificate does not match the fingerprint in its SDP"
+        )
+
+
+def _ssl_reason(exc: SSL.Error, alert: str | None) -> str:
+    """Return OpenSSL's reasons (e.g. "no shared cipher") and the last TLS alert, if any."""
+    queue = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    reasons = [str(entry[2]) for entry in queue if isinstance(entry, tuple) and len(entry) == 3]
+    if alert:
+        reasons.append(alert)
+    return "; ".join(reasons) or "handshake error without a reason from OpenSSL"
+
+
+# The sixth and seventh patches: the same loop as aiortc's, plus the reason.
+RTCDtlsTransport._do_handshake = _do_handshake  # type: ignore[method-assign]
+RTCDtlsTransport._validate_peer_identity = _validate_peer_identity  # type: ignore[method-assign]
 
 
 # --- egress ----------------------------------------------------------------------------
@@ -581,6 +802,8 @@ class PacketSink(Protocol):
 
     def on_receiver_ended(self, receiver: ForwardingReceiver) -> None: ...
 
+    def restart(self) -> None: ...
+
 
 class CountingSinkBase:
     """A sink that only looks at packets (benchmark and load-test viewers): RTCP and
@@ -596,6 +819,9 @@ class CountingSinkBase:
         pass
 
     def on_receiver_ended(self, receiver: ForwardingReceiver) -> None:
+        pass
+
+    def restart(self) -> None:
         pass
 
 
@@ -618,6 +844,8 @@ class ForwardingReceiver:
         self._ended = False
         self.egress: Egress | None = None
         self.media_ssrc: int | None = None
+        # Set for a simulcast publisher: which of its layers reaches the sink.
+        self.layers: LayerSelector | None = None
 
     # The attributes and methods below are what aiortc's RTCPeerConnection,
     # RTCRtpTransceiver and RTCDtlsTransport call on a receiver.
@@ -705,6 +933,9 @@ class ForwardingReceiver:
         if stream is None:
             stream = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stream.add(packet)
+        if self.layers is not None:
+            self._receive_layer(packet, codec)
+            return
         if is_rtx(codec):
             original_ssrc = self._rtx_ssrc.get(packet.ssrc, self.media_ssrc)
             apt = codec.parameters.get("apt")
@@ -717,6 +948,40 @@ class ForwardingReceiver:
         if self._nack is not None and self._nack.add(packet):
             self.send_nack(packet.ssrc, sorted(self._nack.missing))
         if packet.payload:  # padding-only packets (bandwidth probes) carry nothing
+            self.sink.on_rtp(packet, codec)
+
+    def _receive_layer(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        """Forward the chosen simulcast layer only (see :mod:`media.simulcast`)."""
+        layers = self.layers
+        assert layers is not None
+        extensions = packet.extensions
+        if is_rtx(codec):
+            # Each layer has its own RTX SSRC, named by repaired-rtp-stream-id.
+            if extensions.repaired_rtp_stream_id is not None:
+                media_ssrc = layers.ssrc_of(extensions.repaired_rtp_stream_id)
+                if media_ssrc is not None:
+                    self._rtx_ssrc[packet.ssrc] = media_ssrc
+            original_ssrc = self._rtx_ssrc.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if original_ssrc != layers.chosen or len(packet.payload) < 2 or apt not in self._codecs:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)  # type: ignore[arg-type]
+            codec = self._codecs[apt]  # type: ignore[index]
+        elif extensions.rtp_stream_id is not None:
+            layers.learn(packet.ssrc, extensions.rtp_stream_id)
+        forward, switched = layers.on_packet(packet.ssrc, len(packet.payload), _monotonic())
+        if switched:
+            # A new layer is a new stream for the viewers: they wait for its keyframe.
+            logger.info("simulcast: forwarding layer %r", layers.chosen_rid)
+            self.media_ssrc = layers.chosen
+            self._nack = NackGenerator()
+            self.sink.restart()
+            self.send_pli()
+        if not forward:
+            return
+        if self._nack is not None and self._nack.add(packet):
+            self.send_nack(packet.ssrc, sorted(self._nack.missing))
+        if packet.payload:
             self.sink.on_rtp(packet, codec)
 
     # RTCP towards the publisher, sent synchronously through the egress.
@@ -871,10 +1136,17 @@ class ForwardingSender:
 # --- installing ------------------------------------------------------------------------
 
 
-def install_receiver(transceiver: RTCRtpTransceiver, sink: PacketSink) -> ForwardingReceiver:
-    """Replace a fresh transceiver's receiver with a :class:`ForwardingReceiver`."""
+def install_receiver(
+    transceiver: RTCRtpTransceiver, sink: PacketSink, simulcast_rids: Sequence[str] = ()
+) -> ForwardingReceiver:
+    """Replace a fresh transceiver's receiver with a :class:`ForwardingReceiver`.
+
+    With ``simulcast_rids`` the receiver takes every layer and hands the chosen one on.
+    """
     original = transceiver.receiver
     receiver = ForwardingReceiver(transceiver.kind, original.transport, sink)
+    if simulcast_rids:
+        receiver.layers = LayerSelector(tuple(simulcast_rids))
     receiver._set_rtcp_ssrc(transceiver.sender._ssrc)
     # The original receiver was never started (no decoder thread exists yet).
     transceiver._RTCRtpTransceiver__receiver = receiver  # type: ignore[attr-defined]

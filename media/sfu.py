@@ -12,15 +12,20 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
 from .aiortc_hook import (
+    RID_EXTENSIONS,
     IcePolicy,
     IcePolicyPeerConnection,
+    answer_dtls_passive,
+    dtls_failure,
     ice_host_addresses,
     install_receiver,
     install_sender,
+    negotiated_codecs,
+    prepare_dtls,
 )
 from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
 from .room import Room, RoomState, RoomStats
-from .sdp import codec_preferences, plan_publish, plan_watch
+from .sdp import OfferPlan, answer_simulcast, plan_publish, plan_watch, reject_sections
 from .session import MediaSession
 
 logger = logging.getLogger(__name__)
@@ -124,13 +129,11 @@ class SFU:
         room.attach_publisher(session)
         try:
             video = pc.addTransceiver("video", direction="recvonly")
-            video.setCodecPreferences(codec_preferences(plan.video_codec))
-            install_receiver(video, room.forwarder("video", plan.video_codec))
+            install_receiver(video, room.forwarder("video", plan.video_codec), plan.simulcast_rids)
             if plan.audio_codec is not None:
                 audio = pc.addTransceiver("audio", direction="recvonly")
-                audio.setCodecPreferences(codec_preferences(plan.audio_codec))
                 install_receiver(audio, room.forwarder("audio", plan.audio_codec))
-            await self._answer(session, offer_sdp)
+            await self._answer(session, offer_sdp, plan)
         except BaseException:
             # Undo the room's side first, before any await: a room left with this
             # publisher would refuse every later publish as a conflict.
@@ -162,13 +165,11 @@ class SFU:
         entry = room.add_viewer(session)  # counted against the limit from now on
         try:
             video = pc.addTransceiver("video", direction="sendonly")
-            video.setCodecPreferences(codec_preferences(room.video_codec))
             room.watch_sender(entry, "video", install_sender(video, room))
             if plan.audio_codec is not None:
                 audio = pc.addTransceiver("audio", direction="sendonly")
-                audio.setCodecPreferences(codec_preferences(plan.audio_codec))
                 room.watch_sender(entry, "audio", install_sender(audio, room))
-            await self._answer(session, offer_sdp)
+            await self._answer(session, offer_sdp, plan)
         except BaseException:
             room.remove_viewer(session)
             await self._discard(session)
@@ -254,14 +255,21 @@ class SFU:
             port_ranges=tuple(self.settings.ice_port_ranges),
             announced=tuple(self.settings.ice_announced_addresses),
         )
-        if policy:
-            return IcePolicyPeerConnection(configuration, policy)
-        return RTCPeerConnection(configuration)
+        pc = (IcePolicyPeerConnection(configuration, policy) if policy
+              else RTCPeerConnection(configuration))
+        prepare_dtls(pc)
+        return pc
 
-    async def _answer(self, session: MediaSession, offer_sdp: str) -> None:
+    async def _answer(self, session: MediaSession, offer_sdp: str, plan: OfferPlan) -> None:
         pc = session.pc
+        chosen = {"video": plan.video_codec}
+        if plan.audio_codec is not None:
+            chosen["audio"] = plan.audio_codec
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            with negotiated_codecs(chosen, RID_EXTENSIONS if plan.simulcast_rids else ()):
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            if plan.dtls_actpass:
+                answer_dtls_passive(pc)
             answer = await pc.createAnswer()
         # Both steps only read the offer, and aiortc reports what it cannot apply with
         # whatever its code raises: any of them is the offer's fault, never a 500.
@@ -275,7 +283,9 @@ class SFU:
         except (ValueError, KeyError, OperationError, InvalidAccessError, InvalidStateError,
                 InternalError) as exc:
             raise BadOffer(f"the offer was refused: {exc or type(exc).__name__}") from exc
-        session.answer_sdp = pc.localDescription.sdp
+        session.answer_sdp = answer_simulcast(
+            reject_sections(pc.localDescription.sdp, plan.rejected_mids), plan.simulcast_rids
+        )
         self.sessions[session.id] = session
         pc.on("connectionstatechange", lambda: self._connection_changed(session))
         self._timeouts[session.id] = asyncio.get_running_loop().call_later(
@@ -290,7 +300,12 @@ class SFU:
             if timeout is not None:
                 timeout.cancel()
         elif state in ("failed", "closed") and not session.closed:
-            self._spawn(self._close_session(session, f"connection {state}"))
+            reason = f"connection {state}"
+            failure = dtls_failure(session.pc)
+            if failure is not None:
+                reason += f" ({failure})"
+                logger.warning("%r: %s", session, reason)
+            self._spawn(self._close_session(session, reason))
 
     def _connect_timed_out(self, session: MediaSession) -> None:
         self._timeouts.pop(session.id, None)

@@ -27,6 +27,14 @@ command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
 # Emoji (reactions, chat) in the browser tests' screenshots.
 [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing+=(fonts-noto-color-emoji)
 if [ ${#missing[@]} -gt 0 ]; then echo "installing ${missing[*]}"; apt_install "${missing[@]}"; fi
+# GStreamer webrtcbin as an outside WHIP/WHEP client (tests/e2e/test_gstreamer.py), driven
+# by Debian's own python3 (the venv has no PyGObject).
+gst_packages=(python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice)
+if ! /usr/bin/python3 -c "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstSdp', '1.0'); gi.require_version('GstWebRTC', '1.0'); gi.require_version('Nice', '0.1'); from gi.repository import Gst; Gst.init(None); assert all(Gst.ElementFactory.find(n) for n in ('webrtcbin', 'nicesrc', 'x264enc', 'avdec_h264', 'opusenc'))" >/dev/null 2>&1; then
+  echo "installing GStreamer (${gst_packages[*]})"; apt_install "${gst_packages[@]}"
+fi
 
 say "python environment (.venv)"
 PY=${PYTHON:-python3}

@@ -13,6 +13,7 @@ from server import notify
 from server.api import Api
 from server.auth import Passwords, RateLimiter, Tokens
 from server.config import Settings
+from server.cors import cors_middlewares
 from server.db import Database, migrate
 from server.keys import DB, GATEWAY, HUB, LOGIN_LIMITER, METRICS, PASSWORDS, SALES, SETTINGS, TOKENS
 from server.keys import SFU as SFU_KEY
@@ -59,7 +60,8 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     if not settings.jwt_secret:
         raise ValueError("settings.jwt_secret is empty: call with_jwt_secret_from_data_dir()")
     app = web.Application(
-        middlewares=[request_context], client_max_size=max(settings.max_body_bytes, settings.max_upload_bytes)
+        middlewares=[*cors_middlewares(settings.cors_origins), request_context],
+        client_max_size=max(settings.max_body_bytes, settings.max_upload_bytes),
     )
     app[SETTINGS] = settings
     app[TOKENS] = Tokens(settings.jwt_secret.get(), settings.access_token_ttl, settings.refresh_token_ttl)

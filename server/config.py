@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class Secret:
@@ -138,6 +139,8 @@ class Settings:
     # Connections the server keeps open (min) and may open (max) to PostgreSQL.
     db_pool_min: int = 2
     db_pool_max: int = 20
+    # Origins (https://shop.example) whose pages may call the API, WHIP and WHEP; "*" any.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def embedded_database(self) -> bool:
@@ -198,6 +201,7 @@ class Settings:
         take("DB_APP_ROLE", "db_app_role")
         take("DB_POOL_MIN", "db_pool_min", int)
         take("DB_POOL_MAX", "db_pool_max", int)
+        take("CORS_ORIGINS", "cors_origins", lambda v: tuple(_split(v)))
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.validate()
@@ -221,6 +225,11 @@ class Settings:
             raise ConfigError("REALTIME_TICK_MS must be between 10 and 1000")
         if self.chat_rate_limit < 1 or self.chat_rate_window < 1:
             raise ConfigError("CHAT_RATE_LIMIT and CHAT_RATE_WINDOW must be positive")
+        for origin in self.cors_origins:
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc
+                                  or parts.path or parts.query):
+                raise ConfigError(f"CORS_ORIGINS: {origin!r} must look like https://shop.example[:port]")
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ConfigError(f"ICE server {url!r} must start with stun:, turn: or turns:")

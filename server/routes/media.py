@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import secrets
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -21,11 +27,12 @@ from media import (
 )
 from server import turn
 from server.api import Api, json_response, path_id, read_body
-from server.errors import ApiError, register_domain_error, unauthenticated
+from server.errors import ApiError, error_response, register_domain_error, unauthenticated
 from server.keys import BEARER, GATEWAY, HUB, IDENTITY, SETTINGS
 from server.keys import SFU as SFU_KEY
 
 api = Api()
+log = logging.getLogger("shopstream.media")
 
 register_domain_error(BadOffer, 400, "bad_offer")
 register_domain_error(PublisherConflict, 409, "publisher_conflict")
@@ -60,6 +67,54 @@ async def participant_of(request: web.Request) -> Any:
     return await request.app[HUB].participant(identity.user_id, identity.role)
 
 
+def refusals_explained(
+    what: str,
+) -> Callable[[Callable[[web.Request], Awaitable[web.Response]]],
+              Callable[[web.Request], Awaitable[web.Response]]]:
+    """Make a WHIP/WHEP refusal readable where publishers look: status line, headers, log.
+
+    ffmpeg and OBS show neither the body nor the headers of a failed WHIP request, but
+    ffmpeg prints the status line ("HTTP error 400 Bad Request: ..."), so the reason
+    goes there too; ``X-Error-Code``/``X-Error-Message`` carry it for other clients
+    (and CORS pages), and the server logs it at warning level with the livestream id.
+    """
+
+    def decorate(
+        handler: Callable[[web.Request], Awaitable[web.Response]],
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        @wraps(handler)
+        async def explained(request: web.Request) -> web.Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                response = error_response(exc)
+                if response is None:
+                    raise
+            assert isinstance(response.body, bytes)
+            error = json.loads(response.body)["error"]
+            message = _header_text(error["message"])
+            response.headers["X-Error-Code"] = error["code"]
+            response.headers["X-Error-Message"] = message
+            standard = HTTPStatus(response.status).phrase
+            response.set_status(response.status, f"{standard}: {message}"[:400])
+            log.warning(
+                "%s of livestream %s refused with %d %s: %s (client %r)",
+                what, request.match_info.get("id"), response.status, error["code"], message,
+                request.headers.get("User-Agent", "-"),
+            )
+            return response
+
+        return explained
+
+    return decorate
+
+
+def _header_text(text: str) -> str:
+    """Return ``text`` as one printable ASCII line (a header value or reason phrase)."""
+    ascii_text = text.encode("ascii", "replace").decode("ascii")
+    return re.sub(r"[\x00-\x1f\x7f]+", " ", ascii_text).strip()
+
+
 def created(session: Any, request: web.Request) -> web.Response:
     location = f"/api/v1/sessions/{session.id}"
     headers = CIMultiDict({"Location": location, "ETag": f'"{session.id}"'})
@@ -75,6 +130,7 @@ def created(session: Any, request: web.Request) -> web.Response:
     tags=("media",), status=201, request_content_type=SDP, response_content_type=SDP,
     response={"type": "string"}, errors=MEDIA_ERRORS,
 )
+@refusals_explained("WHIP publish")
 async def publish(request: web.Request) -> web.Response:
     livestream_id = path_id(request)
     offer = await read_offer(request)
@@ -94,6 +150,7 @@ async def publish(request: web.Request) -> web.Response:
     tags=("media",), status=201, auth="optional", request_content_type=SDP,
     response_content_type=SDP, response={"type": "string"}, errors=MEDIA_ERRORS,
 )
+@refusals_explained("WHEP watch")
 async def watch(request: web.Request) -> web.Response:
     livestream_id = path_id(request)
     offer = await read_offer(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 
 import imageio_ffmpeg
 import pytest
@@ -11,15 +12,18 @@ from aiohttp import web
 
 from media import SFU, BadOffer
 
-from .peers import running_sfu, wait_for, watch
+from .peers import Viewer, accept, local_offer, new_pc, prefer, running_sfu, wait_for, watch
 
 pytestmark = pytest.mark.timeout(90)
 
 # ffmpeg 9's whip muxer sends H.264 only ("supports only codec h264"); VP8 publishing
-# is covered by the aiortc publisher in test_forwarding.py.
+# is covered by the aiortc publisher in test_forwarding.py. Main and high are what
+# x264 gives without -profile:v, and what hardware encoders emit; -bf 0 because WebRTC
+# receivers play no B-frames.
 ENCODERS = {
-    "h264": ["-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency",
-             "-pix_fmt", "yuv420p", "-g", "30", "-bf", "0"],
+    f"h264-{profile}": ["-c:v", "libx264", "-profile:v", profile, "-tune", "zerolatency",
+                        "-pix_fmt", "yuv420p", "-g", "30", "-bf", "0"]
+    for profile in ("baseline", "main", "high")
 }
 
 
@@ -46,6 +50,25 @@ def whip_app(sfu: SFU, room_id: str) -> web.Application:
     return app
 
 
+async def high_profile_viewer(sfu: SFU, room_id: str) -> Viewer:
+    """Join with a decoding aiortc viewer whose offer labels its H.264 as high profile.
+
+    aiortc decodes any profile (libavcodec) but its codec list only names baseline, so
+    the offer is relabelled and the answer relabelled back, as another client's would be.
+    """
+    pc = new_pc()
+    viewer = Viewer(pc)
+    pc.on("track", viewer.consume)
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    prefer(pc, "video", "video/H264")
+    offer = re.sub(r"profile-level-id=42[0e]01f", "profile-level-id=64001f", await local_offer(pc))
+    session = await sfu.watch(room_id, offer)
+    await accept(pc, re.sub(r"profile-level-id=[0-9a-f]{6}", "profile-level-id=42e01f",
+                            session.answer_sdp))
+    return viewer
+
+
 @pytest.mark.parametrize("codec", sorted(ENCODERS))
 async def test_ffmpeg_whip_publisher_reaches_decoding_viewers(codec: str) -> None:
     async with running_sfu() as sfu:
@@ -66,7 +89,15 @@ async def test_ffmpeg_whip_publisher_reaches_decoding_viewers(codec: str) -> Non
         try:
             await wait_for(lambda: "whip-room" in sfu.rooms and sfu.stats("whip-room")["state"]
                            == "live", timeout=15)
-            viewers = [(await watch(sfu, "whip-room"))[0] for _ in range(2)]
+            if codec == "h264-baseline":
+                viewers.append((await watch(sfu, "whip-room"))[0])
+            else:
+                # aiortc's own offer names baseline H.264 only: refused, with both sides named.
+                with pytest.raises(BadOffer, match="cannot decode.*42e01f"):
+                    await watch(sfu, "whip-room")
+                viewers.append(await high_profile_viewer(sfu, "whip-room"))
+            # A viewer offering high profile (as Chrome does) decodes every profile.
+            viewers.append(await high_profile_viewer(sfu, "whip-room"))
             await wait_for(lambda: all(len(v.video_frames) >= 20 for v in viewers), timeout=15)
             await wait_for(lambda: all(v.audio_frames >= 10 for v in viewers), timeout=10)
             for viewer in viewers:

@@ -1,0 +1,103 @@
+"""Choose which simulcast layer of a publisher's video the SFU forwards.
+
+A simulcast publisher (RFC 8853) sends up to three encodings of one track, each with its
+own SSRC, named by a RID in the ``rtp-stream-id`` header extension. The order of RIDs in
+the SDP says nothing about their quality (browsers send low-first or high-first as the
+page asked), so the selector measures each layer's bitrate and forwards the highest one:
+a higher resolution always costs more bits. The top layer often starts late (the
+publisher's bandwidth estimate ramps up), so the choice moves up when a richer layer
+appears and moves down only when the chosen one goes silent.
+
+One choice serves the whole room for now; choosing per viewer (by its bandwidth) needs a
+selector per viewer group on top of the same per-layer measurement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MAX_LAYERS = 3
+# How often the choice is reconsidered, and by how much a layer must beat the chosen
+# one to take over (a switch costs every viewer a keyframe wait).
+WINDOW_SECONDS = 0.5
+SWITCH_RATIO = 1.3
+# A chosen layer that sent nothing for this long is given up.
+SILENCE_SECONDS = 1.5
+
+
+@dataclass
+class Layer:
+    """One simulcast encoding: its RID, SSRC and recent traffic."""
+
+    rid: str
+    ssrc: int
+    window_bytes: int = 0
+    rate_bps: float = 0.0
+    # The highest rate measured: ranks the layers, so a still scene on the top layer
+    # (few bits for a while) does not make a lower layer look better.
+    peak_bps: float = 0.0
+    last_packet: float = 0.0
+
+
+@dataclass
+class LayerSelector:
+    """Track the layers of one simulcast track and choose the one to forward."""
+
+    rids: tuple[str, ...]
+    layers: dict[int, Layer] = field(default_factory=dict)
+    chosen: int | None = None
+    _window_start: float | None = None
+
+    def learn(self, ssrc: int, rid: str) -> None:
+        """Remember that ``ssrc`` carries the layer named ``rid`` (from its header extension)."""
+        if rid in self.rids and ssrc not in self.layers:
+            self.layers[ssrc] = Layer(rid, ssrc)
+
+    def ssrc_of(self, rid: str) -> int | None:
+        """Return the SSRC of the layer named ``rid``, once seen."""
+        return next((layer.ssrc for layer in self.layers.values() if layer.rid == rid), None)
+
+    def on_packet(self, ssrc: int, size: int, now: float) -> tuple[bool, bool]:
+        """Count one media packet; return (forward it, the choice just changed)."""
+        layer = self.layers.get(ssrc)
+        if layer is None:
+            return False, False  # no RID seen for this SSRC yet: cannot tell its layer
+        layer.window_bytes += size
+        layer.last_packet = now
+        switched = False
+        if self.chosen is None:
+            self.chosen, switched = ssrc, True  # start at once; move up when measured
+            self._window_start = now
+        elif self._window_start is not None and now - self._window_start >= WINDOW_SECONDS:
+            switched = self._reconsider(now)
+        return ssrc == self.chosen, switched
+
+    def _reconsider(self, now: float) -> bool:
+        elapsed = now - (self._window_start or now)
+        for layer in self.layers.values():
+            layer.rate_bps = layer.window_bytes * 8 / elapsed if elapsed > 0 else 0.0
+            layer.peak_bps = max(layer.peak_bps, layer.rate_bps)
+            layer.window_bytes = 0
+        self._window_start = now
+        current = self.layers[self.chosen] if self.chosen is not None else None
+        alive = [layer for layer in self.layers.values()
+                 if now - layer.last_packet < SILENCE_SECONDS and layer.rate_bps > 0]
+        if not alive:
+            return False
+        best = max(alive, key=lambda layer: layer.peak_bps)
+        if current is None or now - current.last_packet >= SILENCE_SECONDS:
+            if best is current:
+                return False
+            target = best
+        elif best is not current and best.peak_bps > current.peak_bps * SWITCH_RATIO:
+            target = best
+        else:
+            return False
+        self.chosen = target.ssrc
+        return True
+
+    @property
+    def chosen_rid(self) -> str | None:
+        """Return the RID of the forwarded layer, if any."""
+        layer = self.layers.get(self.chosen) if self.chosen is not None else None
+        return layer.rid if layer is not None else None
