@@ -25,6 +25,21 @@ DATACHANNEL_HIGH_WATER = 1024 * 1024  # RTCDataChannel.bufferedAmount before we 
 DATACHANNEL_INBOX = 64  # client messages waiting to be handled on one channel
 
 
+class _LastFrame:
+    """The frame of the last text sent: a room's batch is one string for all its recipients,
+    so it is encoded and framed once, not once per recipient."""
+
+    text: str | None = None
+    frame: bytes = b""
+
+
+def _frame_of(text: str) -> bytes:
+    if _LastFrame.text is not text:
+        _LastFrame.frame = websocket_text_frame(text.encode())
+        _LastFrame.text = text
+    return _LastFrame.frame
+
+
 def websocket_text_frame(payload: bytes) -> bytes:
     """Return one unmasked, final text frame (RFC 6455 section 5.2): what a server sends."""
     n = len(payload)
@@ -60,7 +75,7 @@ class WebSocketTransport:
             return True  # gone: nothing to keep for it
         if transport.get_write_buffer_size() > self.high_water:
             return False
-        transport.write(websocket_text_frame(text.encode()))
+        transport.write(_frame_of(text))
         return True
 
     def close(self) -> None:
