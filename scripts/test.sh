@@ -31,6 +31,12 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 
+say "node modules (libwebrtc DataChannel receivers for tests/e2e)"
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+if [ ! -d .venv/node/node_modules/@roamhq/wrtc ]; then
+  npm install --prefix .venv/node --no-audit --no-fund --silent @roamhq/wrtc
+fi
+
 say "services"
 # Redis: tests use TEST_REDIS_URL, or a local server on 6379, started here if needed.
 if [ -z "${TEST_REDIS_URL:-}" ]; then

@@ -107,6 +107,7 @@ class HubOptions:
     max_pending: int = 256  # chat events kept for one slow recipient
     max_urgent: int = 2048  # urgent events kept for one slow recipient before closing it
     max_room_chat: int = 500  # chat events in one room batch before the oldest are shed
+    lean_datachannel: bool = True  # send on DataChannels through media.datachannel
     recent_chat: int = 50
     figures_seconds: float = 10.0  # how often viewer figures are written
 
