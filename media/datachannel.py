@@ -34,6 +34,8 @@ _sent_count, _sent_time``), ``RTCDtlsTransport._ssl, _state`` and pyOpenSSL's
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import struct
 import time
 from typing import Any
@@ -41,6 +43,7 @@ from typing import Any
 import aiortc
 from aiortc import rtcsctptransport as sctp
 from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.utils import uint32_gt, uint32_gte
 from google_crc32c import value as crc32c
 from OpenSSL.SSL import _ffi as ssl_ffi  # type: ignore[attr-defined]
 from OpenSSL.SSL import _lib as ssl_lib  # type: ignore[attr-defined]
@@ -88,18 +91,26 @@ class MessageScratch:
 class LeanSender:
     """Send messages on one open RTCDataChannel without aiortc's per-message machinery."""
 
-    __slots__ = ("channel", "sctp", "dtls", "egress", "stats")
+    __slots__ = ("channel", "sctp", "dtls", "egress", "stats", "sack_ingress", "ingress")
 
     # One buffer for every DTLS record read back: everything here is synchronous.
     _record = ssl_ffi.new("char[]", _RECORD_BYTES)
     _record_view = memoryview(ssl_ffi.buffer(_record))
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, *, sack_ingress: bool = True) -> None:
         self.channel = channel
         self.sctp = channel.transport
         self.dtls = self.sctp.transport
         self.egress: Egress | None = None
         self.stats = {"lean": 0, "stock": 0, "window_full": 0, "socket_full": 0}
+        self.sack_ingress = sack_ingress
+        self.ingress: SackIngress | None = None
+
+    def close(self) -> None:
+        """Give the ICE connection's ingress slot back (the channel closed)."""
+        if self.ingress is not None:
+            self.ingress.uninstall()
+            self.ingress = None
 
     def send(self, message: MessageScratch) -> bool | None:
         """Send at once (True); False when the congestion window is full; None: use aiortc.
@@ -133,6 +144,10 @@ class LeanSender:
                 self.egress = None
                 self.stats["stock"] += 1
                 return None
+            if self.sack_ingress:
+                ingress = SackIngress(self)
+                if ingress.install():
+                    self.ingress = ingress
 
         stream_id = channel.id
         stream_seq = a._outbound_stream_seq.get(stream_id, 0)
@@ -176,3 +191,141 @@ class LeanSender:
             a._t3_start()
         self.stats["lean"] += 1
         return True
+
+
+_SACK = struct.Struct("!BBHLLHH")  # chunk type, flags, length, cumulative TSN, a_rwnd, gaps, dups
+_DTLS_APPLICATION_DATA = 23  # TLS record content type: the first byte of the record
+_PLAIN_BYTES = 2048
+
+
+class SackIngress:
+    """Take a viewer's SCTP SACKs straight from aioice's datagram callback.
+
+    Every DATA chunk the lean path sends comes back as a SACK (aiortc peers acknowledge
+    each packet, browsers every second one): through aiortc that is a queue, the DTLS
+    task, pyOpenSSL's ``recv`` and ``bio_read`` (an exception when there is nothing to
+    write), ``parse_packet`` and three coroutines, about twice the cost of the send.
+    Here a DTLS application-data record is decrypted with one ``SSL_read`` into a reused
+    buffer; a packet holding exactly one SACK without gap blocks or duplicates is applied
+    to the association as ``RTCSctpTransport._receive_sack_chunk`` does (RTO sample,
+    flight size, congestion window, T3, advanced peer ack point), and aiortc's flush
+    and transmit coroutines run only when something waits for the window. Any other
+    plaintext goes to aiortc's ``_handle_data`` (a task, in arrival order); records
+    that are not application data (handshake, alerts) and datagrams that arrive while
+    earlier ones are still queued keep aiortc's own path.
+
+    It rides on ``media.aiortc_hook``'s datagram hook (the connection's
+    ``_shopstream_ingress`` slot), which viewers' connections leave free.
+    """
+
+    _plain = ssl_ffi.new("char[]", _PLAIN_BYTES)
+    _plain_view = memoryview(ssl_ffi.buffer(_plain))
+
+    def __init__(self, sender: LeanSender) -> None:
+        self.sender = sender
+        self.dtls = sender.dtls
+        self.sctp = sender.sctp
+        self.stats = {"sacks": 0, "to_aiortc": 0}
+
+    def receive(self, data: bytes, queue: Any) -> bool:
+        """Apply ``data`` if it carries SCTP for this association; False: aiortc's path."""
+        dtls = self.dtls
+        if not data or data[0] != _DTLS_APPLICATION_DATA or not queue.empty() \
+                or dtls._state is not DtlsState.CONNECTED:
+            return False
+        ssl = dtls._ssl
+        dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+        ssl_lib.BIO_write(ssl._into_ssl, data, len(data))
+        plain, view = self._plain, self._plain_view
+        while (n := ssl_lib.SSL_read(ssl._ssl, plain, _PLAIN_BYTES)) > 0:
+            packet = bytes(view[:n])
+            if not self._sack(packet):
+                self.stats["to_aiortc"] += 1
+                receiver = dtls._data_receiver
+                if receiver is not None:
+                    # A task, as aiortc's DTLS task would await it: nothing in between.
+                    asyncio.ensure_future(receiver._handle_data(packet))
+        ssl_lib.ERR_clear_error()  # SSL_read's "want read" (or a bad record, dropped as aiortc does)
+        self._flush_dtls_output()
+        return True
+
+    def _flush_dtls_output(self) -> None:
+        """Send what OpenSSL wrote while reading (what aiortc's `_write_ssl` does)."""
+        ssl = self.dtls._ssl
+        record, view = LeanSender._record, LeanSender._record_view
+        egress = self.sender.egress
+        while (n := ssl_lib.BIO_read(ssl._from_ssl, record, _RECORD_BYTES)) > 0:
+            if egress is not None and egress.send is not None:
+                with contextlib.suppress(BlockingIOError):
+                    egress.send(view[:n])
+
+    def _sack(self, packet: bytes) -> bool:
+        """Apply a packet that is one plain SACK; False if it is anything else."""
+        a = self.sctp
+        if (
+            len(packet) != 12 + 16 or packet[12] != sctp.SackChunk.type
+            or a._association_state is not ESTABLISHED
+            or _COMMON.unpack_from(packet)[2] != a._local_verification_tag
+            or _CRC.unpack_from(packet, 8)[0] != crc32c(packet[:8] + _ZERO + packet[12:])
+        ):
+            return False
+        _, _, length, cumulative_tsn, _, gaps, dups = _SACK.unpack_from(packet, 12)
+        if length != 16 or gaps or dups:
+            return False
+        self.stats["sacks"] += 1
+        # From here, RTCSctpTransport._receive_sack_chunk without gap blocks.
+        if uint32_gt(a._last_sacked_tsn, cumulative_tsn):
+            return True
+        received_time = time.time()
+        a._last_sacked_tsn = cumulative_tsn
+        cwnd_fully_utilized = a._flight_size >= a._cwnd
+        done = done_bytes = 0
+        sent = a._sent_queue
+        while sent and uint32_gte(cumulative_tsn, sent[0].tsn):
+            chunk = sent.popleft()
+            done += 1
+            if not chunk._acked:
+                done_bytes += chunk._book_size
+            a._flight_size_decrease(chunk)
+            if done == 1 and chunk._sent_count == 1:
+                a._update_rto(received_time - chunk._sent_time)
+        if a._fast_recovery_exit is None:
+            if done and cwnd_fully_utilized:
+                if a._cwnd <= a._ssthresh:
+                    a._cwnd += min(done_bytes, USERDATA_MAX_LENGTH)  # slow start
+                else:
+                    a._partial_bytes_acked += done_bytes  # congestion avoidance
+                    if a._partial_bytes_acked >= a._cwnd:
+                        a._partial_bytes_acked -= a._cwnd
+                        a._cwnd += USERDATA_MAX_LENGTH
+        elif uint32_gte(cumulative_tsn, a._fast_recovery_exit):
+            a._fast_recovery_exit = None
+        if not sent:
+            a._t3_cancel()
+        elif done:
+            a._t3_restart()
+        a._update_advanced_peer_ack_point()
+        if (a._data_channel_queue or a._outbound_queue or a._forward_tsn_chunk is not None
+                or a._reconfig_queue or any(c._retransmit for c in sent)):
+            asyncio.ensure_future(self._resume(a))
+        return True
+
+    @staticmethod
+    async def _resume(a: Any) -> None:
+        # What `_receive_sack_chunk` awaits last: the window opened, let queued data go.
+        await a._data_channel_flush()
+        await a._transmit()
+
+    def install(self) -> bool:
+        """Take the slot on the viewer's ICE connection; False if it is taken."""
+        connection = self.dtls.transport._connection
+        if getattr(connection, "_shopstream_ingress", None) is not None:
+            return False
+        connection._shopstream_ingress = self
+        return True
+
+    def uninstall(self) -> None:
+        connection = self.dtls.transport._connection
+        if getattr(connection, "_shopstream_ingress", None) is self:
+            connection._shopstream_ingress = None

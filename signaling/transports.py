@@ -133,7 +133,13 @@ class DataChannelTransport:
         return True
 
     def close(self) -> None:
+        self.release()
         self.channel.close()
+
+    def release(self) -> None:
+        """Hand what the lean path holds (its SACK ingress slot) back to aiortc."""
+        if self.lean is not None:
+            self.lean.close()
 
 
 async def attach_datachannel(
@@ -169,6 +175,7 @@ async def attach_datachannel(
     task = asyncio.create_task(pump(), name=f"events-dc-{conn.session_id}")
 
     def on_close() -> None:
+        transport.release()
         realtime.close(session)
         task.cancel()
 

@@ -3,7 +3,8 @@
 Each receiver joins a live room over WHEP with an `events` DataChannel in its offer; the
 server sends quiet single events, then bursts whose batches span several SCTP DATA
 chunks. Every receiver must get every event exactly once and in order, and the server
-must have sent through `media.datachannel.LeanSender` (not aiortc's stock path).
+must have sent through `media.datachannel.LeanSender` (not aiortc's stock path) and
+taken the SACKs through its `SackIngress`.
 """
 
 from __future__ import annotations
@@ -207,6 +208,8 @@ async def test_lean_datachannel_path_is_complete_and_ordered_for_three_webrtc_st
         lean = [t.lean.stats for t in transports if t.lean is not None]
         assert len(lean) == len(transports)
         assert all(s["lean"] > 0 for s in lean), lean
+        ingress = [t.lean.ingress.stats for t in transports if t.lean is not None and t.lean.ingress is not None]
+        assert len(ingress) == len(transports) and all(s["sacks"] > 0 for s in ingress), ingress
         multi = max(len(json.dumps(e)) for r in receivers for e in r.events if e["type"] == "chat:new")
         assert multi * 4 > 1160, "bursts made batches larger than one DATA chunk"
         assert hub.stats["dropped"] == 0 and hub.stats["shed"] == 0
