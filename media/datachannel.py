@@ -107,10 +107,13 @@ class LeanSender:
         self.ingress: SackIngress | None = None
 
     def close(self) -> None:
-        """Give the ICE connection's ingress slot back (the channel closed)."""
+        """Give back the ICE connection's ingress slot and the duplicated socket."""
         if self.ingress is not None:
             self.ingress.uninstall()
             self.ingress = None
+        if self.egress is not None:
+            self.egress.close()  # the duplicated socket, if bind made one
+            self.egress = None
 
     def send(self, message: MessageScratch) -> bool | None:
         """Send at once (True); False when the congestion window is full; None: use aiortc.
@@ -140,7 +143,9 @@ class LeanSender:
         egress = self.egress
         if egress is None or egress.send is None:
             egress = self.egress = Egress(self.dtls)
-            if not egress.bind():
+            # A connected socket (a duplicate under uvloop) and a plain `send`: no
+            # address parsing, no transport layer per datagram, as for the media.
+            if not egress.bind(raw_socket=True):
                 self.egress = None
                 self.stats["stock"] += 1
                 return None
@@ -182,9 +187,11 @@ class LeanSender:
             while (n := ssl_lib.BIO_read(ssl._from_ssl, record, _RECORD_BYTES)) > 0:
                 try:
                     egress.send(view[:n])
-                except BlockingIOError:
-                    # The chunk is in aiortc's sent queue: T3 retransmits it like a lost
-                    # packet, so the message counts as sent (False would send it twice).
+                except OSError:
+                    # A full socket buffer, or a refused datagram on the connected
+                    # socket (the viewer left): the chunk is in aiortc's sent queue and
+                    # T3 retransmits it like a lost packet, so the message counts as
+                    # sent (False would send it twice).
                     self.stats["socket_full"] += 1
         a._outbound_stream_seq[stream_id] = (stream_seq + 1) & 0xFFFF
         if not a._t3_handle:
@@ -257,7 +264,7 @@ class SackIngress:
         egress = self.sender.egress
         while (n := ssl_lib.BIO_read(ssl._from_ssl, record, _RECORD_BYTES)) > 0:
             if egress is not None and egress.send is not None:
-                with contextlib.suppress(BlockingIOError):
+                with contextlib.suppress(OSError):  # as a lost datagram: DTLS/SCTP recover
                     egress.send(view[:n])
 
     def _sack(self, packet: bytes) -> bool:
