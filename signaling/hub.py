@@ -336,6 +336,7 @@ class Hub:
                     await task
         if self._serving is not None:
             self._serving.cancel()
+            self._serving = None
         for room in list(self.rooms.values()):
             if room.scheduled is not None:
                 room.scheduled.cancel()
