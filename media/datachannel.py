@@ -8,28 +8,34 @@ and per viewer. For a batch of events that every viewer of a room receives,
 :meth:`LeanSender.send` does per viewer only what is per viewer: the DATA chunk header
 with the association's TSN and the stream's sequence number, the CRC32C of the packet,
 one ``SSL_write`` (the DTLS record) read back from the memory BIO into a reused buffer,
-and one non-blocking ``sendto`` on the nominated ICE socket.
+and one non-blocking ``send`` on the nominated ICE socket (connected, as for media).
 
-SCTP stays correct because the chunk is handed to aiortc's own association exactly as
-``RTCSctpTransport._transmit`` would have: appended to ``_sent_queue``, counted in the
-flight size, timestamped for RTT, T3 started. SACKs, retransmission, fast recovery and
+SCTP stays correct because the chunks are handed to aiortc's own association exactly
+as ``RTCSctpTransport._transmit`` would have: appended to ``_sent_queue``, counted in
+the flight size, timestamped for RTT, T3 started. Retransmission, fast recovery and
 congestion control remain aiortc's. The lean path is taken only when aiortc's path
 would have sent at once: the association established, nothing queued ahead (so order
-is kept), no retransmission or FORWARD-TSN pending, not in fast recovery, and the
-message fits the congestion window and one DATA chunk. Anything else returns ``None``
-and the caller uses ``RTCDataChannel.send`` (which queues, and which the caller bounds
-by ``bufferedAmount``).
+is kept), no retransmission or FORWARD-TSN pending, not in fast recovery. A message
+longer than one DATA chunk is cut as ``_send`` cuts it (one packet per fragment). A
+full congestion window returns ``False`` ("would block": the hub keeps the backlog);
+anything else returns ``None`` and the caller uses ``RTCDataChannel.send``.
 
-aiortc internals read here (pinned and checked at import):
-``RTCSctpTransport._association_state, _outbound_queue, _data_channel_queue,
-_sent_queue, _forward_tsn_chunk, _fast_recovery_exit, _flight_size, _cwnd,
-_local_tsn, _outbound_stream_seq, _local_port, _remote_port,
-_remote_verification_tag, _remote_max_message_size, _t3_handle, _t3_start(),
-_flight_size_increase()``, ``DataChunk``'s bookkeeping attributes (``_abandoned,
-_acked, _book_size, _expiry, _in_flight, _max_retransmits, _misses, _retransmit,
-_sent_count, _sent_time``), ``RTCDtlsTransport._ssl, _state`` and pyOpenSSL's
-``Connection._ssl`` / ``_from_ssl``; the ICE socket comes from
-``media.aiortc_hook.Egress``.
+:class:`SackIngress` takes the viewer's SACKs the same way on the way in (see there).
+
+aiortc internals used here (pinned and checked at import):
+``RTCSctpTransport``: ``_association_state, _outbound_queue, _data_channel_queue,
+_sent_queue, _forward_tsn_chunk, _fast_recovery_exit, _flight_size, _cwnd, _ssthresh,
+_partial_bytes_acked, _last_sacked_tsn, _local_tsn, _outbound_stream_seq,
+_local_port, _remote_port, _local_verification_tag, _remote_verification_tag,
+_remote_max_message_size, _reconfig_queue, _t3_handle`` and ``_t3_start(),
+_t3_restart(), _t3_cancel(), _flight_size_increase(), _flight_size_decrease(),
+_update_rto(), _update_advanced_peer_ack_point(), _data_channel_flush(), _transmit(),
+_handle_data()``; ``DataChunk``'s bookkeeping attributes (``_abandoned, _acked,
+_book_size, _expiry, _in_flight, _max_retransmits, _misses, _retransmit, _sent_count,
+_sent_time``); ``RTCDtlsTransport._ssl, _state, _data_receiver`` and its name-mangled
+rx counters; pyOpenSSL's ``Connection._ssl, _into_ssl, _from_ssl``; aioice's
+``Connection._queue`` through ``media.aiortc_hook``'s datagram hook, whose
+``Egress`` gives the connected ICE socket.
 """
 
 from __future__ import annotations
@@ -53,10 +59,14 @@ from media.aiortc_hook import SUPPORTED_AIORTC, Egress
 if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
     raise ImportError(f"media.datachannel is written against aiortc {SUPPORTED_AIORTC}x internals")
 _NEEDED = ("_association_state", "_outbound_queue", "_data_channel_queue", "_sent_queue",
-           "_flight_size", "_cwnd", "_local_tsn", "_outbound_stream_seq", "_t3_handle")
-if not all(hasattr(sctp.RTCSctpTransport, n) or n in sctp.RTCSctpTransport.__init__.__code__.co_names
-           for n in _NEEDED) or not hasattr(sctp.RTCSctpTransport, "_t3_start") \
-        or not hasattr(sctp.RTCSctpTransport, "_flight_size_increase"):
+           "_flight_size", "_cwnd", "_partial_bytes_acked", "_last_sacked_tsn",
+           "_local_tsn", "_outbound_stream_seq", "_t3_handle", "_fast_recovery_exit",
+           "_forward_tsn_chunk", "_reconfig_queue")
+_NEEDED_METHODS = ("_t3_start", "_t3_restart", "_t3_cancel", "_flight_size_increase",
+                   "_flight_size_decrease", "_update_rto", "_update_advanced_peer_ack_point",
+                   "_data_channel_flush", "_transmit", "_handle_data")
+if not all(n in sctp.RTCSctpTransport.__init__.__code__.co_names for n in _NEEDED) \
+        or not all(hasattr(sctp.RTCSctpTransport, n) for n in _NEEDED_METHODS):
     raise ImportError("media.datachannel: aiortc's RTCSctpTransport lacks the attributes it uses")
 
 USERDATA_MAX_LENGTH = sctp.USERDATA_MAX_LENGTH
