@@ -83,7 +83,7 @@ _RECORD_BYTES = 2048  # one DTLS record of an SCTP packet (< 1200 bytes + overhe
 class MessageScratch:
     """One text message, encoded and cut into DATA chunk payloads once for every viewer."""
 
-    __slots__ = ("text", "user_data", "fragments")
+    __slots__ = ("fragments", "text", "user_data")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -101,7 +101,7 @@ class MessageScratch:
 class LeanSender:
     """Send messages on one open RTCDataChannel without aiortc's per-message machinery."""
 
-    __slots__ = ("channel", "sctp", "dtls", "egress", "stats", "sack_ingress", "ingress")
+    __slots__ = ("channel", "dtls", "egress", "ingress", "sack_ingress", "sctp", "stats")
 
     # One buffer for every DTLS record read back: everything here is synchronous.
     _record = ssl_ffi.new("char[]", _RECORD_BYTES)

@@ -57,12 +57,12 @@ async (base, livestreamId, RTCPeerConnectionClass, onMessage) => {
 
 NODE_MAIN = """
 const {RTCPeerConnection} = require('@roamhq/wrtc');
-const viewer = %s;
+const viewer = VIEWER;
 const [base, id] = process.argv.slice(1);
 viewer(base, id, RTCPeerConnection, (data) => process.stdout.write(JSON.stringify(data) + '\\n'))
   .then((pc) => { process.stdin.on('data', () => { pc.close(); process.exit(0); }); })
   .catch((e) => { console.error(String(e)); process.exit(1); });
-""" % VIEWER_JS.strip()
+""".replace("VIEWER", VIEWER_JS.strip())
 
 
 class Receiver:
@@ -85,11 +85,13 @@ async def _aiortc_viewer(base: str, livestream_id: str, receiver: Receiver, stac
     pc.addTransceiver("video", direction="recvonly")
     channel = pc.createDataChannel("events")
     channel.on("message", receiver.feed)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base}/api/v1/livestreams/{livestream_id}/watch", data=await local_offer(pc),
-                             headers={"Content-Type": "application/sdp"}) as resp:
-            assert resp.status == 201, await resp.text()
-            answer = await resp.text()
+    offer = await local_offer(pc)
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{base}/api/v1/livestreams/{livestream_id}/watch", data=offer,
+        headers={"Content-Type": "application/sdp"},
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        answer = await resp.text()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
 
@@ -101,8 +103,8 @@ async def _chromium_viewer(browser: Any, base: str, livestream_id: str, receiver
     await page.expose_function("deliver", receiver.feed)
     await page.goto("/healthz")
     await page.evaluate(
-        "async ([base, id]) => { window.pc = await (%s)(base, id, RTCPeerConnection, window.deliver); }"
-        % VIEWER_JS.strip(), [base, livestream_id])
+        "async ([base, id]) => { window.pc = await (VIEWER)(base, id, RTCPeerConnection, window.deliver); }"
+        .replace("VIEWER", VIEWER_JS.strip()), [base, livestream_id])
 
 
 async def _node_viewer(base: str, livestream_id: str, receiver: Receiver, stack: contextlib.AsyncExitStack) -> None:
@@ -120,7 +122,7 @@ async def _node_viewer(base: str, livestream_id: str, receiver: Receiver, stack:
     reader = asyncio.create_task(read())
 
     async def stop() -> None:
-        with contextlib.suppress(Exception):  # noqa: BLE001 - the process may be gone already
+        with contextlib.suppress(Exception):  # the process may be gone already
             proc.stdin.write(b"x")  # type: ignore[union-attr]
             await proc.stdin.drain()  # type: ignore[union-attr]
         with contextlib.suppress(TimeoutError):
@@ -138,12 +140,13 @@ async def _publish(base: str, livestream_id: str, stream_key: str, stack: contex
     pc = new_pc()
     stack.push_async_callback(pc.close)
     pc.addTransceiver("video", direction="sendonly")
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base}/api/v1/livestreams/{livestream_id}/publish", data=await local_offer(pc),
-                             headers={"Content-Type": "application/sdp",
-                                      "Authorization": f"Bearer {stream_key}"}) as resp:
-            assert resp.status == 201, await resp.text()
-            answer = await resp.text()
+    offer = await local_offer(pc)
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{base}/api/v1/livestreams/{livestream_id}/publish", data=offer,
+        headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {stream_key}"},
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        answer = await resp.text()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
 
