@@ -45,10 +45,13 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 
-# axe-core (accessibility checks injected by the browser tests) into a local folder.
+say "node modules (axe-core for the accessibility checks, libwebrtc DataChannel receivers)"
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 if [ ! -f .cache/axe/node_modules/axe-core/axe.min.js ]; then
-  command -v npm >/dev/null 2>&1 || apt_install npm
   npm install --silent --no-save --no-package-lock --prefix .cache/axe axe-core@4 >/dev/null
+fi
+if [ ! -d .venv/node/node_modules/@roamhq/wrtc ]; then
+  npm install --prefix .venv/node --no-audit --no-fund --silent @roamhq/wrtc
 fi
 
 say "services"

@@ -131,6 +131,8 @@ class Settings:
     # and the prefix of every Redis key and channel (several deployments may share one).
     realtime_tick_ms: int = 100
     realtime_batching: bool = True
+    realtime_adaptive: bool = True  # a quiet room's event leaves at once, not on the tick
+    realtime_lean_datachannel: bool = True  # events DataChannels bypass aiortc's send path
     chat_rate_limit: int = 5
     chat_rate_window: int = 10
     redis_prefix: str = "shopstream:"
@@ -195,6 +197,8 @@ class Settings:
         take("PUBLISHER_GRACE_SECONDS", "publisher_grace_seconds", float)
         take("REALTIME_TICK_MS", "realtime_tick_ms", int)
         take("REALTIME_BATCHING", "realtime_batching", _bool)
+        take("REALTIME_ADAPTIVE", "realtime_adaptive", _bool)
+        take("REALTIME_LEAN_DATACHANNEL", "realtime_lean_datachannel", _bool)
         take("CHAT_RATE_LIMIT", "chat_rate_limit", int)
         take("CHAT_RATE_WINDOW", "chat_rate_window", int)
         take("REDIS_PREFIX", "redis_prefix")

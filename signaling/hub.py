@@ -1,16 +1,34 @@
 """The room hub: who is in which livestream room, and fan-out of events to them.
 
-Batching: an event is encoded once when emitted and appended to its room's outbox.
-Every tick (`tick_seconds`, 100 ms by default) the hub joins each room's outbox into
-ONE message and hands that same string to every recipient, so the cost per recipient
-is one send per tick however fast the chat runs (aiortc's SCTP costs 0.2-0.3 ms per
-message, measured here). Reactions are summed per tick; the viewer count goes out when
-it changes, at most once a second. With `batching=False` every event is sent on its
-own as it happens: the baseline the benchmark compares against.
+Batching: an event is encoded once when emitted and appended to its room's outbox; a
+room's outbox leaves as ONE message, the same string handed to every recipient, so the
+cost per recipient is one send per batch however fast the chat runs (aiortc's SCTP
+costs 0.2-0.3 ms per message, measured here). With `batching=False` every event is
+sent on its own as it happens: the baseline the benchmark compares against.
+
+Adaptive tick (`adaptive=True`, the default): an event that finds its room quiet (no
+batch for `tick_seconds`) leaves at once, at the end of the current loop iteration.
+In a busy room the first event queued opens a batch that leaves `hold_seconds` (half a
+tick) later with whatever joined it. So no event waits longer than the hold, a quiet
+room delivers in about a millisecond, and a room sends at most one batch per hold
+however fast its chat runs. At 20 events/s that is ~10 batches/s, what the fixed
+100 ms tick sent, with half its longest wait: the batches start when events do
+instead of on a fixed grid. With `adaptive=False` every event waits for the hub's
+global tick.
+
+Priorities (`priority()`): commerce and session events (acks, errors, `stock:update`,
+`product:highlighted`, `stream:state`, `order:new`, `welcome`) are URGENT: they leave at
+once whatever the tick, first in their batch, and are never dropped. Chat is CHAT.
+Reactions (summed) and the viewer count (the latest, at most once a second) are
+AMBIENT: coalesced, never queued one by one.
 
 Sending never waits: a transport's `send_text` either writes at once or says it would
-block. A recipient that would block keeps its messages in a bounded queue that is
-retried every tick; when the queue is full the oldest message is dropped and counted.
+block. A recipient that would block gets a backlog of its own, kept by class: urgent
+events in order (past `max_urgent` the connection is closed rather than lose one: the
+client reconnects and its `welcome` carries the room's state), chat in order and
+bounded (`max_pending`; the oldest `chat:new` is dropped and counted), reactions summed
+and the latest viewer count. The backlog is retried every tick, urgent events first.
+Under overload a room also sheds its oldest chat past `max_room_chat` per batch.
 
 Across processes the bus (`signaling/bus.py`) carries emitted events and each
 process's viewer count; events that come from the bus are delivered like local ones.
@@ -70,21 +88,50 @@ class Participant:
         return {"userId": self.user_id, "name": self.name, "role": self.role}
 
 
+URGENT, CHAT, AMBIENT = 0, 1, 2
+_CLASSES = {"chat:new": CHAT, "chat:deleted": CHAT, "reaction": AMBIENT, "viewer:count": AMBIENT}
+# A backlog leaves in messages of at most this many events / characters: a viewer that
+# comes back from a stall must not get one message larger than DataChannels carry.
+BACKLOG_EVENTS = 128
+BACKLOG_CHARS = 60_000
+
+
+def priority(event_type: str) -> int:
+    """Return an event type's class: URGENT (commerce, session), CHAT or AMBIENT."""
+    return _CLASSES.get(event_type, URGENT)
+
+
 @dataclass
 class HubOptions:
     tick_seconds: float = 0.1
     batching: bool = True
-    max_pending: int = 256  # messages queued for one slow recipient
+    adaptive: bool = True  # a quiet room sends at once; a busy one holds events briefly
+    hold_seconds: float | None = None  # longest wait in a busy room (None: half a tick)
+    max_pending: int = 256  # chat events kept for one slow recipient
+    max_urgent: int = 2048  # urgent events kept for one slow recipient before closing it
+    max_room_chat: int = 500  # chat events in one room batch before the oldest are shed
+    lean_datachannel: bool = True  # send on DataChannels through media.datachannel
     recent_chat: int = 50
     figures_seconds: float = 10.0  # how often viewer figures are written
 
 
+@dataclass
+class Parts:
+    """One batch's content, by class: what a backlogged recipient keeps of it."""
+
+    urgent: list[str]
+    chat: list[tuple[str, str]]  # (event type, fragment)
+    reactions: dict[str, int] | None = None
+    viewer_count: int | None = None
+
+
 class Connection:
-    """One recipient in one room: its transport, identity and bounded outgoing queue."""
+    """One recipient in one room: its transport, identity and bounded backlog."""
 
     __slots__ = (
         "session_id", "transport", "participant", "room", "publisher", "seller", "ready",
-        "closed", "pending", "direct", "dropped", "counted_until", "_hub",
+        "closed", "urgent", "chat", "reactions", "viewer_count", "dropped", "counted_until",
+        "_hub",
     )
 
     def __init__(self, hub: Hub, room: Room, transport: Transport,
@@ -97,8 +144,11 @@ class Connection:
         self.seller = room.is_owner(participant)
         self.ready = False  # nothing goes out before the welcome
         self.closed = False
-        self.pending: collections.deque[str] = collections.deque()
-        self.direct: list[str] = []  # events for this connection only (ack, error)
+        # The backlog: what the transport could not take yet, by class.
+        self.urgent: collections.deque[str] = collections.deque()
+        self.chat: collections.deque[tuple[str, str]] = collections.deque()
+        self.reactions: collections.Counter[str] = collections.Counter()
+        self.viewer_count: int | None = None
         self.dropped = 0
         self.counted_until = time.monotonic()
         self._hub = hub
@@ -107,40 +157,102 @@ class Connection:
     def user_id(self) -> str | None:
         return self.participant.user_id if self.participant else None
 
+    @property
+    def backlog(self) -> int:
+        """Return how many events wait for this recipient (coalesced ones count once)."""
+        return len(self.urgent) + len(self.chat) + bool(self.reactions) + (self.viewer_count is not None)
+
     def set_participant(self, participant: Participant) -> None:
         self.participant = participant
         self.seller = self.room.is_owner(participant)
 
-    def send_direct(self, fragment: str) -> None:
-        """Queue an event for this connection alone; it leaves with the next tick."""
-        if self._hub.options.batching:
-            self.direct.append(fragment)
-            self._hub.attention.add(self)
+    def send_direct(self, fragment: str, event_type: str = "ack") -> None:
+        """Send an event to this connection alone, before any chat waiting for it."""
+        if priority(event_type) == URGENT:
+            self.offer(fragment, Parts([fragment], []))
         else:
-            self.push(fragment)
+            self.offer(fragment, Parts([], [(event_type, fragment)]))
+        if self.backlog:
+            self._hub.serve_soon()
 
-    def push(self, text: str) -> None:
-        """Send a message now if the transport takes it, else queue it (bounded)."""
+    def offer(self, text: str | None, parts: Parts) -> None:
+        """Send a batch now if nothing waits and the transport takes it, else keep it by class."""
         if self.closed:
             return
-        if self.ready and not self.pending and self.transport.send_text(text):
-            self._hub.stats["messages"] += 1
+        hub = self._hub
+        if text is not None and self.ready and not self.backlog and self.transport.send_text(text):
+            hub.stats["messages"] += 1
             return
-        if len(self.pending) >= self._hub.options.max_pending:
-            self.pending.popleft()
-            self.dropped += 1
-            self._hub.stats["dropped"] += 1
-        self.pending.append(text)
-        self._hub.attention.add(self)
+        self.urgent.extend(parts.urgent)
+        for item in parts.chat:
+            if len(self.chat) >= hub.options.max_pending:
+                self._drop_chat()
+            self.chat.append(item)
+        if parts.reactions:
+            self.reactions.update(parts.reactions)
+        if parts.viewer_count is not None:
+            self.viewer_count = parts.viewer_count
+        hub.attention.add(self)
+        if len(self.urgent) > hub.options.max_urgent:
+            # Never lose a commerce event silently: end the session instead; the client
+            # reconnects and its welcome carries the room's current state.
+            log.warning("closing session %s: %d urgent events backlogged", self.session_id, len(self.urgent))
+            hub.stats["closed_slow"] += 1
+            self.transport.close()
+            hub.leave(self)
+
+    def _drop_chat(self) -> None:
+        """Drop the oldest `chat:new` (a `chat:deleted` is kept while a message is left)."""
+        for i, (kind, _) in enumerate(self.chat):
+            if kind == "chat:new":
+                del self.chat[i]
+                break
+        else:
+            self.chat.popleft()
+        self.dropped += 1
+        self._hub.stats["dropped"] += 1
 
     def retry(self) -> bool:
-        """Send queued messages while the transport takes them; True when none are left."""
-        while self.pending and self.ready and not self.closed:
-            if not self.transport.send_text(self.pending[0]):
+        """Send the backlog, urgent events first, while the transport takes it; True when empty."""
+        hub = self._hub
+        # Unbatched (the benchmark's baseline) means one event per message, backlog too.
+        limit = BACKLOG_EVENTS if hub.options.batching else 1
+        while self.ready and not self.closed and self.backlog:
+            fragments: list[str] = []
+            size = n_urgent = n_chat = 0
+            taken_reactions = taken_count = False
+            for fragment in self.urgent:
+                if fragments and (len(fragments) >= limit or size + len(fragment) > BACKLOG_CHARS):
+                    break
+                fragments.append(fragment)
+                size += len(fragment)
+                n_urgent += 1
+            if n_urgent == len(self.urgent):
+                for _, fragment in self.chat:
+                    if fragments and (len(fragments) >= limit or size + len(fragment) > BACKLOG_CHARS):
+                        break
+                    fragments.append(fragment)
+                    size += len(fragment)
+                    n_chat += 1
+            if n_chat == len(self.chat) and n_urgent == len(self.urgent):
+                if self.reactions and len(fragments) < limit:
+                    fragments.append(event("reaction", {"counts": dict(self.reactions)}))
+                    taken_reactions = True
+                if self.viewer_count is not None and len(fragments) < limit:
+                    fragments.append(event("viewer:count", {"count": self.viewer_count}))
+                    taken_count = True
+            if not self.transport.send_text(batch(fragments)):
                 return False
-            self.pending.popleft()
-            self._hub.stats["messages"] += 1
-        return not self.pending or self.closed
+            hub.stats["messages"] += 1
+            for _ in range(n_urgent):
+                self.urgent.popleft()
+            for _ in range(n_chat):
+                self.chat.popleft()
+            if taken_reactions:
+                self.reactions.clear()
+            if taken_count:
+                self.viewer_count = None
+        return not self.backlog or self.closed
 
 
 class Room:
@@ -152,8 +264,12 @@ class Room:
         self.state = info.state
         self.highlighted = info.highlighted_product
         self.connections: set[Connection] = set()
-        self.outbox: list[str] = []
-        self.seller_outbox: list[str] = []
+        # (class, event type, fragment) in emission order, for everyone / the seller only.
+        self.outbox: list[tuple[int, str, str]] = []
+        self.seller_outbox: list[tuple[int, str, str]] = []
+        self.last_batch = -1e9  # monotonic time of the room's last batch
+        self.scheduled: asyncio.Handle | None = None  # the room's next batch, when one is due
+        self.due_now = False  # the scheduled batch leaves in this loop iteration
         self.reactions: collections.Counter[str] = collections.Counter()
         self.local_reactions: collections.Counter[str] = collections.Counter()
         self.remote_viewers: dict[str, tuple[int, float]] = {}
@@ -206,6 +322,7 @@ class Hub:
         self._stock_task: asyncio.Task[None] | None = None
         self._next_housekeeping = 0.0
         self._next_figures = 0.0
+        self._serving: asyncio.Handle | None = None  # backlogs served at the end of this iteration
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -221,7 +338,13 @@ class Hub:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._serving is not None:
+            self._serving.cancel()
+            self._serving = None
         for room in list(self.rooms.values()):
+            if room.scheduled is not None:
+                room.scheduled.cancel()
+                room.scheduled = None
             for conn in list(room.connections):
                 conn.transport.close()
                 self.leave(conn)
@@ -270,7 +393,7 @@ class Hub:
                 "viewerCount": room.viewer_count(time.monotonic()), "recentChat": recent,
             },
         })
-        conn.pending.appendleft(welcome)
+        conn.urgent.appendleft(welcome)  # whatever arrived during the query waits behind it
         conn.ready = True
         conn.retry()
         return conn
@@ -304,27 +427,78 @@ class Hub:
         if event_type == "chat:new" and not room.chat.first_time(payload):
             return  # already delivered (by the catch-up after an outage, or in welcome)
         room.apply(event_type, payload)
+        if event_type == "reaction" and audience == "all":
+            self._add_reactions(room, payload.get("counts", {}))
+            return
         fragment = event(event_type, payload)
+        cls = priority(event_type)
         if audience.startswith("user:"):
             user_id = audience[5:]
             for conn in room.connections:
                 if conn.user_id == user_id:
-                    conn.send_direct(fragment)
+                    conn.send_direct(fragment, event_type)
         elif self.options.batching:
-            (room.seller_outbox if audience == "seller" else room.outbox).append(fragment)
+            (room.seller_outbox if audience == "seller" else room.outbox).append((cls, event_type, fragment))
+            self._schedule(room, urgent=cls == URGENT)
         else:
+            parts = Parts([fragment], []) if cls == URGENT else Parts([], [(event_type, fragment)])
             for conn in list(room.connections):
                 if audience == "all" or conn.seller:
-                    conn.push(fragment)
-            self.stats["deliveries"] += len(room.connections)
+                    conn.offer(fragment, parts)
+                    self.stats["deliveries"] += 1
 
     def react(self, room: Room, kind: str) -> None:
-        """Count a reaction; the room gets the sums once per tick."""
+        """Count a reaction; the room gets the sums with its next batch."""
         room.local_reactions[kind] += 1
+        self._add_reactions(room, {kind: 1})
+
+    def _add_reactions(self, room: Room, counts: dict[str, int]) -> None:
         if self.options.batching:
-            room.reactions[kind] += 1
+            room.reactions.update(counts)
+            self._schedule(room, urgent=False)
+            return
+        fragment = event("reaction", {"counts": counts})
+        parts = Parts([], [], reactions=counts)
+        for conn in list(room.connections):
+            conn.offer(fragment, parts)
+            self.stats["deliveries"] += 1
+
+    def _schedule(self, room: Room, *, urgent: bool) -> None:
+        """Make sure the room's outbox leaves: now if urgent or quiet, else with its next batch."""
+        loop = asyncio.get_running_loop()
+        if room.scheduled is not None:
+            if not urgent or room.due_now:
+                return
+            room.scheduled.cancel()  # an urgent event does not wait for the tick
+        elif not (urgent or self.options.adaptive):
+            return  # the global tick sends it
+        now = loop.time()
+        options = self.options
+        if urgent or now - room.last_batch >= options.tick_seconds:
+            # call_soon, not a send here: events emitted together (a burst of stock
+            # updates) still leave as one batch, at the end of this loop iteration.
+            room.scheduled, room.due_now = loop.call_soon(self._flush_room_now, room), True
         else:
-            self.deliver(room.livestream_id, "reaction", {"counts": {kind: 1}})
+            room.due_now = False
+            hold = options.tick_seconds / 2 if options.hold_seconds is None else options.hold_seconds
+            room.scheduled = loop.call_at(now + hold, self._flush_room_now, room)
+
+    def _flush_room_now(self, room: Room) -> None:
+        room.scheduled = None
+        if self.rooms.get(room.livestream_id) is room:
+            self.flush_room(room, time.monotonic())
+            self.serve_soon()
+
+    def serve_soon(self) -> None:
+        """Retry backlogs (direct events included) at the end of this loop iteration."""
+        if self._serving is None:
+            self._serving = asyncio.get_running_loop().call_soon(self._serve)
+
+    def _serve(self) -> None:
+        self._serving = None
+        for conn in list(self.attention):
+            if conn.retry():
+                self.attention.discard(conn)
 
     def stock_changed(self, variant_ids: Iterable[str]) -> None:
         """Emit `stock:update` to every live room that shows one of these variants.
@@ -417,7 +591,7 @@ class Hub:
             await asyncio.sleep(self.options.tick_seconds)
             now = time.monotonic()
             try:
-                self.flush(now)
+                self.flush(now, due_only=self.options.adaptive)
                 if now >= self._next_housekeeping:
                     self._next_housekeeping = now + 1.0
                     await self._housekeeping(now)
@@ -426,34 +600,62 @@ class Hub:
             except Exception:  # noqa: BLE001 - one bad tick must not stop every room's delivery
                 log.exception("realtime tick failed")
 
-    def flush(self, now: float) -> None:
-        """Send each room's batch of events, then direct events and retries."""
-        for room in self.rooms.values():
-            fragments, room.outbox = room.outbox, []
-            if room.reactions:
-                fragments.append(event("reaction", {"counts": dict(room.reactions)}))
-                room.reactions.clear()
-            count = room.viewer_count(now)
-            room.peak = max(room.peak, count)
-            if count != room.sent_count and now - room.sent_count_at >= 1.0:
-                fragments.append(event("viewer:count", {"count": count}))
-                room.sent_count, room.sent_count_at = count, now
-            seller, room.seller_outbox = room.seller_outbox, []
-            if not fragments and not seller:
-                continue
-            shared = batch(fragments) if fragments else None
-            to_seller = batch(fragments + seller) if seller else shared
-            for conn in list(room.connections):
-                text = to_seller if conn.seller else shared
-                if text is not None:
-                    conn.push(text)
-                    self.stats["deliveries"] += len(fragments) + (len(seller) if conn.seller else 0)
-        for conn in list(self.attention):
-            if conn.direct:
-                direct, conn.direct = conn.direct, []
-                conn.push(batch(direct))
-            if conn.retry():
-                self.attention.discard(conn)
+    def flush(self, now: float, *, due_only: bool = False) -> None:
+        """Send each room's batch (and its viewer count), then retry backlogs.
+
+        With `due_only`, rooms whose own batch is already scheduled are left to it.
+        """
+        for room in list(self.rooms.values()):
+            if not (due_only and room.scheduled is not None):
+                self.flush_room(room, now)
+        self._serve()
+
+    def flush_room(self, room: Room, now: float) -> None:
+        """Send a room's outbox as one batch: urgent events first, then chat, then ambient."""
+        if room.scheduled is not None:
+            room.scheduled.cancel()
+            room.scheduled = None
+        outbox, room.outbox = room.outbox, []
+        seller_outbox, room.seller_outbox = room.seller_outbox, []
+        chat = [(kind, f) for cls, kind, f in outbox if cls != URGENT]
+        if len(chat) > self.options.max_room_chat:
+            # More chat than one batch should carry: shed the oldest (coalesced kinds
+            # already are; urgent events never are).
+            shed = len(chat) - self.options.max_room_chat
+            self.stats["shed"] += shed
+            chat = chat[shed:]
+        parts = Parts([f for cls, _, f in outbox if cls == URGENT], chat)
+        if room.reactions:
+            parts.reactions = dict(room.reactions)
+            room.reactions.clear()
+        count = room.viewer_count(now)
+        room.peak = max(room.peak, count)
+        if count != room.sent_count and now - room.sent_count_at >= 1.0:
+            parts.viewer_count = count
+            room.sent_count, room.sent_count_at = count, now
+        if not (parts.urgent or parts.chat or parts.reactions or parts.viewer_count is not None
+                or seller_outbox):
+            return
+        room.last_batch = asyncio.get_running_loop().time()
+        shared = _message(parts)
+        to_seller, seller_parts = shared, parts
+        if seller_outbox:
+            seller_parts = Parts(
+                parts.urgent + [f for cls, _, f in seller_outbox if cls == URGENT],
+                parts.chat + [(kind, f) for cls, kind, f in seller_outbox if cls != URGENT],
+                parts.reactions, parts.viewer_count,
+            )
+            to_seller = _message(seller_parts)
+        n_all = _events(parts)
+        n_seller = _events(seller_parts)
+        for conn in list(room.connections):
+            if conn.seller:
+                if to_seller is not None:
+                    conn.offer(to_seller, seller_parts)
+                    self.stats["deliveries"] += n_seller
+            elif shared is not None:
+                conn.offer(shared, parts)
+                self.stats["deliveries"] += n_all
 
     async def _housekeeping(self, now: float) -> None:
         """Once a second: share counts and reactions with other processes, close empty rooms."""
@@ -494,6 +696,20 @@ class Hub:
             )
         room.joined = 0
         room.watch_seconds -= seconds
+
+
+def _message(parts: Parts) -> str | None:
+    """Return one batch's message text (urgent, chat, reactions, count), or None if empty."""
+    fragments = parts.urgent + [f for _, f in parts.chat]
+    if parts.reactions:
+        fragments.append(event("reaction", {"counts": parts.reactions}))
+    if parts.viewer_count is not None:
+        fragments.append(event("viewer:count", {"count": parts.viewer_count}))
+    return batch(fragments) if fragments else None
+
+
+def _events(parts: Parts) -> int:
+    return len(parts.urgent) + len(parts.chat) + bool(parts.reactions) + (parts.viewer_count is not None)
 
 
 @contextlib.asynccontextmanager

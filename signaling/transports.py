@@ -12,6 +12,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from media.datachannel import LeanSender, MessageScratch
 from signaling import events
 from signaling.hub import Connection, Participant
 
@@ -23,6 +24,21 @@ if TYPE_CHECKING:
 WEBSOCKET_HIGH_WATER = 256 * 1024  # bytes waiting in the socket buffer before we hold back
 DATACHANNEL_HIGH_WATER = 1024 * 1024  # RTCDataChannel.bufferedAmount before we hold back
 DATACHANNEL_INBOX = 64  # client messages waiting to be handled on one channel
+
+
+class _LastFrame:
+    """The frame of the last text sent: a room's batch is one string for all its recipients,
+    so it is encoded and framed once, not once per recipient."""
+
+    text: str | None = None
+    frame: bytes = b""
+
+
+def _frame_of(text: str) -> bytes:
+    if _LastFrame.text is not text:
+        _LastFrame.frame = websocket_text_frame(text.encode())
+        _LastFrame.text = text
+    return _LastFrame.frame
 
 
 def websocket_text_frame(payload: bytes) -> bytes:
@@ -60,33 +76,70 @@ class WebSocketTransport:
             return True  # gone: nothing to keep for it
         if transport.get_write_buffer_size() > self.high_water:
             return False
-        transport.write(websocket_text_frame(text.encode()))
+        transport.write(_frame_of(text))
         return True
 
     def close(self) -> None:
         self._close()
 
 
+class _LastMessage:
+    """The DataChannel form of the last text sent (encoded and cut into chunks once)."""
+
+    text: str | None = None
+    scratch: MessageScratch | None = None
+
+
+def _scratch_of(text: str) -> MessageScratch:
+    if _LastMessage.text is not text or _LastMessage.scratch is None:
+        _LastMessage.scratch = MessageScratch(text)
+        _LastMessage.text = text
+    return _LastMessage.scratch
+
+
 class DataChannelTransport:
-    """Send on an aiortc RTCDataChannel; its `bufferedAmount` is the backpressure signal."""
+    """Send on an aiortc RTCDataChannel; its `bufferedAmount` is the backpressure signal.
+
+    With `lean`, a message goes through `media.datachannel.LeanSender` whenever aiortc
+    would have sent it at once (one DATA chunk per viewer, the batch encoded once); a
+    full congestion window counts as "would block", so the hub keeps the backlog by
+    priority instead of aiortc's queue. Anything else takes aiortc's own path, one
+    message at a time: while aiortc holds one, the next counts as "would block".
+    """
 
     kind = "datachannel"
 
-    def __init__(self, channel: RTCDataChannel, high_water: int = DATACHANNEL_HIGH_WATER) -> None:
+    def __init__(self, channel: RTCDataChannel, high_water: int = DATACHANNEL_HIGH_WATER,
+                 *, lean: bool = False) -> None:
         self.channel = channel
         self.high_water = high_water
+        self.lean = LeanSender(channel) if lean else None
 
     def send_text(self, text: str) -> bool:
         channel = self.channel
         if channel.readyState != "open":
             return True
+        if self.lean is not None:
+            sent = self.lean.send(_scratch_of(text))
+            if sent is not None:
+                return sent
+            if channel.bufferedAmount:
+                # aiortc is busy (retransmitting, or its queue is not empty) and already
+                # holds a message of ours: the hub keeps the rest, bounded and by priority.
+                return False
         if channel.bufferedAmount > self.high_water:
             return False
         channel.send(text)
         return True
 
     def close(self) -> None:
+        self.release()
         self.channel.close()
+
+    def release(self) -> None:
+        """Hand what the lean path holds (its SACK ingress slot) back to aiortc."""
+        if self.lean is not None:
+            self.lean.close()
 
 
 async def attach_datachannel(
@@ -111,8 +164,8 @@ async def attach_datachannel(
             if conn is not None:
                 conn.send_direct(events.error("rate_limited", "too many messages on this channel"))
 
-    conn = await realtime.open(livestream_id, DataChannelTransport(channel), participant,
-                               publisher=publisher)
+    transport = DataChannelTransport(channel, lean=realtime.hub.options.lean_datachannel)
+    conn = await realtime.open(livestream_id, transport, participant, publisher=publisher)
     session = conn
 
     async def pump() -> None:
@@ -122,6 +175,7 @@ async def attach_datachannel(
     task = asyncio.create_task(pump(), name=f"events-dc-{conn.session_id}")
 
     def on_close() -> None:
+        transport.release()
         realtime.close(session)
         task.cancel()
 

@@ -54,7 +54,9 @@ async def realtime_context(app: web.Application) -> AsyncIterator[None]:
         process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         bus = Bus(app[REDIS], prefix=settings.redis_prefix, process_id=process_id)
     database = app[DB]
-    options = HubOptions(tick_seconds=settings.realtime_tick_ms / 1000, batching=settings.realtime_batching)
+    options = HubOptions(tick_seconds=settings.realtime_tick_ms / 1000, batching=settings.realtime_batching,
+                         adaptive=settings.realtime_adaptive,
+                         lean_datachannel=settings.realtime_lean_datachannel)
     hub = Hub(database.transaction, options=options, bus=bus)
     limits = Limits(bus)
     tokens = app[TOKENS]
