@@ -305,6 +305,11 @@ class TrackForwarder:
         self._sender_report = None
         self._media_seen = False
 
+    def switch_codec(self, codec: RTCRtpCodecParameters) -> None:
+        """Take the next publisher stream in another codec (the room's viewers rejoin)."""
+        self.codec = codec
+        self.restart()
+
     def on_nack(self, viewer: ViewerTrack, lost: list[int]) -> None:
         """Retransmit the packets a viewer reports lost, from the bounded history.
 

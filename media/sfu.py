@@ -9,18 +9,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
 from .aiortc_hook import ice_host_addresses, install_receiver, install_sender
 from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
 from .room import Room, RoomState, RoomStats
-from .sdp import codec_preferences, plan_publish, plan_watch
+from .sdp import OfferPlan, codec_preferences, plan_publish, plan_watch
 from .session import MediaSession
 
 logger = logging.getLogger(__name__)
 
 StateCallback = Callable[[str, str], None]
 ViewerCountCallback = Callable[[str, int], None]
+RejoinCallback = Callable[[str, str], None]
+# How long viewers told to rejoin keep their old session, so the event that tells them
+# (it may travel on that session's own DataChannel) gets there before it closes.
+REJOIN_CLOSE_DELAY_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,11 @@ class MediaSettings:
     max_viewers_per_room: int = 200
     # Bitrate cap sent to publishers as REMB.
     remb_bitrate_bps: int = 2_500_000
-    # How long a paused room waits for its publisher to reconnect before it ends.
+    # How long a publisher may be gone before viewers are told (state ``paused``); a
+    # reconnect within it is invisible to them.
     publisher_grace_seconds: float = 30.0
+    # How long a room without a publisher stays resumable before it ends.
+    publisher_idle_timeout_seconds: float = 1800.0
     # At most one PLI per this interval per room, whatever the number of viewers.
     keyframe_interval_ms: int = 500
     # A session that has not connected (ICE + DTLS) by then is closed.
@@ -62,10 +70,14 @@ class MediaSettings:
 class SFU:
     """Selective forwarding unit: rooms of one publisher and many viewers.
 
-    ``on_state_change(room_id, state)`` is called with ``live`` (the publisher's media
-    flows), ``paused`` (the publisher dropped or closed its session; it may reconnect
-    within ``publisher_grace_seconds``) and ``ended`` (the room is closed);
-    ``on_viewer_count(room_id, count)`` whenever a room's viewer count changes.
+    ``on_state_change(room_id, state)`` is called with ``live`` (the publisher's first
+    media packet arrived), ``paused`` (the publisher has been gone for
+    ``publisher_grace_seconds``; it may still reconnect) and ``ended`` (the room is
+    closed: by the server, or after ``publisher_idle_timeout_seconds`` without a
+    publisher). A publisher that never sends media changes no state.
+    ``on_viewer_count(room_id, count)`` whenever a room's viewer count changes;
+    ``on_viewers_rejoin(room_id, reason)`` when the room's viewers must join again (a
+    reconnecting publisher switched codec); their sessions close shortly after.
     Callbacks run on the event loop and must not block.
     """
 
@@ -75,10 +87,12 @@ class SFU:
         *,
         on_state_change: StateCallback | None = None,
         on_viewer_count: ViewerCountCallback | None = None,
+        on_viewers_rejoin: RejoinCallback | None = None,
     ) -> None:
         self.settings = settings or MediaSettings()
         self.on_state_change = on_state_change
         self.on_viewer_count = on_viewer_count
+        self.on_viewers_rejoin = on_viewers_rejoin
         self.rooms: dict[str, Room] = {}
         self.sessions: dict[str, MediaSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -101,7 +115,7 @@ class SFU:
                 if room.publisher_alive(self.settings.publisher_stale_seconds):
                     raise PublisherConflict(room_id)
                 await self._close_session(room.publisher, "replaced by a reconnect")
-        plan = plan_publish(offer_sdp, room.video_codec if room is not None else None)
+        plan = self._plan_publish(room, offer_sdp)
         created = room is None
         if room is None:
             room = self._new_room(room_id, owner, plan.video_codec)
@@ -126,6 +140,8 @@ class SFU:
             else:
                 room.publisher_lost(session)
             raise
+        if room.video_codec != plan.video_codec:
+            self._switch_video_codec(room, plan.video_codec)
         return session
 
     async def watch(self, room_id: str, offer_sdp: str, viewer: str | None = None) -> MediaSession:
@@ -213,6 +229,33 @@ class SFU:
         if self._closed:
             raise RuntimeError("the SFU is closed")
 
+    def _plan_publish(self, room: Room | None, offer_sdp: str) -> OfferPlan:
+        """Check a publisher's offer; a reconnect keeps the room's codec while it can.
+
+        Without viewers a reconnecting publisher may use any codec (a seller switching
+        from the browser to OBS); with viewers the room's codec is kept if offered, and
+        otherwise the publisher's codec wins and the viewers rejoin.
+        """
+        if room is None or not room.viewers:
+            return plan_publish(offer_sdp)
+        try:
+            return plan_publish(offer_sdp, room.video_codec)
+        except BadOffer:
+            return plan_publish(offer_sdp)
+
+    def _switch_video_codec(self, room: Room, codec: RTCRtpCodecParameters) -> None:
+        viewers = room.switch_video_codec(codec)
+        logger.info("room %s: the publisher switched to %s; %d viewers rejoin",
+                    room.id, codec.mimeType, len(viewers))
+        if viewers:
+            self._call(self.on_viewers_rejoin, room.id, "codec_changed")
+            self._spawn(self._close_later(viewers, "the publisher switched codec"))
+
+    async def _close_later(self, sessions: list[MediaSession], reason: str) -> None:
+        await asyncio.sleep(REJOIN_CLOSE_DELAY_SECONDS)
+        for session in sessions:
+            await self._close_session(session, reason)
+
     def _new_room(self, room_id: str, owner: str, video_codec: Any) -> Room:
         settings = self.settings
         room = Room(
@@ -220,8 +263,9 @@ class SFU:
             keyframe_interval=settings.keyframe_interval_ms / 1000,
             remb_bitrate_bps=settings.remb_bitrate_bps,
             grace_seconds=settings.publisher_grace_seconds,
+            idle_seconds=settings.publisher_idle_timeout_seconds,
             on_state_change=self._room_state_changed,
-            on_grace_expired=lambda r: self._spawn(self._end_room(r)),
+            on_idle_expired=lambda r: self._spawn(self._end_room(r)),
         )
         self.rooms[room_id] = room
         return room
@@ -282,6 +326,10 @@ class SFU:
         if room is not None:
             if session.role == "publisher":
                 room.publisher_lost(session)
+                if not room.ever_live and not room.viewers:
+                    # It never connected or sent media: nobody saw this room, so it
+                    # goes without a trace (no state change) and the next try starts anew.
+                    await self._end_room(room)
             elif room.remove_viewer(session):
                 self._viewer_count_changed(room)
         await session.pc.close()
@@ -296,7 +344,8 @@ class SFU:
         if self.rooms.get(room.id) is not room:
             return
         del self.rooms[room.id]
-        room.end()
+        # A room that never went live ends unreported: nobody saw it start.
+        room.end(report=room.ever_live)
         sessions = [entry.session for entry in room.viewers.values()]
         if room.publisher is not None:
             sessions.append(room.publisher)

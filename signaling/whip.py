@@ -5,8 +5,17 @@ A livestream's SFU room id is the livestream id. Publishing needs the owning sel
 access token or the livestream's stream key (so OBS and ffmpeg can publish); watching
 is open to anyone while the livestream is live or paused. The SFU reports room states
 (`live`, `paused`, `ended`) through a callback; they are written to the livestream
-record and announced to the room as `stream:state`. A client that opens a DataChannel
-labelled `events` in its offer speaks the event protocol on it (signaling/transports.py).
+record and announced to the room as `stream:state`. A publish is not a state change:
+the show goes live when the publisher's first media packet arrives, so a publish that
+gets its 201 and never connects leaves the livestream as it was.
+
+When a reconnecting publisher switches codec while viewers watch (a seller moving from
+the browser to OBS), the viewers' sessions cannot carry the new codec: the room gets
+`stream:renegotiate {"reason": "codec_changed"}`, and a client answers it by watching
+again (a new WHEP session); the old sessions close a few seconds later.
+
+A client that opens a DataChannel labelled `events` in its offer speaks the event
+protocol on it (signaling/transports.py).
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ class MediaGateway:
         self.realtime = realtime
         self._tasks: set[asyncio.Task[Any]] = set()
         sfu.on_state_change = self._room_state_changed
+        sfu.on_viewers_rejoin = self._viewers_rejoin
 
     async def publish(
         self, livestream_id: str, offer_sdp: str, *, bearer: str, user_id: str | None,
@@ -64,7 +74,6 @@ class MediaGateway:
                 grant = await livestreams.check_publish_grant(conn, livestream_id, user_id=user_id)
         session = await self.sfu.publish(livestream_id, offer_sdp, owner=grant["sellerId"])
         self._serve_events(session, livestream_id, participant, publisher=True)
-        await self._set_state(livestream_id, "live")
         return session
 
     async def watch(
@@ -112,6 +121,10 @@ class MediaGateway:
     def _room_state_changed(self, room_id: str, state: str) -> None:
         if state in ("live", "paused", "ended"):
             self._spawn(self._set_state(room_id, state))
+
+    def _viewers_rejoin(self, room_id: str, reason: str) -> None:
+        if self.room_event is not None:
+            self._spawn(self.room_event(room_id, "stream:renegotiate", {"reason": reason}))
 
     async def _set_state(self, livestream_id: str, state: str) -> None:
         try:

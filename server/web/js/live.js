@@ -196,6 +196,8 @@ events
   .on("viewer:count", (p) => setViewers(p.count ?? p.viewers ?? p.viewerCount))
   .on("stock:update", (p) => card?.setStock(p.variantId, p.stock))
   .on("stream:state", (p) => setStreamState(p.state || p.status))
+  // The publisher switched codec: this session cannot carry it, so watch again.
+  .on("stream:renegotiate", () => media.retryNow())
   .on("reaction", (p) => burst(p.kind))
   .on("error", (p) => showStatus(status, p.message || "Something went wrong.", "error"));
 
