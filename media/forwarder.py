@@ -9,10 +9,22 @@ rewrite of the 12-byte header in a shared buffer, one SRTP ``protect`` and one
 Nothing here awaits, so the fan-out of one packet is never interleaved with
 anything else, and a viewer whose socket cannot keep up loses its own packets
 (counted as drops) without delaying the others.
+
+GOP cache: a video track keeps its packets since the last keyframe (bounded in bytes).
+A joining viewer is sent that GOP at once instead of waiting for the publisher's next
+keyframe (ffmpeg ignores keyframe requests: 1-5 s of black). The cached frames get
+timestamps squeezed into the ticks just before the newest frame's, so the viewer's
+decoder decodes them all, fast-forwarding to live, and its clock sees one continuous
+stream at live delay; sequence numbers continue without a gap into the live packets.
+The burst goes out in chunks, one per event loop turn, so neither the viewer's socket
+nor the loop is flooded; packets arriving meanwhile join the GOP and the viewer joins
+the live fan-out when it has caught up. The fan-out loop itself is unchanged: a
+publisher packet costs one list append more, a frame one keyframe check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import struct
@@ -46,6 +58,13 @@ RTP_VERSION_BYTE = 0x80  # V=2, no padding, no extension, no CSRC: extensions ar
 # Bytes 1-11 of an RTP header: marker|payload type, sequence number, timestamp, SSRC.
 HEADER_AFTER_FIRST_BYTE = struct.Struct("!BHII")
 RTX_HEADER = struct.Struct("!BBHIIH")
+GOP_CACHE_BYTES = 2_000_000  # default bound of a video track's GOP cache
+CATCH_UP_CHUNK = 32  # cached packets sent to a joining viewer per event loop turn
+# Ticks between consecutive cached frames in a joining viewer's timeline: its decoder
+# gets them back to back and renders only the newest, so they take (almost) no time.
+CATCH_UP_TICKS_PER_FRAME = 1
+
+Entry = tuple[int, int, int, bytearray]  # seq, timestamp, marker bit, packet buffer
 
 
 def _newer(a: int, b: int) -> bool:
@@ -68,7 +87,7 @@ class ViewerTrack:
 
     __slots__ = (
         "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
-        "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "send",
+        "gop_ts", "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "send",
         "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
     )
 
@@ -83,6 +102,9 @@ class ViewerTrack:
         self.rtx_seq = random.randrange(0x8000)
         self.seq_offset = 0
         self.ts_offset = 0
+        # Publisher timestamp -> viewer timestamp of the cached frames it was sent on
+        # joining (their timestamps are squeezed, see the module docstring); for NACKs.
+        self.gop_ts: dict[int, int] | None = None
         self.start_seq = 0
         # The viewer-space numbers its next first packet gets; random for a new viewer
         # (RFC 3550), continuing the old numbers after the publisher reconnects.
@@ -102,6 +124,18 @@ class ViewerTrack:
         self.resent: dict[int, float] = {}
 
 
+class CatchUp:
+    """A joining viewer being sent the cached GOP, a chunk per event loop turn."""
+
+    __slots__ = ("viewer", "gop", "index", "handle")
+
+    def __init__(self, viewer: ViewerTrack, gop: list[Entry]) -> None:
+        self.viewer = viewer
+        self.gop = gop  # the forwarder's current GOP list: it grows while we send
+        self.index = 0
+        self.handle: asyncio.Handle | None = None
+
+
 class TrackForwarder:
     """Fan one publisher track out to its viewers; also answers their NACKs."""
 
@@ -111,6 +145,8 @@ class TrackForwarder:
         codec: RTCRtpCodecParameters,
         on_keyframe_needed: Callable[[], None],
         on_publisher_media: Callable[[TrackForwarder], None],
+        *,
+        gop_cache_bytes: int = 0,
     ) -> None:
         self.kind = kind
         self.codec = codec
@@ -124,6 +160,13 @@ class TrackForwarder:
         self._scratch = SrtpScratch()
         self.viewers: list[ViewerTrack] = []
         self.waiting: list[ViewerTrack] = []
+        self.catching_up: list[CatchUp] = []
+        # The current GOP (video, cache on): packets from the last keyframe's first one,
+        # in arrival order; None while there is none (no keyframe yet, or too large).
+        self._gop_limit = gop_cache_bytes if self.is_video else 0
+        self._gop: list[Entry] | None = None
+        self._gop_bytes = 0
+        self._frame_is_key = False
         self.receiver: ForwardingReceiver | None = None
         self.highest_seq: int | None = None
         self.highest_ts = 0
@@ -166,13 +209,17 @@ class TrackForwarder:
         buf[0] = RTP_VERSION_BYTE
         buf[12:] = payload
         marker = 0x80 if packet.marker else 0
-        self._history[seq & self._mask] = (seq, ts, marker, buf)
+        entry = (seq, ts, marker, buf)
+        self._history[seq & self._mask] = entry
         self.packets_in += 1
         self.bytes_in += size
         in_order = self.highest_seq is None or _newer(seq, self.highest_seq)
         if in_order:
             if self.highest_seq is None or ts != self.highest_ts:
                 self.frame_start_seq = seq
+                self._frame_is_key = False
+            if self._gop_limit and not self._frame_is_key:
+                self._check_keyframe(seq, payload)
             self.highest_seq = seq
             self.highest_ts = ts
             self.last_packet_time = time.monotonic()
@@ -181,6 +228,13 @@ class TrackForwarder:
                 self._publisher_media(self)
             if self.waiting:
                 self._admit_waiting(seq, ts, payload)
+        gop = self._gop
+        if gop is not None:
+            if self._gop_bytes + size > self._gop_limit:
+                self._drop_gop()  # too long to be worth sending: wait for a keyframe
+            else:
+                gop.append(entry)
+                self._gop_bytes += size
 
         scratch = self._scratch
         view, length, protect, cdata = scratch.view, scratch.length, scratch.protect, scratch.cdata
@@ -239,12 +293,86 @@ class TrackForwarder:
                 earlier = (earlier + 1) & 0xFFFF
         self.waiting.clear()
 
-    def _send_one(self, viewer: ViewerTrack, entry: tuple[int, int, int, bytearray]) -> None:
+    # --- GOP cache ------------------------------------------------------------------------
+
+    def _check_keyframe(self, seq: int, payload: bytes) -> None:
+        """Start a new GOP when a packet of the current frame shows it is a keyframe."""
+        if not is_keyframe(self.codec.name, payload):
+            return
+        self._frame_is_key = True
+        if self.catching_up:
+            # Viewers still being sent the old GOP get the rest of it now, so that they
+            # are live viewers by the time this keyframe is fanned out.
+            for catch_up in list(self.catching_up):
+                self._catch_up(catch_up, limit=None)
+        gop: list[Entry] = []
+        earlier = self.frame_start_seq  # packets of this frame before the one that told us
+        while earlier != seq:
+            entry = self._history[earlier & self._mask]
+            if entry is not None and entry[0] == earlier:
+                gop.append(entry)
+            earlier = (earlier + 1) & 0xFFFF
+        self._gop = gop
+        self._gop_bytes = sum(len(e[3]) - 12 for e in gop)
+
+    def _drop_gop(self) -> None:
+        for catch_up in list(self.catching_up):
+            self._catch_up(catch_up, limit=None)
+        self._gop = None
+        self._gop_bytes = 0
+
+    def _start_catch_up(self, viewer: ViewerTrack, gop: list[Entry]) -> None:
+        """Send a joining viewer the cached GOP, then make it a live viewer."""
+        newest = self.highest_ts
+        frames = list(dict.fromkeys(e[1] for e in gop))  # timestamps in arrival order
+        viewer.start_seq = gop[0][0]
+        viewer.seq_offset = (viewer.next_seq - viewer.start_seq) & 0xFFFF
+        viewer.ts_offset = (viewer.next_ts - newest) & 0xFFFFFFFF
+        last = len(frames) - 1 if frames[-1] == newest else len(frames)
+        viewer.gop_ts = {
+            ts: (newest + viewer.ts_offset - (last - i) * CATCH_UP_TICKS_PER_FRAME) & 0xFFFFFFFF
+            for i, ts in enumerate(frames)
+        }
+        viewer.active = True
+        catch_up = CatchUp(viewer, gop)
+        self.catching_up.append(catch_up)
+        self._catch_up(catch_up, CATCH_UP_CHUNK)
+
+    def _catch_up(self, catch_up: CatchUp, limit: int | None) -> None:
+        """Send up to ``limit`` more cached packets; join the live fan-out at the end."""
+        catch_up.handle = None
+        viewer, gop = catch_up.viewer, catch_up.gop
+        ts_map = viewer.gop_ts or {}
+        end = len(gop) if limit is None else min(len(gop), catch_up.index + limit)
+        for index in range(catch_up.index, end):
+            entry = gop[index]
+            ts = entry[1]
+            self._send_one(viewer, entry, ts_map.get(ts, (ts + viewer.ts_offset) & 0xFFFFFFFF))
+        catch_up.index = end
+        if end == len(gop):  # caught up: the next packet reaches it through the fan-out
+            self.catching_up.remove(catch_up)
+            self.viewers.append(viewer)
+        else:
+            catch_up.handle = asyncio.get_running_loop().call_soon(
+                self._catch_up, catch_up, CATCH_UP_CHUNK
+            )
+
+    def _stop_catch_up(self, viewer: ViewerTrack) -> None:
+        for catch_up in self.catching_up:
+            if catch_up.viewer is viewer:
+                if catch_up.handle is not None:
+                    catch_up.handle.cancel()
+                self.catching_up.remove(catch_up)
+                return
+
+    def _send_one(self, viewer: ViewerTrack, entry: Entry, viewer_ts: int | None = None) -> None:
         seq, ts, marker, buf = entry
         packet = bytearray(buf)
+        if viewer_ts is None:
+            viewer_ts = (ts + viewer.ts_offset) & 0xFFFFFFFF
         HEADER_AFTER_FIRST_BYTE.pack_into(
             packet, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
-            (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
+            viewer_ts, viewer.ssrc,
         )
         if self._protect_and_send(viewer, packet):
             viewer.packets += 1
@@ -268,7 +396,10 @@ class TrackForwarder:
     # --- viewer side ----------------------------------------------------------------------
 
     def add_viewer(self, viewer: ViewerTrack) -> None:
-        """Add a connected viewer; it receives packets from the next keyframe on."""
+        """Add a connected viewer: it gets the cached GOP at once, or waits for a keyframe."""
+        if self._gop:
+            self._start_catch_up(viewer, self._gop)
+            return
         self.waiting.append(viewer)
         if self.is_video:
             self._keyframe_needed()
@@ -279,6 +410,7 @@ class TrackForwarder:
             self.viewers.remove(viewer)
         if viewer in self.waiting:
             self.waiting.remove(viewer)
+        self._stop_catch_up(viewer)
         viewer.active = False
         self.retired.packets_out += viewer.packets
         self.retired.bytes_out += viewer.octets
@@ -291,6 +423,13 @@ class TrackForwarder:
         Viewers continue their own sequence and timestamp spaces where they stopped,
         and wait for the new stream's first keyframe.
         """
+        for catch_up in list(self.catching_up):
+            if catch_up.handle is not None:
+                catch_up.handle.cancel()
+            self._catch_up(catch_up, limit=None)
+        self._gop = None
+        self._gop_bytes = 0
+        self._frame_is_key = False
         now = time.monotonic()
         for viewer in self.viewers:
             if self.highest_seq is not None:
@@ -329,22 +468,34 @@ class TrackForwarder:
             resent[viewer_seq] = now
             seq = (viewer_seq - viewer.seq_offset) & 0xFFFF
             entry = self._history[seq & self._mask]
+            if (entry is None or entry[0] != seq) and viewer.gop_ts is not None:
+                entry = self._cached(seq)
             if entry is None or entry[0] != seq or _newer(viewer.start_seq, seq):
                 self.nacks_missed += 1
                 continue
             _, ts, marker, buf = entry
+            viewer_ts = (ts + viewer.ts_offset) & 0xFFFFFFFF
+            if viewer.gop_ts is not None:
+                viewer_ts = viewer.gop_ts.get(ts, viewer_ts)
             if viewer.rtx_pt is None:
-                self._send_one(viewer, entry)
+                self._send_one(viewer, entry, viewer_ts)
             else:  # RFC 4588: original sequence number, then the original payload
                 rtx = bytearray(RTX_HEADER.size) + buf[12:]
                 RTX_HEADER.pack_into(
                     rtx, 0, RTP_VERSION_BYTE, marker | viewer.rtx_pt, viewer.rtx_seq,
-                    (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.rtx_ssrc, viewer_seq,
+                    viewer_ts, viewer.rtx_ssrc, viewer_seq,
                 )
                 viewer.rtx_seq = (viewer.rtx_seq + 1) & 0xFFFF
                 if not self._protect_and_send(viewer, rtx):
                     continue
             viewer.nacks_served += 1
+
+    def _cached(self, seq: int) -> Entry | None:
+        """Return the GOP cache's packet ``seq`` (older than the NACK history), if kept."""
+        for entry in self._gop or ():
+            if entry[0] == seq:
+                return entry
+        return None
 
     def on_receiver_report(self, viewer: ViewerTrack, report: RtcpReceiverInfo) -> None:
         """Keep the viewer's reported loss for the stats."""
@@ -393,7 +544,7 @@ class TrackForwarder:
     def counters(self) -> TrackCounters:
         """Return the track's totals, including viewers that have left."""
         total = TrackCounters(**vars(self.retired))
-        for viewer in self.viewers + self.waiting:
+        for viewer in self.viewers + self.waiting + [c.viewer for c in self.catching_up]:
             total.packets_out += viewer.packets
             total.bytes_out += viewer.octets
             total.drops += viewer.drops

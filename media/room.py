@@ -74,6 +74,7 @@ class Room:
         remb_bitrate_bps: int,
         grace_seconds: float,
         idle_seconds: float,
+        gop_cache_bytes: int = 0,
         on_state_change: Callable[[Room, RoomState], None],
         on_idle_expired: Callable[[Room], None],
     ) -> None:
@@ -89,6 +90,7 @@ class Room:
         self._remb_bitrate_bps = remb_bitrate_bps
         self._grace_seconds = grace_seconds
         self._idle_seconds = idle_seconds
+        self._gop_cache_bytes = gop_cache_bytes
         self._on_state_change = on_state_change
         self._on_idle_expired = on_idle_expired
         self._loop = asyncio.get_running_loop()
@@ -104,7 +106,8 @@ class Room:
         """Return the room's forwarder for ``kind``, creating it with ``codec``."""
         if kind not in self.forwarders:
             self.forwarders[kind] = TrackForwarder(
-                kind, codec, self.request_keyframe, self._publisher_media
+                kind, codec, self.request_keyframe, self._publisher_media,
+                gop_cache_bytes=self._gop_cache_bytes,
             )
         return self.forwarders[kind]
 

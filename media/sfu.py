@@ -13,6 +13,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
 from .aiortc_hook import ice_host_addresses, install_receiver, install_sender
+from .forwarder import GOP_CACHE_BYTES
 from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
 from .room import Room, RoomState, RoomStats
 from .sdp import OfferPlan, codec_preferences, plan_publish, plan_watch
@@ -59,6 +60,9 @@ class MediaSettings:
     connect_timeout_seconds: float = 15.0
     # A publisher that sent no media for this long counts as dead (it may be replaced).
     publisher_stale_seconds: float = 3.0
+    # Bytes of the current GOP kept per video track, sent to a joining viewer at once so
+    # it need not wait for a keyframe (publishers like ffmpeg ignore PLIs); 0 turns it off.
+    gop_cache_bytes: int = GOP_CACHE_BYTES
 
     def __post_init__(self) -> None:
         if self.max_viewers_per_room < 0:
@@ -264,6 +268,7 @@ class SFU:
             remb_bitrate_bps=settings.remb_bitrate_bps,
             grace_seconds=settings.publisher_grace_seconds,
             idle_seconds=settings.publisher_idle_timeout_seconds,
+            gop_cache_bytes=settings.gop_cache_bytes,
             on_state_change=self._room_state_changed,
             on_idle_expired=lambda r: self._spawn(self._end_room(r)),
         )
