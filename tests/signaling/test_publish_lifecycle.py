@@ -220,3 +220,20 @@ async def test_reconnect_offering_the_rooms_codec_keeps_its_viewers(
         await first.close()
         if second is not None:
             await second.close()
+
+
+def test_idle_timeout_setting_reaches_the_sfu(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from server.config import Settings
+
+    settings = Settings.from_env({"PUBLISHER_IDLE_TIMEOUT": "90"}, data_dir=tmp_path)
+    assert settings.publisher_idle_timeout == 90.0
+    assert Settings.from_env({}, data_dir=tmp_path).publisher_idle_timeout == 1800.0
+
+
+async def test_app_passes_the_idle_timeout_to_the_sfu(aiohttp_client, clean_db: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from server.app import create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings(tmp_path, publisher_idle_timeout=123.0), clean_db, run_migrations=False)
+    client = await aiohttp_client(app)
+    assert client.app[SFU].settings.publisher_idle_timeout_seconds == 123.0
