@@ -16,9 +16,13 @@ keyframe (ffmpeg ignores keyframe requests: 1-5 s of black). The cached frames g
 timestamps squeezed into the ticks just before the newest frame's, so the viewer's
 decoder decodes them all, fast-forwarding to live, and its clock sees one continuous
 stream at live delay; sequence numbers continue without a gap into the live packets.
-The burst goes out in chunks, one per event loop turn, so neither the viewer's socket
-nor the loop is flooded; packets arriving meanwhile join the GOP and the viewer joins
-the live fan-out when it has caught up. The fan-out loop itself is unchanged: a
+The burst goes out in chunks, paced (``CATCH_UP_BYTES_PER_SECOND``), so neither the
+viewer's link nor the event loop is flooded; packets arriving meanwhile join the GOP and the viewer joins
+the live fan-out when it has caught up. A GOP longer than ``LONG_GOP_SECONDS`` also
+sends the publisher a (throttled) keyframe request: a publisher that answers it
+(browsers; measured: Chromium's VP8 GOPs last until someone asks) has a new keyframe
+out before the viewer has decoded hundreds of old frames, and a viewer still catching
+up then skips the rest of the old GOP. The fan-out loop itself is unchanged: a
 publisher packet costs one list append more, a frame one keyframe check.
 """
 
@@ -59,10 +63,15 @@ RTP_VERSION_BYTE = 0x80  # V=2, no padding, no extension, no CSRC: extensions ar
 HEADER_AFTER_FIRST_BYTE = struct.Struct("!BHII")
 RTX_HEADER = struct.Struct("!BBHIIH")
 GOP_CACHE_BYTES = 2_000_000  # default bound of a video track's GOP cache
-CATCH_UP_CHUNK = 32  # cached packets sent to a joining viewer per event loop turn
+CATCH_UP_CHUNK = 32  # cached packets sent to a joining viewer at a time
+# The pace of a catch-up (20 Mbit/s): a 5 s GOP at 800 kbit/s goes in 0.2 s, and a 2 MB
+# burst at line rate, which a real viewer's link would mostly drop, never happens.
+CATCH_UP_BYTES_PER_SECOND = 2_500_000
 # Ticks between consecutive cached frames in a joining viewer's timeline: its decoder
 # gets them back to back and renders only the newest, so they take (almost) no time.
 CATCH_UP_TICKS_PER_FRAME = 1
+# A joining viewer sent a GOP longer than this also asks for a keyframe (see add_viewer).
+LONG_GOP_SECONDS = 1.0
 
 Entry = tuple[int, int, int, bytearray]  # seq, timestamp, marker bit, packet buffer
 
@@ -125,7 +134,7 @@ class ViewerTrack:
 
 
 class CatchUp:
-    """A joining viewer being sent the cached GOP, a chunk per event loop turn."""
+    """A joining viewer being sent the cached GOP, a paced chunk at a time."""
 
     __slots__ = ("viewer", "gop", "index", "handle")
 
@@ -133,7 +142,7 @@ class CatchUp:
         self.viewer = viewer
         self.gop = gop  # the forwarder's current GOP list: it grows while we send
         self.index = 0
-        self.handle: asyncio.Handle | None = None
+        self.handle: asyncio.TimerHandle | None = None
 
 
 class TrackForwarder:
@@ -176,6 +185,7 @@ class TrackForwarder:
         self.packets_in = 0
         self.bytes_in = 0
         self.nacks_missed = 0
+        self.catch_up_skips = 0  # joining viewers that skipped to a new keyframe
         self.retired = TrackCounters()
         # Publisher sender report: (NTP timestamp, RTP timestamp, local arrival time).
         self._sender_report: tuple[int, int, float] | None = None
@@ -230,7 +240,7 @@ class TrackForwarder:
                 self._admit_waiting(seq, ts, payload)
         gop = self._gop
         if gop is not None:
-            if self._gop_bytes + size > self._gop_limit:
+            if self._gop_bytes + size > self._gop_limit and not self.catching_up:
                 self._drop_gop()  # too long to be worth sending: wait for a keyframe
             else:
                 gop.append(entry)
@@ -300,11 +310,8 @@ class TrackForwarder:
         if not is_keyframe(self.codec.name, payload):
             return
         self._frame_is_key = True
-        if self.catching_up:
-            # Viewers still being sent the old GOP get the rest of it now, so that they
-            # are live viewers by the time this keyframe is fanned out.
-            for catch_up in list(self.catching_up):
-                self._catch_up(catch_up, limit=None)
+        for catch_up in list(self.catching_up):
+            self._skip_to_keyframe(catch_up, seq)
         gop: list[Entry] = []
         earlier = self.frame_start_seq  # packets of this frame before the one that told us
         while earlier != seq:
@@ -315,9 +322,34 @@ class TrackForwarder:
         self._gop = gop
         self._gop_bytes = sum(len(e[3]) - 12 for e in gop)
 
+    def _skip_to_keyframe(self, catch_up: CatchUp, seq: int) -> None:
+        """Let a viewer still catching up skip the rest of the old GOP for this keyframe.
+
+        Its sequence numbers continue from the last packet it was sent (no gap to NACK);
+        a decoder that is still working through the old frames drops them and jumps here.
+        """
+        if catch_up.handle is not None:
+            catch_up.handle.cancel()
+        self.catching_up.remove(catch_up)
+        self.catch_up_skips += 1
+        viewer = catch_up.viewer
+        sent = catch_up.gop[: catch_up.index]
+        last = sent[0][0]
+        for entry in sent:
+            if _newer(entry[0], last):
+                last = entry[0]
+        start = self.frame_start_seq
+        viewer.seq_offset = (last + viewer.seq_offset + 1 - start) & 0xFFFF
+        viewer.start_seq = start
+        self.viewers.append(viewer)
+        earlier = start  # packets of the keyframe before the one that showed it
+        while earlier != seq:
+            entry = self._history[earlier & self._mask]
+            if entry is not None and entry[0] == earlier:
+                self._send_one(viewer, entry)
+            earlier = (earlier + 1) & 0xFFFF
+
     def _drop_gop(self) -> None:
-        for catch_up in list(self.catching_up):
-            self._catch_up(catch_up, limit=None)
         self._gop = None
         self._gop_bytes = 0
 
@@ -336,25 +368,27 @@ class TrackForwarder:
         viewer.active = True
         catch_up = CatchUp(viewer, gop)
         self.catching_up.append(catch_up)
-        self._catch_up(catch_up, CATCH_UP_CHUNK)
+        self._catch_up(catch_up)
 
-    def _catch_up(self, catch_up: CatchUp, limit: int | None) -> None:
-        """Send up to ``limit`` more cached packets; join the live fan-out at the end."""
+    def _catch_up(self, catch_up: CatchUp) -> None:
+        """Send the next chunk of cached packets; join the live fan-out at the end."""
         catch_up.handle = None
         viewer, gop = catch_up.viewer, catch_up.gop
         ts_map = viewer.gop_ts or {}
-        end = len(gop) if limit is None else min(len(gop), catch_up.index + limit)
+        end = min(len(gop), catch_up.index + CATCH_UP_CHUNK)
+        sent = 0
         for index in range(catch_up.index, end):
             entry = gop[index]
             ts = entry[1]
             self._send_one(viewer, entry, ts_map.get(ts, (ts + viewer.ts_offset) & 0xFFFFFFFF))
+            sent += len(entry[3])
         catch_up.index = end
         if end == len(gop):  # caught up: the next packet reaches it through the fan-out
             self.catching_up.remove(catch_up)
             self.viewers.append(viewer)
         else:
-            catch_up.handle = asyncio.get_running_loop().call_soon(
-                self._catch_up, catch_up, CATCH_UP_CHUNK
+            catch_up.handle = asyncio.get_running_loop().call_later(
+                sent / CATCH_UP_BYTES_PER_SECOND, self._catch_up, catch_up
             )
 
     def _stop_catch_up(self, viewer: ViewerTrack) -> None:
@@ -397,8 +431,13 @@ class TrackForwarder:
 
     def add_viewer(self, viewer: ViewerTrack) -> None:
         """Add a connected viewer: it gets the cached GOP at once, or waits for a keyframe."""
-        if self._gop:
-            self._start_catch_up(viewer, self._gop)
+        gop = self._gop
+        if gop:
+            self._start_catch_up(viewer, gop)
+            if (self.highest_ts - gop[0][1]) & 0xFFFFFFFF > LONG_GOP_SECONDS * self.codec.clockRate:
+                # A publisher that answers PLIs (browsers, OBS) sends a keyframe sooner
+                # than the viewer decodes a long GOP; the viewer then skips to it.
+                self._keyframe_needed()
             return
         self.waiting.append(viewer)
         if self.is_video:
@@ -423,10 +462,11 @@ class TrackForwarder:
         Viewers continue their own sequence and timestamp spaces where they stopped,
         and wait for the new stream's first keyframe.
         """
-        for catch_up in list(self.catching_up):
+        for catch_up in self.catching_up:  # they wait for the new stream like the others
             if catch_up.handle is not None:
                 catch_up.handle.cancel()
-            self._catch_up(catch_up, limit=None)
+            self.viewers.append(catch_up.viewer)
+        self.catching_up.clear()
         self._gop = None
         self._gop_bytes = 0
         self._frame_is_key = False
