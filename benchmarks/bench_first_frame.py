@@ -12,8 +12,10 @@ a throttled PLI), then on (the default). The publisher is one of:
 - ``ffmpeg-1s`` / ``ffmpeg-5s``: ffmpeg's WHIP muxer, x264 with a keyframe every 1 s or
   5 s (``-g 30`` / ``-g 150``); ffmpeg ignores keyframe requests.
 
-Then ``--joins`` viewers join one after another, each 0.3-1.3 s after the previous one
-left (so the joins fall at every point of a GOP): an aiortc peer that decodes, timed
+Then ``--joins`` viewers join one after another, each 0.3 s plus a random part of the
+publisher's keyframe interval after the previous one left (a join right after the
+previous one's keyframe would otherwise always wait a whole GOP; this way the joins fall
+uniformly over a GOP): an aiortc peer that decodes, timed
 from the creation of its offer to its first decoded frame (ICE and DTLS included).
 With ``--chromium-joins N`` Chromium viewers join too (with the cache on, and for the
 ffmpeg kinds off as well), recording every presented frame (``requestVideoFrameCallback``)
@@ -118,6 +120,11 @@ window.watch = async (url, seconds) => {
   return {frames, inbound};
 };
 </script></body>""" % {"w": WIDTH, "h": HEIGHT, "fps": FPS}
+
+
+def keyframe_period(kind: str) -> float:
+    """Return the publisher's keyframe interval, for spacing the joins (1 s if unknown)."""
+    return float(kind.split("-")[1].rstrip("s")) if kind.startswith("ffmpeg") else 1.0
 
 
 def log(message: str) -> None:
@@ -379,12 +386,12 @@ async def measure(kind: str, cache: bool, args: argparse.Namespace, server: Serv
                 if (index + 1) % 5 == 0:
                     log(f"{kind}, cache {mode}: {index + 1}/{args.joins} joins, "
                         f"last {samples[-1]:.0f} ms")
-                await asyncio.sleep(random.uniform(0.3, 1.3))
+                await asyncio.sleep(0.3 + random.uniform(0, keyframe_period(kind)))
             chromium: list[dict[str, Any]] = []
             if browser is not None and args.chromium_joins and (cache or kind.startswith("ffmpeg")):
                 for _ in range(args.chromium_joins):
                     chromium.append(await chromium_join(browser, server, args.chromium_seconds))
-                    await asyncio.sleep(random.uniform(0.3, 1.3))
+                    await asyncio.sleep(0.3 + random.uniform(0, keyframe_period(kind)))
                 log(f"{kind}, cache {mode}: Chromium viewers {[c.get('live_ms') for c in chromium]}")
             stats = sfu.stats(ROOM)
     finally:
