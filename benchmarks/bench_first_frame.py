@@ -17,8 +17,7 @@ publisher's keyframe interval after the previous one left (a join right after th
 previous one's keyframe would otherwise always wait a whole GOP; this way the joins fall
 uniformly over a GOP): an aiortc peer that decodes, timed
 from the creation of its offer to its first decoded frame (ICE and DTLS included).
-With ``--chromium-joins N`` Chromium viewers join too (with the cache on, and for the
-ffmpeg kinds off as well), recording every presented frame (``requestVideoFrameCallback``)
+With ``--chromium-joins N`` Chromium viewers join too, recording every presented frame (``requestVideoFrameCallback``)
 and their ``getStats()``: when playback reaches the live frames (the cached frames have
 squeezed RTP timestamps; live frames are 1/30 s apart), and any freeze after that.
 
@@ -318,13 +317,17 @@ def playback(result: dict[str, Any]) -> dict[str, Any]:
     frames = result["frames"]
     if not frames:
         return {"first_ms": None}
-    # Cached frames carry timestamps 1 tick apart; the first frame at least 1/60 s after
-    # its predecessor (in RTP time) is live, as is everything after it.
-    live_index = 0
+    # Cached frames are squeezed in RTP time (a frame's bytes at the catch-up pace apart,
+    # well under 1/60 s unless a frame is over ~40 kB); live frames are 1/30 s apart.
+    # Live starts after the last small gap before ten live-looking gaps in a row.
+    live_index, run = 0, 0
     for index in range(1, len(frames)):
-        if (frames[index][1] - frames[index - 1][1]) & 0xFFFFFFFF >= 90_000 // 60:
-            live_index = index
-            break
+        if (frames[index][1] - frames[index - 1][1]) & 0xFFFFFFFF < 90_000 // 60:
+            live_index, run = index, 0
+        else:
+            run += 1
+            if run == 10:
+                break
     live = frames[live_index:]
     gaps = [b[0] - a[0] for a, b in zip(live, live[1:], strict=False)]
     inbound = result.get("inbound") or {}
@@ -388,7 +391,7 @@ async def measure(kind: str, cache: bool, args: argparse.Namespace, server: Serv
                         f"last {samples[-1]:.0f} ms")
                 await asyncio.sleep(0.3 + random.uniform(0, keyframe_period(kind)))
             chromium: list[dict[str, Any]] = []
-            if browser is not None and args.chromium_joins and (cache or kind.startswith("ffmpeg")):
+            if browser is not None and args.chromium_joins:
                 for _ in range(args.chromium_joins):
                     chromium.append(await chromium_join(browser, server, args.chromium_seconds))
                     await asyncio.sleep(0.3 + random.uniform(0, keyframe_period(kind)))

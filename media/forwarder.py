@@ -13,9 +13,12 @@ anything else, and a viewer whose socket cannot keep up loses its own packets
 GOP cache: a video track keeps its packets since the last keyframe (bounded in bytes).
 A joining viewer is sent that GOP at once instead of waiting for the publisher's next
 keyframe (ffmpeg ignores keyframe requests: 1-5 s of black). The cached frames get
-timestamps squeezed into the ticks just before the newest frame's, so the viewer's
-decoder decodes them all, fast-forwarding to live, and its clock sees one continuous
-stream at live delay; sequence numbers continue without a gap into the live packets.
+timestamps squeezed into the time just before the newest frame's, each frame as far
+before the next as its bytes take to send at the catch-up pace, so they arrive as
+their timestamps say: the viewer's decoder fast-forwards through them, its jitter
+buffer sees no jitter, and its clock sees one continuous stream at live delay
+(measured in Chromium: squeezing them into 1 tick each made Chrome count a freeze
+at most joins). Sequence numbers continue without a gap into the live packets.
 The burst goes out in chunks, paced (``CATCH_UP_BYTES_PER_SECOND``), so neither the
 viewer's link nor the event loop is flooded; packets arriving meanwhile join the GOP and the viewer joins
 the live fan-out when it has caught up. A GOP longer than ``LONG_GOP_SECONDS`` also
@@ -67,9 +70,10 @@ CATCH_UP_CHUNK = 32  # cached packets sent to a joining viewer at a time
 # The pace of a catch-up (20 Mbit/s): a 5 s GOP at 800 kbit/s goes in 0.2 s, and a 2 MB
 # burst at line rate, which a real viewer's link would mostly drop, never happens.
 CATCH_UP_BYTES_PER_SECOND = 2_500_000
-# Ticks between consecutive cached frames in a joining viewer's timeline: its decoder
-# gets them back to back and renders only the newest, so they take (almost) no time.
+# At least this many ticks between consecutive cached frames in a joining viewer's
+# timeline; with paced timestamps, as many as the frame's bytes take to send.
 CATCH_UP_TICKS_PER_FRAME = 1
+CATCH_UP_PACED_TIMESTAMPS = True
 # A joining viewer sent a GOP longer than this also asks for a keyframe (see add_viewer).
 LONG_GOP_SECONDS = 1.0
 
@@ -361,9 +365,23 @@ class TrackForwarder:
         viewer.seq_offset = (viewer.next_seq - viewer.start_seq) & 0xFFFF
         viewer.ts_offset = (viewer.next_ts - newest) & 0xFFFFFFFF
         last = len(frames) - 1 if frames[-1] == newest else len(frames)
+        ticks_before_newest = [(last - i) * CATCH_UP_TICKS_PER_FRAME for i in range(len(frames))]
+        if CATCH_UP_PACED_TIMESTAMPS:
+            # Each cached frame as far before the newest as its bytes take to send at the
+            # catch-up pace: the frames arrive as their timestamps say (no jitter).
+            after: dict[int, int] = {}
+            total = 0
+            for entry in reversed(gop):
+                total += len(entry[3])
+                after[entry[1]] = total
+            rate = self.codec.clockRate / CATCH_UP_BYTES_PER_SECOND
+            floor = ticks_before_newest[last] if last < len(frames) else 0
+            for i in range(last - 1, -1, -1):  # newest first, each strictly before the next
+                floor = max(floor + 1, int(after[frames[i]] * rate))
+                ticks_before_newest[i] = floor
         viewer.gop_ts = {
-            ts: (newest + viewer.ts_offset - (last - i) * CATCH_UP_TICKS_PER_FRAME) & 0xFFFFFFFF
-            for i, ts in enumerate(frames)
+            ts: (newest + viewer.ts_offset - ticks) & 0xFFFFFFFF
+            for ts, ticks in zip(frames, ticks_before_newest, strict=True)
         }
         viewer.active = True
         catch_up = CatchUp(viewer, gop)
