@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import statistics
@@ -88,7 +89,7 @@ async function negotiate(pc, url) {
 }
 window.publish = async (url) => {
   const stream = await navigator.mediaDevices.getUserMedia(
-    {video: {width: %(w)d, height: %(h)d, frameRate: %(fps)d}, audio: false});
+    {video: {width: __WIDTH__, height: __HEIGHT__, frameRate: __FPS__}, audio: false});
   const pc = new RTCPeerConnection({iceServers: []});
   pc.addTransceiver(stream.getVideoTracks()[0], {direction: "sendonly"});
   window.publisher = pc;
@@ -118,7 +119,8 @@ window.watch = async (url, seconds) => {
   await fetch(location, {method: "DELETE"});
   return {frames, inbound};
 };
-</script></body>""" % {"w": WIDTH, "h": HEIGHT, "fps": FPS}
+</script></body>"""
+PAGE = PAGE.replace("__WIDTH__", str(WIDTH)).replace("__HEIGHT__", str(HEIGHT)).replace("__FPS__", str(FPS))
 
 
 def keyframe_period(kind: str) -> float:
@@ -329,7 +331,7 @@ def playback(result: dict[str, Any]) -> dict[str, Any]:
             if run == 10:
                 break
     live = frames[live_index:]
-    gaps = [b[0] - a[0] for a, b in zip(live, live[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(live)]
     inbound = result.get("inbound") or {}
     emitted = inbound.get("jitterBufferEmittedCount") or 0
     return {

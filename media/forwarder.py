@@ -140,7 +140,7 @@ class ViewerTrack:
 class CatchUp:
     """A joining viewer being sent the cached GOP, a paced chunk at a time."""
 
-    __slots__ = ("viewer", "gop", "index", "handle")
+    __slots__ = ("gop", "handle", "index", "viewer")
 
     def __init__(self, viewer: ViewerTrack, gop: list[Entry]) -> None:
         self.viewer = viewer

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from .aiortc_hook import ice_host_addresses, install_receiver, install_sender
-from .forwarder import GOP_CACHE_BYTES
 from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
+from .forwarder import GOP_CACHE_BYTES
 from .room import Room, RoomState, RoomStats
 from .sdp import OfferPlan, codec_preferences, plan_publish, plan_watch
 from .session import MediaSession

@@ -143,9 +143,9 @@ async def test_joining_a_long_gop_skips_to_the_keyframe_it_asked_for(monkeypatch
 
             for _ in range(5):
                 await wait_for(lambda: span() >= 3.0, timeout=30)  # GOP longer than 1 s
-                viewer, _ = await watch(sfu, "r", audio=False)
-                late.append(viewer)
-                await wait_for(lambda: len(viewer.video_frames) >= 30, timeout=15)
+                joined, _ = await watch(sfu, "r", audio=False)
+                late.append(joined)
+                await wait_for(lambda: len(late[-1].video_frames) >= 30, timeout=15)
                 if video.catch_up_skips:
                     break
             assert video.catch_up_skips >= 1

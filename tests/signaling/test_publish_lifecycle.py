@@ -19,7 +19,14 @@ from server.keys import SFU
 from tests.factories import Factory
 from tests.media.peers import PatternTrack, Viewer, accept, local_offer, new_pc, wait_for
 from tests.signaling.test_whip_http import (
-    SDP, livestream, publish_http, status_of, wait_for_status as wait_status, watch_http,
+    SDP,
+    livestream,
+    publish_http,
+    status_of,
+    watch_http,
+)
+from tests.signaling.test_whip_http import (
+    wait_for_status as wait_status,
 )
 
 pytestmark = pytest.mark.timeout(120)
