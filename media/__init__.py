@@ -4,7 +4,8 @@ The SFU: rooms of one publisher and many viewers, forwarding encoded RTP (Opus, 
 H.264) without decoding it. The server uses it like this::
 
     sfu = SFU(MediaSettings(ice_servers=[], ice_host_addresses=["127.0.0.1"]),
-              on_state_change=record_state, on_viewer_count=publish_count)
+              on_state_change=record_state, on_viewer_count=publish_count,
+              on_viewers_rejoin=tell_viewers)  # a reconnecting publisher switched codec
     session = await sfu.publish(room_id, offer_sdp, owner)   # WHIP
     session = await sfu.watch(room_id, offer_sdp, viewer)    # WHEP
     answer = session.answer_sdp          # 201 body; Location uses session.id

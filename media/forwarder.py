@@ -9,10 +9,29 @@ rewrite of the 12-byte header in a shared buffer, one SRTP ``protect`` and one
 Nothing here awaits, so the fan-out of one packet is never interleaved with
 anything else, and a viewer whose socket cannot keep up loses its own packets
 (counted as drops) without delaying the others.
+
+GOP cache: a video track keeps its packets since the last keyframe (bounded in bytes).
+A joining viewer is sent that GOP at once instead of waiting for the publisher's next
+keyframe (ffmpeg ignores keyframe requests: 1-5 s of black). The cached frames get
+timestamps squeezed into the time just before the newest frame's, each frame as far
+before the next as its bytes take to send at the catch-up pace, so they arrive as
+their timestamps say: the viewer's decoder fast-forwards through them, its jitter
+buffer sees no jitter, and its clock sees one continuous stream at live delay
+(measured in Chromium: squeezing them into 1 tick each made Chrome count a freeze
+at most joins). Sequence numbers continue without a gap into the live packets.
+The burst goes out in chunks, paced (``CATCH_UP_BYTES_PER_SECOND``), so neither the
+viewer's link nor the event loop is flooded; packets arriving meanwhile join the GOP and the viewer joins
+the live fan-out when it has caught up. A GOP longer than ``LONG_GOP_SECONDS`` also
+sends the publisher a (throttled) keyframe request: a publisher that answers it
+(browsers; measured: Chromium's VP8 GOPs last until someone asks) has a new keyframe
+out before the viewer has decoded hundreds of old frames, and a viewer still catching
+up then skips the rest of the old GOP. The fan-out loop itself is unchanged: a
+publisher packet costs one list append more, a frame one keyframe check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import struct
@@ -46,6 +65,19 @@ RTP_VERSION_BYTE = 0x80  # V=2, no padding, no extension, no CSRC: extensions ar
 # Bytes 1-11 of an RTP header: marker|payload type, sequence number, timestamp, SSRC.
 HEADER_AFTER_FIRST_BYTE = struct.Struct("!BHII")
 RTX_HEADER = struct.Struct("!BBHIIH")
+GOP_CACHE_BYTES = 2_000_000  # default bound of a video track's GOP cache
+CATCH_UP_CHUNK = 32  # cached packets sent to a joining viewer at a time
+# The pace of a catch-up (20 Mbit/s): a 5 s GOP at 800 kbit/s goes in 0.2 s, and a 2 MB
+# burst at line rate, which a real viewer's link would mostly drop, never happens.
+CATCH_UP_BYTES_PER_SECOND = 2_500_000
+# At least this many ticks between consecutive cached frames in a joining viewer's
+# timeline; with paced timestamps, as many as the frame's bytes take to send.
+CATCH_UP_TICKS_PER_FRAME = 1
+CATCH_UP_PACED_TIMESTAMPS = True
+# A joining viewer sent a GOP longer than this also asks for a keyframe (see add_viewer).
+LONG_GOP_SECONDS = 1.0
+
+Entry = tuple[int, int, int, bytearray]  # seq, timestamp, marker bit, packet buffer
 
 
 def _newer(a: int, b: int) -> bool:
@@ -68,7 +100,7 @@ class ViewerTrack:
 
     __slots__ = (
         "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
-        "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "send",
+        "gop_ts", "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "send",
         "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
     )
 
@@ -83,6 +115,9 @@ class ViewerTrack:
         self.rtx_seq = random.randrange(0x8000)
         self.seq_offset = 0
         self.ts_offset = 0
+        # Publisher timestamp -> viewer timestamp of the cached frames it was sent on
+        # joining (their timestamps are squeezed, see the module docstring); for NACKs.
+        self.gop_ts: dict[int, int] | None = None
         self.start_seq = 0
         # The viewer-space numbers its next first packet gets; random for a new viewer
         # (RFC 3550), continuing the old numbers after the publisher reconnects.
@@ -102,6 +137,18 @@ class ViewerTrack:
         self.resent: dict[int, float] = {}
 
 
+class CatchUp:
+    """A joining viewer being sent the cached GOP, a paced chunk at a time."""
+
+    __slots__ = ("gop", "handle", "index", "viewer")
+
+    def __init__(self, viewer: ViewerTrack, gop: list[Entry]) -> None:
+        self.viewer = viewer
+        self.gop = gop  # the forwarder's current GOP list: it grows while we send
+        self.index = 0
+        self.handle: asyncio.TimerHandle | None = None
+
+
 class TrackForwarder:
     """Fan one publisher track out to its viewers; also answers their NACKs."""
 
@@ -111,6 +158,8 @@ class TrackForwarder:
         codec: RTCRtpCodecParameters,
         on_keyframe_needed: Callable[[], None],
         on_publisher_media: Callable[[TrackForwarder], None],
+        *,
+        gop_cache_bytes: int = 0,
     ) -> None:
         self.kind = kind
         self.codec = codec
@@ -124,6 +173,13 @@ class TrackForwarder:
         self._scratch = SrtpScratch()
         self.viewers: list[ViewerTrack] = []
         self.waiting: list[ViewerTrack] = []
+        self.catching_up: list[CatchUp] = []
+        # The current GOP (video, cache on): packets from the last keyframe's first one,
+        # in arrival order; None while there is none (no keyframe yet, or too large).
+        self._gop_limit = gop_cache_bytes if self.is_video else 0
+        self._gop: list[Entry] | None = None
+        self._gop_bytes = 0
+        self._frame_is_key = False
         self.receiver: ForwardingReceiver | None = None
         self.highest_seq: int | None = None
         self.highest_ts = 0
@@ -133,6 +189,7 @@ class TrackForwarder:
         self.packets_in = 0
         self.bytes_in = 0
         self.nacks_missed = 0
+        self.catch_up_skips = 0  # joining viewers that skipped to a new keyframe
         self.retired = TrackCounters()
         # Publisher sender report: (NTP timestamp, RTP timestamp, local arrival time).
         self._sender_report: tuple[int, int, float] | None = None
@@ -166,13 +223,17 @@ class TrackForwarder:
         buf[0] = RTP_VERSION_BYTE
         buf[12:] = payload
         marker = 0x80 if packet.marker else 0
-        self._history[seq & self._mask] = (seq, ts, marker, buf)
+        entry = (seq, ts, marker, buf)
+        self._history[seq & self._mask] = entry
         self.packets_in += 1
         self.bytes_in += size
         in_order = self.highest_seq is None or _newer(seq, self.highest_seq)
         if in_order:
             if self.highest_seq is None or ts != self.highest_ts:
                 self.frame_start_seq = seq
+                self._frame_is_key = False
+            if self._gop_limit and not self._frame_is_key:
+                self._check_keyframe(seq, payload)
             self.highest_seq = seq
             self.highest_ts = ts
             self.last_packet_time = time.monotonic()
@@ -181,6 +242,13 @@ class TrackForwarder:
                 self._publisher_media(self)
             if self.waiting:
                 self._admit_waiting(seq, ts, payload)
+        gop = self._gop
+        if gop is not None:
+            if self._gop_bytes + size > self._gop_limit and not self.catching_up:
+                self._drop_gop()  # too long to be worth sending: wait for a keyframe
+            else:
+                gop.append(entry)
+                self._gop_bytes += size
 
         scratch = self._scratch
         view, length, protect, cdata = scratch.view, scratch.length, scratch.protect, scratch.cdata
@@ -239,12 +307,124 @@ class TrackForwarder:
                 earlier = (earlier + 1) & 0xFFFF
         self.waiting.clear()
 
-    def _send_one(self, viewer: ViewerTrack, entry: tuple[int, int, int, bytearray]) -> None:
+    # --- GOP cache ------------------------------------------------------------------------
+
+    def _check_keyframe(self, seq: int, payload: bytes) -> None:
+        """Start a new GOP when a packet of the current frame shows it is a keyframe."""
+        if not is_keyframe(self.codec.name, payload):
+            return
+        self._frame_is_key = True
+        for catch_up in list(self.catching_up):
+            self._skip_to_keyframe(catch_up, seq)
+        gop: list[Entry] = []
+        earlier = self.frame_start_seq  # packets of this frame before the one that told us
+        while earlier != seq:
+            entry = self._history[earlier & self._mask]
+            if entry is not None and entry[0] == earlier:
+                gop.append(entry)
+            earlier = (earlier + 1) & 0xFFFF
+        self._gop = gop
+        self._gop_bytes = sum(len(e[3]) - 12 for e in gop)
+
+    def _skip_to_keyframe(self, catch_up: CatchUp, seq: int) -> None:
+        """Let a viewer still catching up skip the rest of the old GOP for this keyframe.
+
+        Its sequence numbers continue from the last packet it was sent (no gap to NACK);
+        a decoder that is still working through the old frames drops them and jumps here.
+        """
+        if catch_up.handle is not None:
+            catch_up.handle.cancel()
+        self.catching_up.remove(catch_up)
+        self.catch_up_skips += 1
+        viewer = catch_up.viewer
+        sent = catch_up.gop[: catch_up.index]
+        last = sent[0][0]
+        for entry in sent:
+            if _newer(entry[0], last):
+                last = entry[0]
+        start = self.frame_start_seq
+        viewer.seq_offset = (last + viewer.seq_offset + 1 - start) & 0xFFFF
+        viewer.start_seq = start
+        self.viewers.append(viewer)
+        earlier = start  # packets of the keyframe before the one that showed it
+        while earlier != seq:
+            entry = self._history[earlier & self._mask]
+            if entry is not None and entry[0] == earlier:
+                self._send_one(viewer, entry)
+            earlier = (earlier + 1) & 0xFFFF
+
+    def _drop_gop(self) -> None:
+        self._gop = None
+        self._gop_bytes = 0
+
+    def _start_catch_up(self, viewer: ViewerTrack, gop: list[Entry]) -> None:
+        """Send a joining viewer the cached GOP, then make it a live viewer."""
+        newest = self.highest_ts
+        frames = list(dict.fromkeys(e[1] for e in gop))  # timestamps in arrival order
+        viewer.start_seq = gop[0][0]
+        viewer.seq_offset = (viewer.next_seq - viewer.start_seq) & 0xFFFF
+        viewer.ts_offset = (viewer.next_ts - newest) & 0xFFFFFFFF
+        last = len(frames) - 1 if frames[-1] == newest else len(frames)
+        ticks_before_newest = [(last - i) * CATCH_UP_TICKS_PER_FRAME for i in range(len(frames))]
+        if CATCH_UP_PACED_TIMESTAMPS:
+            # Each cached frame as far before the newest as its bytes take to send at the
+            # catch-up pace: the frames arrive as their timestamps say (no jitter).
+            after: dict[int, int] = {}
+            total = 0
+            for entry in reversed(gop):
+                total += len(entry[3])
+                after[entry[1]] = total
+            rate = self.codec.clockRate / CATCH_UP_BYTES_PER_SECOND
+            floor = ticks_before_newest[last] if last < len(frames) else 0
+            for i in range(last - 1, -1, -1):  # newest first, each strictly before the next
+                floor = max(floor + 1, int(after[frames[i]] * rate))
+                ticks_before_newest[i] = floor
+        viewer.gop_ts = {
+            ts: (newest + viewer.ts_offset - ticks) & 0xFFFFFFFF
+            for ts, ticks in zip(frames, ticks_before_newest, strict=True)
+        }
+        viewer.active = True
+        catch_up = CatchUp(viewer, gop)
+        self.catching_up.append(catch_up)
+        self._catch_up(catch_up)
+
+    def _catch_up(self, catch_up: CatchUp) -> None:
+        """Send the next chunk of cached packets; join the live fan-out at the end."""
+        catch_up.handle = None
+        viewer, gop = catch_up.viewer, catch_up.gop
+        ts_map = viewer.gop_ts or {}
+        end = min(len(gop), catch_up.index + CATCH_UP_CHUNK)
+        sent = 0
+        for index in range(catch_up.index, end):
+            entry = gop[index]
+            ts = entry[1]
+            self._send_one(viewer, entry, ts_map.get(ts, (ts + viewer.ts_offset) & 0xFFFFFFFF))
+            sent += len(entry[3])
+        catch_up.index = end
+        if end == len(gop):  # caught up: the next packet reaches it through the fan-out
+            self.catching_up.remove(catch_up)
+            self.viewers.append(viewer)
+        else:
+            catch_up.handle = asyncio.get_running_loop().call_later(
+                sent / CATCH_UP_BYTES_PER_SECOND, self._catch_up, catch_up
+            )
+
+    def _stop_catch_up(self, viewer: ViewerTrack) -> None:
+        for catch_up in self.catching_up:
+            if catch_up.viewer is viewer:
+                if catch_up.handle is not None:
+                    catch_up.handle.cancel()
+                self.catching_up.remove(catch_up)
+                return
+
+    def _send_one(self, viewer: ViewerTrack, entry: Entry, viewer_ts: int | None = None) -> None:
         seq, ts, marker, buf = entry
         packet = bytearray(buf)
+        if viewer_ts is None:
+            viewer_ts = (ts + viewer.ts_offset) & 0xFFFFFFFF
         HEADER_AFTER_FIRST_BYTE.pack_into(
             packet, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
-            (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
+            viewer_ts, viewer.ssrc,
         )
         if self._protect_and_send(viewer, packet):
             viewer.packets += 1
@@ -268,7 +448,15 @@ class TrackForwarder:
     # --- viewer side ----------------------------------------------------------------------
 
     def add_viewer(self, viewer: ViewerTrack) -> None:
-        """Add a connected viewer; it receives packets from the next keyframe on."""
+        """Add a connected viewer: it gets the cached GOP at once, or waits for a keyframe."""
+        gop = self._gop
+        if gop:
+            self._start_catch_up(viewer, gop)
+            if (self.highest_ts - gop[0][1]) & 0xFFFFFFFF > LONG_GOP_SECONDS * self.codec.clockRate:
+                # A publisher that answers PLIs (browsers, OBS) sends a keyframe sooner
+                # than the viewer decodes a long GOP; the viewer then skips to it.
+                self._keyframe_needed()
+            return
         self.waiting.append(viewer)
         if self.is_video:
             self._keyframe_needed()
@@ -279,6 +467,7 @@ class TrackForwarder:
             self.viewers.remove(viewer)
         if viewer in self.waiting:
             self.waiting.remove(viewer)
+        self._stop_catch_up(viewer)
         viewer.active = False
         self.retired.packets_out += viewer.packets
         self.retired.bytes_out += viewer.octets
@@ -291,6 +480,14 @@ class TrackForwarder:
         Viewers continue their own sequence and timestamp spaces where they stopped,
         and wait for the new stream's first keyframe.
         """
+        for catch_up in self.catching_up:  # they wait for the new stream like the others
+            if catch_up.handle is not None:
+                catch_up.handle.cancel()
+            self.viewers.append(catch_up.viewer)
+        self.catching_up.clear()
+        self._gop = None
+        self._gop_bytes = 0
+        self._frame_is_key = False
         now = time.monotonic()
         for viewer in self.viewers:
             if self.highest_seq is not None:
@@ -304,6 +501,11 @@ class TrackForwarder:
         self.highest_seq = None
         self._sender_report = None
         self._media_seen = False
+
+    def switch_codec(self, codec: RTCRtpCodecParameters) -> None:
+        """Take the next publisher stream in another codec (the room's viewers rejoin)."""
+        self.codec = codec
+        self.restart()
 
     def on_nack(self, viewer: ViewerTrack, lost: list[int]) -> None:
         """Retransmit the packets a viewer reports lost, from the bounded history.
@@ -324,22 +526,34 @@ class TrackForwarder:
             resent[viewer_seq] = now
             seq = (viewer_seq - viewer.seq_offset) & 0xFFFF
             entry = self._history[seq & self._mask]
+            if (entry is None or entry[0] != seq) and viewer.gop_ts is not None:
+                entry = self._cached(seq)
             if entry is None or entry[0] != seq or _newer(viewer.start_seq, seq):
                 self.nacks_missed += 1
                 continue
             _, ts, marker, buf = entry
+            viewer_ts = (ts + viewer.ts_offset) & 0xFFFFFFFF
+            if viewer.gop_ts is not None:
+                viewer_ts = viewer.gop_ts.get(ts, viewer_ts)
             if viewer.rtx_pt is None:
-                self._send_one(viewer, entry)
+                self._send_one(viewer, entry, viewer_ts)
             else:  # RFC 4588: original sequence number, then the original payload
                 rtx = bytearray(RTX_HEADER.size) + buf[12:]
                 RTX_HEADER.pack_into(
                     rtx, 0, RTP_VERSION_BYTE, marker | viewer.rtx_pt, viewer.rtx_seq,
-                    (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.rtx_ssrc, viewer_seq,
+                    viewer_ts, viewer.rtx_ssrc, viewer_seq,
                 )
                 viewer.rtx_seq = (viewer.rtx_seq + 1) & 0xFFFF
                 if not self._protect_and_send(viewer, rtx):
                     continue
             viewer.nacks_served += 1
+
+    def _cached(self, seq: int) -> Entry | None:
+        """Return the GOP cache's packet ``seq`` (older than the NACK history), if kept."""
+        for entry in self._gop or ():
+            if entry[0] == seq:
+                return entry
+        return None
 
     def on_receiver_report(self, viewer: ViewerTrack, report: RtcpReceiverInfo) -> None:
         """Keep the viewer's reported loss for the stats."""
@@ -388,7 +602,7 @@ class TrackForwarder:
     def counters(self) -> TrackCounters:
         """Return the track's totals, including viewers that have left."""
         total = TrackCounters(**vars(self.retired))
-        for viewer in self.viewers + self.waiting:
+        for viewer in self.viewers + self.waiting + [c.viewer for c in self.catching_up]:
             total.packets_out += viewer.packets
             total.bytes_out += viewer.octets
             total.drops += viewer.drops

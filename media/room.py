@@ -25,9 +25,9 @@ RTCP_INTERVAL_SECONDS = 1.0
 class RoomState(enum.StrEnum):
     """Lifecycle of a room, as reported through ``on_state_change``."""
 
-    STARTING = "starting"  # a publisher was accepted; no media yet
+    STARTING = "starting"  # a publisher was accepted; no media yet (not reported)
     LIVE = "live"  # the publisher's media is flowing
-    PAUSED = "paused"  # the publisher dropped; waiting out the grace period
+    PAUSED = "paused"  # the publisher has been gone for the grace period; it may resume
     ENDED = "ended"  # closed: every session is gone
 
 
@@ -73,8 +73,10 @@ class Room:
         keyframe_interval: float,
         remb_bitrate_bps: int,
         grace_seconds: float,
+        idle_seconds: float,
+        gop_cache_bytes: int = 0,
         on_state_change: Callable[[Room, RoomState], None],
-        on_grace_expired: Callable[[Room], None],
+        on_idle_expired: Callable[[Room], None],
     ) -> None:
         self.id = room_id
         self.owner = owner
@@ -87,12 +89,15 @@ class Room:
         self._keyframe_interval = keyframe_interval
         self._remb_bitrate_bps = remb_bitrate_bps
         self._grace_seconds = grace_seconds
+        self._idle_seconds = idle_seconds
+        self._gop_cache_bytes = gop_cache_bytes
         self._on_state_change = on_state_change
-        self._on_grace_expired = on_grace_expired
+        self._on_idle_expired = on_idle_expired
         self._loop = asyncio.get_running_loop()
         self._last_pli = -1e9
         self._pli_timer: asyncio.TimerHandle | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._senders: dict[ForwardingSender, tuple[ViewerEntry, str]] = {}
         self.forwarder("video", video_codec)
         self._rtcp_task = self._loop.create_task(self._run_rtcp(), name=f"room-rtcp-{room_id}")
@@ -101,7 +106,8 @@ class Room:
         """Return the room's forwarder for ``kind``, creating it with ``codec``."""
         if kind not in self.forwarders:
             self.forwarders[kind] = TrackForwarder(
-                kind, codec, self.request_keyframe, self._publisher_media
+                kind, codec, self.request_keyframe, self._publisher_media,
+                gop_cache_bytes=self._gop_cache_bytes,
             )
         return self.forwarders[kind]
 
@@ -110,9 +116,7 @@ class Room:
     def attach_publisher(self, session: MediaSession) -> None:
         """Make ``session`` the room's publisher (first one or a reconnect)."""
         self.publisher = session
-        if self._grace_timer is not None:
-            self._grace_timer.cancel()
-            self._grace_timer = None
+        self._cancel_publisher_timers()
         for forwarder in self.forwarders.values():
             if forwarder.highest_seq is not None:
                 forwarder.restart()
@@ -130,16 +134,52 @@ class Room:
         return True
 
     def publisher_lost(self, session: MediaSession) -> None:
-        """Pause the room when its publisher goes away; end it after the grace period."""
+        """Wait for the publisher to come back: pause after the grace period, end when idle.
+
+        The grace period only decides when viewers are told the publisher is gone (a
+        reconnect within it is invisible to them); the show itself stays resumable until
+        the idle timeout. A room that never had media stays ``STARTING``: a publisher
+        that never connected changes nothing anyone can see.
+        """
         if self.publisher is not session or self.state is RoomState.ENDED:
             return
         self.publisher = None
         for forwarder in self.forwarders.values():
             forwarder.receiver = None
-        self._set_state(RoomState.PAUSED)
-        self._grace_timer = self._loop.call_later(
-            self._grace_seconds, self._on_grace_expired, self
-        )
+        self._cancel_publisher_timers()
+        if self.state is RoomState.LIVE:
+            self._grace_timer = self._loop.call_later(
+                self._grace_seconds, self._set_state, RoomState.PAUSED
+            )
+        self._idle_timer = self._loop.call_later(self._idle_seconds, self._on_idle_expired, self)
+
+    @property
+    def ever_live(self) -> bool:
+        """Return whether a publisher's media ever reached this room."""
+        return self.state is not RoomState.STARTING
+
+    def switch_video_codec(self, codec: RTCRtpCodecParameters) -> list[MediaSession]:
+        """Take a reconnecting publisher's other video codec; return the viewers to rejoin.
+
+        Viewers negotiated the old codec and cannot decode the new one: they stop
+        receiving video at once and must join again (the SFU tells them and closes their
+        sessions).
+        """
+        self.video_codec = codec
+        video = self.forwarders["video"]
+        stale = list(self.viewers.values())
+        for entry in stale:
+            track = entry.tracks.pop("video", None)
+            if track is not None:
+                video.remove_viewer(track)
+        video.switch_codec(codec)
+        return [entry.session for entry in stale]
+
+    def _cancel_publisher_timers(self) -> None:
+        for timer in (self._grace_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._grace_timer = self._idle_timer = None
 
     def _publisher_media(self, forwarder: TrackForwarder) -> None:
         if self.state in (RoomState.STARTING, RoomState.PAUSED) and self.publisher is not None:
@@ -254,18 +294,18 @@ class Room:
         self.state = state
         self._on_state_change(self, state)
 
-    def end(self, *, announce: bool = True) -> None:
+    def end(self, *, report: bool = True) -> None:
         """Mark the room ended and stop its timers (sessions are closed by the SFU).
 
-        ``announce=False`` ends it silently: a room whose first offer failed never went
-        on air, and reporting ``ended`` would end the livestream it was created for.
+        ``report=False`` ends it without a state change callback (a room that never
+        went live ends without anyone having seen it start).
         """
-        for timer in (self._pli_timer, self._grace_timer):
-            if timer is not None:
-                timer.cancel()
-        self._pli_timer = self._grace_timer = None
+        self._cancel_publisher_timers()
+        if self._pli_timer is not None:
+            self._pli_timer.cancel()
+        self._pli_timer = None
         self._rtcp_task.cancel()
-        if announce:
+        if report:
             self._set_state(RoomState.ENDED)
         else:
             self.state = RoomState.ENDED

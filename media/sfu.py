@@ -10,6 +10,7 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from .aiortc_hook import (
     RID_EXTENSIONS,
@@ -24,6 +25,7 @@ from .aiortc_hook import (
     prepare_dtls,
 )
 from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
+from .forwarder import GOP_CACHE_BYTES
 from .room import Room, RoomState, RoomStats
 from .sdp import OfferPlan, answer_simulcast, plan_publish, plan_watch, reject_sections
 from .session import MediaSession
@@ -32,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 StateCallback = Callable[[str, str], None]
 ViewerCountCallback = Callable[[str, int], None]
+RejoinCallback = Callable[[str, str], None]
+# How long viewers told to rejoin keep their old session, so the event that tells them
+# (it may travel on that session's own DataChannel) gets there before it closes.
+REJOIN_CLOSE_DELAY_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -58,14 +64,20 @@ class MediaSettings:
     max_viewers_per_room: int = 200
     # Bitrate cap sent to publishers as REMB.
     remb_bitrate_bps: int = 2_500_000
-    # How long a paused room waits for its publisher to reconnect before it ends.
+    # How long a publisher may be gone before viewers are told (state ``paused``); a
+    # reconnect within it is invisible to them.
     publisher_grace_seconds: float = 30.0
+    # How long a room without a publisher stays resumable before it ends.
+    publisher_idle_timeout_seconds: float = 1800.0
     # At most one PLI per this interval per room, whatever the number of viewers.
     keyframe_interval_ms: int = 500
     # A session that has not connected (ICE + DTLS) by then is closed.
     connect_timeout_seconds: float = 15.0
     # A publisher that sent no media for this long counts as dead (it may be replaced).
     publisher_stale_seconds: float = 3.0
+    # Bytes of the current GOP kept per video track, sent to a joining viewer at once so
+    # it need not wait for a keyframe (publishers like ffmpeg ignore PLIs); 0 turns it off.
+    gop_cache_bytes: int = GOP_CACHE_BYTES
 
     def __post_init__(self) -> None:
         if self.max_viewers_per_room < 0:
@@ -77,10 +89,14 @@ class MediaSettings:
 class SFU:
     """Selective forwarding unit: rooms of one publisher and many viewers.
 
-    ``on_state_change(room_id, state)`` is called with ``live`` (the publisher's media
-    flows), ``paused`` (the publisher dropped or closed its session; it may reconnect
-    within ``publisher_grace_seconds``) and ``ended`` (the room is closed);
-    ``on_viewer_count(room_id, count)`` whenever a room's viewer count changes.
+    ``on_state_change(room_id, state)`` is called with ``live`` (the publisher's first
+    media packet arrived), ``paused`` (the publisher has been gone for
+    ``publisher_grace_seconds``; it may still reconnect) and ``ended`` (the room is
+    closed: by the server, or after ``publisher_idle_timeout_seconds`` without a
+    publisher). A publisher that never sends media changes no state.
+    ``on_viewer_count(room_id, count)`` whenever a room's viewer count changes;
+    ``on_viewers_rejoin(room_id, reason)`` when the room's viewers must join again (a
+    reconnecting publisher switched codec); their sessions close shortly after.
     Callbacks run on the event loop and must not block.
     """
 
@@ -90,10 +106,12 @@ class SFU:
         *,
         on_state_change: StateCallback | None = None,
         on_viewer_count: ViewerCountCallback | None = None,
+        on_viewers_rejoin: RejoinCallback | None = None,
     ) -> None:
         self.settings = settings or MediaSettings()
         self.on_state_change = on_state_change
         self.on_viewer_count = on_viewer_count
+        self.on_viewers_rejoin = on_viewers_rejoin
         self.rooms: dict[str, Room] = {}
         self.sessions: dict[str, MediaSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -118,7 +136,7 @@ class SFU:
                     raise PublisherConflict(room_id)
                 await self._close_session(stale, "replaced by a reconnect")
                 room.publisher_lost(stale)  # in case it was closed before but still attached
-        plan = plan_publish(offer_sdp, room.video_codec if room is not None else None)
+        plan = self._plan_publish(room, offer_sdp)
         created = room is None
         if room is None:
             room = self._new_room(room_id, owner, plan.video_codec)
@@ -141,8 +159,10 @@ class SFU:
                 room.publisher_lost(session)  # back to paused, its grace period restarted
             await self._discard(session)
             if created:
-                await self._end_room(room, announce=False)
+                await self._end_room(room)  # never live: it ends unreported
             raise
+        if room.video_codec != plan.video_codec:
+            self._switch_video_codec(room, plan.video_codec)
         return session
 
     async def watch(self, room_id: str, offer_sdp: str, viewer: str | None = None) -> MediaSession:
@@ -228,6 +248,33 @@ class SFU:
         if self._closed:
             raise RuntimeError("the SFU is closed")
 
+    def _plan_publish(self, room: Room | None, offer_sdp: str) -> OfferPlan:
+        """Check a publisher's offer; a reconnect keeps the room's codec while it can.
+
+        Without viewers a reconnecting publisher may use any codec (a seller switching
+        from the browser to OBS); with viewers the room's codec is kept if offered, and
+        otherwise the publisher's codec wins and the viewers rejoin.
+        """
+        if room is None or not room.viewers:
+            return plan_publish(offer_sdp)
+        try:
+            return plan_publish(offer_sdp, room.video_codec)
+        except BadOffer:
+            return plan_publish(offer_sdp)
+
+    def _switch_video_codec(self, room: Room, codec: RTCRtpCodecParameters) -> None:
+        viewers = room.switch_video_codec(codec)
+        logger.info("room %s: the publisher switched to %s; %d viewers rejoin",
+                    room.id, codec.mimeType, len(viewers))
+        if viewers:
+            self._call(self.on_viewers_rejoin, room.id, "codec_changed")
+            self._spawn(self._close_later(viewers, "the publisher switched codec"))
+
+    async def _close_later(self, sessions: list[MediaSession], reason: str) -> None:
+        await asyncio.sleep(REJOIN_CLOSE_DELAY_SECONDS)
+        for session in sessions:
+            await self._close_session(session, reason)
+
     def _new_room(self, room_id: str, owner: str, video_codec: Any) -> Room:
         settings = self.settings
         room = Room(
@@ -235,8 +282,10 @@ class SFU:
             keyframe_interval=settings.keyframe_interval_ms / 1000,
             remb_bitrate_bps=settings.remb_bitrate_bps,
             grace_seconds=settings.publisher_grace_seconds,
+            idle_seconds=settings.publisher_idle_timeout_seconds,
+            gop_cache_bytes=settings.gop_cache_bytes,
             on_state_change=self._room_state_changed,
-            on_grace_expired=lambda r: self._spawn(self._end_room(r)),
+            on_idle_expired=lambda r: self._spawn(self._end_room(r)),
         )
         self.rooms[room_id] = room
         return room
@@ -325,6 +374,10 @@ class SFU:
         if room is not None:
             if session.role == "publisher":
                 room.publisher_lost(session)
+                if not room.ever_live and not room.viewers:
+                    # It never connected or sent media: nobody saw this room, so it
+                    # goes without a trace (no state change) and the next try starts anew.
+                    await self._end_room(room)
             elif room.remove_viewer(session):
                 self._viewer_count_changed(room)
         await _close_pc(session.pc)
@@ -337,12 +390,15 @@ class SFU:
         self.sessions.pop(session.id, None)
         await _close_pc(session.pc)
 
-    async def _end_room(self, room: Room, *, announce: bool = True) -> None:
-        """Close a room and its sessions; ``announce=False`` for one that never went on air."""
+    async def _end_room(self, room: Room) -> None:
+        """Close a room and its sessions."""
         if self.rooms.get(room.id) is not room:
             return
         del self.rooms[room.id]
-        room.end(announce=announce)
+        # A room that never went live ends unreported: nobody saw it start (a first
+        # offer that failed, a publish that never connected), so its livestream keeps
+        # the state it had.
+        room.end(report=room.ever_live)
         sessions = [entry.session for entry in room.viewers.values()]
         if room.publisher is not None:
             sessions.append(room.publisher)

@@ -106,6 +106,7 @@ async def media_context(app: web.Application) -> AsyncIterator[None]:
         max_viewers_per_room=settings.max_viewers_per_room,
         remb_bitrate_bps=settings.remb_bitrate_bps,
         publisher_grace_seconds=settings.publisher_grace_seconds,
+        publisher_idle_timeout_seconds=settings.publisher_idle_timeout,
     ))
 
     async def room_event(livestream_id: str, event_type: str, payload: dict) -> None:

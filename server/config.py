@@ -126,7 +126,8 @@ class Settings:
     turn_credential_ttl: int = 24 * 3600
     max_viewers_per_room: int = 500
     remb_bitrate_bps: int = 2_500_000
-    publisher_grace_seconds: float = 15.0
+    publisher_grace_seconds: float = 15.0  # a publisher gone this long: viewers see "paused"
+    publisher_idle_timeout: float = 1800.0  # a show without a publisher this long ends
     # Realtime events: batching tick (0 sends every event on its own), chat limits,
     # and the prefix of every Redis key and channel (several deployments may share one).
     realtime_tick_ms: int = 100
@@ -195,6 +196,7 @@ class Settings:
         take("MAX_VIEWERS_PER_ROOM", "max_viewers_per_room", int)
         take("REMB_BITRATE_BPS", "remb_bitrate_bps", int)
         take("PUBLISHER_GRACE_SECONDS", "publisher_grace_seconds", float)
+        take("PUBLISHER_IDLE_TIMEOUT", "publisher_idle_timeout", float)
         take("REALTIME_TICK_MS", "realtime_tick_ms", int)
         take("REALTIME_BATCHING", "realtime_batching", _bool)
         take("REALTIME_ADAPTIVE", "realtime_adaptive", _bool)

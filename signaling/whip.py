@@ -5,14 +5,22 @@ A livestream's SFU room id is the livestream id. Publishing needs the owning sel
 access token or the livestream's stream key (so OBS and ffmpeg can publish); watching
 is open to anyone while the livestream is live or paused. The SFU reports room states
 (`live`, `paused`, `ended`) through a callback; they are written to the livestream
-record and announced to the room as `stream:state`. A client that opens a DataChannel
-labelled `events` in its offer speaks the event protocol on it (signaling/transports.py).
+record and announced to the room as `stream:state`. A publish is not a state change:
+the show goes live when the publisher's first media packet arrives, so a publish that
+gets its 201 and never connects leaves the livestream as it was.
+
+When a reconnecting publisher switches codec while viewers watch (a seller moving from
+the browser to OBS), the viewers' sessions cannot carry the new codec: the room gets
+`stream:renegotiate {"reason": "codec_changed"}`, and a client answers it by watching
+again (a new WHEP session); the old sessions close a few seconds later.
+
+A client that opens a DataChannel labelled `events` in its offer speaks the event
+protocol on it (signaling/transports.py).
 
 Crash recovery: the gateway records its `node_id` on each livestream it hosts. On start,
 `reconcile()` pauses the livestreams recorded live/paused on this node (or on none) for
 which the SFU has no room, so their sellers can publish again at once, and ends those
-still without a room after the SFU's publisher grace period, as for a dropped
-publisher. Several workers or nodes sharing one database each need their own node id
+still without a room after the publisher idle timeout, as for a dropped publisher. Several workers or nodes sharing one database each need their own node id
 (today one process serves every room: DEFAULT_NODE).
 """
 
@@ -62,6 +70,7 @@ class MediaGateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._orphan_timers: dict[str, asyncio.TimerHandle] = {}
         sfu.on_state_change = self._room_state_changed
+        sfu.on_viewers_rejoin = self._viewers_rejoin
 
     async def publish(
         self, livestream_id: str, offer_sdp: str, *, bearer: str, user_id: str | None,
@@ -74,14 +83,7 @@ class MediaGateway:
             except Forbidden:
                 grant = await livestreams.check_publish_grant(conn, livestream_id, user_id=user_id)
         session = await self.sfu.publish(livestream_id, offer_sdp, owner=grant["sellerId"])
-        try:
-            self._serve_events(session, livestream_id, participant, publisher=True)
-            await self._set_state(livestream_id, "live")
-        except BaseException:
-            # The client never gets this session's answer: free the room for its next try.
-            with contextlib.suppress(SessionNotFound):
-                await self.sfu.close_session(session.id)
-            raise
+        self._serve_events(session, livestream_id, participant, publisher=True)
         return session
 
     async def watch(
@@ -106,29 +108,30 @@ class MediaGateway:
             await self.sfu.close_room(livestream_id)
 
     async def reconcile(self) -> list[str]:
-        """Pause the shows this node hosted but has no room for; end them after the grace.
+        """Pause the shows this node hosted but has no room for; end them when idle too long.
 
         Called on start: after a crash the database still says `live` for shows whose
         SFU rooms died with the process. Returns the ids of the livestreams paused.
         """
         async with self.db.transaction(system=True) as conn:
             orphans = await livestreams.pause_orphans(conn, self.node_id, list(self.sfu.rooms))
-        grace = self.sfu.settings.publisher_grace_seconds
+        # As for a publisher that dropped: resumable until the idle timeout passes.
+        idle = self.sfu.settings.publisher_idle_timeout_seconds
         loop = asyncio.get_running_loop()
         for livestream_id in orphans:
-            log.info("livestream %s lost its SFU room: paused for %.0f s", livestream_id, grace)
+            log.info("livestream %s lost its SFU room: paused for up to %.0f s", livestream_id, idle)
             self._orphan_timers[livestream_id] = loop.call_later(
-                grace, self._orphan_grace_expired, livestream_id
+                idle, self._orphan_idle_expired, livestream_id
             )
             if self.room_event is not None:
                 await self.room_event(livestream_id, "stream:state", {"state": "paused"})
         return orphans
 
-    def _orphan_grace_expired(self, livestream_id: str) -> None:
+    def _orphan_idle_expired(self, livestream_id: str) -> None:
         self._spawn(self._end_orphan(livestream_id))
 
     async def _end_orphan(self, livestream_id: str) -> None:
-        """End a reconciled show whose seller did not publish again within the grace."""
+        """End a reconciled show whose seller did not publish again within the idle timeout."""
         self._orphan_timers.pop(livestream_id, None)
         if livestream_id not in self.sfu.rooms:
             await self._set_state(livestream_id, "ended")
@@ -170,6 +173,10 @@ class MediaGateway:
     def _room_state_changed(self, room_id: str, state: str) -> None:
         if state in ("live", "paused", "ended"):
             self._spawn(self._set_state(room_id, state))
+
+    def _viewers_rejoin(self, room_id: str, reason: str) -> None:
+        if self.room_event is not None:
+            self._spawn(self.room_event(room_id, "stream:renegotiate", {"reason": reason}))
 
     async def _set_state(self, livestream_id: str, state: str) -> None:
         try:

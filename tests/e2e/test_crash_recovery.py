@@ -4,10 +4,10 @@ After `kill -9` the database still says `live` for shows whose SFU rooms died wi
 process: nobody could watch them (409) until the seller republished. On start the
 server reconciles the shows it hosted: they become `paused`, their sellers can publish
 again at once, and those whose seller does not come back end after the publisher
-grace period. Stock holds follow their usual rules (they expire with their payment).
+idle timeout. Stock holds follow their usual rules (they expire with their payment).
 
 The first test runs the real `shopstream serve` process and kills it; the second checks
-the reconcile rules (node ownership, grace) in-process, where they are quicker to see.
+the reconcile rules (node ownership, idle timeout) in-process, where they are quicker to see.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from tests.signaling.test_whip_http import SDP, livestream, publish_http, status
 
 pytestmark = pytest.mark.timeout(240)
 
-GRACE_SECONDS = 10.0  # PUBLISHER_GRACE_SECONDS of the server under test
+GRACE_SECONDS = 10.0  # PUBLISHER_GRACE_SECONDS and PUBLISHER_IDLE_TIMEOUT of the server under test
 HOLD_TTL_SECONDS = 25
 
 
@@ -72,7 +72,7 @@ class ServerProcess:
             "SHOPSTREAM_HOST": "127.0.0.1", "SHOPSTREAM_PORT": str(self.port),
             "SHOPSTREAM_DATA_DIR": str(data_dir), "JWT_SECRET": secrets.token_urlsafe(48),
             "ICE_HOST_ADDRESSES": "127.0.0.1",
-            "PUBLISHER_GRACE_SECONDS": str(GRACE_SECONDS), "HOLD_TTL_SECONDS": str(HOLD_TTL_SECONDS),
+            "PUBLISHER_GRACE_SECONDS": str(GRACE_SECONDS), "PUBLISHER_IDLE_TIMEOUT": str(GRACE_SECONDS), "HOLD_TTL_SECONDS": str(HOLD_TTL_SECONDS),
             "HOLD_SWEEP_SECONDS": "0.5", "LOG_REQUESTS": "0",
         }
         for name in ("REDIS_URL", "STRIPE_SECRET_KEY", "STRIPE_API_BASE", "ICE_SERVERS"):
@@ -192,7 +192,7 @@ async def test_kill_9_mid_show_then_restart(server: ServerProcess, clean_db: str
             await wait_for(lambda: len(viewer.video_frames) >= 5, timeout=30)
             assert await status_of(clean_db, returning["id"]) == "live"
 
-            # A show whose seller did not come back ends after the grace period.
+            # A show whose seller did not come back ends after the idle timeout.
             deadline = time.monotonic() + GRACE_SECONDS + 30
             while await status_of(clean_db, gone["id"]) != "ended":
                 assert time.monotonic() < deadline, "the orphaned show did not end"
@@ -225,7 +225,7 @@ async def insert_stream(conn: asyncpg.Connection, seller_id: str, status: str, n
     return {"id": str(row["id"]), "streamKey": key}
 
 
-async def test_reconcile_pauses_only_this_nodes_shows_and_ends_them_after_the_grace(
+async def test_reconcile_pauses_only_this_nodes_shows_and_ends_them_when_idle(
     aiohttp_client, client, factory: Factory, clean_db: str, tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     seller = await factory.seller()
@@ -237,7 +237,8 @@ async def test_reconcile_pauses_only_this_nodes_shows_and_ends_them_after_the_gr
     ended = await insert_stream(conn, seller.seller_id, "ended", "local")
 
     # A server starting on this database (as after a crash: it has no rooms).
-    settings = make_settings(tmp_path / "restarted", publisher_grace_seconds=3.0)
+    settings = make_settings(tmp_path / "restarted", publisher_grace_seconds=3.0,
+                             publisher_idle_timeout=3.0)
     restarted = await aiohttp_client(create_app(settings, clean_db, run_migrations=False))
     expected = {ours["id"]: "paused", unclaimed["id"]: "paused", elsewhere["id"]: "live",
                 scheduled["id"]: "scheduled", ended["id"]: "ended"}

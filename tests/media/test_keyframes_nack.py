@@ -13,7 +13,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def test_mid_stream_viewer_decodes_first_frame_within_a_second() -> None:
-    async with running_sfu() as sfu:
+    # Without the GOP cache a joining viewer waits for a keyframe it asked for.
+    async with running_sfu(gop_cache_bytes=0) as sfu:
         publisher, _ = await publish(sfu, "r")
         early, _ = await watch(sfu, "r")
         try:
@@ -30,7 +31,7 @@ async def test_mid_stream_viewer_decodes_first_frame_within_a_second() -> None:
 
 
 async def test_keyframe_requests_are_throttled_across_viewers() -> None:
-    async with running_sfu(keyframe_interval_ms=500) as sfu:
+    async with running_sfu(keyframe_interval_ms=500, gop_cache_bytes=0) as sfu:
         publisher, _ = await publish(sfu, "r")
         await wait_for(lambda: sfu.stats("r")["packets_in"] > 30)
         started = time.monotonic()
@@ -78,7 +79,7 @@ async def test_nack_is_answered_from_history_after_induced_loss() -> None:
 
 
 async def test_viewer_plis_reach_the_publisher_under_the_throttle() -> None:
-    async with running_sfu(keyframe_interval_ms=500) as sfu:
+    async with running_sfu(keyframe_interval_ms=500, gop_cache_bytes=0) as sfu:
         publisher, _ = await publish(sfu, "r", audio=False)
         viewer, _ = await watch(sfu, "r", audio=False)
         try:

@@ -51,7 +51,7 @@ async def test_pause_resume_and_grace_expiry() -> None:
     states: list[tuple[str, str]] = []
     counts: list[int] = []
     sfu = SFU(
-        loopback_settings(publisher_grace_seconds=1.5),
+        loopback_settings(publisher_grace_seconds=1.5, publisher_idle_timeout_seconds=3.0),
         on_state_change=lambda room, state: states.append((room, state)),
         on_viewer_count=lambda room, count: counts.append(count),
     )
@@ -63,13 +63,13 @@ async def test_pause_resume_and_grace_expiry() -> None:
         await wait_for(lambda: sfu.stats("r")["state"] == "paused")
         seen = len(viewer.video_frames)
 
-        second, _ = await publish(sfu, "r", owner="alice")  # reconnect within grace
+        second, _ = await publish(sfu, "r", owner="alice")  # reconnect while paused
         await wait_for(lambda: sfu.stats("r")["state"] == "live")
         await wait_for(lambda: len(viewer.video_frames) >= seen + 10)
         assert {(w, h) for _, w, h in viewer.video_frames} == {(320, 240)}
 
         await second.close()
-        await wait_for(lambda: "r" not in sfu.rooms, timeout=5)  # grace expires
+        await wait_for(lambda: "r" not in sfu.rooms, timeout=10)  # the idle timeout expires
         assert [s for _, s in states] == ["live", "paused", "live", "paused", "ended"]
         assert counts[0] == 1 and counts[-1] == 0
         assert sfu.sessions == {}

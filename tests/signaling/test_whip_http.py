@@ -38,7 +38,18 @@ async def status_of(dsn: str, livestream_id: str) -> str:
         await conn.close()
 
 
-async def publish_http(client: TestClient, livestream_id: str, bearer: str, mime: str = "video/VP8"):
+async def wait_for_status(dsn: str, livestream_id: str, status: str, timeout: float = 15.0) -> None:
+    """Wait until the livestream record has ``status``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (current := await status_of(dsn, livestream_id)) != status:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"livestream is {current!r}, not {status!r}, after {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+async def publish_http(client: TestClient, livestream_id: str, bearer: str, mime: str = "video/VP8",
+                       *, wait_live: bool = True):
+    """Publish synthetic media; by default wait until the show is live (its first media)."""
     pc = new_pc()
     pc.addTransceiver(PatternTrack(320, 240), direction="sendonly")
     prefer(pc, "video", mime)
@@ -52,7 +63,22 @@ async def publish_http(client: TestClient, livestream_id: str, bearer: str, mime
     assert resp.status == 201, await resp.text()
     assert resp.headers["Content-Type"].startswith("application/sdp")
     await accept(pc, await resp.text())
+    if wait_live:
+        await wait_for_live(client, livestream_id)
     return pc, resp.headers["Location"]
+
+
+async def wait_for_live(client: TestClient, livestream_id: str, timeout: float = 20.0) -> None:
+    """Wait until the API reports the livestream live."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        resp = await client.get(f"/api/v1/livestreams/{livestream_id}")
+        status = (await resp.json()).get("status")
+        if status == "live":
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"livestream is {status!r}, not live, after {timeout} s")
+        await asyncio.sleep(0.1)
 
 
 async def watch_http(client: TestClient, livestream_id: str, headers: dict | None = None) -> tuple[Viewer, str]:
@@ -77,7 +103,8 @@ async def test_seller_publishes_and_viewers_decode(client, factory: Factory, cle
     viewers = []
     try:
         assert location.startswith("/api/v1/sessions/")
-        assert await status_of(clean_db, stream["id"]) == "live"
+        # Live with the first media packet, not with the 201.
+        await wait_for_status(clean_db, stream["id"], "live")
         user = await factory.user()
         viewers = [await watch_http(client, stream["id"]), await watch_http(client, stream["id"], user.headers)]
         await wait_for(lambda: all(len(v.video_frames) >= 5 for v, _ in viewers), timeout=15)
@@ -243,7 +270,7 @@ async def test_ffmpeg_publishes_over_whip_with_the_stream_key(live_server, clean
         )
         try:
             await wait_for(lambda: client.app is not None and stream["id"] in _rooms(client), timeout=20)
-            await asyncio.sleep(1.0)
+            await wait_for_live(client, stream["id"])
             viewer, _ = await watch_http(client, stream["id"])
             try:
                 await wait_for(lambda: len(viewer.video_frames) >= 10, timeout=20)

@@ -202,6 +202,8 @@ events
       for (let i = 0; i < Math.min(n, 5); i++) setTimeout(() => burst(kind), i * 120);
     }
   })
+  // The publisher switched codec: this session cannot carry it, so watch again.
+  .on("stream:renegotiate", () => media.retryNow())
   .on("error", (p) => showStatus(status, p.message || "Something went wrong.", "error"));
 
 function setViewers(n) {
