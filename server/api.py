@@ -30,7 +30,8 @@ from aiohttp import web
 
 from commerce.sellers import require_seller
 from server.errors import ApiError, forbidden, unauthenticated, validation_error
-from server.keys import AUTH_ERROR, BODY, DB, IDENTITY, QUERY, SETTINGS, SPEC
+from server.auth import account_gone
+from server.keys import AUTH_ERROR, BODY, CALLERS, DB, IDENTITY, QUERY, SETTINGS, SPEC
 from signaling import bounded_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -251,9 +252,12 @@ def _wrap(spec: RouteSpec) -> Handler:
         identity = request.get(IDENTITY)
         if spec.auth == "optional" and request.get(AUTH_ERROR) is not None:
             raise request[AUTH_ERROR]
-        if spec.auth not in ("none", "optional"):
-            if identity is None:
-                raise request.get(AUTH_ERROR) or unauthenticated()
+        if spec.auth not in ("none", "optional") and identity is None:
+            raise request.get(AUTH_ERROR) or unauthenticated()
+        if identity is not None and spec.auth != "none":
+            # A token is only as good as its account: one check here, not one per route.
+            if not await request.app[CALLERS].exists(request.app[DB].pool, identity.user_id):
+                raise account_gone()
             if spec.auth == "seller" and identity.role not in ("seller", "admin"):
                 raise forbidden("seller account required")
             if spec.auth == "admin" and identity.role != "admin":

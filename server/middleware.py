@@ -9,11 +9,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from server.auth import account_gone
 from server.errors import ApiError, error_body, error_response, unauthenticated
-from server.keys import AUTH_ERROR, BEARER, IDENTITY, METRICS, REQUEST_ID, SETTINGS, TOKENS
+from server.keys import AUTH_ERROR, BEARER, CALLERS, DB, IDENTITY, METRICS, REQUEST_ID, SETTINGS, TOKENS
 
 log = logging.getLogger("shopstream.http")
 access_log = logging.getLogger("shopstream.access")
@@ -57,6 +59,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     try:
         response = await handler(request)
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into JSON
+        if await _caller_is_gone(request, exc):
+            exc = account_gone()
         mapped = error_response(exc)
         if mapped is None:
             log.exception("unhandled error on %s %s (request %s)", request.method, request.path, request_id)
@@ -80,6 +84,26 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             "requestId": request_id, "userId": identity.user_id if identity else None,
         }))
     return response
+
+
+async def _caller_is_gone(request: web.Request, exc: Exception) -> bool:
+    """Return whether a write failed because the caller's own user row is gone.
+
+    The route wrapper confirms the caller exists, but a confirmation is kept for a few
+    seconds: an account deleted meanwhile surfaces here, as the users foreign key.
+    (Under RLS PostgreSQL leaves the key out of the message, so the caller is looked up.)
+    """
+    identity = request.get(IDENTITY)
+    if identity is None or not isinstance(exc, asyncpg.ForeignKeyViolationError):
+        return False
+    if 'table "users"' not in (exc.detail or ""):
+        return False
+    callers = request.app[CALLERS]
+    callers.forget(identity.user_id)
+    try:
+        return not await callers.exists(request.app[DB].pool, identity.user_id)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        return False  # cannot tell: the original error stands
 
 
 def _resolve_identity(request: web.Request) -> None:
