@@ -79,6 +79,9 @@ class RouteSpec:
     tags: tuple[str, ...] = ()
     # Documented error statuses besides the defaults (400/401/403 for the auth rule).
     errors: tuple[int, ...] = ()
+    # Request headers the route reads: name -> {"schema", "required", "description"}.
+    # Checked by the wrapper (400 validation_error) and declared in the OpenAPI document.
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def page_of(item: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +95,23 @@ def page_of(item: dict[str, Any]) -> dict[str, Any]:
         },
     }
 
+
+# What a body of another content type looks like, for the OpenAPI document (the route
+# reads and checks it itself): clients and fuzzers generate from this.
+SDP_OFFER_EXAMPLE = (
+    "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    "a=group:BUNDLE 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\n"
+    "a=mid:0\r\na=sendonly\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n"
+    "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
+    "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\n"
+)
+CONTENT_SCHEMAS: dict[str, dict[str, Any]] = {
+    "application/sdp": {
+        "type": "string", "pattern": r"^v=0\r?\n",
+        "description": "an SDP offer (RFC 8866), complete: no trickle ICE",
+        "examples": [SDP_OFFER_EXAMPLE],
+    },
+}
 
 PAGE_QUERY: dict[str, dict[str, Any]] = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
@@ -246,6 +266,9 @@ def _wrap(spec: RouteSpec) -> Handler:
         if spec.body is not None and spec.request_content_type == "application/json" else None
     )
     query_validators = {name: jsonschema.Draft202012Validator(schema) for name, schema in spec.query.items()}
+    header_validators = {
+        name: jsonschema.Draft202012Validator(param["schema"]) for name, param in spec.headers.items()
+    }
 
     async def handler(request: web.Request) -> web.StreamResponse:
         request[SPEC] = spec
@@ -262,12 +285,27 @@ def _wrap(spec: RouteSpec) -> Handler:
                 raise forbidden("seller account required")
             if spec.auth == "admin" and identity.role != "admin":
                 raise forbidden("admin role required")
+        _check_headers(spec, header_validators, request)
         request[QUERY] = _parse_query(spec, query_validators, request)
         if body_validator is not None:
             request[BODY] = await _read_json(request, body_validator)
         return await spec.handler(request)
 
     return handler
+
+
+def _check_headers(
+    spec: RouteSpec, validators: dict[str, jsonschema.Draft202012Validator], request: web.Request
+) -> None:
+    for name, param in spec.headers.items():
+        value = request.headers.get(name)
+        about = f" ({param['description']})" if param.get("description") else ""
+        if value is None:
+            if param.get("required"):
+                raise validation_error(f"the {name} header is required{about}", **{name: "required"})
+            continue
+        if not validators[name].is_valid(value):
+            raise validation_error(f"the {name} header is invalid{about}", **{name: "invalid"})
 
 
 def _parse_query(
@@ -317,7 +355,7 @@ def refuse_nul(data: Any) -> None:
     PostgreSQL text cannot hold NUL: every JSON body is refused here, in one place,
     rather than failing in a query as a 500.
     """
-    if (where := _nul_path(data)) is not None:
+    if (where := bounded_json.nul_path(data)) is not None:
         raise ApiError(
             400, "validation_error", f"invalid request body: {where or 'body'}: contains NUL",
             {"fields": {where or "body": "contains NUL"}},
@@ -358,24 +396,6 @@ def decode_json(raw: bytes) -> Any:
         return bounded_json.loads(raw, max_depth=MAX_BODY_DEPTH, max_values=MAX_BODY_VALUES)
     except bounded_json.Malformed as exc:
         raise ApiError(400, "malformed_json", f"request body is not acceptable JSON: {exc}") from None
-
-
-def _nul_path(data: Any, where: str = "") -> str | None:
-    """Return the dotted path of the first string (or key) holding a NUL character."""
-    if isinstance(data, str):
-        return where if "\x00" in data else None
-    if isinstance(data, dict):
-        for key, value in data.items():
-            path = ".".join(filter(None, [where, str(key)]))
-            if "\x00" in key:
-                return path
-            if (found := _nul_path(value, path)) is not None:
-                return found
-    if isinstance(data, list):
-        for i, value in enumerate(data):
-            if (found := _nul_path(value, ".".join(filter(None, [where, str(i)])))) is not None:
-                return found
-    return None
 
 
 def path_id(request: web.Request, name: str = "id") -> str:
@@ -420,6 +440,11 @@ def openapi_document(specs: list[RouteSpec], *, title: str, version: str) -> dic
             {"name": name, "in": "query", "required": False, "schema": schema}
             for name, schema in spec.query.items()
         ]
+        params += [
+            {"name": name, "in": "header", "required": bool(param.get("required")), "schema": param["schema"],
+             **({"description": param["description"]} if param.get("description") else {})}
+            for name, param in spec.headers.items()
+        ]
         path = re.sub(r"{(\w+):[^}]*}", r"{\1}", spec.path)
         op: dict[str, Any] = {
             "operationId": _route_name(spec),
@@ -434,10 +459,11 @@ def openapi_document(specs: list[RouteSpec], *, title: str, version: str) -> dic
                 "content": {spec.request_content_type: {"schema": spec.body}},
             }
         elif spec.request_content_type != "application/json":
-            op["requestBody"] = {
-                "required": True,
-                "content": {spec.request_content_type: {"schema": {"type": "string"}}},
-            }
+            schema = CONTENT_SCHEMAS.get(spec.request_content_type, {"type": "string"})
+            media: dict[str, Any] = {"schema": schema}
+            if "examples" in schema:
+                media["example"] = schema["examples"][0]
+            op["requestBody"] = {"required": True, "content": {spec.request_content_type: media}}
         ok: dict[str, Any] = {"description": "success"}
         if spec.response is not None:
             ok["content"] = {spec.response_content_type: {"schema": spec.response}}

@@ -113,6 +113,28 @@ def check_shape(raw: bytes, *, max_depth: int, max_values: int | None = None) ->
     raise Malformed(f"nested deeper than {max_depth} levels (or unbalanced)")
 
 
+def nul_path(value: Any, where: str = "") -> str | None:
+    """Return the dotted path of the first string (or key) holding NUL; None if none does.
+
+    PostgreSQL text cannot hold NUL: decoded input that reaches the database is
+    checked with this, and refused as a validation error rather than failing in a query.
+    """
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = ".".join(filter(None, [where, str(key)]))
+            if "\x00" in key:
+                return path
+            if (found := nul_path(item, path)) is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := nul_path(item, ".".join(filter(None, [where, str(i)])))) is not None:
+                return found
+    return None
+
+
 def _has_lone_surrogate(value: Any) -> bool:
     if isinstance(value, str):
         return not _encodable(value)
