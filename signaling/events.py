@@ -108,6 +108,9 @@ def parse(data: str | bytes) -> ClientMessage:
         error = errors[0]
         where = ".".join(str(p) for p in error.absolute_path) or "payload"
         raise ProtocolError("validation_error", f"{where}: {error.message}"[:200], ref, field=where)
+    # NUL arrives only as the escape \u0000 (raw control characters are invalid JSON).
+    if "\\u0000" in data and (where := bounded_json.nul_path(payload, "payload")) is not None:
+        raise ProtocolError("validation_error", f"{where}: contains NUL", ref, field=where)
     return ClientMessage(kind, payload)
 
 
