@@ -13,7 +13,7 @@ attribute) so that every message reaches its handler rather than `rate_limited`.
 Hypothesis is synchronous: it runs in a worker thread and hands each message to the
 test's event loop, which keeps serving the app meanwhile.
 
-Default: about 1,500 WebSocket cases and 150 over a DataChannel (well under two minutes).
+Default: 1,000 WebSocket cases and 150 over a DataChannel (about a minute on a loaded 2-core machine).
 `SHOPSTREAM_FUZZ_LONG=1` runs 50,000 WebSocket cases (and 2,000 DataChannel ones);
 `EVENT_FUZZ_EXAMPLES=N` sets the WebSocket count directly.
 """
@@ -42,7 +42,7 @@ from tests.factories import Factory, make_address, make_livestream
 from tests.signaling.conftest import EventsClient, dc_client, ws_client
 
 LONG = os.environ.get("SHOPSTREAM_FUZZ_LONG") == "1"
-WS_EXAMPLES = int(os.environ.get("EVENT_FUZZ_EXAMPLES", "50000" if LONG else "1500"))
+WS_EXAMPLES = int(os.environ.get("EVENT_FUZZ_EXAMPLES", "50000" if LONG else "1000"))
 DC_EXAMPLES = 2000 if LONG else 150
 
 SERVER_TYPES = ["welcome", "chat:new", "error", "ack", "stock:update", "stream:state", "viewer:count"]
