@@ -16,6 +16,7 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
+from server.api import SDP_OFFER_EXAMPLE
 from server.keys import CALLERS
 from tests.factories import Factory, User, make_livestream
 from tests.signaling.conftest import closing, ws_client  # noqa: F401 - closing is a fixture
@@ -115,3 +116,18 @@ async def test_websocket_with_a_deleted_users_header_token_is_401(client: TestCl
     msg = await ws.receive(timeout=5)
     await ws.close()
     assert msg.type != WSMsgType.TEXT or json.loads(msg.data)["type"] != "welcome", msg
+
+
+async def test_whep_watch_by_a_just_deleted_user_is_401_not_500(client: TestClient, factory: Factory) -> None:
+    # Confirmed a moment ago (GET /me), deleted since: the wrapper's confirmation still
+    # holds, and the DataChannel participant lookup is what finds the account gone.
+    seller = await factory.seller()
+    livestream_id = await make_livestream(factory, seller)
+    user = await factory.user()
+    assert (await client.get("/api/v1/me", headers=user.headers)).status == 200
+    conn = await factory.conn()
+    await conn.execute("DELETE FROM users WHERE id = $1", user.id)
+    resp = await client.post(f"/api/v1/livestreams/{livestream_id}/watch", data=SDP_OFFER_EXAMPLE,
+                             headers={**user.headers, "Content-Type": "application/sdp"})
+    assert resp.status == 401, (resp.status, await resp.text())
+    assert (await resp.json())["error"]["code"] == "unauthenticated"
