@@ -129,7 +129,7 @@ async def _measure(mode: str, body: bytes, concurrency: list[int]) -> dict[str, 
                 stalls: list[float] = []
                 done = asyncio.Event()
 
-                async def poll() -> None:
+                async def poll(done: asyncio.Event, stalls: list[float]) -> None:
                     while not done.is_set():
                         started = time.perf_counter()
                         async with http.get(f"{base}/healthz") as resp:
@@ -144,7 +144,7 @@ async def _measure(mode: str, body: bytes, concurrency: list[int]) -> dict[str, 
                         await resp.read()
                         return resp.status, time.perf_counter() - started
 
-                poller = asyncio.create_task(poll())
+                poller = asyncio.create_task(poll(done, stalls))
                 results = await asyncio.gather(*(refuse() for _ in range(n)))
                 done.set()
                 await poller

@@ -29,8 +29,8 @@ import jsonschema
 from aiohttp import web
 
 from commerce.sellers import require_seller
-from server.errors import ApiError, forbidden, unauthenticated, validation_error
 from server.auth import account_gone
+from server.errors import ApiError, forbidden, unauthenticated, validation_error
 from server.keys import AUTH_ERROR, BODY, CALLERS, DB, IDENTITY, QUERY, SETTINGS, SPEC
 from signaling import bounded_json
 
@@ -132,9 +132,10 @@ class Api:
                 raise ValueError(f"{path}: unknown auth rule {spec.auth!r}")
             if spec.body is not None:
                 jsonschema.Draft202012Validator.check_schema(spec.body)
-                if spec.request_content_type == "application/json" and (where := _unbounded_array(spec.body)):
-                    # Refusing an over-long array must not cost one check per item.
-                    raise ValueError(f"{path}: body array {where or 'body'} has no maxItems")
+            is_json = spec.body is not None and spec.request_content_type == "application/json"
+            if is_json and (where := _unbounded_array(spec.body)) is not None:
+                # Refusing an over-long array must not cost one check per item.
+                raise ValueError(f"{path}: body array {where or 'body'} has no maxItems")
             self.specs.append(spec)
             return handler
 
@@ -215,9 +216,8 @@ def _size_error(schema: Any, value: Any, path: Sequence[str | int]) -> jsonschem
             for name, sub in schema.get("properties", {}).items():
                 if name in value and (error := _size_error(sub, value[name], (*path, name))) is not None:
                     return error
-    elif isinstance(value, str):
-        if (n := schema.get("maxLength")) is not None and len(value) > n:
-            found = ("maxLength", n, f"is longer than {n} characters")
+    elif isinstance(value, str) and (n := schema.get("maxLength")) is not None and len(value) > n:
+        found = ("maxLength", n, f"is longer than {n} characters")
     if found is None:
         return None
     keyword, n, message = found

@@ -16,7 +16,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from server.auth import account_gone
 from server.errors import ApiError, error_body, error_response, unauthenticated
-from server.keys import AUTH_ERROR, BEARER, CALLERS, DB, IDENTITY, METRICS, REQUEST_ID, SETTINGS, TOKENS
+from server.keys import (
+    AUTH_ERROR,
+    BEARER,
+    CALLERS,
+    DB,
+    IDENTITY,
+    METRICS,
+    REQUEST_ID,
+    SETTINGS,
+    TOKENS,
+)
 
 log = logging.getLogger("shopstream.http")
 access_log = logging.getLogger("shopstream.access")

@@ -109,8 +109,8 @@ def parse(data: str | bytes) -> ClientMessage:
         where = ".".join(str(p) for p in error.absolute_path) or "payload"
         raise ProtocolError("validation_error", f"{where}: {error.message}"[:200], ref, field=where)
     # NUL arrives only as the escape \u0000 (raw control characters are invalid JSON).
-    if "\\u0000" in data and (where := bounded_json.nul_path(payload, "payload")) is not None:
-        raise ProtocolError("validation_error", f"{where}: contains NUL", ref, field=where)
+    if "\\u0000" in data and (nul_at := bounded_json.nul_path(payload, "payload")) is not None:
+        raise ProtocolError("validation_error", f"{nul_at}: contains NUL", ref, field=nul_at)
     return ClientMessage(kind, payload)
 
 

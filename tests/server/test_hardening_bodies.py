@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Self
 
 from aiohttp.test_utils import TestClient
 
@@ -33,7 +34,7 @@ class LoopLag:
             await asyncio.sleep(0.005)
             self.worst = max(self.worst, time.perf_counter() - started - 0.005)
 
-    def __enter__(self) -> LoopLag:
+    def __enter__(self) -> Self:
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 

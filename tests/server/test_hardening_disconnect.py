@@ -38,7 +38,7 @@ async def base_url(request: pytest.FixtureRequest, clean_db: str, settings: Sett
 async def _half_a_body(base_url: str, path: str, headers: str = "") -> None:
     """Send the headers and half of a declared body over a raw socket, then close it."""
     host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    _, writer = await asyncio.open_connection(host, int(port))
     body = b'{"email": "someone@example.test", "password": "' + b"x" * 2000 + b'"}'
     writer.write(
         f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{headers}"

@@ -76,7 +76,8 @@ async def test_an_exception_after_the_response_started_is_logged_and_counted(
 
 
 async def test_a_bug_in_a_realtime_handler_is_an_internal_error_event_logged_with_the_session(
-    client: TestClient, factory: Factory, closing, caplog: pytest.LogCaptureFixture,
+    client: TestClient, factory: Factory, caplog: pytest.LogCaptureFixture,
+    closing,  # noqa: F811 - the fixture imported above
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seller = await factory.seller()

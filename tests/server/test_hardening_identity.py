@@ -85,7 +85,10 @@ async def test_optional_auth_routes_refuse_a_deleted_user_too(client: TestClient
     assert (await client.get("/api/v1/products")).status == 200
 
 
-async def test_websocket_refuses_a_deleted_user(client: TestClient, factory: Factory, closing) -> None:
+async def test_websocket_refuses_a_deleted_user(
+    client: TestClient, factory: Factory,
+    closing,  # noqa: F811 - the fixture imported above
+) -> None:
     seller = await factory.seller()
     livestream_id = await make_livestream(factory, seller)
     user = await ghost(factory)

@@ -62,7 +62,8 @@ async def test_lone_surrogates_are_refused_and_pairs_kept(client: TestClient, fa
 
 
 async def test_four_kilobytes_of_brackets_over_the_websocket_are_an_error_event(
-    client: TestClient, factory: Factory, closing,
+    client: TestClient, factory: Factory,
+    closing,  # noqa: F811 - the fixture imported above
 ) -> None:
     seller = await factory.seller()
     livestream_id = await make_livestream(factory, seller)
