@@ -25,6 +25,7 @@ from typing import Any
 
 import hypothesis
 import hypothesis.errors
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
@@ -42,6 +43,9 @@ def _sdp_body(ctx: Any, value: Any) -> dict[str, Any]:
 LONG = os.environ.get("SHOPSTREAM_FUZZ_LONG") == "1"
 POSITIVE_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "420" if LONG else "15"))
 CHECKOUT_EXAMPLES = 20 * POSITIVE_EXAMPLES
+# pytest-timeout's default (300 s) is for ordinary tests: a long run gets ~0.2 s a case
+# (about 80 operations, 1.5 cases per positive example).
+FUZZ_TIMEOUT = max(300, int(0.2 * 80 * 1.5 * POSITIVE_EXAMPLES))
 NEGATIVE_EXAMPLES = max(1, POSITIVE_EXAMPLES // 2)
 
 
@@ -158,6 +162,7 @@ async def _caller(client, factory: Factory) -> tuple[str, dict[str, str]]:  # ty
     return token, ids
 
 
+@pytest.mark.timeout(FUZZ_TIMEOUT)
 async def test_every_operation_survives_fuzzing(client, factory: Factory) -> None:
     token, ids = await _caller(client, factory)
     base_url = str(client.make_url("")).rstrip("/")
@@ -165,6 +170,7 @@ async def test_every_operation_survives_fuzzing(client, factory: Factory) -> Non
     assert not failures, "\n\n".join(failures)
 
 
+@pytest.mark.timeout(FUZZ_TIMEOUT)
 async def test_checkout_with_its_idempotency_key_survives_fuzzing(client, factory: Factory) -> None:
     token, ids = await _caller(client, factory)
     base_url = str(client.make_url("")).rstrip("/")

@@ -44,6 +44,8 @@ from tests.signaling.conftest import EventsClient, dc_client, ws_client
 LONG = os.environ.get("SHOPSTREAM_FUZZ_LONG") == "1"
 WS_EXAMPLES = int(os.environ.get("EVENT_FUZZ_EXAMPLES", "50000" if LONG else "1000"))
 DC_EXAMPLES = 2000 if LONG else 150
+# pytest-timeout's default (300 s) is for ordinary tests: a long run gets ~0.2 s a case.
+FUZZ_TIMEOUT = max(300, int(0.2 * WS_EXAMPLES))
 
 SERVER_TYPES = ["welcome", "chat:new", "error", "ack", "stock:update", "stream:state", "viewer:count"]
 JSON_SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
@@ -150,6 +152,7 @@ def _server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
             if r.levelno >= logging.ERROR or "realtime message failed" in r.getMessage()]
 
 
+@pytest.mark.timeout(FUZZ_TIMEOUT)
 async def test_websocket_event_fuzzing(client: TestClient, factory: Factory, caplog: pytest.LogCaptureFixture,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client.app[HUB], "inbound_per_second", 10**9)
@@ -167,6 +170,7 @@ async def test_websocket_event_fuzzing(client: TestClient, factory: Factory, cap
     assert not _server_errors(caplog), _server_errors(caplog)[:5]
 
 
+@pytest.mark.timeout(FUZZ_TIMEOUT)
 async def test_datachannel_event_fuzzing(client: TestClient, factory: Factory, loopback_ice: None,
                                          caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client.app[HUB], "inbound_per_second", 10**9)
