@@ -11,11 +11,11 @@ from commerce.sales import WARM_UP, SaleQueue
 from media import SFU, IceServer, MediaSettings
 from server import notify
 from server.api import Api
-from server.auth import Passwords, RateLimiter, Tokens
+from server.auth import Callers, Passwords, RateLimiter, Tokens
 from server.config import Settings
 from server.cors import cors_middlewares
 from server.db import Database, migrate
-from server.keys import DB, GATEWAY, HUB, LOGIN_LIMITER, METRICS, PASSWORDS, SALES, SETTINGS, TOKENS
+from server.keys import CALLERS, DB, GATEWAY, HUB, LOGIN_LIMITER, METRICS, PASSWORDS, SALES, SETTINGS, TOKENS
 from server.keys import SFU as SFU_KEY
 from server.middleware import HttpMetrics, request_context
 from server.payments import payments_ctx
@@ -65,6 +65,7 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     )
     app[SETTINGS] = settings
     app[TOKENS] = Tokens(settings.jwt_secret.get(), settings.access_token_ttl, settings.refresh_token_ttl)
+    app[CALLERS] = Callers()
     app[PASSWORDS] = Passwords()
     app[LOGIN_LIMITER] = RateLimiter(settings.login_attempts_per_minute, 60.0)
     app[METRICS] = HttpMetrics(CollectorRegistry())

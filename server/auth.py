@@ -143,6 +143,46 @@ class Tokens:
         )
 
 
+class Callers:
+    """Confirm that the user a valid access token names still exists.
+
+    An access token outlives its account by up to its TTL. Without this check the ghost
+    passed every auth rule and its first write failed on the users foreign key (a 500).
+    A confirmation is kept for `ttl` seconds, so it costs one indexed query per user per
+    `ttl`; an account deleted within that window still surfaces as a foreign-key
+    violation naming the caller, which the middleware maps to the same 401 (`forget`).
+    """
+
+    EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)"
+
+    def __init__(self, ttl: float = 2.0, max_entries: int = 100_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._confirmed: dict[str, float] = {}
+
+    async def exists(self, pool: asyncpg.Pool, user_id: str) -> bool:
+        """Return whether the user exists (a recent confirmation answers without a query)."""
+        now = time.monotonic()
+        confirmed = self._confirmed.get(user_id)
+        if confirmed is not None and now - confirmed < self.ttl:
+            return True
+        found = bool(await pool.fetchval(self.EXISTS, user_id))
+        if found:
+            if len(self._confirmed) >= self.max_entries:
+                self._confirmed.clear()  # cheaper than an LRU: a miss is one query
+            self._confirmed[user_id] = now
+        else:
+            self._confirmed.pop(user_id, None)
+        return found
+
+    def forget(self, user_id: str) -> None:
+        self._confirmed.pop(user_id, None)
+
+
+def account_gone() -> ApiError:
+    return unauthenticated("the account of this access token no longer exists")
+
+
 class RefreshReuse(ApiError):
     """A spent refresh token was presented again; its family is now revoked."""
 

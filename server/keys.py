@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from server.auth import Passwords, RateLimiter, Tokens
+    from server.auth import Callers, Passwords, RateLimiter, Tokens
     from server.config import Settings
     from server.db import Database
     from server.middleware import HttpMetrics
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 DB: web.AppKey[Database] = web.AppKey("db")
 TOKENS: web.AppKey[Tokens] = web.AppKey("tokens")
+CALLERS: web.AppKey[Callers] = web.AppKey("callers")
 PASSWORDS: web.AppKey[Passwords] = web.AppKey("passwords")
 LOGIN_LIMITER: web.AppKey[RateLimiter] = web.AppKey("login_limiter")
 METRICS: web.AppKey[HttpMetrics] = web.AppKey("metrics")

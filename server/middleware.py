@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -9,11 +10,23 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from server.auth import account_gone
 from server.errors import ApiError, error_body, error_response, unauthenticated
-from server.keys import AUTH_ERROR, BEARER, IDENTITY, METRICS, REQUEST_ID, SETTINGS, TOKENS
+from server.keys import (
+    AUTH_ERROR,
+    BEARER,
+    CALLERS,
+    DB,
+    IDENTITY,
+    METRICS,
+    REQUEST_ID,
+    SETTINGS,
+    TOKENS,
+)
 
 log = logging.getLogger("shopstream.http")
 access_log = logging.getLogger("shopstream.access")
@@ -46,9 +59,19 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical
 
 
+# nginx's "client closed request": the client left before the answer; not a server error.
+CLIENT_CLOSED = 499
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id, resolve its bearer token, map errors, log and count it."""
+    """Give every request an id, resolve its bearer token, map errors, log and count it.
+
+    Every exception that is not a deliberate error (ApiError, a domain error, an HTTP
+    exception) becomes a logged 500 carrying the request id; a client that left
+    mid-request (its connection reset or, under handler cancellation, the handler
+    cancelled) is counted as 499 and logged at info.
+    """
     started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
@@ -56,30 +79,87 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     _resolve_identity(request)
     try:
         response = await handler(request)
+    except asyncio.CancelledError:
+        if _client_left(request):
+            log.info("client closed the connection during %s %s (request %s)",
+                     request.method, request.path, request_id)
+            _record(request, CLIENT_CLOSED, started)
+        raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into JSON
-        mapped = error_response(exc)
-        if mapped is None:
-            log.exception("unhandled error on %s %s (request %s)", request.method, request.path, request_id)
-            mapped = web.json_response(
-                error_body("internal_error", "internal server error", {"requestId": request_id}),
-                status=500,
+        if isinstance(exc, ConnectionResetError) and _client_left(request):
+            log.info("client closed the connection during %s %s (request %s)",
+                     request.method, request.path, request_id)
+            response = web.json_response(
+                error_body("client_closed", "the client closed the connection"), status=CLIENT_CLOSED
             )
-        response = mapped
+        else:
+            if await _caller_is_gone(request, exc):
+                exc = account_gone()
+            mapped = error_response(exc)
+            if mapped is None:
+                log.exception("unhandled error on %s %s (request %s)", request.method, request.path, request_id)
+                mapped = web.json_response(
+                    error_body("internal_error", "internal server error", {"requestId": request_id}),
+                    status=500,
+                )
+            if _response_started(request):
+                # A streamed response (or a WebSocket) already sent its status line: another
+                # response cannot follow. Count it; aiohttp closes the connection.
+                _record(request, mapped.status, started)
+                raise
+            response = mapped
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
+    _record(request, response.status, started)
+    return response
+
+
+def _response_started(request: web.Request) -> bool:
+    """Return whether some of the response already went out (headers of a stream, a 101)."""
+    writer = request.writer
+    return writer is not None and writer.output_size > 0
+
+
+def _client_left(request: web.Request) -> bool:
+    """Return whether the client's connection is gone (closed or closing)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _record(request: web.Request, status: int, started: float) -> None:
+    """Count the request in /metrics and write its access-log line."""
     elapsed = time.perf_counter() - started
     route = _route_of(request)
     metrics: HttpMetrics = request.app[METRICS]
-    metrics.requests.labels(request.method, route, str(response.status)).inc()
+    metrics.requests.labels(request.method, route, str(status)).inc()
     metrics.latency.labels(request.method, route).observe(elapsed)
     if request.app[SETTINGS].log_requests:
         identity = request.get(IDENTITY)
         access_log.info(json.dumps({
             "method": request.method, "route": route, "path": request.path,
-            "status": response.status, "ms": round(elapsed * 1000, 2),
-            "requestId": request_id, "userId": identity.user_id if identity else None,
+            "status": status, "ms": round(elapsed * 1000, 2),
+            "requestId": request[REQUEST_ID], "userId": identity.user_id if identity else None,
         }))
-    return response
+
+
+async def _caller_is_gone(request: web.Request, exc: Exception) -> bool:
+    """Return whether a write failed because the caller's own user row is gone.
+
+    The route wrapper confirms the caller exists, but a confirmation is kept for a few
+    seconds: an account deleted meanwhile surfaces here, as the users foreign key.
+    (Under RLS PostgreSQL leaves the key out of the message, so the caller is looked up.)
+    """
+    identity = request.get(IDENTITY)
+    if identity is None or not isinstance(exc, asyncpg.ForeignKeyViolationError):
+        return False
+    if 'table "users"' not in (exc.detail or ""):
+        return False
+    callers = request.app[CALLERS]
+    callers.forget(identity.user_id)
+    try:
+        return not await callers.exists(request.app[DB].pool, identity.user_id)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        return False  # cannot tell: the original error stands
 
 
 def _resolve_identity(request: web.Request) -> None:

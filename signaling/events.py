@@ -18,7 +18,10 @@ from typing import Any
 
 import jsonschema
 
+from signaling import bounded_json
+
 MAX_MESSAGE_BYTES = 4096
+MAX_DEPTH = 8  # a message nests 2 levels; 4 KB of `[` once crashed the decoder
 CHAT_MAX_CHARS = 500  # chat_messages.message CHECK in 0001_schema.sql
 REACTION_KINDS = ("heart", "like", "fire", "clap", "laugh", "wow")
 
@@ -79,12 +82,12 @@ def parse(data: str | bytes) -> ClientMessage:
     """Validate one client message; raise ProtocolError naming what is wrong."""
     if isinstance(data, bytes):
         raise ProtocolError("bad_message", "messages must be JSON text, not binary")
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
     try:
-        message = json.loads(data)
-    except ValueError:
-        raise ProtocolError("malformed_json", "message is not valid JSON") from None
+        message = bounded_json.loads(data, max_depth=MAX_DEPTH, max_chars=MAX_MESSAGE_BYTES)
+    except bounded_json.TooLarge:
+        raise ProtocolError("too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes") from None
+    except bounded_json.Malformed as exc:
+        raise ProtocolError("malformed_json", f"message is not acceptable JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad_message", 'expected an object {"type": ..., "payload": {...}}')
     payload = message.get("payload", {})
@@ -105,6 +108,9 @@ def parse(data: str | bytes) -> ClientMessage:
         error = errors[0]
         where = ".".join(str(p) for p in error.absolute_path) or "payload"
         raise ProtocolError("validation_error", f"{where}: {error.message}"[:200], ref, field=where)
+    # NUL arrives only as the escape \u0000 (raw control characters are invalid JSON).
+    if "\\u0000" in data and (nul_at := bounded_json.nul_path(payload, "payload")) is not None:
+        raise ProtocolError("validation_error", f"{nul_at}: contains NUL", ref, field=nul_at)
     return ClientMessage(kind, payload)
 
 

@@ -80,6 +80,8 @@ class Realtime:
         """Return a signed-in user as a participant (with the name others see)."""
         async with self.hub.transaction(system=True) as db:
             name = await store.user_name(db, user_id)
+        if name is None:  # a valid token that outlived its account
+            raise AuthFailed("the account of this access token no longer exists")
         return Participant(user_id, name, role)
 
     async def room_exists(self, livestream_id: str) -> bool:

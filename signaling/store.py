@@ -104,8 +104,10 @@ async def recent_chat(conn: asyncpg.Connection, livestream_id: str, limit: int) 
     return [chat_message(r) for r in reversed(rows)]
 
 
-async def user_name(conn: asyncpg.Connection, user_id: str) -> str:
-    return await conn.fetchval(USER_NAME, user_id) or "Someone"
+async def user_name(conn: asyncpg.Connection, user_id: str) -> str | None:
+    """Return the name others see for a user; None when the user no longer exists."""
+    row = await conn.fetchrow(USER_NAME, user_id)
+    return None if row is None else row["name"] or "Someone"
 
 
 async def live_stock(conn: asyncpg.Connection, variant_ids: list[str]) -> list[asyncpg.Record]:

@@ -13,7 +13,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from commerce.outage import database_unavailable
 from server import notify
 from server.api import Api, json_response, path_id
-from server.errors import ApiError, not_found, unauthenticated
+from server.errors import ApiError, not_found, register_domain_error, unauthenticated
 from server.shop import ShopCommerce
 from server.keys import BODY, DB, HUB, IDENTITY, QUERY, REDIS, SETTINGS, TOKENS
 from signaling import chat, events
@@ -25,6 +25,8 @@ from signaling.transports import WebSocketTransport
 
 log = logging.getLogger("shopstream.realtime")
 api = Api()
+# A participant lookup (WHEP's DataChannel, the events socket) may find the account gone.
+register_domain_error(AuthFailed, 401, "unauthenticated")
 
 UUID = {"type": "string", "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
 MODERATION_IN = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from commerce import webhooks
@@ -12,6 +10,7 @@ from server.api import Api, json_response, read_body, refuse_nul
 from server.errors import ApiError
 from server.keys import DB, PAYMENTS, SETTINGS
 from server.payments import after_commit
+from signaling import bounded_json
 
 api = Api()
 
@@ -38,7 +37,8 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     except WebhookSignatureError as exc:
         raise ApiError(400, "invalid_signature", str(exc)) from None
     try:
-        event = json.loads(payload)
+        # Signed, so Stripe's own; still decoded with a depth limit, like every body.
+        event = bounded_json.loads(payload, max_depth=64)
         event["id"], event["type"], event["data"]["object"]  # noqa: B018 - shape check
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         raise ApiError(400, "malformed_event", "the event is not a Stripe event object") from None
