@@ -34,6 +34,7 @@ from server.keys import AUTH_ERROR, BODY, DB, IDENTITY, QUERY, SETTINGS, SPEC
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 AUTH_RULES = ("none", "optional", "user", "seller", "admin")
+PARSED_QUERIES_KEPT = 1024  # per route
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -177,6 +178,10 @@ def _wrap(spec: RouteSpec) -> Handler:
         if spec.body is not None and spec.request_content_type == "application/json" else None
     )
     query_validators = {name: jsonschema.Draft202012Validator(schema) for name, schema in spec.query.items()}
+    # Parsing and validating a query costs 10-20 us (jsonschema); hot reads repeat the
+    # same few query strings thousands of times a second, and the same string always
+    # parses the same: remember the valid ones (bounded; errors are never kept).
+    parsed_queries: dict[str, dict[str, Any]] = {}
 
     async def handler(request: web.Request) -> web.StreamResponse:
         request[SPEC] = spec
@@ -190,7 +195,14 @@ def _wrap(spec: RouteSpec) -> Handler:
                 raise forbidden("seller account required")
             if spec.auth == "admin" and identity.role != "admin":
                 raise forbidden("admin role required")
-        request[QUERY] = _parse_query(spec, query_validators, request)
+        query_string = request.query_string
+        parsed = parsed_queries.get(query_string)
+        if parsed is None:
+            parsed = _parse_query(spec, query_validators, request)
+            if len(parsed_queries) >= PARSED_QUERIES_KEPT:
+                parsed_queries.clear()
+            parsed_queries[query_string] = parsed
+        request[QUERY] = dict(parsed)
         if body_validator is not None:
             request[BODY] = await _read_json(request, body_validator)
         return await spec.handler(request)
