@@ -146,13 +146,18 @@ async def probe(base: str, product_id: str, variant_id: str, buyers: list[tuple[
             else:
                 failures[kind] += 1
 
+        # A control: how late this process's own loop wakes up. When the probe itself is
+        # starved of CPU (2 shared cores), its latencies are not the server's.
+        lags: list[float] = []
         start = time.perf_counter()
         n = 0
         while (elapsed := time.perf_counter() - start) < seconds:
             while n < elapsed * rate:
                 tasks.append(asyncio.create_task(one(n)))
                 n += 1
+            before = time.perf_counter()
             await asyncio.sleep(0.002)
+            lags.append((time.perf_counter() - before - 0.002) * 1000)
         await asyncio.gather(*tasks)
     out: dict[str, Any] = {}
     for kind, values in latencies.items():
@@ -162,6 +167,9 @@ async def probe(base: str, product_id: str, variant_id: str, buyers: list[tuple[
             "p50Ms": round(_pct(values, 0.5), 2), "p99Ms": round(_pct(values, 0.99), 2),
             "maxMs": round(values[-1], 2) if values else None,
         }
+    lags.sort()
+    out["probeLoopLagMs"] = {"p50": round(_pct(lags, 0.5), 2), "p99": round(_pct(lags, 0.99), 2),
+                             "max": round(lags[-1], 2) if lags else None}
     return out
 
 
@@ -217,6 +225,11 @@ async def seed(dsn: str, tokens: Tokens, buyers: int) -> dict[str, Any]:
     }
 
 
+def _start_server(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def _ready(base: str) -> None:
     async with aiohttp.ClientSession() as http:
         for _ in range(600):
@@ -253,8 +266,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                    "SHOPSTREAM_DATA_DIR": data_dir, "ICE_HOST_ADDRESSES": "127.0.0.1",
                    "MAX_VIEWERS_PER_ROOM": str(max(500, args.viewers + 10))}
             env.pop("REDIS_URL", None)
-            server = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            server = _start_server(env)
             try:
                 await _ready(base)
                 probe_args = (base, seeded["productId"], seeded["variantId"], seeded["buyers"])
@@ -314,6 +326,8 @@ def _summary(results: dict[str, Any]) -> None:
         b = fanout[kind] if fanout else {"p50Ms": float("nan"), "p99Ms": float("nan")}
         ratio = b["p99Ms"] / a["p99Ms"] if a["p99Ms"] else float("nan")
         print(f"{kind:<10} {a['p50Ms']:>9} {a['p99Ms']:>9} {b['p50Ms']:>12} {b['p99Ms']:>12} {ratio:>10.2f}")
+    print(f"probe loop lag p99 (control): idle {idle['probeLoopLagMs']['p99']} ms"
+          + (f", fan-out {fanout['probeLoopLagMs']['p99']} ms" if fanout else ""))
     if fanout:
         worst = max(fanout[k]["p99Ms"] for k in KINDS)
         print(f"server CPU: idle {idle['serverCpu']} cores, fan-out {fanout['serverCpu']} cores; "

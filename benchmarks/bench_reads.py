@@ -156,11 +156,11 @@ def wrk(url: str, *, seconds: float, connections: int, headers: dict[str, str] |
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
-    latency = dict(re.findall(r"^\s*(50|75|90|99)%\s+([\d.]+(?:us|ms|s|m))\s*$", out, re.M))
+    latency = dict(re.findall(r"^\s*(50|75|90|99)%\s+([\d.]+(?:us|ms|s|m))\s*$", out, re.MULTILINE))
     if set(latency) != {"50", "75", "90", "99"}:
         raise RuntimeError(f"could not read wrk's output:\n{out}")
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)$", out, re.M)
+    errors = re.search(r"Socket errors: (.*)$", out, re.MULTILINE)
     return {
         "rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))),  # type: ignore[union-attr]
         "p50Ms": _ms(latency["50"]), "p90Ms": _ms(latency["90"]), "p99Ms": _ms(latency["99"]),
