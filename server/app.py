@@ -69,7 +69,10 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     app[PASSWORDS] = Passwords()
     app[LOGIN_LIMITER] = RateLimiter(settings.login_attempts_per_minute, 60.0)
     app[METRICS] = HttpMetrics(CollectorRegistry())
-    app[READ_CACHE] = ReadCache(max_age=settings.read_cache_seconds)
+    # While Redis is away, other processes' changes go unheard: then a tick at most.
+    app[READ_CACHE] = ReadCache(
+        max_age=settings.read_cache_seconds, unsynced_max_age=settings.realtime_tick_ms / 1000
+    )
     # process_cpu_seconds_total and process_resident_memory_bytes: what the load test plots.
     ProcessCollector(registry=app[METRICS].registry)
     api = build_api()

@@ -134,9 +134,9 @@ class Settings:
     chat_rate_limit: int = 5
     chat_rate_window: int = 10
     redis_prefix: str = "shopstream:"
-    # Public catalog/livestream reads served from memory for at most this long (one tick:
-    # stale stock is never shown longer); changes drop them sooner. 0 turns the cache off.
-    read_cache_seconds: float = 0.1
+    # Public catalog/livestream reads are served from memory for at most this long;
+    # every announced change (stock included) drops them at once. 0 turns the cache off.
+    read_cache_seconds: float = 1.0
     # The database role the application's queries run as (RLS applies to it).
     db_app_role: str = "shopstream_app"
     # Connections the server keeps open (min) and may open (max) to PostgreSQL.

@@ -15,13 +15,18 @@ any of them, in this process at once and in every other process through Redis pu
 (`{prefix}cache:room:catalog`, the realtime bus's code with its own prefix). Changes are
 announced after their transaction commits, from `server/notify.py`.
 
-Two bounds keep a read from going stale where an announcement could be missed (a write
-path that does not announce, Redis away for a moment): an entry is served at most
-`max_age` seconds after its load began (default one realtime tick, 100 ms; past half of
-it, the next request refreshes it in the background while the entry is still served),
-and a load that overlaps an announcement for one of its tags is answered but not kept.
-Concurrent misses share one load, so a cold key costs the database one query however
-many viewers ask at once.
+Every write path of stock (checkout holds, buy-now, seller deltas, released holds,
+cancels and refunds) announces its change, so a cached read shows new stock at once in
+this process and a Redis round trip later in the others. Three bounds cover what an
+announcement could miss: an entry is served at most `max_age` seconds after its load
+began (READ_CACHE_SECONDS, default 1 s, for what no write path announces: viewer
+figures, a direct SQL fix; past half of it the next request refreshes it in the
+background while the entry is still served); while Redis is configured but away, and
+other processes' announcements cannot arrive, at most `unsynced_max_age` (one realtime
+tick, 100 ms), so stale stock is never shown longer than a tick; and a load that
+overlaps an announcement for one of its tags is answered but not kept. Concurrent
+misses share one load, so a cold key costs the database one query however many
+viewers ask at once.
 """
 
 from __future__ import annotations
@@ -86,10 +91,10 @@ def encode(data: Any) -> bytes:
 class ReadCache:
     """Serve loaded JSON as bytes until its tags change or it is `max_age` seconds old."""
 
-    def __init__(self, *, max_age: float = 0.1, max_entries: int = 10_000,
+    def __init__(self, *, max_age: float = 1.0, unsynced_max_age: float = 0.1, max_entries: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age = max_age
-        self.refresh_after = max_age / 2
+        self.unsynced_max_age = min(unsynced_max_age, max_age)
         self.max_entries = max_entries
         self.clock = clock
         self.stats = {"hits": 0, "misses": 0, "loads": 0, "discarded": 0, "invalidated": 0}
@@ -113,10 +118,12 @@ class ReadCache:
         """Return the entry for `key`, loading it (once, whoever else waits) when needed."""
         entry = self._entries.get(key)
         if entry is not None:
+            bus = self.bus
+            max_age = self.max_age if bus is None or bus.connected else self.unsynced_max_age
             age = self.clock() - entry.loaded_at
-            if age < self.max_age:
+            if age < max_age:
                 self.stats["hits"] += 1
-                if age >= self.refresh_after and key not in self._loading:
+                if age >= max_age / 2 and key not in self._loading:
                     self._start(key, load)
                 return entry
         self.stats["misses"] += 1

@@ -319,3 +319,38 @@ async def test_entries_are_served_no_longer_than_max_age() -> None:
     assert (await cache.get("k", load)).body == b'{"v":2}'
     now[0] = 0.2  # past the age: never served again
     assert (await cache.get("k", load)).body == b'{"v":3}'
+
+
+async def test_while_redis_is_away_entries_live_one_tick_at_most() -> None:
+    """Other processes' changes cannot arrive: the one-tick bound takes over from max_age."""
+    from signaling.bus import Bus, connect
+
+    now = [0.0]
+    cache = ReadCache(max_age=LONG, unsynced_max_age=0.1, clock=lambda: now[0])
+    redis = connect(f"redis://127.0.0.1:{_closed_port()}/0")
+    await cache.start_bus(Bus(redis, prefix="test-unreachable:", process_id="p"))
+    version = 0
+
+    async def load() -> tuple[dict[str, int], set[str]]:
+        nonlocal version
+        version += 1
+        return {"v": version}, set()
+
+    try:
+        assert cache.bus is not None and not cache.bus.connected
+        assert (await cache.get("k", load)).body == b'{"v":1}'
+        now[0] = 0.04
+        assert (await cache.get("k", load)).body == b'{"v":1}'
+        now[0] = 0.15
+        assert (await cache.get("k", load)).body == b'{"v":2}'
+    finally:
+        await cache.stop()
+        await redis.aclose()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
