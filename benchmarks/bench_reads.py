@@ -10,7 +10,8 @@ with one server process (one worker) on a fresh port:
   a dict), the ceiling of one process here: the baseline of every ratio;
 - `uncached`: the server with READ_CACHE_SECONDS=0 (every read goes to PostgreSQL, the
   code before the read cache);
-- `cached`: the server as configured by default (one-tick read cache).
+- `cached`: the server as configured by default (read cache, access log on);
+- `nolog`: the same with LOG_REQUESTS=false (what the access log line costs).
 
 For each server, wrk (one thread, so the load generator keeps to one core of the two)
 reads `GET /api/v1/products?limit=20` and `GET /api/v1/products/{id}`, and, cached only,
@@ -106,7 +107,7 @@ class Server:
         self.process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     @classmethod
-    def shopstream(cls, dsn: str, data_dir: str, cache_seconds: str | None) -> Server:
+    def shopstream(cls, dsn: str, data_dir: str, cache_seconds: str | None, *, log_requests: bool = True) -> Server:
         port = _free_port()
         env = {**os.environ, "DATABASE_URL": dsn, "JWT_SECRET": secrets.token_urlsafe(48),
                "SHOPSTREAM_PORT": str(port), "SHOPSTREAM_DATA_DIR": data_dir}
@@ -114,6 +115,7 @@ class Server:
         env.pop("READ_CACHE_SECONDS", None)
         if cache_seconds is not None:
             env["READ_CACHE_SECONDS"] = cache_seconds
+        env["LOG_REQUESTS"] = "true" if log_requests else "false"
         return cls([sys.executable, "-m", "server", "serve"], env, port)
 
     @classmethod
@@ -184,6 +186,8 @@ def measure(args: argparse.Namespace, dsn: str, product_id: str) -> dict[str, An
             ("uncached", lambda: Server.shopstream(dsn, data_dir, "0"), "/readyz", reads),
             ("cached", lambda: Server.shopstream(dsn, data_dir, None), "/readyz",
              {**reads, "product304": reads["product"]}),
+            # The access log (a JSON line per request, on by default) is part of the cost.
+            ("nolog", lambda: Server.shopstream(dsn, data_dir, None, log_requests=False), "/readyz", reads),
         ]
         for name, start, ready, paths in servers:
             server = start()
