@@ -37,6 +37,7 @@ from signaling import bounded_json
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 AUTH_RULES = ("none", "optional", "user", "seller", "admin")
+PARSED_QUERIES_KEPT = 1024  # per route
 
 # A body's work is bounded before its schema is consulted: decoding 1 MiB of tiny values
 # holds the loop for tens of ms, and our largest valid body (50 checkout items) has ~250.
@@ -269,6 +270,10 @@ def _wrap(spec: RouteSpec) -> Handler:
     header_validators = {
         name: jsonschema.Draft202012Validator(param["schema"]) for name, param in spec.headers.items()
     }
+    # Parsing and validating a query costs 10-20 us (jsonschema); hot reads repeat the
+    # same few query strings thousands of times a second, and the same string always
+    # parses the same: remember the valid ones (bounded; errors are never kept).
+    parsed_queries: dict[str, dict[str, Any]] = {}
 
     async def handler(request: web.Request) -> web.StreamResponse:
         request[SPEC] = spec
@@ -286,7 +291,14 @@ def _wrap(spec: RouteSpec) -> Handler:
             if spec.auth == "admin" and identity.role != "admin":
                 raise forbidden("admin role required")
         _check_headers(spec, header_validators, request)
-        request[QUERY] = _parse_query(spec, query_validators, request)
+        query_string = request.query_string
+        parsed = parsed_queries.get(query_string)
+        if parsed is None:
+            parsed = _parse_query(spec, query_validators, request)
+            if len(parsed_queries) >= PARSED_QUERIES_KEPT:
+                parsed_queries.clear()
+            parsed_queries[query_string] = parsed
+        request[QUERY] = dict(parsed)
         if body_validator is not None:
             request[BODY] = await _read_json(request, body_validator)
         return await spec.handler(request)

@@ -19,6 +19,7 @@ from server.keys import CALLERS, DB, GATEWAY, HUB, LOGIN_LIMITER, METRICS, PASSW
 from server.keys import SFU as SFU_KEY
 from server.middleware import HttpMetrics, request_context
 from server.payments import payments_ctx
+from server.read_cache import READ_CACHE, ReadCache, read_cache_context
 from server.routes import admin as admin_routes
 from server.routes import analytics as analytics_routes
 from server.routes import auth as auth_routes
@@ -69,6 +70,10 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     app[PASSWORDS] = Passwords()
     app[LOGIN_LIMITER] = RateLimiter(settings.login_attempts_per_minute, 60.0)
     app[METRICS] = HttpMetrics(CollectorRegistry())
+    # While Redis is away, other processes' changes go unheard: then a tick at most.
+    app[READ_CACHE] = ReadCache(
+        max_age=settings.read_cache_seconds, unsynced_max_age=settings.realtime_tick_ms / 1000
+    )
     # process_cpu_seconds_total and process_resident_memory_bytes: what the load test plots.
     ProcessCollector(registry=app[METRICS].registry)
     api = build_api()
@@ -92,6 +97,7 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     # Opened in this order, closed in reverse: media sessions end before the hub stops.
     app.cleanup_ctx.append(payments_ctx)  # needs app[DB]
     app.cleanup_ctx.append(realtime_routes.realtime_context)
+    app.cleanup_ctx.append(read_cache_context)  # needs app[REDIS] when set
     app.cleanup_ctx.append(media_context)
     return app
 

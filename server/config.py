@@ -137,6 +137,9 @@ class Settings:
     chat_rate_limit: int = 5
     chat_rate_window: int = 10
     redis_prefix: str = "shopstream:"
+    # Public catalog/livestream reads are served from memory for at most this long;
+    # every announced change (stock included) drops them at once. 0 turns the cache off.
+    read_cache_seconds: float = 1.0
     # The database role the application's queries run as (RLS applies to it).
     db_app_role: str = "shopstream_app"
     # Connections the server keeps open (min) and may open (max) to PostgreSQL.
@@ -204,6 +207,7 @@ class Settings:
         take("CHAT_RATE_LIMIT", "chat_rate_limit", int)
         take("CHAT_RATE_WINDOW", "chat_rate_window", int)
         take("REDIS_PREFIX", "redis_prefix")
+        take("READ_CACHE_SECONDS", "read_cache_seconds", float)
         take("DB_APP_ROLE", "db_app_role")
         take("DB_POOL_MIN", "db_pool_min", int)
         take("DB_POOL_MAX", "db_pool_max", int)
@@ -229,6 +233,8 @@ class Settings:
             raise ConfigError("DB_POOL_MIN must be at least 1 and at most DB_POOL_MAX")
         if not 10 <= self.realtime_tick_ms <= 1000:
             raise ConfigError("REALTIME_TICK_MS must be between 10 and 1000")
+        if not 0 <= self.read_cache_seconds <= 60:
+            raise ConfigError("READ_CACHE_SECONDS must be between 0 and 60")
         if self.chat_rate_limit < 1 or self.chat_rate_window < 1:
             raise ConfigError("CHAT_RATE_LIMIT and CHAT_RATE_WINDOW must be positive")
         for origin in self.cors_origins:

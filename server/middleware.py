@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -49,6 +49,20 @@ class HttpMetrics:
             ["method", "route"], registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        # `labels()` validates and locks on every call (about 4 us each, twice per
+        # request): keep each labelled child. Routes are templates and statuses few, so
+        # this stays small.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request and its latency."""
+        children = self._children.get((method, route, status))
+        if children is None:
+            children = self._children[(method, route, status)] = (
+                self.requests.labels(method, route, str(status)), self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def _route_of(request: web.Request) -> str:
@@ -74,7 +88,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """
     started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    # 32 random hex digits, as uuid4().hex gave, without building a UUID (a third the cost).
+    request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     _resolve_identity(request)
     try:
@@ -130,16 +145,19 @@ def _record(request: web.Request, status: int, started: float) -> None:
     """Count the request in /metrics and write its access-log line."""
     elapsed = time.perf_counter() - started
     route = _route_of(request)
-    metrics: HttpMetrics = request.app[METRICS]
-    metrics.requests.labels(request.method, route, str(status)).inc()
-    metrics.latency.labels(request.method, route).observe(elapsed)
-    if request.app[SETTINGS].log_requests:
+    app = request.app
+    app[METRICS].observe(request.method, route, status, elapsed)
+    if app[SETTINGS].log_requests and access_log.isEnabledFor(logging.INFO):
         identity = request.get(IDENTITY)
-        access_log.info(json.dumps({
+        line = json.dumps({
             "method": request.method, "route": route, "path": request.path,
             "status": status, "ms": round(elapsed * 1000, 2),
             "requestId": request[REQUEST_ID], "userId": identity.user_id if identity else None,
-        }))
+        })
+        # Logger.info would look up its caller's file and line (sys._getframe, about
+        # two thirds of a log call): the line says where it comes from, so hand the
+        # record to the handlers directly; filters and handlers apply as with info().
+        access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, line, None, None))
 
 
 async def _caller_is_gone(request: web.Request, exc: Exception) -> bool:

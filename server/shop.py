@@ -13,6 +13,7 @@ from aiohttp import web
 
 from commerce import cart, checkout
 from commerce.errors import Invalid
+from server import notify
 from server.keys import DB, PAYMENTS, SALES, SETTINGS
 
 LATEST_ADDRESS = "SELECT id FROM addresses WHERE user_id = $1 ORDER BY created_at DESC, id LIMIT 1"
@@ -48,4 +49,7 @@ class ShopCommerce:
             app[DB], app[SALES], app[PAYMENTS], user_id=user_id, idempotency_key=idempotency_key,
             body=body, hold_ttl_seconds=app[SETTINGS].hold_ttl_seconds,
         )
+        if session.created:
+            # The realtime layer tells the rooms; the cached catalog reads are ours to drop.
+            notify.cached_stock_changed(app, session.variant_ids)
         return session.body

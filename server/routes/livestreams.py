@@ -1,6 +1,13 @@
-"""Livestreams: public listings, details, products and chat history; the seller's controls."""
+"""Livestreams: public listings, details, products and chat history; the seller's controls.
+
+The public listing, detail and product reads come from the read cache
+(`server/read_cache.py`); the seller's changes announce themselves through
+`server/notify.py` once committed.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from aiohttp import web
 
@@ -8,7 +15,8 @@ from commerce import livestreams
 from server import notify
 from server.api import PAGE_QUERY, Api, json_response, page_of, path_id, seller_transaction
 from server.keys import BODY, DB, QUERY
-from server.routes.catalog import PRODUCT
+from server.read_cache import LIVESTREAMS, product_tags, respond
+from server.routes.catalog import PRODUCT, read_cache
 
 api = Api()
 
@@ -105,11 +113,18 @@ PRODUCT_LIST = page_of(STREAM_PRODUCT)
 )
 async def list_livestreams(request: web.Request) -> web.Response:
     query = request[QUERY]
-    async with request.app[DB].transaction() as conn:
-        result = await livestreams.list_livestreams(
-            conn, status=query.get("status"), limit=query["limit"], cursor=query.get("cursor")
-        )
-    return json_response(result)
+
+    async def load() -> tuple[dict[str, Any], set[str]]:
+        async with request.app[DB].transaction() as conn:
+            result = await livestreams.list_livestreams(
+                conn, status=query.get("status"), limit=query["limit"], cursor=query.get("cursor")
+            )
+        return result, {LIVESTREAMS, *(f"livestream:{item['id']}" for item in result["items"])}
+
+    cache = read_cache(request)
+    if cache is None:
+        return json_response((await load())[0])
+    return respond(request, await cache.get("livestreams?" + request.query_string, load), shared=True)
 
 
 @api.route(
@@ -118,8 +133,15 @@ async def list_livestreams(request: web.Request) -> web.Response:
 )
 async def get_livestream(request: web.Request) -> web.Response:
     livestream_id = path_id(request)
-    async with request.app[DB].transaction() as conn:
-        return json_response(await livestreams.get_livestream(conn, livestream_id))
+
+    async def load() -> tuple[dict[str, Any], set[str]]:
+        async with request.app[DB].transaction() as conn:
+            return await livestreams.get_livestream(conn, livestream_id), {f"livestream:{livestream_id}"}
+
+    cache = read_cache(request)
+    if cache is None:
+        return json_response((await load())[0])
+    return respond(request, await cache.get(f"livestream:{livestream_id}", load), shared=True)
 
 
 @api.route(
@@ -128,9 +150,16 @@ async def get_livestream(request: web.Request) -> web.Response:
 )
 async def livestream_products(request: web.Request) -> web.Response:
     livestream_id = path_id(request)
-    async with request.app[DB].transaction() as conn:
-        items = await livestreams.public_stream_products(conn, livestream_id)
-    return json_response({"items": items, "nextCursor": None})
+
+    async def load() -> tuple[dict[str, Any], set[str]]:
+        async with request.app[DB].transaction() as conn:
+            items = await livestreams.public_stream_products(conn, livestream_id)
+        return {"items": items, "nextCursor": None}, {f"livestream:{livestream_id}", *product_tags(items)}
+
+    cache = read_cache(request)
+    if cache is None:
+        return json_response((await load())[0])
+    return respond(request, await cache.get(f"livestream-products:{livestream_id}", load), shared=True)
 
 
 @api.route(
@@ -168,6 +197,7 @@ async def list_own(request: web.Request) -> web.Response:
 async def create(request: web.Request) -> web.Response:
     async with seller_transaction(request) as (conn, seller_id):
         result = await livestreams.create_livestream(conn, seller_id, request[BODY])
+    notify.livestream_changed(request.app, result["id"])
     return json_response(result, status=201)
 
 
@@ -180,6 +210,7 @@ async def update(request: web.Request) -> web.Response:
     livestream_id = path_id(request)
     async with seller_transaction(request) as (conn, seller_id):
         result = await livestreams.update_livestream(conn, seller_id, livestream_id, request[BODY])
+    notify.livestream_changed(request.app, livestream_id)
     return json_response(result)
 
 
@@ -229,6 +260,7 @@ async def attach(request: web.Request) -> web.Response:
         result = await livestreams.attach_product(
             conn, seller_id, livestream_id, request[BODY]["productId"]
         )
+    notify.livestream_changed(request.app, livestream_id)
     return json_response(result, status=201)
 
 
@@ -241,6 +273,7 @@ async def detach(request: web.Request) -> web.Response:
     product_id = path_id(request, "productId")
     async with seller_transaction(request) as (conn, seller_id):
         await livestreams.detach_product(conn, seller_id, livestream_id, product_id)
+    notify.livestream_changed(request.app, livestream_id)
     return web.Response(status=204)
 
 

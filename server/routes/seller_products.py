@@ -89,6 +89,7 @@ async def list_products(request: web.Request) -> web.Response:
 async def create_product(request: web.Request) -> web.Response:
     async with seller_transaction(request) as (conn, seller_id):
         product = await seller_products.create_product(conn, seller_id, request[BODY])
+    notify.products_changed(request.app, [product["id"]])
     return json_response(product, status=201)
 
 
@@ -100,6 +101,7 @@ async def update_product(request: web.Request) -> web.Response:
     product_id = path_id(request)
     async with seller_transaction(request) as (conn, seller_id):
         product = await seller_products.update_product(conn, seller_id, product_id, request[BODY])
+    notify.products_changed(request.app, [product_id])
     return json_response(product)
 
 
@@ -111,6 +113,7 @@ async def add_variant(request: web.Request) -> web.Response:
     product_id = path_id(request)
     async with seller_transaction(request) as (conn, seller_id):
         variant = await seller_products.add_variant(conn, seller_id, product_id, request[BODY])
+    notify.products_changed(request.app, [product_id])
     if variant["stock"]:
         notify.stock_changed(request.app, [variant["id"]])
     return json_response(variant, status=201)
@@ -127,6 +130,8 @@ async def update_variant(request: web.Request) -> web.Response:
         variant = await seller_products.update_variant(
             conn, seller_id, product_id, variant_id, request[BODY]
         )
+    if set(request[BODY]) - {"stockDelta", "reason"}:
+        notify.products_changed(request.app, [product_id])  # sku, price, color, size
     if "stockDelta" in request[BODY]:
         notify.stock_changed(request.app, [variant_id])
     return json_response(variant)
@@ -151,4 +156,5 @@ async def upload_image(request: web.Request) -> web.Response:
     url = f"{settings.public_url.rstrip('/')}/uploads/{name}"
     async with request.app[DB].transaction(user_id) as conn:
         product = await seller_products.add_image(conn, seller_id, product_id, url)
+    notify.products_changed(request.app, [product_id])
     return json_response(product, status=201)
