@@ -37,6 +37,9 @@ class Layer:
     # (few bits for a while) does not make a lower layer look better.
     peak_bps: float = 0.0
     last_packet: float = 0.0
+    # Width x height from the layer's keyframes (VP8), 0 until seen: ranks the layers
+    # more surely than bitrates (at start-up a lower layer can briefly out-send a higher one).
+    pixels: int = 0
 
 
 @dataclass
@@ -101,3 +104,11 @@ class LayerSelector:
         """Return the RID of the forwarded layer, if any."""
         layer = self.layers.get(self.chosen) if self.chosen is not None else None
         return layer.rid if layer is not None else None
+
+    def ranked(self, now: float) -> list[Layer]:
+        """Return the layers sending now, lowest bitrate (quality) first."""
+        alive = [layer for layer in self.layers.values()
+                 if now - layer.last_packet < SILENCE_SECONDS]
+        if alive and all(layer.pixels for layer in alive):
+            return sorted(alive, key=lambda layer: (layer.pixels, layer.peak_bps))
+        return sorted(alive, key=lambda layer: layer.peak_bps)
