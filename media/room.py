@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpReceiverInfo
@@ -374,6 +375,24 @@ class Room:
     async def wait_closed(self) -> None:
         """Wait for the RTCP task to finish after :meth:`end`."""
         await asyncio.gather(self._rtcp_task, return_exceptions=True)
+
+    def quality_stats(self) -> dict[str, Any]:
+        """Return what the viewers get: viewers per layer, their loss and bandwidth estimates.
+
+        ``layers`` counts the viewers per simulcast RID (empty for a single-layer
+        publisher); ``loss`` is the mean fraction lost the viewers last reported (0-1);
+        ``estimates_bps`` the viewers' current bandwidth estimates, where known.
+        """
+        video = self.forwarders.get("video")
+        tracks = [entry.tracks["video"] for entry in self.viewers.values() if "video" in entry.tracks]
+        layers: dict[str, int] = {}
+        estimates: list[float] = []
+        if isinstance(video, SimulcastForwarder):
+            layers = video.viewers_per_layer()
+            estimates = [policy.estimate_bps for policy in video.policies.values()
+                         if policy.estimate_bps is not None]
+        loss = sum(track.fraction_lost for track in tracks) / 256 / len(tracks) if tracks else 0.0
+        return {"layers": layers, "loss": loss, "estimates_bps": estimates}
 
     def stats(self) -> RoomStats:
         """Return the room's counters."""

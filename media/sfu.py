@@ -248,6 +248,10 @@ class SFU:
             raise RoomNotFound(room_id, f"room {room_id!r} not found")
         return room.stats()
 
+    def all_quality_stats(self) -> dict[str, dict[str, Any]]:
+        """Return every room's viewer quality figures (see ``Room.quality_stats``)."""
+        return {room_id: room.quality_stats() for room_id, room in self.rooms.items()}
+
     def all_stats(self) -> dict[str, dict[str, int | str]]:
         """Return every room's counters, keyed by room id."""
         return {room_id: room.stats().as_dict() for room_id, room in self.rooms.items()}

@@ -14,8 +14,10 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from media.layers import SimulcastForwarder
+from server.routes.media import RoomMetrics
 from tests.e2e.test_simulcast import page_server
 from tests.media.peers import Viewer, running_sfu, wait_for, watch
 
@@ -24,6 +26,13 @@ pytestmark = pytest.mark.timeout(180)
 # The longest pause in decoded frames a switch may cause on this loaded machine: the
 # target layer's keyframe comes within one PLI round trip, far less than this.
 MAX_GAP_SECONDS = 1.5
+
+
+def scrape(sfu: Any) -> str:
+    """Return the room metrics as /metrics shows them."""
+    registry = CollectorRegistry()
+    registry.register(RoomMetrics(sfu))
+    return generate_latest(registry).decode()
 
 
 def frames_at(viewer: Viewer, width: int, since: float = 0.0) -> int:
@@ -65,6 +74,9 @@ async def test_viewers_get_their_own_layer_and_switch_without_a_break(browser: A
             video = sfu.rooms["ad"].forwarders["video"]
             assert isinstance(video, SimulcastForwarder)
             assert video.viewers_per_layer() == {"q": 1, "h": 0, "f": 1}
+            metrics = scrape(sfu)
+            assert 'shopstream_room_layer_viewers{layer="q",room="ad"} 1.0' in metrics
+            assert 'shopstream_room_layer_viewers{layer="f",room="ad"} 1.0' in metrics
             ssrcs_before, _ = await inbound(low)
 
             # Up: the low viewer asks for the top layer.
