@@ -94,6 +94,7 @@ from aiortc.rtp import (
     RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
+    unpack_remb_fci,
     unwrap_rtx,
 )
 from aiortc.stats import RTCStatsReport
@@ -1135,6 +1136,14 @@ class ForwardingSender:
             self.handler.on_nack(self, packet.lost)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             self.handler.on_keyframe_request(self)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, _ssrcs = unpack_remb_fci(packet.fci)
+            except (ValueError, struct.error):
+                return  # another application-layer feedback than REMB, or truncated
+            on_remb = getattr(self.handler, "on_remb", None)
+            if on_remb is not None:
+                on_remb(self, bitrate)
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc == self._ssrc:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from .aiortc_hook import ForwardingReceiver
 from .codecs import vp8_keyframe_size
+from .estimator import BandwidthEstimator
 from .forwarder import TrackCounters, TrackForwarder, ViewerTrack
 from .simulcast import Layer, LayerSelector
 
@@ -33,16 +34,21 @@ class LayerPolicy:
     """Choose one viewer's layer: pinned high or low, or (auto) the best its estimate carries."""
 
     quality: str = "auto"
-    # The viewer's bandwidth estimate (bit/s); None until one is known (then: the top).
-    estimate_bps: float | None = None
+    estimator: BandwidthEstimator = field(default_factory=BandwidthEstimator)
+
+    @property
+    def estimate_bps(self) -> float | None:
+        """Return the viewer's bandwidth estimate (bit/s); None: nothing limits it."""
+        return self.estimator.value(time.monotonic())
 
     def choose(self, ranked: list[Layer]) -> Layer:
         """Return the layer to forward among ``ranked`` (lowest first, never empty)."""
         if self.quality == "low":
             return ranked[0]
-        if self.quality == "high" or self.estimate_bps is None:
+        estimate = self.estimate_bps
+        if self.quality == "high" or estimate is None:
             return ranked[-1]
-        fitting = [layer for layer in ranked if layer.peak_bps <= self.estimate_bps]
+        fitting = [layer for layer in ranked if (layer.avg_bps or layer.peak_bps) <= estimate]
         return fitting[-1] if fitting else ranked[0]
 
 
@@ -183,6 +189,49 @@ class SimulcastForwarder:
             if forwarder is viewer.layer:
                 return ssrc
         return None
+
+    def on_receiver_report(self, viewer: ViewerTrack, loss: float) -> None:
+        """Feed a viewer's reported loss (0-1) to its estimate; move it if that changes its layer."""
+        policy = self.policies.get(viewer)
+        ssrc = self.ssrc_of(viewer)
+        if policy is None or ssrc is None or self.selector is None:
+            return
+        ranked = self.ranked()
+        current = self.selector.layers.get(ssrc)
+        if current is None:
+            return
+        above = [layer for layer in ranked if ranked.index(layer) > ranked.index(current)] \
+            if current in ranked else []
+        policy.estimator.on_loss(
+            loss, time.monotonic(), current.avg_bps or current.rate_bps,
+            (above[0].avg_bps or above[0].peak_bps) if above else None,
+        )
+        self.review()
+
+    def on_remb(self, viewer: ViewerTrack, bitrate_bps: float) -> None:
+        """Feed a viewer's REMB to its estimate."""
+        policy = self.policies.get(viewer)
+        if policy is not None:
+            policy.estimator.on_remb(bitrate_bps, time.monotonic())
+
+    def needed_bps(self, ceiling: int) -> int:
+        """Return the REMB cap for the publisher: what the best layer any viewer needs takes.
+
+        Layers above it would be sent for nobody. The cap stays at ``ceiling`` while any
+        viewer wants (or may probe) the top layer, or nothing is measured yet.
+        """
+        ranked = self.ranked()
+        if not ranked or not self.policies or len(ranked) < 2:
+            return ceiling
+        top = ranked[-1]
+        best = 0
+        for viewer, policy in self.policies.items():
+            estimate = policy.estimate_bps
+            if policy.quality == "high" or estimate is None or estimate >= (top.avg_bps or top.peak_bps):
+                return ceiling
+            best = max(best, ranked.index(policy.choose(ranked)))
+        needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: best + 1])
+        return int(min(ceiling, max(needed * 1.5, 100_000)))
 
     def set_quality(self, viewer: ViewerTrack, quality: str) -> None:
         """Pin a viewer's quality (``auto``, ``high`` or ``low``) and apply it at once."""

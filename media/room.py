@@ -312,6 +312,16 @@ class Room:
         track = self._track_of(sender)
         if track is not None:
             track.fraction_lost = report.fraction_lost
+            video = self.forwarders.get("video")
+            if isinstance(video, SimulcastForwarder) and self._senders[sender][1] == "video":
+                video.on_receiver_report(track, report.fraction_lost / 256)
+
+    def on_remb(self, sender: ForwardingSender, bitrate_bps: int) -> None:
+        """Take a viewer's REMB (its receive-side estimate) into its layer choice."""
+        track = self._track_of(sender)
+        video = self.forwarders.get("video")
+        if track is not None and isinstance(video, SimulcastForwarder):
+            video.on_remb(track, bitrate_bps)
 
     def _track_of(self, sender: ForwardingSender) -> ViewerTrack | None:
         found = self._senders.get(sender)
@@ -343,7 +353,10 @@ class Room:
             for forwarder in self.forwarders.values():
                 try:
                     if forwarder.receiver is not None:
-                        forwarder.receiver.send_reports(self._remb_bitrate_bps)
+                        remb = self._remb_bitrate_bps
+                        if isinstance(forwarder, SimulcastForwarder):
+                            remb = forwarder.needed_bps(remb)
+                        forwarder.receiver.send_reports(remb)
                     forwarder.send_sender_reports()
                 except (OSError, RuntimeError, ConnectionError):
                     logger.debug("room %s: RTCP send failed", self.id, exc_info=True)

@@ -36,6 +36,8 @@ class Layer:
     # The highest rate measured: ranks the layers, so a still scene on the top layer
     # (few bits for a while) does not make a lower layer look better.
     peak_bps: float = 0.0
+    # A smoothed rate: what a viewer of this layer typically needs (the estimate's unit).
+    avg_bps: float = 0.0
     last_packet: float = 0.0
     # Width x height from the layer's keyframes (VP8), 0 until seen: ranks the layers
     # more surely than bitrates (at start-up a lower layer can briefly out-send a higher one).
@@ -80,6 +82,9 @@ class LayerSelector:
         for layer in self.layers.values():
             layer.rate_bps = layer.window_bytes * 8 / elapsed if elapsed > 0 else 0.0
             layer.peak_bps = max(layer.peak_bps, layer.rate_bps)
+            if layer.rate_bps > 0:  # a paused layer keeps its last typical rate
+                layer.avg_bps = (layer.rate_bps if not layer.avg_bps
+                                 else 0.8 * layer.avg_bps + 0.2 * layer.rate_bps)
             layer.window_bytes = 0
         self._window_start = now
         current = self.layers[self.chosen] if self.chosen is not None else None

@@ -110,3 +110,45 @@ async def test_viewers_get_their_own_layer_and_switch_without_a_break(browser: A
                 if viewer is not None:
                     await viewer.close()
             await context.close()
+
+
+async def test_an_auto_viewer_follows_its_loss_down_at_once_and_back_up(browser: Any) -> None:
+    """Reported loss moves an auto viewer down; loss-free reports bring it back up within 10 s.
+
+    The loss is injected as the viewer's receiver reports would carry it (the shaped-link
+    test makes a real link lose packets); the viewer's real reports keep coming meanwhile.
+    """
+    async with running_sfu(remb_bitrate_bps=4_000_000, connect_timeout_seconds=20.0,
+                           keyframe_interval_ms=500) as sfu, \
+            page_server(sfu, "auto") as base:
+        context = await browser.new_context()
+        await context.grant_permissions(["camera"], origin=base)
+        viewer = None
+        try:
+            page = await context.new_page()
+            await page.goto(base + "/")
+            await page.evaluate("(order) => window.publish(order)", ["q", "h", "f"])
+            await wait_for(lambda: "auto" in sfu.rooms and sfu.stats("auto")["state"] == "live", timeout=20)
+            viewer, _ = await watch(sfu, "auto", audio=False)
+            await wait_for(lambda: frames_at(viewer, 1280) >= 10, timeout=60)
+            video = sfu.rooms["auto"].forwarders["video"]
+            assert isinstance(video, SimulcastForwarder)
+            track = next(iter(video.policies))
+
+            dropped = time.monotonic()
+            while video.rid_of(track) != "q":
+                assert time.monotonic() - dropped < 10, f"still on {video.rid_of(track)}"
+                video.on_receiver_report(track, 0.4)
+                await asyncio.sleep(0.5)
+            down = time.monotonic() - dropped
+            await wait_for(lambda: frames_at(viewer, 320, dropped) >= 10, timeout=20)
+            lifted = time.monotonic()
+            await wait_for(lambda: video.rid_of(track) == "f", timeout=10)
+            climbed = time.monotonic() - lifted
+            await wait_for(lambda: frames_at(viewer, 1280, lifted) >= 10, timeout=20)
+            assert longest_gap(viewer, dropped) < MAX_GAP_SECONDS
+            print(f"down to q in {down:.1f} s, back to f in {climbed:.1f} s")
+        finally:
+            if viewer is not None:
+                await viewer.close()
+            await context.close()
