@@ -92,11 +92,14 @@ class LayerSelector:
                  if now - layer.last_packet < SILENCE_SECONDS and layer.rate_bps > 0]
         if not alive:
             return False
-        best = max(alive, key=lambda layer: layer.peak_bps)
+        by_size = all(layer.pixels for layer in alive) and current is not None and current.pixels
+        best = max(alive, key=lambda layer: (layer.pixels, layer.peak_bps) if by_size else layer.peak_bps)
         if current is None or now - current.last_packet >= SILENCE_SECONDS:
             if best is current:
                 return False
             target = best
+        elif by_size and best is not current:
+            target = best  # sizes from the keyframes: no need for a bitrate margin
         elif best is not current and best.peak_bps > current.peak_bps * SWITCH_RATIO:
             target = best
         else:
