@@ -3,7 +3,9 @@
 Loss-based as in GCC (draft-ietf-rmcat-gcc 6): more than 10 % loss cuts the estimate
 to the rate the viewer was getting times (1 - loss/2), at once; little loss (< 2 %)
 for a stable period lets it rise to the next layer's rate (a probe: the viewer tries
-that layer). A probe that brings loss back within the period doubles the next wait,
+that layer). A round-trip time (from the report's LSR/DLSR) well over the viewer's
+minimum counts as overuse too (a queue builds before loss shows), and during a probe
+even 2 % loss fails it. A failed probe doubles the next wait (up to 4 s),
 so a link that cannot carry the next layer is not flooded every few seconds; a probe
 that holds resets it. A REMB from the viewer (Chromium, where negotiated) caps the
 estimate. The layer policy turns the estimate into a layer (down fast, up after a
@@ -17,9 +19,12 @@ from dataclasses import dataclass
 HIGH_LOSS = 0.10
 LOW_LOSS = 0.02
 STABLE_SECONDS = 2.0  # loss-free time before the first step up
-MAX_STABLE_SECONDS = 16.0  # the longest back-off after failed probes
+MAX_STABLE_SECONDS = 4.0  # the longest back-off after failed probes (a lifted limit is found within ~10 s)
 PROBE_HEADROOM = 1.1  # a step up asks for the next layer's rate plus this margin
 REMB_MAX_AGE = 5.0
+# A round-trip time this much over the viewer's minimum means its link is queueing.
+DELAY_OVERUSE_SECONDS = 0.15
+OVERUSE_AS_LOSS = 0.3
 
 
 @dataclass
@@ -32,13 +37,23 @@ class BandwidthEstimator:
     wait: float = STABLE_SECONDS
     changed_at: float = 0.0
     probed_at: float | None = None  # when the last step up happened (until it holds)
+    min_rtt: float | None = None
 
-    def on_loss(self, loss: float, now: float, current_bps: float, next_bps: float | None) -> None:
+    def on_loss(self, loss: float, now: float, current_bps: float, next_bps: float | None,
+                rtt: float | None = None) -> None:
         """Take one receiver report: ``loss`` (0-1) while getting ``current_bps``.
 
-        ``next_bps`` is the rate of the layer above the current one (None at the top).
+        ``next_bps`` is the rate of the layer above the current one (None at the top);
+        ``rtt`` the round-trip time from the report, if known: a queue building up on
+        the viewer's link (RTT well over its minimum) counts as overuse before any loss
+        shows (retransmissions hide loss from the reports).
         """
-        if loss > HIGH_LOSS:
+        if rtt is not None and rtt >= 0:
+            self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
+            if rtt - self.min_rtt > DELAY_OVERUSE_SECONDS:
+                loss = max(loss, OVERUSE_AS_LOSS)
+        probing = self.probed_at is not None and now - self.probed_at < self.wait
+        if loss > HIGH_LOSS or (probing and loss >= LOW_LOSS):
             base = current_bps if self.estimate_bps is None else min(self.estimate_bps, current_bps)
             self.estimate_bps = base * (1 - loss / 2)
             if self.probed_at is not None and now - self.probed_at < self.wait * 2:

@@ -102,7 +102,7 @@ class ViewerTrack:
         "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
         "gop_ts", "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "send",
         "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
-        "layer", "next_layer",
+        "layer", "next_layer", "sr_sent",
     )
 
     def __init__(self, sender: ForwardingSender) -> None:
@@ -140,6 +140,9 @@ class ViewerTrack:
         # one it switches to at that layer's next keyframe (it waits there meanwhile).
         self.layer: TrackForwarder | None = None
         self.next_layer: TrackForwarder | None = None
+        # Middle 32 bits of the NTP time of our recent sender reports -> when each went
+        # out: a receiver report's LSR/DLSR then gives the round-trip time (RFC 3550 6.4.1).
+        self.sr_sent: dict[int, float] = {}
 
 
 class CatchUp:
@@ -624,6 +627,9 @@ class TrackForwarder:
                 ),
             )
             data = bytes(report)
+            if len(viewer.sr_sent) > 8:
+                viewer.sr_sent.clear()
+            viewer.sr_sent[(ntp >> 16) & 0xFFFFFFFF] = now
             if sender.cname:
                 sdes = RtcpSdesPacket(
                     chunks=[RtcpSourceInfo(ssrc=viewer.ssrc, items=[(1, sender.cname.encode())])]

@@ -190,8 +190,11 @@ class SimulcastForwarder:
                 return ssrc
         return None
 
-    def on_receiver_report(self, viewer: ViewerTrack, loss: float) -> None:
-        """Feed a viewer's reported loss (0-1) to its estimate; move it if that changes its layer."""
+    def on_receiver_report(self, viewer: ViewerTrack, loss: float, rtt: float | None = None) -> None:
+        """Feed a viewer's reported loss (0-1) and round-trip time to its estimate.
+
+        Move the viewer if that changes its layer.
+        """
         policy = self.policies.get(viewer)
         ssrc = self.ssrc_of(viewer)
         if policy is None or ssrc is None or self.selector is None:
@@ -204,7 +207,7 @@ class SimulcastForwarder:
             if current in ranked else []
         policy.estimator.on_loss(
             loss, time.monotonic(), current.avg_bps or current.rate_bps,
-            (above[0].avg_bps or above[0].peak_bps) if above else None,
+            (above[0].avg_bps or above[0].peak_bps) if above else None, rtt,
         )
         self.review()
 

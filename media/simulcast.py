@@ -8,8 +8,8 @@ a higher resolution always costs more bits. The top layer often starts late (the
 publisher's bandwidth estimate ramps up), so the choice moves up when a richer layer
 appears and moves down only when the chosen one goes silent.
 
-One choice serves the whole room for now; choosing per viewer (by its bandwidth) needs a
-selector per viewer group on top of the same per-layer measurement.
+That choice is the top layer: it gets the publisher's REMB. Which layer each viewer
+gets is chosen per viewer on top of the same measurement (see :mod:`media.layers`).
 """
 
 from __future__ import annotations
