@@ -94,6 +94,7 @@ from aiortc.rtp import (
     RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
+    unpack_remb_fci,
     unwrap_rtx,
 )
 from aiortc.stats import RTCStatsReport
@@ -846,6 +847,7 @@ class ForwardingReceiver:
         self.media_ssrc: int | None = None
         # Set for a simulcast publisher: which of its layers reaches the sink.
         self.layers: LayerSelector | None = None
+        self._layer_nacks: dict[int, NackGenerator] = {}
 
     # The attributes and methods below are what aiortc's RTCPeerConnection,
     # RTCRtpTransceiver and RTCDtlsTransport call on a receiver.
@@ -951,7 +953,11 @@ class ForwardingReceiver:
             self.sink.on_rtp(packet, codec)
 
     def _receive_layer(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
-        """Forward the chosen simulcast layer only (see :mod:`media.simulcast`)."""
+        """Hand every simulcast layer's packets on (the sink picks a layer per viewer).
+
+        Each layer has its own NACK state; the selector measures the layers (see
+        :mod:`media.simulcast`) and its choice, the top layer, gets the REMB.
+        """
         layers = self.layers
         assert layers is not None
         extensions = packet.extensions
@@ -963,34 +969,37 @@ class ForwardingReceiver:
                     self._rtx_ssrc[packet.ssrc] = media_ssrc
             original_ssrc = self._rtx_ssrc.get(packet.ssrc)
             apt = codec.parameters.get("apt")
-            if original_ssrc != layers.chosen or len(packet.payload) < 2 or apt not in self._codecs:
+            if original_ssrc not in layers.layers or len(packet.payload) < 2 or apt not in self._codecs:
                 return
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)  # type: ignore[arg-type]
             codec = self._codecs[apt]  # type: ignore[index]
         elif extensions.rtp_stream_id is not None:
             layers.learn(packet.ssrc, extensions.rtp_stream_id)
-        forward, switched = layers.on_packet(packet.ssrc, len(packet.payload), _monotonic())
+        if packet.ssrc not in layers.layers:
+            return  # no RID seen for this SSRC yet: cannot tell its layer
+        _, switched = layers.on_packet(packet.ssrc, len(packet.payload), _monotonic())
         if switched:
-            # A new layer is a new stream for the viewers: they wait for its keyframe.
-            logger.info("simulcast: forwarding layer %r", layers.chosen_rid)
+            logger.info("simulcast: top layer %r", layers.chosen_rid)
             self.media_ssrc = layers.chosen
-            self._nack = NackGenerator()
-            self.sink.restart()
-            self.send_pli()
-        if not forward:
-            return
-        if self._nack is not None and self._nack.add(packet):
-            self.send_nack(packet.ssrc, sorted(self._nack.missing))
+        nack = self._layer_nacks.get(packet.ssrc)
+        if nack is None:
+            nack = self._layer_nacks[packet.ssrc] = NackGenerator()
+        if nack.add(packet):
+            self.send_nack(packet.ssrc, sorted(nack.missing))
         if packet.payload:
             self.sink.on_rtp(packet, codec)
 
     # RTCP towards the publisher, sent synchronously through the egress.
 
-    def send_pli(self) -> bool:
-        """Ask the publisher for a keyframe; False if there is no video SSRC yet."""
-        if self._rtcp_ssrc is None or self.media_ssrc is None or self.egress is None:
+    def send_pli(self, media_ssrc: int | None = None) -> bool:
+        """Ask the publisher for a keyframe (of one simulcast layer's SSRC if given).
+
+        Return False if there is no video SSRC yet.
+        """
+        media_ssrc = media_ssrc if media_ssrc is not None else self.media_ssrc
+        if self._rtcp_ssrc is None or media_ssrc is None or self.egress is None:
             return False
-        pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=self.media_ssrc)
+        pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self._rtcp_ssrc, media_ssrc=media_ssrc)
         self.egress.send_rtcp(bytes(pli))
         return True
 
@@ -1127,6 +1136,14 @@ class ForwardingSender:
             self.handler.on_nack(self, packet.lost)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             self.handler.on_keyframe_request(self)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, _ssrcs = unpack_remb_fci(packet.fci)
+            except (ValueError, struct.error):
+                return  # another application-layer feedback than REMB, or truncated
+            on_remb = getattr(self.handler, "on_remb", None)
+            if on_remb is not None:
+                on_remb(self, bitrate)
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc == self._ssrc:

@@ -28,6 +28,7 @@ def is_keyframe(codec_name: str, payload: bytes) -> bool:
 
 def is_vp8_keyframe(payload: bytes) -> bool:
     """Return whether a VP8 payload (RFC 7741) starts a keyframe."""
+    # Inlined rather than built on _vp8_keyframe_header: this runs for every packet.
     if len(payload) < 2:
         return False
     descriptor = payload[0]
@@ -49,6 +50,42 @@ def is_vp8_keyframe(payload: bytes) -> bool:
     if index >= len(payload):
         return False
     return not payload[index] & 0x01  # P bit of the VP8 frame header: 0 = keyframe
+
+
+def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
+    """Return (width, height) if a VP8 payload starts a keyframe (RFC 6386 9.1)."""
+    index = _vp8_keyframe_header(payload)
+    if index is None or len(payload) < index + 10 or payload[index + 3: index + 6] != b"\x9d\x01\x2a":
+        return None
+    width = (payload[index + 6] | payload[index + 7] << 8) & 0x3FFF
+    height = (payload[index + 8] | payload[index + 9] << 8) & 0x3FFF
+    return width, height
+
+
+def _vp8_keyframe_header(payload: bytes) -> int | None:
+    """Return the offset of the VP8 frame header if ``payload`` starts a keyframe."""
+    if len(payload) < 2:
+        return None
+    descriptor = payload[0]
+    # Only the first partition's first packet (S=1, PID=0) holds the frame header.
+    if not descriptor & 0x10 or descriptor & 0x07:
+        return None
+    index = 1
+    if descriptor & 0x80:  # X: extended control bits follow
+        extension = payload[1]
+        index = 2
+        if extension & 0x80:  # I: picture id, 7 or 15 bits
+            if index >= len(payload):
+                return None
+            index += 2 if payload[index] & 0x80 else 1
+        if extension & 0x40:  # L: TL0PICIDX
+            index += 1
+        if extension & 0x30:  # T or K: TID/KEYIDX byte
+            index += 1
+    if index >= len(payload):
+        return None
+    # P bit of the VP8 frame header: 0 = keyframe
+    return None if payload[index] & 0x01 else index
 
 
 def is_h264_keyframe(payload: bytes) -> bool:

@@ -102,6 +102,7 @@ class ViewerTrack:
         "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
         "gop_ts", "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "send",
         "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
+        "layer", "next_layer", "sr_sent",
     )
 
     def __init__(self, sender: ForwardingSender) -> None:
@@ -135,6 +136,13 @@ class ViewerTrack:
         self.fraction_lost = 0
         # Viewer sequence number -> time it was last retransmitted (bounded, see on_nack).
         self.resent: dict[int, float] = {}
+        # Simulcast (media.simulcast): the layer's forwarder this viewer is on, and the
+        # one it switches to at that layer's next keyframe (it waits there meanwhile).
+        self.layer: TrackForwarder | None = None
+        self.next_layer: TrackForwarder | None = None
+        # Middle 32 bits of the NTP time of our recent sender reports -> when each went
+        # out: a receiver report's LSR/DLSR then gives the round-trip time (RFC 3550 6.4.1).
+        self.sr_sent: dict[int, float] = {}
 
 
 class CatchUp:
@@ -290,6 +298,8 @@ class TrackForwarder:
         start = self.frame_start_seq if self.is_video else seq
         now = time.monotonic()
         for viewer in self.waiting:
+            if viewer.next_layer is self:
+                self._take_over(viewer)
             viewer.start_seq = start
             viewer.seq_offset = (viewer.next_seq - start) & 0xFFFF
             next_ts = viewer.next_ts
@@ -306,6 +316,33 @@ class TrackForwarder:
                     self._send_one(viewer, entry)
                 earlier = (earlier + 1) & 0xFFFF
         self.waiting.clear()
+
+    def _take_over(self, viewer: ViewerTrack) -> None:
+        """Take a viewer switching from another layer's forwarder at this keyframe.
+
+        Its numbers continue from the last packet the old layer sent it: the viewer sees
+        one stream whose next frame is this keyframe. Layers have unrelated timestamp
+        bases, so the timeline continues by the time elapsed (at least one tick).
+        """
+        source = viewer.layer
+        viewer.next_layer = None
+        viewer.layer = self
+        viewer.gop_ts = None
+        if source is None or source is self:
+            return
+        if viewer in source.viewers:
+            source.viewers.remove(viewer)
+        else:
+            source._stop_catch_up(viewer)
+        if viewer in source.waiting:  # it never started there: nothing to continue
+            source.waiting.remove(viewer)
+            return
+        if source.highest_seq is not None:
+            viewer.next_seq = (source.highest_seq + viewer.seq_offset + 1) & 0xFFFF
+            elapsed = max(time.monotonic() - source.last_packet_time, 0.0)
+            ticks = max(int(elapsed * self.codec.clockRate), 1)
+            viewer.next_ts = (source.highest_ts + viewer.ts_offset + ticks) & 0xFFFFFFFF
+            viewer.anchor_time = None
 
     # --- GOP cache ------------------------------------------------------------------------
 
@@ -449,6 +486,7 @@ class TrackForwarder:
 
     def add_viewer(self, viewer: ViewerTrack) -> None:
         """Add a connected viewer: it gets the cached GOP at once, or waits for a keyframe."""
+        viewer.layer = self
         gop = self._gop
         if gop:
             self._start_catch_up(viewer, gop)
@@ -589,6 +627,9 @@ class TrackForwarder:
                 ),
             )
             data = bytes(report)
+            if len(viewer.sr_sent) > 8:
+                viewer.sr_sent.clear()
+            viewer.sr_sent[(ntp >> 16) & 0xFFFFFFFF] = now
             if sender.cname:
                 sdes = RtcpSdesPacket(
                     chunks=[RtcpSourceInfo(ssrc=viewer.ssrc, items=[(1, sender.cname.encode())])]

@@ -9,12 +9,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpReceiverInfo
 
 from .aiortc_hook import ForwardingSender
 from .forwarder import TrackForwarder, ViewerTrack
+from .layers import QUALITIES, LayerPolicy, SimulcastForwarder
 from .session import MediaSession
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ class ViewerEntry:
     session: MediaSession
     senders: dict[str, ForwardingSender]
     tracks: dict[str, ViewerTrack]
+    # The quality the viewer asked for (simulcast rooms): auto, high or low.
+    quality: str = "auto"
 
 
 class Room:
@@ -84,7 +88,7 @@ class Room:
         self.state = RoomState.STARTING
         self.publisher: MediaSession | None = None
         self.viewers: dict[str, ViewerEntry] = {}
-        self.forwarders: dict[str, TrackForwarder] = {}
+        self.forwarders: dict[str, TrackForwarder | SimulcastForwarder] = {}
         self.keyframe_requests = 0
         self._keyframe_interval = keyframe_interval
         self._remb_bitrate_bps = remb_bitrate_bps
@@ -94,15 +98,45 @@ class Room:
         self._on_state_change = on_state_change
         self._on_idle_expired = on_idle_expired
         self._loop = asyncio.get_running_loop()
-        self._last_pli = -1e9
-        self._pli_timer: asyncio.TimerHandle | None = None
+        # Keyframe requests are throttled per publisher SSRC (None: the single layer).
+        self._last_pli: dict[int | None, float] = {}
+        self._pli_timers: dict[int | None, asyncio.TimerHandle] = {}
         self._grace_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._senders: dict[ForwardingSender, tuple[ViewerEntry, str]] = {}
         self.forwarder("video", video_codec)
         self._rtcp_task = self._loop.create_task(self._run_rtcp(), name=f"room-rtcp-{room_id}")
 
-    def forwarder(self, kind: str, codec: RTCRtpCodecParameters) -> TrackForwarder:
+    def video_forwarder(
+        self, codec: RTCRtpCodecParameters, simulcast_rids: tuple[str, ...] | list[str] = ()
+    ) -> TrackForwarder | SimulcastForwarder:
+        """Return the video forwarder for a publisher that sends simulcast or not.
+
+        A reconnecting publisher that changes between the two gets the other kind of
+        forwarder; the viewers move over and continue their numbers.
+        """
+        old = self.forwarders.get("video")
+        if simulcast_rids and not isinstance(old, SimulcastForwarder):
+            new = SimulcastForwarder(
+                codec, self.request_keyframe, self._publisher_media,
+                gop_cache_bytes=self._gop_cache_bytes,
+            )
+            if isinstance(old, TrackForwarder):
+                new.take_viewers(old)
+            self.forwarders["video"] = new
+        elif not simulcast_rids and isinstance(old, SimulcastForwarder):
+            old.restart()
+            del self.forwarders["video"]
+            single = self.forwarder("video", codec)
+            assert isinstance(single, TrackForwarder)
+            for viewer in old.unplaced:
+                viewer.layer = None
+                single.add_viewer(viewer)
+            old.unplaced = []
+            single.retired = old.counters()
+        return self.forwarders["video"]
+
+    def forwarder(self, kind: str, codec: RTCRtpCodecParameters) -> TrackForwarder | SimulcastForwarder:
         """Return the room's forwarder for ``kind``, creating it with ``codec``."""
         if kind not in self.forwarders:
             self.forwarders[kind] = TrackForwarder(
@@ -223,7 +257,10 @@ class Room:
             return  # e.g. the viewer offered audio and the publisher sends none
         track = ViewerTrack(sender)
         entry.tracks[kind] = track
-        forwarder.add_viewer(track)
+        if isinstance(forwarder, SimulcastForwarder):
+            forwarder.add_viewer(track, LayerPolicy(entry.quality))
+        else:
+            forwarder.add_viewer(track)
 
     def on_sender_stopped(self, sender: ForwardingSender) -> None:
         """Stop forwarding to a viewer track whose sender stopped."""
@@ -243,13 +280,50 @@ class Room:
     def on_keyframe_request(self, sender: ForwardingSender) -> None:
         """Forward a viewer's PLI/FIR to the publisher, under the room's throttle."""
         if self._senders.get(sender, (None, ""))[1] == "video":
-            self.request_keyframe()
+            video = self.forwarders["video"]
+            track = self._track_of(sender)
+            if isinstance(video, SimulcastForwarder):
+                ssrc = video.ssrc_of(track) if track is not None else None
+                if ssrc is not None:
+                    self.request_keyframe(ssrc)
+            else:
+                self.request_keyframe()
+
+    def set_quality(self, session_id: str, quality: str) -> str | None:
+        """Pin a viewer's quality (auto/high/low); return the layer it is on, if known.
+
+        Raises ValueError for an unknown quality or viewer.
+        """
+        if quality not in QUALITIES:
+            raise ValueError(f"quality must be one of {', '.join(QUALITIES)}")
+        entry = self.viewers.get(session_id)
+        if entry is None:
+            raise ValueError(f"no viewer session {session_id!r} in this room")
+        entry.quality = quality
+        video = self.forwarders.get("video")
+        track = entry.tracks.get("video")
+        if isinstance(video, SimulcastForwarder) and track is not None:
+            video.set_quality(track, quality)
+            return video.rid_of(track)
+        return None
 
     def on_receiver_report(self, sender: ForwardingSender, report: RtcpReceiverInfo) -> None:
         """Keep a viewer's reported loss."""
         track = self._track_of(sender)
         if track is not None:
             track.fraction_lost = report.fraction_lost
+            video = self.forwarders.get("video")
+            if isinstance(video, SimulcastForwarder) and self._senders[sender][1] == "video":
+                sent = track.sr_sent.get(report.lsr) if report.lsr else None
+                rtt = time.monotonic() - sent - report.dlsr / 65536 if sent is not None else None
+                video.on_receiver_report(track, report.fraction_lost / 256, rtt)
+
+    def on_remb(self, sender: ForwardingSender, bitrate_bps: int) -> None:
+        """Take a viewer's REMB (its receive-side estimate) into its layer choice."""
+        track = self._track_of(sender)
+        video = self.forwarders.get("video")
+        if track is not None and isinstance(video, SimulcastForwarder):
+            video.on_remb(track, bitrate_bps)
 
     def _track_of(self, sender: ForwardingSender) -> ViewerTrack | None:
         found = self._senders.get(sender)
@@ -257,20 +331,20 @@ class Room:
 
     # --- keyframes and RTCP ---------------------------------------------------------------
 
-    def request_keyframe(self) -> None:
-        """Send the publisher a PLI, at most one per keyframe interval for the room."""
+    def request_keyframe(self, ssrc: int | None = None) -> None:
+        """Send the publisher a PLI, at most one per keyframe interval (per simulcast layer)."""
         now = self._loop.time()
-        wait = self._last_pli + self._keyframe_interval - now
+        wait = self._last_pli.get(ssrc, -1e9) + self._keyframe_interval - now
         if wait <= 0:
-            self._send_pli()
-        elif self._pli_timer is None:
-            self._pli_timer = self._loop.call_later(wait, self._send_pli)
+            self._send_pli(ssrc)
+        elif ssrc not in self._pli_timers:
+            self._pli_timers[ssrc] = self._loop.call_later(wait, self._send_pli, ssrc)
 
-    def _send_pli(self) -> None:
-        self._pli_timer = None
+    def _send_pli(self, ssrc: int | None = None) -> None:
+        self._pli_timers.pop(ssrc, None)
         receiver = self.forwarders["video"].receiver
-        if receiver is not None and receiver.send_pli():
-            self._last_pli = self._loop.time()
+        if receiver is not None and receiver.send_pli(ssrc):
+            self._last_pli[ssrc] = self._loop.time()
             self.keyframe_requests += 1
 
     async def _run_rtcp(self) -> None:
@@ -281,7 +355,10 @@ class Room:
             for forwarder in self.forwarders.values():
                 try:
                     if forwarder.receiver is not None:
-                        forwarder.receiver.send_reports(self._remb_bitrate_bps)
+                        remb = self._remb_bitrate_bps
+                        if isinstance(forwarder, SimulcastForwarder):
+                            remb = forwarder.needed_bps(remb)
+                        forwarder.receiver.send_reports(remb)
                     forwarder.send_sender_reports()
                 except (OSError, RuntimeError, ConnectionError):
                     logger.debug("room %s: RTCP send failed", self.id, exc_info=True)
@@ -301,9 +378,9 @@ class Room:
         went live ends without anyone having seen it start).
         """
         self._cancel_publisher_timers()
-        if self._pli_timer is not None:
-            self._pli_timer.cancel()
-        self._pli_timer = None
+        for timer in self._pli_timers.values():
+            timer.cancel()
+        self._pli_timers.clear()
         self._rtcp_task.cancel()
         if report:
             self._set_state(RoomState.ENDED)
@@ -313,6 +390,24 @@ class Room:
     async def wait_closed(self) -> None:
         """Wait for the RTCP task to finish after :meth:`end`."""
         await asyncio.gather(self._rtcp_task, return_exceptions=True)
+
+    def quality_stats(self) -> dict[str, Any]:
+        """Return what the viewers get: viewers per layer, their loss and bandwidth estimates.
+
+        ``layers`` counts the viewers per simulcast RID (empty for a single-layer
+        publisher); ``loss`` is the mean fraction lost the viewers last reported (0-1);
+        ``estimates_bps`` the viewers' current bandwidth estimates, where known.
+        """
+        video = self.forwarders.get("video")
+        tracks = [entry.tracks["video"] for entry in self.viewers.values() if "video" in entry.tracks]
+        layers: dict[str, int] = {}
+        estimates: list[float] = []
+        if isinstance(video, SimulcastForwarder):
+            layers = video.viewers_per_layer()
+            estimates = [policy.estimate_bps for policy in video.policies.values()
+                         if policy.estimate_bps is not None]
+        loss = sum(track.fraction_lost for track in tracks) / 256 / len(tracks) if tracks else 0.0
+        return {"layers": layers, "loss": loss, "estimates_bps": estimates}
 
     def stats(self) -> RoomStats:
         """Return the room's counters."""

@@ -26,6 +26,7 @@ from .aiortc_hook import (
 )
 from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
 from .forwarder import GOP_CACHE_BYTES
+from .layers import QUALITIES
 from .room import Room, RoomState, RoomStats
 from .sdp import OfferPlan, answer_simulcast, plan_publish, plan_watch, reject_sections
 from .session import MediaSession
@@ -147,7 +148,8 @@ class SFU:
         room.attach_publisher(session)
         try:
             video = pc.addTransceiver("video", direction="recvonly")
-            install_receiver(video, room.forwarder("video", plan.video_codec), plan.simulcast_rids)
+            install_receiver(video, room.video_forwarder(plan.video_codec, plan.simulcast_rids),
+                             plan.simulcast_rids)
             if plan.audio_codec is not None:
                 audio = pc.addTransceiver("audio", direction="recvonly")
                 install_receiver(audio, room.forwarder("audio", plan.audio_codec))
@@ -165,8 +167,12 @@ class SFU:
             self._switch_video_codec(room, plan.video_codec)
         return session
 
-    async def watch(self, room_id: str, offer_sdp: str, viewer: str | None = None) -> MediaSession:
+    async def watch(
+        self, room_id: str, offer_sdp: str, viewer: str | None = None, quality: str = "auto"
+    ) -> MediaSession:
         """Accept a viewer's offer for ``room_id`` and return its session.
+
+        ``quality`` (auto, high or low) picks the viewer's layer of a simulcast publisher.
 
         Raises :class:`BadOffer`, :class:`RoomNotFound`, :class:`RoomClosed` or
         :class:`RoomFull`.
@@ -177,12 +183,15 @@ class SFU:
             raise RoomNotFound(room_id)
         if room.state is RoomState.ENDED:
             raise RoomClosed(room_id)
+        if quality not in QUALITIES:
+            raise BadOffer(f"quality must be one of {', '.join(QUALITIES)}")
         if len(room.viewers) >= self.settings.max_viewers_per_room:
             raise RoomFull(room_id, self.settings.max_viewers_per_room)
         plan = plan_watch(offer_sdp, room.video_codec)
         pc = self._new_peer_connection()
         session = MediaSession(room_id, "viewer", viewer, pc)
         entry = room.add_viewer(session)  # counted against the limit from now on
+        entry.quality = quality
         try:
             video = pc.addTransceiver("video", direction="sendonly")
             room.watch_sender(entry, "video", install_sender(video, room))
@@ -196,6 +205,17 @@ class SFU:
             raise
         self._viewer_count_changed(room)
         return session
+
+    def set_quality(self, session_id: str, quality: str) -> str | None:
+        """Pin a viewer's quality; return the RID of its layer, if known.
+
+        Raises :class:`SessionNotFound`, or ValueError for an unknown quality.
+        """
+        session = self.sessions.get(session_id)
+        room = self.rooms.get(session.room_id) if session is not None else None
+        if session is None or room is None or session.role != "viewer":
+            raise SessionNotFound(session_id)
+        return room.set_quality(session_id, quality)
 
     async def close_session(self, session_id: str) -> None:
         """Close one session; raises :class:`SessionNotFound`.
@@ -227,6 +247,10 @@ class SFU:
         if room is None:
             raise RoomNotFound(room_id, f"room {room_id!r} not found")
         return room.stats()
+
+    def all_quality_stats(self) -> dict[str, dict[str, Any]]:
+        """Return every room's viewer quality figures (see ``Room.quality_stats``)."""
+        return {room_id: room.quality_stats() for room_id, room in self.rooms.items()}
 
     def all_stats(self) -> dict[str, dict[str, int | str]]:
         """Return every room's counters, keyed by room id."""

@@ -8,8 +8,8 @@ a higher resolution always costs more bits. The top layer often starts late (the
 publisher's bandwidth estimate ramps up), so the choice moves up when a richer layer
 appears and moves down only when the chosen one goes silent.
 
-One choice serves the whole room for now; choosing per viewer (by its bandwidth) needs a
-selector per viewer group on top of the same per-layer measurement.
+That choice is the top layer: it gets the publisher's REMB. Which layer each viewer
+gets is chosen per viewer on top of the same measurement (see :mod:`media.layers`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,12 @@ class Layer:
     # The highest rate measured: ranks the layers, so a still scene on the top layer
     # (few bits for a while) does not make a lower layer look better.
     peak_bps: float = 0.0
+    # A smoothed rate: what a viewer of this layer typically needs (the estimate's unit).
+    avg_bps: float = 0.0
     last_packet: float = 0.0
+    # Width x height from the layer's keyframes (VP8), 0 until seen: ranks the layers
+    # more surely than bitrates (at start-up a lower layer can briefly out-send a higher one).
+    pixels: int = 0
 
 
 @dataclass
@@ -77,6 +82,9 @@ class LayerSelector:
         for layer in self.layers.values():
             layer.rate_bps = layer.window_bytes * 8 / elapsed if elapsed > 0 else 0.0
             layer.peak_bps = max(layer.peak_bps, layer.rate_bps)
+            if layer.rate_bps > 0:  # a paused layer keeps its last typical rate
+                layer.avg_bps = (layer.rate_bps if not layer.avg_bps
+                                 else 0.8 * layer.avg_bps + 0.2 * layer.rate_bps)
             layer.window_bytes = 0
         self._window_start = now
         current = self.layers[self.chosen] if self.chosen is not None else None
@@ -84,11 +92,14 @@ class LayerSelector:
                  if now - layer.last_packet < SILENCE_SECONDS and layer.rate_bps > 0]
         if not alive:
             return False
-        best = max(alive, key=lambda layer: layer.peak_bps)
+        by_size = all(layer.pixels for layer in alive) and current is not None and current.pixels
+        best = max(alive, key=lambda layer: (layer.pixels, layer.peak_bps) if by_size else layer.peak_bps)
         if current is None or now - current.last_packet >= SILENCE_SECONDS:
             if best is current:
                 return False
             target = best
+        elif by_size and best is not current:
+            target = best  # sizes from the keyframes: no need for a bitrate margin
         elif best is not current and best.peak_bps > current.peak_bps * SWITCH_RATIO:
             target = best
         else:
@@ -101,3 +112,11 @@ class LayerSelector:
         """Return the RID of the forwarded layer, if any."""
         layer = self.layers.get(self.chosen) if self.chosen is not None else None
         return layer.rid if layer is not None else None
+
+    def ranked(self, now: float) -> list[Layer]:
+        """Return the layers sending now, lowest bitrate (quality) first."""
+        alive = [layer for layer in self.layers.values()
+                 if now - layer.last_packet < SILENCE_SECONDS]
+        if alive and all(layer.pixels for layer in alive):
+            return sorted(alive, key=lambda layer: (layer.pixels, layer.peak_bps))
+        return sorted(alive, key=lambda layer: layer.peak_bps)

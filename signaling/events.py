@@ -51,6 +51,8 @@ CLIENT_SCHEMAS: dict[str, dict[str, Any]] = {
         productId=_UUID, variantId=_UUID, qty=_QTY, addressId=_UUID,
     ),
     "auth": _schema(["accessToken"], accessToken={"type": "string", "minLength": 1, "maxLength": 4096}),
+    # A viewer pins the quality of its video (events DataChannel of a watch session only).
+    "quality:set": _schema(["layer"], layer={"enum": ["auto", "high", "low"]}),
 }
 _VALIDATORS = {name: jsonschema.Draft202012Validator(s) for name, s in CLIENT_SCHEMAS.items()}
 

@@ -17,6 +17,7 @@ import asyncpg
 
 from commerce.errors import CommerceError
 from commerce.outage import database_unavailable
+from media.errors import SessionNotFound
 from signaling import events, store
 from signaling.chat import Chat, Limits
 from signaling.events import ClientMessage, ProtocolError
@@ -52,7 +53,10 @@ class Realtime:
         self._handlers: dict[str, Callable[[Connection, ClientMessage], Awaitable[None]]] = {
             "chat:send": self._chat_send, "reaction:send": self._reaction,
             "cart:add": self._cart_add, "buy:now": self._buy_now, "auth": self._auth,
+            "quality:set": self._quality_set,
         }
+        # Set by the media gateway: pin a media session's quality, return its layer (RID).
+        self.set_quality: Callable[[str, str], str | None] | None = None
 
     # -- server/notify.py contract ---------------------------------------------------
 
@@ -178,6 +182,22 @@ class Realtime:
         )
         conn.send_direct(events.ack(message.ref, checkout=session))
         self.hub.stock_changed([p["variantId"]])
+
+    async def _quality_set(self, conn: Connection, message: ClientMessage) -> None:
+        media = getattr(conn.transport, "media_session", None)
+        if media is None or self.set_quality is None or conn.publisher:
+            raise ProtocolError(
+                "no_media_session", "quality:set works on the events DataChannel of a watch session",
+                message.ref,
+            )
+        quality = message.payload["layer"]
+        try:
+            layer = self.set_quality(media, quality)
+        except (SessionNotFound, ValueError) as exc:  # the media session has just gone
+            raise ProtocolError("no_media_session", str(exc)[:200], message.ref) from None
+        conn.send_direct(events.event("quality:current", {"quality": quality, "layer": layer}))
+        if message.ref is not None:
+            conn.send_direct(events.ack(message.ref, quality=quality, layer=layer))
 
     async def _auth(self, conn: Connection, message: ClientMessage) -> None:
         participant = await self.identify(message.payload["accessToken"])

@@ -113,6 +113,8 @@ class DataChannelTransport:
                  *, lean: bool = False) -> None:
         self.channel = channel
         self.high_water = high_water
+        # The media session this channel belongs to (quality:set acts on it).
+        self.media_session: str | None = None
         self.lean = LeanSender(channel) if lean else None
 
     def send_text(self, text: str) -> bool:
@@ -145,6 +147,7 @@ class DataChannelTransport:
 async def attach_datachannel(
     realtime: Realtime, livestream_id: str, channel: RTCDataChannel,
     participant: Participant | None = None, *, publisher: bool = False,
+    media_session: str | None = None,
 ) -> Connection:
     """Serve the event protocol on a peer connection's `events` DataChannel.
 
@@ -165,6 +168,7 @@ async def attach_datachannel(
                 conn.send_direct(events.error("rate_limited", "too many messages on this channel"))
 
     transport = DataChannelTransport(channel, lean=realtime.hub.options.lean_datachannel)
+    transport.media_session = media_session
     conn = await realtime.open(livestream_id, transport, participant, publisher=publisher)
     session = conn
 

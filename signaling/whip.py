@@ -88,9 +88,9 @@ class MediaGateway:
 
     async def watch(
         self, livestream_id: str, offer_sdp: str, *, user_id: str | None,
-        participant: Participant | None = None,
+        participant: Participant | None = None, quality: str = "auto",
     ) -> MediaSession:
-        """Join a live (or paused) livestream as a viewer."""
+        """Join a live (or paused) livestream as a viewer (``quality``: auto, high or low)."""
         async with self.db.transaction(system=True) as conn:
             stream = await livestreams.get_livestream(conn, livestream_id)
         if stream["status"] not in ("live", "paused"):
@@ -98,7 +98,7 @@ class MediaGateway:
                 "this livestream is not live" + (" yet" if stream["status"] == "scheduled" else ""),
                 status=stream["status"],
             )
-        session = await self.sfu.watch(livestream_id, offer_sdp, viewer=user_id)
+        session = await self.sfu.watch(livestream_id, offer_sdp, viewer=user_id, quality=quality)
         self._serve_events(session, livestream_id, participant, publisher=False)
         return session
 
@@ -151,11 +151,14 @@ class MediaGateway:
         realtime = self.realtime
         if realtime is None:
             return
+        if getattr(realtime, "set_quality", False) is None:
+            realtime.set_quality = self.sfu.set_quality
 
         def arrived(channel: RTCDataChannel) -> None:
             if channel.label == EVENTS_LABEL:
                 self._spawn(attach_datachannel(
-                    realtime, livestream_id, channel, participant, publisher=publisher
+                    realtime, livestream_id, channel, participant, publisher=publisher,
+                    media_session=None if publisher else session.id,
                 ))
                 if not publisher:
                     # A viewer's events channel closes when its page goes (SCTP ABORT or

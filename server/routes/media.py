@@ -25,6 +25,7 @@ from media import (
     RoomNotFound,
     SessionNotFound,
 )
+from media.layers import QUALITIES
 from server import turn
 from server.api import Api, json_response, path_id, read_body
 from server.errors import ApiError, error_response, register_domain_error, unauthenticated
@@ -148,6 +149,7 @@ async def publish(request: web.Request) -> web.Response:
 @api.route(
     "POST", "/api/v1/livestreams/{id}/watch", summary="Watch a livestream (WHEP)",
     tags=("media",), status=201, auth="optional", request_content_type=SDP,
+    query={"quality": {"enum": list(QUALITIES)}},
     response_content_type=SDP, response={"type": "string"}, errors=MEDIA_ERRORS,
 )
 @refusals_explained("WHEP watch")
@@ -155,9 +157,10 @@ async def watch(request: web.Request) -> web.Response:
     livestream_id = path_id(request)
     offer = await read_offer(request)
     identity = request.get(IDENTITY)
+    quality = request.query.get("quality", "auto")  # validated against the route's query schema
     session = await request.app[GATEWAY].watch(
         livestream_id, offer, user_id=identity.user_id if identity else None,
-        participant=await participant_of(request),
+        participant=await participant_of(request), quality=quality,
     )
     return created(session, request)
 
@@ -234,4 +237,22 @@ class RoomMetrics(Collector):
                 family.add_metric([room_id], float(room[name]))
         yield viewers
         yield from families.values()
+        yield from self._quality()
+
+    def _quality(self) -> Any:
+        """Yield the viewers' quality per room: viewers per layer, loss, bandwidth estimates."""
+        layers = GaugeMetricFamily("shopstream_room_layer_viewers",
+                                   "Viewers per simulcast layer", labels=["room", "layer"])
+        loss = GaugeMetricFamily("shopstream_room_viewer_loss_ratio",
+                                 "Mean fraction of packets the viewers report lost", labels=["room"])
+        estimate = GaugeMetricFamily("shopstream_room_viewer_estimate_bps",
+                                     "Viewers' bandwidth estimates (min, max)", labels=["room", "stat"])
+        for room_id, room in self.sfu.all_quality_stats().items():
+            for rid, count in sorted(room["layers"].items()):
+                layers.add_metric([room_id, rid], float(count))
+            loss.add_metric([room_id], float(room["loss"]))
+            if room["estimates_bps"]:
+                estimate.add_metric([room_id, "min"], float(min(room["estimates_bps"])))
+                estimate.add_metric([room_id, "max"], float(max(room["estimates_bps"])))
+        yield from (layers, loss, estimate)
 

@@ -130,7 +130,7 @@ async def publish(
 
 
 async def watch(sfu: SFU, room_id: str, *, audio: bool = True, datachannel: bool = False,
-                viewer: str | None = None) -> tuple[Viewer, str]:
+                viewer: str | None = None, quality: str = "auto") -> tuple[Viewer, str]:
     """Join ``room_id`` with a decoding aiortc viewer; return it and its session id."""
     pc = new_pc()
     result = Viewer(pc)
@@ -140,7 +140,7 @@ async def watch(sfu: SFU, room_id: str, *, audio: bool = True, datachannel: bool
         pc.addTransceiver("audio", direction="recvonly")
     if datachannel:
         result.channels.append(pc.createDataChannel("events"))
-    session = await sfu.watch(room_id, await local_offer(pc), viewer)
+    session = await sfu.watch(room_id, await local_offer(pc), viewer, quality)
     await accept(pc, session.answer_sdp)
     return result, session.id
 

@@ -204,7 +204,14 @@ events
   })
   // The publisher switched codec: this session cannot carry it, so watch again.
   .on("stream:renegotiate", () => media.retryNow())
+  // The layer the server forwards after a quality pick (none: the publisher sends one).
+  .on("quality:current", (p) => { $("quality-now").textContent = p.layer ? `(${p.layer})` : ""; })
   .on("error", (p) => showStatus(status, p.message || "Something went wrong.", "error"));
+
+// A pinned quality (simulcast shows): the server switches this viewer's layer at once.
+$("quality").addEventListener("change", (e) => {
+  try { events.send("quality:set", { layer: e.target.value }); } catch (err) { showError(status, err); }
+});
 
 function setViewers(n) {
   if (typeof n !== "number") return;

@@ -1,0 +1,393 @@
+"""Per-viewer simulcast layers: one forwarder per layer, each viewer on one layer at a time.
+
+A simulcast publisher's layers each get their own :class:`TrackForwarder` (history, GOP
+cache, sender reports), so a layer's packet costs what a single-layer room's packet
+costs, times the viewers on that layer. Which layer a viewer gets is the business of a
+small policy object per viewer (:class:`LayerPolicy`); this module only asks it, every
+``REVIEW_SECONDS``, and moves the viewer when the answer changes. A move waits for the
+target layer's keyframe (the target layer is asked for one, throttled per layer) while
+the viewer keeps getting the old layer, and the viewer's SSRC, sequence numbers and
+timestamps continue across it (see ``TrackForwarder._take_over``): it sees one stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtcpSrPacket, RtpPacket
+
+from .aiortc_hook import ForwardingReceiver
+from .codecs import vp8_keyframe_size
+from .estimator import BandwidthEstimator
+from .forwarder import TrackCounters, TrackForwarder, ViewerTrack
+from .simulcast import Layer, LayerSelector
+
+REVIEW_SECONDS = 0.5
+QUALITIES = ("auto", "high", "low")
+
+
+@dataclass
+class LayerPolicy:
+    """Choose one viewer's layer: pinned high or low, or (auto) the best its estimate carries."""
+
+    quality: str = "auto"
+    estimator: BandwidthEstimator = field(default_factory=BandwidthEstimator)
+
+    @property
+    def estimate_bps(self) -> float | None:
+        """Return the viewer's bandwidth estimate (bit/s); None: nothing limits it."""
+        return self.estimator.value(time.monotonic())
+
+    def choose(self, ranked: list[Layer]) -> Layer:
+        """Return the layer to forward among ``ranked`` (lowest first, never empty)."""
+        if self.quality == "low":
+            return ranked[0]
+        estimate = self.estimate_bps
+        if self.quality == "high" or estimate is None:
+            return ranked[-1]
+        fitting = [layer for layer in ranked if (layer.avg_bps or layer.peak_bps) <= estimate]
+        return fitting[-1] if fitting else ranked[0]
+
+
+class SimulcastForwarder:
+    """Fan a simulcast track out with a layer per viewer; a ``TrackForwarder`` to the room."""
+
+    kind = "video"
+    is_video = True
+
+    def __init__(
+        self,
+        codec: RTCRtpCodecParameters,
+        on_keyframe_needed: Callable[[int], None],
+        on_publisher_media: Callable[[TrackForwarder], None],
+        *,
+        gop_cache_bytes: int = 0,
+    ) -> None:
+        self.codec = codec
+        self._keyframe_needed = on_keyframe_needed
+        self._publisher_media = on_publisher_media
+        self._gop_cache_bytes = gop_cache_bytes
+        self.receiver: ForwardingReceiver | None = None
+        self.selector: LayerSelector | None = None
+        self.layers: dict[int, TrackForwarder] = {}
+        self.policies: dict[ViewerTrack, LayerPolicy] = {}
+        self.unplaced: list[ViewerTrack] = []  # viewers waiting for the first layer
+        self.retired = TrackCounters()
+        self._retired_in = [0, 0, 0]  # packets, bytes, NACKs missed of old streams' layers
+        self._last_review = 0.0
+        self.switches = 0
+
+    # --- publisher side (PacketSink) ----------------------------------------------------
+
+    def on_receiver_started(self, receiver: ForwardingReceiver) -> None:
+        """Take the layers of a newly connected publisher."""
+        self.receiver = receiver
+        self.selector = receiver.layers
+
+    def on_receiver_ended(self, receiver: ForwardingReceiver) -> None:
+        """Forget a publisher that left."""
+        if self.receiver is receiver:
+            self.receiver = None
+
+    def on_sender_report(self, packet: RtcpSrPacket) -> None:
+        """Hand a layer's sender report to its forwarder."""
+        layer = self.layers.get(packet.ssrc)
+        if layer is not None:
+            layer.on_sender_report(packet)
+
+    def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        """Forward one packet of any layer to the viewers on that layer."""
+        layer = self.layers.get(packet.ssrc)
+        if layer is None:
+            layer = self._new_layer(packet.ssrc)
+        if self.codec.name == "VP8" and self.selector is not None:
+            measured = self.selector.layers.get(packet.ssrc)
+            if measured is not None:
+                size = vp8_keyframe_size(packet.payload)
+                if size is not None:
+                    measured.pixels = size[0] * size[1]
+        layer.on_rtp(packet, codec)
+        now = time.monotonic()
+        if now - self._last_review >= REVIEW_SECONDS:
+            self._last_review = now
+            self.review(now)
+
+    def _new_layer(self, ssrc: int) -> TrackForwarder:
+        layer = TrackForwarder(
+            "video", self.codec, lambda: self._keyframe_needed(ssrc), self._publisher_media,
+            gop_cache_bytes=self._gop_cache_bytes,
+        )
+        layer.receiver = self.receiver
+        self.layers[ssrc] = layer
+        unplaced, self.unplaced = self.unplaced, []
+        for viewer in unplaced:  # the first layer: start there, move when others rank
+            layer.add_viewer(viewer)
+        return layer
+
+    # --- the layer choice -----------------------------------------------------------------
+
+    def ranked(self, now: float | None = None) -> list[Layer]:
+        """Return the layers sending now that have a forwarder, lowest quality first."""
+        if self.selector is None:
+            return []
+        now = now if now is not None else _loop_time()
+        return [layer for layer in self.selector.ranked(now) if layer.ssrc in self.layers]
+
+    def review(self, now: float | None = None) -> None:
+        """Ask every viewer's policy for its layer; start the switches that changed."""
+        ranked = self.ranked(_loop_time())
+        if not ranked:
+            return
+        for viewer, policy in self.policies.items():
+            target = self.layers[policy.choose(ranked).ssrc]
+            self.move(viewer, target)
+
+    def move(self, viewer: ViewerTrack, target: TrackForwarder) -> None:
+        """Switch ``viewer`` to ``target`` at its next keyframe (or cancel a switch)."""
+        pending = viewer.next_layer
+        if pending is target or (pending is None and viewer.layer is target):
+            return
+        if pending is not None:  # the choice changed again before the keyframe came
+            if viewer in pending.waiting:
+                pending.waiting.remove(viewer)
+            viewer.next_layer = None
+            if viewer.layer is target:
+                return
+        current = viewer.layer
+        if current is None or current not in self.layers.values():
+            return  # still unplaced: it starts on a layer when one exists
+        if viewer in current.waiting:  # not started yet: start on the target instead
+            current.waiting.remove(viewer)
+            target.add_viewer(viewer)
+            return
+        self.switches += 1
+        viewer.next_layer = target
+        target.waiting.append(viewer)
+        target._keyframe_needed()
+
+    def layer_of(self, viewer: ViewerTrack) -> TrackForwarder | None:
+        """Return the forwarder a viewer is on now."""
+        return viewer.layer if viewer.layer in self.layers.values() else None
+
+    def rid_of(self, viewer: ViewerTrack) -> str | None:
+        """Return the RID of the layer a viewer is on now."""
+        layer = self.layer_of(viewer)
+        if layer is None or self.selector is None:
+            return None
+        for ssrc, forwarder in self.layers.items():
+            if forwarder is layer:
+                found = self.selector.layers.get(ssrc)
+                return found.rid if found else None
+        return None
+
+    def ssrc_of(self, viewer: ViewerTrack) -> int | None:
+        """Return the publisher SSRC of the layer a viewer is on now."""
+        for ssrc, forwarder in self.layers.items():
+            if forwarder is viewer.layer:
+                return ssrc
+        return None
+
+    def on_receiver_report(self, viewer: ViewerTrack, loss: float, rtt: float | None = None) -> None:
+        """Feed a viewer's reported loss (0-1) and round-trip time to its estimate.
+
+        Move the viewer if that changes its layer.
+        """
+        policy = self.policies.get(viewer)
+        ssrc = self.ssrc_of(viewer)
+        if policy is None or ssrc is None or self.selector is None:
+            return
+        ranked = self.ranked()
+        current = self.selector.layers.get(ssrc)
+        if current is None:
+            return
+        above = [layer for layer in ranked if ranked.index(layer) > ranked.index(current)] \
+            if current in ranked else []
+        policy.estimator.on_loss(
+            loss, time.monotonic(), current.avg_bps or current.rate_bps,
+            (above[0].avg_bps or above[0].peak_bps) if above else None, rtt,
+        )
+        self.review()
+
+    def on_remb(self, viewer: ViewerTrack, bitrate_bps: float) -> None:
+        """Feed a viewer's REMB to its estimate."""
+        policy = self.policies.get(viewer)
+        if policy is not None:
+            policy.estimator.on_remb(bitrate_bps, time.monotonic())
+
+    def needed_bps(self, ceiling: int) -> int:
+        """Return the REMB cap for the publisher: what the best layer any viewer needs takes.
+
+        Layers above it would be sent for nobody. The cap stays at ``ceiling`` while any
+        viewer wants (or may probe) the top layer, or nothing is measured yet.
+        """
+        ranked = self.ranked()
+        if not ranked or not self.policies or len(ranked) < 2:
+            return ceiling
+        top = ranked[-1]
+        best = 0
+        for viewer, policy in self.policies.items():
+            estimate = policy.estimate_bps
+            if policy.quality == "high" or estimate is None or estimate >= (top.avg_bps or top.peak_bps):
+                return ceiling
+            best = max(best, ranked.index(policy.choose(ranked)))
+        needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: best + 1])
+        return int(min(ceiling, max(needed * 1.5, 100_000)))
+
+    def set_quality(self, viewer: ViewerTrack, quality: str) -> None:
+        """Pin a viewer's quality (``auto``, ``high`` or ``low``) and apply it at once."""
+        if quality not in QUALITIES:
+            raise ValueError(f"quality must be one of {', '.join(QUALITIES)}")
+        self.policies.setdefault(viewer, LayerPolicy()).quality = quality
+        self.review()
+
+    # --- viewer side (what the room calls on a TrackForwarder) ----------------------------
+
+    def add_viewer(self, viewer: ViewerTrack, policy: LayerPolicy | None = None) -> None:
+        """Add a connected viewer on the layer its policy chooses (or the first one)."""
+        self.policies[viewer] = policy or self.policies.get(viewer) or LayerPolicy()
+        ranked = self.ranked()
+        if ranked:
+            self.layers[self.policies[viewer].choose(ranked).ssrc].add_viewer(viewer)
+        elif self.layers:
+            next(iter(self.layers.values())).add_viewer(viewer)
+        else:
+            self.unplaced.append(viewer)
+
+    def remove_viewer(self, viewer: ViewerTrack) -> None:
+        """Remove a viewer from its layer (and from a pending switch)."""
+        self.policies.pop(viewer, None)
+        if viewer in self.unplaced:
+            self.unplaced.remove(viewer)
+        pending = viewer.next_layer
+        if pending is not None and viewer in pending.waiting:
+            pending.waiting.remove(viewer)
+        viewer.next_layer = None
+        if viewer.layer is not None and viewer.layer in self.layers.values():
+            viewer.layer.remove_viewer(viewer)
+        else:
+            viewer.active = False
+            self._retire_viewer(viewer)
+
+    def _retire_viewer(self, viewer: ViewerTrack) -> None:
+        self.retired.packets_out += viewer.packets
+        self.retired.bytes_out += viewer.octets
+        self.retired.drops += viewer.drops
+        self.retired.nacks_served += viewer.nacks_served
+
+    def restart(self) -> None:
+        """Re-anchor every viewer for a new publisher stream (new layers, new SSRCs)."""
+        viewers: list[ViewerTrack] = list(self.unplaced)
+        for layer in self.layers.values():
+            for viewer in list(layer.waiting):
+                if viewer.next_layer is layer:  # a pending switch: it is on another layer
+                    layer.waiting.remove(viewer)
+                    viewer.next_layer = None
+            layer.restart()  # continues each viewer's numbers where they stopped
+            viewers.extend(layer.waiting)
+            layer.waiting.clear()
+            counters = layer.counters()
+            for name in ("packets_out", "bytes_out", "drops", "nacks_served"):
+                setattr(self.retired, name, getattr(self.retired, name) + getattr(counters, name))
+            self._retired_in[0] += layer.packets_in
+            self._retired_in[1] += layer.bytes_in
+            self._retired_in[2] += layer.nacks_missed
+        # The viewers' own counters moved into ``retired`` with their layer: start anew.
+        for viewer in viewers:
+            viewer.packets = viewer.octets = viewer.drops = viewer.nacks_served = 0
+            viewer.layer = None
+        self.layers = {}
+        self.unplaced = viewers
+
+    def switch_codec(self, codec: RTCRtpCodecParameters) -> None:
+        """Take the next publisher stream in another codec (the room's viewers rejoin)."""
+        self.codec = codec
+        self.restart()
+
+    def take_viewers(self, old: TrackForwarder) -> None:
+        """Take over the viewers of the single-layer forwarder this one replaces."""
+        if old.viewers or old.catching_up:
+            old.restart()
+        self.retired = TrackCounters(**vars(old.counters()))
+        self._retired_in = [old.packets_in, old.bytes_in, old.nacks_missed]
+        for viewer in list(old.waiting):
+            viewer.packets = viewer.octets = viewer.drops = viewer.nacks_served = 0
+            viewer.layer = None
+            self.add_viewer(viewer)
+        old.waiting.clear()
+
+    def on_nack(self, viewer: ViewerTrack, lost: list[int]) -> None:
+        """Answer a viewer's NACK from its current layer's history."""
+        layer = self.layer_of(viewer)
+        if layer is not None:
+            layer.on_nack(viewer, lost)
+
+    def send_sender_reports(self) -> None:
+        """Send each layer's viewers their sender reports."""
+        for layer in self.layers.values():
+            layer.send_sender_reports()
+
+    def counters(self) -> TrackCounters:
+        """Return the track's totals, including viewers and layers that have gone."""
+        total = TrackCounters(**vars(self.retired))
+        for layer in self.layers.values():
+            counters = layer.counters()
+            total.packets_out += counters.packets_out
+            total.bytes_out += counters.bytes_out
+            total.drops += counters.drops
+            total.nacks_served += counters.nacks_served
+        return total
+
+    @property
+    def packets_in(self) -> int:
+        """Return the packets received on every layer."""
+        return self._retired_in[0] + sum(layer.packets_in for layer in self.layers.values())
+
+    @property
+    def bytes_in(self) -> int:
+        """Return the payload bytes received on every layer."""
+        return self._retired_in[1] + sum(layer.bytes_in for layer in self.layers.values())
+
+    @property
+    def nacks_missed(self) -> int:
+        """Return the NACKs no layer could answer."""
+        return self._retired_in[2] + sum(layer.nacks_missed for layer in self.layers.values())
+
+    @property
+    def highest_seq(self) -> int | None:
+        """Return a sequence number if any layer has had media (None otherwise)."""
+        return next((layer.highest_seq for layer in self.layers.values()
+                     if layer.highest_seq is not None), None)
+
+    @property
+    def last_packet_time(self) -> float:
+        """Return when the newest packet of any layer arrived."""
+        return max((layer.last_packet_time for layer in self.layers.values()), default=0.0)
+
+    @property
+    def viewers(self) -> list[ViewerTrack]:
+        """Return the viewers receiving some layer now."""
+        return [viewer for layer in self.layers.values() for viewer in layer.viewers]
+
+    @property
+    def waiting(self) -> list[ViewerTrack]:
+        """Return the viewers not receiving yet (waiting for a first keyframe or layer)."""
+        return self.unplaced + [viewer for layer in self.layers.values()
+                                for viewer in layer.waiting if viewer.next_layer is not layer]
+
+    def viewers_per_layer(self) -> dict[str, int]:
+        """Return how many viewers each layer (by RID) carries now."""
+        out: dict[str, int] = {}
+        if self.selector is None:
+            return out
+        for ssrc, layer in self.layers.items():
+            found = self.selector.layers.get(ssrc)
+            if found is not None:
+                out[found.rid] = sum(1 for v in self.policies if v.layer is layer)
+        return out
+
+
+def _loop_time() -> float:
+    return time.monotonic()
