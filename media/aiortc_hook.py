@@ -34,6 +34,9 @@ rewritten RTP packets to each viewer. This module is the only place that knows h
   :func:`answer_dtls_passive` makes the SFU the DTLS server for ``actpass`` offers;
   :func:`dtls_failure` returns why a handshake failed (OpenSSL's reason, which aiortc
   only logs at debug level).
+* A DataChannel text message that is not UTF-8, or a DCEP message that cannot be read,
+  no longer ends the peer connection: aiortc's SCTP receive path is wrapped (the eighth
+  patch) so the event protocol answers it with an ``error`` event.
 
 The hook reads private aiortc, aioice and pylibsrtp attributes, so the aiortc version
 is pinned and checked at import (and pylibsrtp's handle is checked too).
@@ -44,10 +47,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import copy
 import errno
 import inspect
 import ipaddress
-import copy
 import logging
 import os
 import random
@@ -67,9 +70,7 @@ import aiortc
 import aiortc.rtcpeerconnection
 import pylibsrtp
 from aioice.ice import StunProtocol
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.codecs import is_rtx
-from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, rtcsctptransport
 from aiortc.codecs import HEADER_EXTENSIONS, is_rtx
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, SRTPProtectionProfile
 from aiortc.rtcdtlstransport import State as DtlsState
@@ -559,6 +560,41 @@ def _ssl_reason(exc: SSL.Error, alert: str | None) -> str:
 # The sixth and seventh patches: the same loop as aiortc's, plus the reason.
 RTCDtlsTransport._do_handshake = _do_handshake  # type: ignore[method-assign]
 RTCDtlsTransport._validate_peer_identity = _validate_peer_identity  # type: ignore[method-assign]
+
+
+# --- DataChannel messages a client can break -------------------------------------------
+#
+# aiortc 1.16's ``RTCSctpTransport._data_channel_receive`` decodes a text message (PPID
+# 51) with ``bytes.decode("utf8")`` and a DCEP OPEN's label with the same, and asserts
+# that an OPEN names a new stream: one bad message from a client raises inside the SCTP
+# receive path and ends that peer connection's DTLS transport (media included). The
+# eighth patch: a text message that is not UTF-8 is handed on as bytes (the event
+# protocol answers it with an ``error`` event), and a DCEP message that cannot be read
+# is dropped with a log line.
+
+
+_aiortc_data_channel_receive = rtcsctptransport.RTCSctpTransport._data_channel_receive
+
+
+async def _data_channel_receive(
+    self: rtcsctptransport.RTCSctpTransport, stream_id: int, pp_id: int, data: bytes
+) -> None:
+    if pp_id == rtcsctptransport.WEBRTC_STRING and stream_id in self._data_channels:
+        try:
+            text = data.decode("utf8")
+        except UnicodeDecodeError:
+            self._data_channels[stream_id].emit("message", bytes(data))
+            return
+        self._data_channels[stream_id].emit("message", text)
+        return
+    try:
+        await _aiortc_data_channel_receive(self, stream_id, pp_id, data)
+    except (AssertionError, UnicodeDecodeError, struct.error) as exc:
+        logger.info("dropped an unreadable DataChannel control message (stream %d): %r",
+                    stream_id, exc)
+
+
+rtcsctptransport.RTCSctpTransport._data_channel_receive = _data_channel_receive  # type: ignore[method-assign]
 
 
 # --- egress ----------------------------------------------------------------------------

@@ -83,7 +83,8 @@ class ClientMessage:
 def parse(data: str | bytes) -> ClientMessage:
     """Validate one client message; raise ProtocolError naming what is wrong."""
     if isinstance(data, bytes):
-        raise ProtocolError("bad_message", "messages must be JSON text, not binary")
+        # Binary frames, and DataChannel text that is not UTF-8 (media.aiortc_hook).
+        raise ProtocolError("bad_message", "messages must be UTF-8 JSON text, not binary")
     try:
         message = bounded_json.loads(data, max_depth=MAX_DEPTH, max_chars=MAX_MESSAGE_BYTES)
     except bounded_json.TooLarge:

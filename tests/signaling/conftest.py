@@ -171,6 +171,7 @@ async def dc_client(
         await server_pc.close()
 
     c = EventsClient(send, inbox, close)
+    c.channel = channel  # type: ignore[attr-defined]
     c.welcome = await inbox.expect("welcome", timeout=20)  # type: ignore[attr-defined]
     return c
 

@@ -32,6 +32,7 @@ import hypothesis
 import pytest
 from aiohttp import WSCloseCode, WSMsgType
 from aiohttp.test_utils import TestClient
+from aiortc.rtcsctptransport import WEBRTC_STRING
 from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 
@@ -183,6 +184,28 @@ async def test_datachannel_event_fuzzing(client: TestClient, factory: Factory, l
         await asyncio.to_thread(run_in_thread, asyncio.get_running_loop(), DC_EXAMPLES, strategy, fuzzer.check)
         await c.send("chat:send", message="still here", ref="last")
         await c.expect("ack", ref="last", timeout=20)
+    finally:
+        await c.close()
+    assert not _server_errors(caplog), _server_errors(caplog)[:5]
+
+
+async def test_datachannel_text_that_is_not_utf8_is_an_error_event_not_a_dead_connection(
+    client: TestClient, factory: Factory, loopback_ice: None, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiortc decodes DataChannel text itself: invalid UTF-8 used to end the peer's DTLS transport."""
+    livestream_id, _, _, viewer = await _room(factory)
+    c = await dc_client(client.app, livestream_id, Participant(viewer.id, "Bytes", "user"))
+    try:
+        channel = c.channel  # type: ignore[attr-defined]
+        sctp = channel.transport
+        # What a client that sends raw bytes as text puts on the wire (PPID 51, "string").
+        sctp._data_channel_queue.append((channel, WEBRTC_STRING, b'{"type":"chat:send","\xff\xfe"}'))
+        await sctp._data_channel_flush()
+        error = await c.expect("error", timeout=20)
+        assert error["code"] == "bad_message", error
+        await c.send("chat:send", message="still here", ref="after")
+        await c.expect("ack", ref="after", timeout=20)
+        assert channel.readyState == "open"
     finally:
         await c.close()
     assert not _server_errors(caplog), _server_errors(caplog)[:5]
