@@ -47,14 +47,24 @@ class Transactions(Protocol):
     def transaction(self, user_id: str | None = None, *, system: bool = False) -> Any: ...
 
 
+class Placement(Protocol):
+    """Where rooms live when several workers or nodes serve them (signaling/cluster.py)."""
+
+    async def before_publish(self, livestream_id: str) -> None: ...
+
+    async def before_watch(self, livestream_id: str) -> None: ...
+
+
 class MediaGateway:
     """Admit publishers and viewers to the SFU and keep livestream records in step."""
 
     def __init__(
         self, sfu: SFU, db: Transactions, room_event: RoomEvent | None = None,
         *, realtime: Realtime | None = None, node_id: str = DEFAULT_NODE,
+        placement: Placement | None = None,
     ) -> None:
         self.sfu = sfu
+        self.placement = placement
         self.db = db
         self.room_event = room_event
         self.realtime = realtime
@@ -73,6 +83,8 @@ class MediaGateway:
                 grant = await livestreams.check_publish_grant(conn, livestream_id, stream_key=bearer)
             except Forbidden:
                 grant = await livestreams.check_publish_grant(conn, livestream_id, user_id=user_id)
+        if self.placement is not None:
+            await self.placement.before_publish(livestream_id)
         session = await self.sfu.publish(livestream_id, offer_sdp, owner=grant["sellerId"])
         try:
             self._serve_events(session, livestream_id, participant, publisher=True)
@@ -96,6 +108,8 @@ class MediaGateway:
                 "this livestream is not live" + (" yet" if stream["status"] == "scheduled" else ""),
                 status=stream["status"],
             )
+        if self.placement is not None:
+            await self.placement.before_watch(livestream_id)
         session = await self.sfu.watch(livestream_id, offer_sdp, viewer=user_id)
         self._serve_events(session, livestream_id, participant, publisher=False)
         return session

@@ -1,0 +1,104 @@
+"""Cluster routes: the origin's relay endpoint (WHEP between workers/nodes) and the admin view."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from server.api import Api, json_response
+from server.errors import ApiError, register_domain_error
+from server.keys import CLUSTER, GATEWAY, HUB, REDIS, SETTINGS
+from server.keys import SFU as SFU_KEY
+from server.routes.media import SDP, created, read_offer, refusals_explained
+from signaling.cluster import RELAY_HEADER, RELAY_PATH, Cluster, ClusterUnavailable, RelayRefused
+from signaling.directory import Directory, DirectoryUnavailable
+
+api = Api()
+
+register_domain_error(ClusterUnavailable, 503, "cluster_unavailable")
+register_domain_error(RelayRefused, 503, "relay_unavailable")
+
+CLUSTER_VIEW = {
+    "type": "object",
+    "required": ["node", "connected", "nodes", "rooms"],
+    "properties": {
+        "node": {"type": "string"}, "connected": {"type": "boolean"},
+        "nodes": {"type": "array", "items": {"type": "object"}},
+        "rooms": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+async def cluster_context(app: web.Application) -> AsyncIterator[None]:
+    """Join the cluster when Redis is configured (after the SFU and its gateway exist)."""
+    settings = app[SETTINGS]
+    if REDIS not in app:
+        yield
+        return
+    cluster = Cluster(
+        app[SFU_KEY], Directory(app[REDIS], settings.redis_prefix), node_id=settings.cluster_id,
+        url=settings.cluster_url, public_url=settings.public_url,
+        jwt_secret=settings.jwt_secret.get(),
+    )
+    app[GATEWAY].placement = cluster
+    app[CLUSTER] = cluster
+    await cluster.start()
+    yield
+    await cluster.stop()
+
+
+@api.route(
+    "POST", RELAY_PATH, summary="Relay a room to another worker or node (internal WHEP)",
+    tags=("internal",), status=201, request_content_type=SDP, response_content_type=SDP,
+    response={"type": "string"}, errors=(400, 403, 409, 415, 503),
+)
+@refusals_explained("relay")
+async def relay(request: web.Request) -> web.Response:
+    cluster = request.app.get(CLUSTER)
+    shown = request.headers.get(RELAY_HEADER, "")
+    if cluster is None or not hmac.compare_digest(shown.encode(), cluster.grant.encode()):
+        raise ApiError(403, "forbidden", "relays need the cluster's grant")
+    offer = await read_offer(request)
+    room_id = request.match_info["id"]
+    # A relay is one more viewer of the origin's room, with no events channel.
+    session = await request.app[SFU_KEY].watch(
+        room_id, offer, viewer="relay:" + request.headers.get("X-Shopstream-Node", "?"))
+    return created(session, request)
+
+
+@api.route(
+    "GET", "/api/v1/admin/cluster", summary="Nodes, rooms, relays and viewer counts of the cluster",
+    auth="admin", tags=("admin",), response=CLUSTER_VIEW, errors=(503,),
+)
+async def cluster_view(request: web.Request) -> web.Response:
+    cluster = request.app.get(CLUSTER)
+    if cluster is None:
+        # One process without Redis: the cluster is this server.
+        nodes = [{"id": "local", "rooms": list(request.app[SFU_KEY].rooms), "relays": {},
+                  "viewers": sum(len(r.viewers) for r in request.app[SFU_KEY].rooms.values())}]
+        connected = False
+        node_id = "local"
+    else:
+        try:
+            nodes = [vars(n) for n in await cluster.directory.nodes()]
+        except DirectoryUnavailable:
+            raise ClusterUnavailable("the room directory (Redis) is unreachable") from None
+        connected, node_id = True, cluster.node_id
+    rooms: dict[str, dict] = {}
+    for node in nodes:
+        for room_id in node["rooms"]:
+            rooms.setdefault(room_id, {"id": room_id, "origin": None, "relays": {}})["origin"] = node["id"]
+        for room_id, viewers in node["relays"].items():
+            rooms.setdefault(room_id, {"id": room_id, "origin": None, "relays": {}})["relays"][node["id"]] = viewers
+    # The realtime hub's count is cluster-wide (presence over Redis), when it has the room.
+    hub_rooms = request.app[HUB].hub.rooms if HUB in request.app else {}
+    now = time.monotonic()
+    for room in rooms.values():
+        hub_room = hub_rooms.get(room["id"])
+        room["viewerCount"] = hub_room.viewer_count(now) if hub_room is not None else None
+    return json_response({"node": node_id, "connected": connected, "nodes": nodes,
+                          "rooms": sorted(rooms.values(), key=lambda r: r["id"])})
+
