@@ -251,3 +251,80 @@ async def test_one_show_across_three_nodes(clean_db: str, redis_url: str, tmp_pa
                 for peer in peers:
                     await peer.close()
                 await factory.close()
+
+
+def children(pid: int) -> list[int]:
+    """Return the child processes of `pid` (the supervisor's workers)."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+async def test_two_workers_share_one_port_and_a_dead_worker_is_restarted(
+    clean_db: str, redis_url: str, tmp_path: Path,
+) -> None:
+    async with cluster(clean_db, redis_url, tmp_path, ("host",), workers=2) as (node,):
+        assert node.proc is not None
+        workers = children(node.proc.pid)
+        assert len(workers) == 2
+        async with aiohttp.ClientSession(base_url=node.url) as http:
+            factory = Factory(http, clean_db)  # type: ignore[arg-type]
+            peers: list[Any] = []
+            try:
+                token = (await factory.admin()).access_token
+                auth = {"Authorization": f"Bearer {token}"}
+
+                async def view() -> dict[str, Any]:
+                    # A new connection each time: the kernel may hand it to either worker.
+                    async with aiohttp.ClientSession() as fresh:
+                        async with fresh.get(f"{node.url}/api/v1/admin/cluster", headers=auth) as resp:
+                            assert resp.status == 200, await resp.text()
+                            return dict(await resp.json())
+
+                await wait_for_async(lambda v: {n["id"] for n in v["nodes"]} == {"host/w0", "host/w1"}, view)
+                seller = await factory.seller()
+                stream = await livestream(factory, seller)
+                publisher, _ = await publish_http(http, stream["id"], stream["streamKey"])  # type: ignore[arg-type]
+                peers.append(publisher)
+                # Viewers on fresh connections land on both workers; all get media.
+                viewers = [RtpViewer() for _ in range(6)]
+                peers.extend(viewers)
+                for viewer in viewers:
+                    await viewer.watch(node.url, stream["id"])
+                for viewer in viewers:
+                    await wait_for(lambda v=viewer: len(v.viewer.video_frames) >= 20, timeout=60)
+                    viewer.assert_continuous()
+
+                def served(v: dict[str, Any]) -> set[str]:
+                    room = next((r for r in v["rooms"] if r["id"] == stream["id"]), None)
+                    return {room["origin"], *room["relays"]} if room else set()
+
+                # Both workers serve viewers: one originates, the other relays (the
+                # registrations are a heartbeat old, so wait for one).
+                await wait_for_async(lambda v: served(v) == {"host/w0", "host/w1"}, view)
+
+                # A worker killed hard is started again by the supervisor and re-registers.
+                victim = workers[1]
+                os.kill(victim, 9)
+                deadline = time.monotonic() + 60
+                while True:
+                    now = children(node.proc.pid)
+                    if len(now) == 2 and victim not in now:
+                        break
+                    assert time.monotonic() < deadline, now
+                    await asyncio.sleep(0.2)
+                await wait_for_async(lambda v: len(v["nodes"]) == 2, view, timeout=60)
+            finally:
+                for peer in peers:
+                    await peer.close()
+                await factory.close()
+
+
+async def wait_for_async(predicate: Any, fetch: Any, timeout: float = 30.0) -> Any:
+    """Fetch until `predicate(value)` holds; return the value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await fetch()
+        if predicate(value):
+            return value
+        assert time.monotonic() < deadline, value
+        await asyncio.sleep(0.3)
