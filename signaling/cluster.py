@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,9 @@ log = logging.getLogger("shopstream.cluster")
 
 RELAY_LINGER_SECONDS = 5.0
 RELAY_RETRY_SECONDS = 1.0
+# An upstream counts as lost when no media came for this long and the directory no
+# longer names its origin (media alone may pause; the directory alone may lag Redis).
+UPSTREAM_STALE_SECONDS = 2.0
 RELAY_HEADER = "X-Shopstream-Relay"
 RELAY_PATH = "/internal/v1/rooms/{id}/relay"
 
@@ -76,6 +80,7 @@ class Relay:
     location: str | None = None  # the upstream session's URL at the origin
     linger: asyncio.TimerHandle | None = None
     resubscribing: bool = False
+    origin_lost: bool = False  # its origin died: this node speaks for the show until one is back
 
 
 class Cluster:
@@ -149,6 +154,31 @@ class Cluster:
         if not self.connected:
             log.info("cluster: node %s registered at %s", self.node_id, self.url)
         self.connected = True
+        await self._check_upstreams()
+
+    async def _check_upstreams(self) -> None:
+        """Notice relays whose origin died: their rooms pause and follow the show's next origin."""
+        now = time.monotonic()
+        for relay in list(self.relays.values()):
+            room = self.sfu.rooms.get(relay.room_id)
+            if room is None or relay.session is None or relay.resubscribing:
+                continue
+            last = room.forwarders["video"].last_packet_time
+            if last and now - last < UPSTREAM_STALE_SECONDS:
+                continue
+            origin = await self.directory.origin(relay.room_id)
+            if origin == relay.origin:
+                continue
+            log.warning("relay of room %s: origin %s is gone", relay.room_id,
+                        relay.origin.node if relay.origin else "?")
+            if origin is None:
+                relay.origin_lost = True
+                # Every node relaying the show says so (the record takes it once): viewers
+                # see "paused" and the seller may publish again to any node. A show that
+                # already has a new origin only moved: its relays just follow it.
+                if self._record_state is not None:
+                    self._record_state(relay.room_id, "paused")
+            self._spawn(self._resubscribe(relay))
 
     async def _run_heartbeat(self) -> None:
         while True:
@@ -206,6 +236,14 @@ class Cluster:
             # outlives its last viewer by more than the linger.
             self._viewer_count_changed(room_id, 0)
 
+    async def live_elsewhere(self, room_id: str) -> bool:
+        """Return whether another worker or node is the room's live origin now."""
+        try:
+            origin = await self.directory.origin(room_id)
+        except DirectoryUnavailable:
+            return False
+        return origin is not None and origin.node != self.node_id
+
     # --- relays ---------------------------------------------------------------------------
 
     async def _subscribe(self, relay: Relay, origin: Origin) -> None:
@@ -222,7 +260,7 @@ class Cluster:
                         raise RelayRefused(f"origin {origin.node} answered {resp.status}: {body[:200]}")
                     relay.location = origin.url + resp.headers.get("Location", "")
                     return body
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise RelayRefused(f"origin {origin.node} at {origin.url} unreachable: {exc}") from exc
 
         relay.session = await open_relay(self.sfu, relay.room_id, origin.node, offer_answer)
@@ -260,9 +298,12 @@ class Cluster:
                     origin = await self.directory.origin(relay.room_id)
                     if origin is not None and origin.node != self.node_id:
                         await self._subscribe(relay, origin)
+                        relay.origin_lost = False
                         log.info("relay of room %s re-subscribed to %s", relay.room_id, origin.node)
                         return
-                except (DirectoryUnavailable, RelayRefused, Exception) as exc:
+                # Anything a subscribe raises (the origin refusing, aiortc, Redis) only
+                # means: try again next round, until the room's grace runs out.
+                except Exception as exc:  # noqa: BLE001
                     log.info("relay of room %s: re-subscribe failed (%s)", relay.room_id, exc)
                 await asyncio.sleep(RELAY_RETRY_SECONDS)
         finally:
@@ -288,6 +329,10 @@ class Cluster:
         elif state == "ended":
             self._cancel_linger(relay)
             self.relays.pop(room_id, None)
+            if relay.origin_lost and self._record_state is not None:
+                # No origin came back within the grace: the show ends, as for a
+                # publisher that dropped on its origin.
+                self._record_state(room_id, "ended")
 
     async def _release(self, room_id: str) -> None:
         with contextlib.suppress(DirectoryUnavailable):

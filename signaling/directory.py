@@ -18,7 +18,6 @@ import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -119,7 +118,8 @@ class Directory:
         try:
             ids = await self.redis.zrangebyscore(
                 f"{self.prefix}nodes", time.time() - EXPIRY_SECONDS, "+inf")
-            raw = await self.redis.mget([self._node_key(i.decode()) for i in ids]) if ids else []
+            names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+            raw = await self.redis.mget([self._node_key(n) for n in names]) if names else []
         except _FAILURES as exc:
             raise DirectoryUnavailable(str(exc)) from exc
         return [NodeInfo(**json.loads(r)) for r in raw if r is not None]

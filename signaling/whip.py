@@ -54,6 +54,8 @@ class Placement(Protocol):
 
     async def before_watch(self, livestream_id: str) -> None: ...
 
+    async def live_elsewhere(self, livestream_id: str) -> bool: ...
+
 
 class MediaGateway:
     """Admit publishers and viewers to the SFU and keep livestream records in step."""
@@ -144,6 +146,8 @@ class MediaGateway:
     async def _end_orphan(self, livestream_id: str) -> None:
         """End a reconciled show whose seller did not publish again within the grace."""
         self._orphan_timers.pop(livestream_id, None)
+        if self.placement is not None and await self.placement.live_elsewhere(livestream_id):
+            return  # its seller published again on another worker or node
         if livestream_id not in self.sfu.rooms:
             await self._set_state(livestream_id, "ended")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -77,7 +78,7 @@ async def cluster_view(request: web.Request) -> web.Response:
     cluster = request.app.get(CLUSTER)
     if cluster is None:
         # One process without Redis: the cluster is this server.
-        nodes = [{"id": "local", "rooms": list(request.app[SFU_KEY].rooms), "relays": {},
+        nodes: list[dict[str, Any]] = [{"id": "local", "rooms": list(request.app[SFU_KEY].rooms), "relays": {},
                   "viewers": sum(len(r.viewers) for r in request.app[SFU_KEY].rooms.values())}]
         connected = False
         node_id = "local"
@@ -87,7 +88,7 @@ async def cluster_view(request: web.Request) -> web.Response:
         except DirectoryUnavailable:
             raise ClusterUnavailable("the room directory (Redis) is unreachable") from None
         connected, node_id = True, cluster.node_id
-    rooms: dict[str, dict] = {}
+    rooms: dict[str, dict[str, Any]] = {}
     for node in nodes:
         for room_id in node["rooms"]:
             rooms.setdefault(room_id, {"id": room_id, "origin": None, "relays": {}})["origin"] = node["id"]

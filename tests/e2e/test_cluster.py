@@ -81,6 +81,12 @@ class Node:
                 assert time.monotonic() < deadline, "node did not start:\n" + self.log.read_text()[-3000:]
                 await asyncio.sleep(0.2)
 
+    async def kill(self) -> None:
+        """Kill the node the hard way: no shutdown code runs."""
+        assert self.proc is not None
+        self.proc.kill()
+        await self.proc.wait()
+
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.terminate()

@@ -39,7 +39,7 @@ def test_serve_with_workers_and_no_redis_stops_with_a_clear_error(tmp_path) -> N
     proc = subprocess.run(
         [sys.executable, "-c", "from server.cli import main; main()", "serve", "--workers", "2",
          "--data-dir", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=60,
+        check=False, env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode != 0
     assert "SHOPSTREAM_WORKERS=2 needs REDIS_URL" in proc.stderr
