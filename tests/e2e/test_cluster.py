@@ -203,15 +203,22 @@ async def test_one_show_across_three_nodes(clean_db: str, redis_url: str, tmp_pa
                 await wait_for(lambda: len(second.viewer.video_frames) >= 10, timeout=60)
 
                 token = (await factory.admin()).access_token
-                async with aiohttp.ClientSession() as http:
-                    resp = await http.get(f"{a.url}/api/v1/admin/cluster",
-                                          headers={"Authorization": f"Bearer {token}"})
-                    view = await resp.json()
-                    assert resp.status == 200, view
+
+                async def cluster_view() -> dict[str, Any]:
+                    async with aiohttp.ClientSession() as http, http.get(
+                        f"{a.url}/api/v1/admin/cluster", headers={"Authorization": f"Bearer {token}"},
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+                        return dict(await resp.json())
+
+                def room_of(v: dict[str, Any]) -> dict[str, Any]:
+                    return next((r for r in v["rooms"] if r["id"] == stream["id"]), {})
+
+                # Registrations are a heartbeat old: wait for the one that has both viewers of C.
+                view = await wait_for_async(
+                    lambda v: room_of(v).get("relays") == {"node-b": 1, "node-c": 2}, cluster_view)
                 assert {n["id"] for n in view["nodes"]} >= {"node-a", "node-b", "node-c"}
-                room = next(r for r in view["rooms"] if r["id"] == stream["id"])
-                assert room["origin"] == "node-a"
-                assert room["relays"] == {"node-b": 1, "node-c": 2}
+                assert room_of(view)["origin"] == "node-a"
                 node_a = next(n for n in view["nodes"] if n["id"] == "node-a")
                 assert node_a["viewers"] == 0  # two relay sessions, nobody watching on A itself
 
@@ -236,21 +243,26 @@ async def test_one_show_across_three_nodes(clean_db: str, redis_url: str, tmp_pa
                     for listener in (on_a, on_b):
                         got = await listener.expect("chat:new", timeout=15)
                         assert got["message"] == "hello from C"
+                    # The viewer count is the cluster's: one viewer on each node.
+                    for listener in (on_a, on_b, talker):
+                        await listener.expect("viewer:count", count=3, timeout=20)
+                    # A highlight made through node A's API reaches viewers on B and C.
+                    product = await factory.product(seller, stock=3)
+                    url = f"/api/v1/seller/livestreams/{stream['id']}"
+                    resp = await http_a.post(f"{url}/products", json={"productId": product["id"]},
+                                             headers=seller.headers)
+                    assert resp.status in (200, 201), await resp.text()
+                    resp = await http_a.post(f"{url}/highlight", json={"productId": product["id"]},
+                                             headers=seller.headers)
+                    assert resp.status == 200, await resp.text()
+                    for listener in (on_b, talker):
+                        got = await listener.expect("product:highlighted", timeout=15)
+                        assert got["id"] == product["id"]
 
                 # The last viewer of B leaves: B's relay ends after its linger.
                 await viewers["node-b"].close()
-                async with aiohttp.ClientSession() as http:
-                    async def relays() -> dict[str, int]:
-                        resp = await http.get(f"{a.url}/api/v1/admin/cluster",
-                                              headers={"Authorization": f"Bearer {token}"})
-                        view = await resp.json()
-                        return next((r["relays"] for r in view["rooms"] if r["id"] == stream["id"]), {})
-
-                    deadline = time.monotonic() + 60
-                    while "node-b" in await relays():
-                        assert time.monotonic() < deadline, await relays()
-                        await asyncio.sleep(0.5)
-                    assert (await relays()).get("node-c") == 2
+                await wait_for_async(
+                    lambda v: room_of(v).get("relays") == {"node-c": 2}, cluster_view, timeout=60)
             finally:
                 for client in clients:
                     await client.close()
