@@ -96,13 +96,12 @@ async def _supervise(settings: Settings) -> None:
     async with database_dsn(settings) as dsn:
         await migrate(dsn, settings.db_app_role)
         supervisor = Supervisor(settings, dsn)
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, supervisor.request_stop)
         print(f"Kein Shopstream: {supervisor.count} workers sharing "
               f"http://{settings.host}:{settings.port} (SO_REUSEPORT)", flush=True)
-        await supervisor.run(stop)
+        await supervisor.run()
         print("shutting down", flush=True)
 
 

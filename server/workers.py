@@ -43,6 +43,14 @@ class Supervisor:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.restarts = [0] * self.count
         self._stopping = False
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Stop every worker and do not restart them (a signal handler calls this)."""
+        # Set at once, not when run() wakes up: Ctrl-C also reaches the workers (same
+        # process group), and one that exits first must not be restarted.
+        self._stopping = True
+        self._stop.set()
 
     def environment(self, index: int) -> dict[str, str]:
         """Return a worker's environment: the supervisor's, with its index and the database."""
@@ -69,13 +77,12 @@ class Supervisor:
         self.procs[index] = proc
         log.info("worker %d started (pid %d)", index, proc.pid)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run the workers until `stop` is set, restarting any that exits."""
+    async def run(self) -> None:
+        """Run the workers until :meth:`request_stop`, restarting any that exits."""
         for index in range(self.count):
             await self.start(index)
         watchers = {asyncio.ensure_future(self._watch(i)) for i in range(self.count)}
-        await stop.wait()
-        self._stopping = True
+        await self._stop.wait()
         for proc in self.procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)

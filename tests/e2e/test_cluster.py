@@ -334,6 +334,11 @@ async def test_two_workers_share_one_port_and_a_dead_worker_is_restarted(
                     assert time.monotonic() < deadline, now
                     await asyncio.sleep(0.2)
                 await wait_for_async(lambda v: len(v["nodes"]) == 2, view, timeout=90)
+                # SIGTERM to the supervisor stops every worker, and none is restarted.
+                pids = children(node.proc.pid)
+                await node.stop()
+                assert node.proc.returncode == 0, node.log.read_text()[-2000:]
+                assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
             finally:
                 for peer in peers:
                     await peer.close()
