@@ -301,6 +301,13 @@ class Cluster:
                         relay.origin_lost = False
                         log.info("relay of room %s re-subscribed to %s", relay.room_id, origin.node)
                         return
+                    if origin is None and relay.origin is not None and not relay.origin_lost \
+                            and await self.directory.alive(relay.origin):
+                        # Its origin is up but holds the show no more: the show ended
+                        # there (or its seller's grace ran out). End it here too, now.
+                        log.info("relay of room %s: the show ended at %s", relay.room_id, relay.origin.node)
+                        self._spawn(self._drop_relay(relay))
+                        return
                 # Anything a subscribe raises (the origin refusing, aiortc, Redis) only
                 # means: try again next round, until the room's grace runs out.
                 except Exception as exc:  # noqa: BLE001

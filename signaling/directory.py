@@ -156,6 +156,14 @@ class Directory:
         except _FAILURES as exc:
             raise DirectoryUnavailable(str(exc)) from exc
 
+    async def alive(self, origin: Origin) -> bool:
+        """Return whether `origin`'s node is still registered with the same boot."""
+        try:
+            node = await self.redis.get(self._node_key(origin.node))
+        except _FAILURES as exc:
+            raise DirectoryUnavailable(str(exc)) from exc
+        return node is not None and json.loads(node)["boot"] == origin.boot
+
     async def origin(self, room_id: str) -> Origin | None:
         """Return the room's origin if it has a live one."""
         try:

@@ -200,3 +200,31 @@ def redis_url() -> str:
         pytest.skip("TEST_REDIS_URL is not set")
     return url
 
+
+
+async def test_a_show_ended_at_its_origin_ends_at_once_on_every_relay(
+    clean_db: str, redis_url: str, tmp_path: Path,
+) -> None:
+    async with cluster(clean_db, redis_url, tmp_path, ("node-a", "node-b")) as (a, b):
+        async with aiohttp.ClientSession(base_url=a.url) as http_a:
+            factory = Factory(http_a, clean_db)  # type: ignore[arg-type]
+            peers: list[Any] = []
+            try:
+                seller = await factory.seller()
+                stream = await livestream(factory, seller)
+                publisher, _ = await publish_http(http_a, stream["id"], stream["streamKey"])  # type: ignore[arg-type]
+                peers.append(publisher)
+                on_b = RtpViewer()
+                peers.append(on_b)
+                await on_b.watch(b.url, stream["id"])
+                await frames_grow(on_b, 10)
+                resp = await http_a.post(f"/api/v1/seller/livestreams/{stream['id']}/end", headers=seller.headers)
+                assert resp.status == 200, await resp.text()
+                # Well within the publisher grace (20 s): the relay does not wait it out.
+                ended = time.monotonic()
+                await wait_for(lambda: on_b.pc.connectionState == "closed", timeout=15)
+                assert time.monotonic() - ended < 15
+            finally:
+                for peer in peers:
+                    await peer.close()
+                await factory.close()
