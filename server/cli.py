@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "check-inventory",
         help="check stock = sum of inventory events and held + sold <= stocked; exit 1 on a violation",
     ))
+    common(sub.add_parser("cluster", help="show the cluster's nodes, rooms and relays (needs REDIS_URL)"))
     # The load test's own flags are parsed by benchmarks.loadtest (imported only when used).
     sub.add_parser("loadtest", help="play a live-shopping event against a running server", add_help=False)
     return parser
@@ -216,6 +217,24 @@ async def _check_inventory(settings: Settings) -> None:
         raise SystemExit(1)
 
 
+async def _cluster(settings: Settings) -> None:
+    import json
+
+    from signaling.bus import connect
+    from signaling.directory import Directory, DirectoryUnavailable, summarize
+
+    if not settings.redis_url:
+        raise SystemExit("shopstream cluster needs REDIS_URL (a server alone is its own cluster)")
+    redis = connect(settings.redis_url.get())
+    try:
+        nodes = await Directory(redis, settings.redis_prefix).nodes()
+    except DirectoryUnavailable as exc:
+        raise SystemExit(f"the room directory (Redis) is unreachable: {exc}") from None
+    finally:
+        await redis.aclose()
+    print(json.dumps({"nodes": [vars(n) for n in nodes], "rooms": summarize(nodes)}, indent=2))
+
+
 def run(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a coroutine on uvloop."""
     import uvloop
@@ -247,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         "migrate": lambda: _migrate(settings),
         "seed": lambda: _seed(settings),
         "check-inventory": lambda: _check_inventory(settings),
+        "cluster": lambda: _cluster(settings),
     }
     try:
         run(commands[args.command])

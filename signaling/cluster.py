@@ -139,14 +139,16 @@ class Cluster:
 
     def info(self) -> NodeInfo:
         """Return this worker's registration and load."""
-        relays = {room_id: len(self.sfu.rooms[room_id].viewers)
-                  for room_id in self.relays if room_id in self.sfu.rooms}
         # Relays are viewers of their origin's room, but nobody watching.
-        viewers = sum(1 for room in self.sfu.rooms.values() for entry in room.viewers.values()
-                      if not (entry.session.identity or "").startswith("relay:"))
-        return NodeInfo(id=self.node_id, url=self.url, public_url=self.public_url,
-                        boot=self.origin.boot, rooms=self.origin_rooms(), relays=relays,
-                        viewers=viewers)
+        watching = {room_id: sum(1 for entry in room.viewers.values()
+                                 if not (entry.session.identity or "").startswith("relay:"))
+                    for room_id, room in self.sfu.rooms.items()}
+        return NodeInfo(
+            id=self.node_id, url=self.url, public_url=self.public_url, boot=self.origin.boot,
+            rooms={r: n for r, n in watching.items() if r not in self.relays},
+            relays={r: n for r, n in watching.items() if r in self.relays},
+            viewers=sum(watching.values()),
+        )
 
     async def _beat(self) -> None:
         await self.directory.register(self.info())

@@ -18,6 +18,7 @@ import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -74,8 +75,8 @@ class NodeInfo:
     url: str
     public_url: str
     boot: str
-    rooms: list[str] = field(default_factory=list)
-    relays: dict[str, int] = field(default_factory=dict)  # room -> local viewers
+    rooms: dict[str, int] = field(default_factory=dict)  # originated room -> its viewers here
+    relays: dict[str, int] = field(default_factory=dict)  # relayed room -> its viewers here
     viewers: int = 0
     seen: float = 0.0
 
@@ -177,3 +178,20 @@ class Directory:
         if node is None or json.loads(node)["boot"] != origin.boot:
             return None  # its node died: the entry only waits for its expiry
         return origin
+
+
+def summarize(nodes: list[NodeInfo]) -> list[dict[str, Any]]:
+    """Return each room with its origin, its relays and its media viewers over every node."""
+    rooms: dict[str, dict[str, Any]] = {}
+
+    def room(room_id: str) -> dict[str, Any]:
+        return rooms.setdefault(room_id, {"id": room_id, "origin": None, "relays": {}, "viewers": 0})
+
+    for node in nodes:
+        for room_id, viewers in node.rooms.items():
+            room(room_id)["origin"] = node.id
+            room(room_id)["viewers"] += viewers
+        for room_id, viewers in node.relays.items():
+            room(room_id)["relays"][node.id] = viewers
+            room(room_id)["viewers"] += viewers
+    return sorted(rooms.values(), key=lambda r: r["id"])

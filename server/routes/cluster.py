@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import asdict
 
 from aiohttp import web
 
@@ -15,7 +15,7 @@ from server.keys import CLUSTER, GATEWAY, HUB, REDIS, SETTINGS
 from server.keys import SFU as SFU_KEY
 from server.routes.media import SDP, created, read_offer, refusals_explained
 from signaling.cluster import RELAY_HEADER, RELAY_PATH, Cluster, ClusterUnavailable, RelayRefused
-from signaling.directory import Directory, DirectoryUnavailable
+from signaling.directory import Directory, DirectoryUnavailable, NodeInfo, summarize
 
 api = Api()
 
@@ -78,28 +78,25 @@ async def cluster_view(request: web.Request) -> web.Response:
     cluster = request.app.get(CLUSTER)
     if cluster is None:
         # One process without Redis: the cluster is this server.
-        nodes: list[dict[str, Any]] = [{"id": "local", "rooms": list(request.app[SFU_KEY].rooms), "relays": {},
-                  "viewers": sum(len(r.viewers) for r in request.app[SFU_KEY].rooms.values())}]
-        connected = False
-        node_id = "local"
+        sfu = request.app[SFU_KEY]
+        watching = {room_id: len(room.viewers) for room_id, room in sfu.rooms.items()}
+        nodes = [NodeInfo(id="local", url="", public_url=request.app[SETTINGS].public_url, boot="",
+                          rooms=watching, viewers=sum(watching.values()))]
+        connected, node_id = False, "local"
     else:
         try:
-            nodes = [vars(n) for n in await cluster.directory.nodes()]
+            nodes = await cluster.directory.nodes()
         except DirectoryUnavailable:
             raise ClusterUnavailable("the room directory (Redis) is unreachable") from None
         connected, node_id = True, cluster.node_id
-    rooms: dict[str, dict[str, Any]] = {}
-    for node in nodes:
-        for room_id in node["rooms"]:
-            rooms.setdefault(room_id, {"id": room_id, "origin": None, "relays": {}})["origin"] = node["id"]
-        for room_id, viewers in node["relays"].items():
-            rooms.setdefault(room_id, {"id": room_id, "origin": None, "relays": {}})["relays"][node["id"]] = viewers
-    # The realtime hub's count is cluster-wide (presence over Redis), when it has the room.
+    rooms = summarize(nodes)
+    # The realtime hub's count (events connections, cluster-wide through Redis presence),
+    # where this worker has the room's hub.
     hub_rooms = request.app[HUB].hub.rooms if HUB in request.app else {}
     now = time.monotonic()
-    for room in rooms.values():
+    for room in rooms:
         hub_room = hub_rooms.get(room["id"])
         room["viewerCount"] = hub_room.viewer_count(now) if hub_room is not None else None
-    return json_response({"node": node_id, "connected": connected, "nodes": nodes,
-                          "rooms": sorted(rooms.values(), key=lambda r: r["id"])})
+    return json_response({"node": node_id, "connected": connected,
+                          "nodes": [asdict(n) for n in nodes], "rooms": rooms})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -219,6 +220,16 @@ async def test_one_show_across_three_nodes(clean_db: str, redis_url: str, tmp_pa
                     lambda v: room_of(v).get("relays") == {"node-b": 1, "node-c": 2}, cluster_view)
                 assert {n["id"] for n in view["nodes"]} >= {"node-a", "node-b", "node-c"}
                 assert room_of(view)["origin"] == "node-a"
+                assert room_of(view)["viewers"] == 3  # media viewers over the cluster
+                # The operator's view from the command line: the same directory.
+                proc = await asyncio.create_subprocess_exec(
+                    *shopstream_command(), "cluster", env=a.env, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT)
+                output, _ = await asyncio.wait_for(proc.communicate(), 60)
+                assert proc.returncode == 0, output
+                listed = json.loads(output)
+                assert {"node-a", "node-b", "node-c"} <= {n["id"] for n in listed["nodes"]}
+                assert next(r for r in listed["rooms"] if r["id"] == stream["id"])["origin"] == "node-a"
                 node_a = next(n for n in view["nodes"] if n["id"] == "node-a")
                 assert node_a["viewers"] == 0  # two relay sessions, nobody watching on A itself
 
