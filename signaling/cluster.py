@@ -41,6 +41,7 @@ log = logging.getLogger("shopstream.cluster")
 
 RELAY_LINGER_SECONDS = 5.0
 RELAY_RETRY_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 3.0
 # An upstream counts as lost when no media came for this long and the directory no
 # longer names its origin (media alone may pause; the directory alone may lag Redis).
 UPSTREAM_STALE_SECONDS = 2.0
@@ -121,15 +122,17 @@ class Cluster:
         """Stop beating, drop the relays and this worker's registration."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            # Bounded: shutdown must not wait on a Redis call that does not return.
+            await asyncio.wait({self._heartbeat}, timeout=STOP_TIMEOUT_SECONDS)
         for relay in list(self.relays.values()):
             await self._drop_relay(relay)
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        with contextlib.suppress(DirectoryUnavailable):
-            for room_id in self.origin_rooms():
-                await self.directory.release(room_id, self.node_id)
-            await self.directory.unregister(self.node_id)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=STOP_TIMEOUT_SECONDS)
+        with contextlib.suppress(DirectoryUnavailable, TimeoutError):
+            async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+                for room_id in self.origin_rooms():
+                    await self.directory.release(room_id, self.node_id)
+                await self.directory.unregister(self.node_id)
         if self._http is not None:
             await self._http.close()
 
