@@ -150,6 +150,8 @@ class Settings:
     node_id: str = ""
     worker_port_base: int = 0
     cluster_host: str = ""
+    # Viewers a worker takes before it redirects new ones (307) to a less-loaded node; 0: never.
+    max_node_viewers: int = 0
 
     @property
     def embedded_database(self) -> bool:
@@ -216,6 +218,7 @@ class Settings:
         take("NODE_ID", "node_id")
         take("WORKER_PORT_BASE", "worker_port_base", int)
         take("CLUSTER_HOST", "cluster_host")
+        take("MAX_NODE_VIEWERS", "max_node_viewers", int)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.validate()

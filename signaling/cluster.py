@@ -62,6 +62,15 @@ class PublishedElsewhere(PublisherConflict):
         self.node = node
 
 
+class NodeBusy(Exception):
+    """This worker has its share of viewers: watch on a less-loaded node (a 307 to it)."""
+
+    def __init__(self, url: str, node: str) -> None:
+        super().__init__(f"this server is at its viewer limit: watch on node {node}")
+        self.headers = {"Location": url}
+        self.details = {"node": node}
+
+
 class RelayRefused(Exception):
     """The origin refused or could not be reached for a relay."""
 
@@ -89,7 +98,7 @@ class Cluster:
 
     def __init__(
         self, sfu: SFU, directory: Directory, *, node_id: str, url: str, public_url: str,
-        jwt_secret: str,
+        jwt_secret: str, max_viewers: int = 0,
     ) -> None:
         self.sfu = sfu
         self.directory = directory
@@ -99,6 +108,8 @@ class Cluster:
         self.grant = relay_grant(jwt_secret)
         self.origin = Origin(node=node_id, url=url, boot=secrets.token_hex(8))
         self.relays: dict[str, Relay] = {}
+        self.max_viewers = max_viewers
+        self.peers: list[NodeInfo] = []  # the other nodes, as of the last heartbeat
         self.connected = False
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -156,6 +167,8 @@ class Cluster:
     async def _beat(self) -> None:
         await self.directory.register(self.info())
         await self.directory.refresh(self.origin_rooms(), self.origin)
+        if self.max_viewers:
+            self.peers = [n for n in await self.directory.nodes() if n.id != self.node_id]
         if not self.connected:
             log.info("cluster: node %s registered at %s", self.node_id, self.url)
         self.connected = True
@@ -214,8 +227,17 @@ class Cluster:
             self._cancel_linger(relay)
             await self._close_upstream(relay)
 
-    async def before_watch(self, room_id: str) -> None:
-        """Make sure the room is here: originated by this worker, or relayed from its origin."""
+    async def before_watch(self, room_id: str, path: str = "") -> None:
+        """Make sure the room is here: originated by this worker, or relayed from its origin.
+
+        A worker at `max_viewers` sends the viewer (`path` is its WHEP path) to the
+        least-loaded node with room to spare, if any (RFC 9725 allows the redirect).
+        """
+        if self.max_viewers and self.info().viewers >= self.max_viewers:
+            spare = [n for n in self.peers if n.public_url and n.viewers < self.max_viewers]
+            if spare:
+                target = min(spare, key=lambda n: n.viewers)
+                raise NodeBusy(target.public_url.rstrip("/") + path, target.id)
         if room_id in self.sfu.rooms:
             return
         lock = self._locks.setdefault(room_id, asyncio.Lock())

@@ -52,7 +52,7 @@ class Placement(Protocol):
 
     async def before_publish(self, livestream_id: str) -> None: ...
 
-    async def before_watch(self, livestream_id: str) -> None: ...
+    async def before_watch(self, livestream_id: str, path: str = "") -> None: ...
 
     async def live_elsewhere(self, livestream_id: str) -> bool: ...
 
@@ -100,7 +100,7 @@ class MediaGateway:
 
     async def watch(
         self, livestream_id: str, offer_sdp: str, *, user_id: str | None,
-        participant: Participant | None = None,
+        participant: Participant | None = None, path: str = "",
     ) -> MediaSession:
         """Join a live (or paused) livestream as a viewer."""
         async with self.db.transaction(system=True) as conn:
@@ -111,7 +111,7 @@ class MediaGateway:
                 status=stream["status"],
             )
         if self.placement is not None:
-            await self.placement.before_watch(livestream_id)
+            await self.placement.before_watch(livestream_id, path)
         session = await self.sfu.watch(livestream_id, offer_sdp, viewer=user_id)
         self._serve_events(session, livestream_id, participant, publisher=False)
         return session

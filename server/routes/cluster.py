@@ -14,13 +14,21 @@ from server.errors import ApiError, register_domain_error
 from server.keys import CLUSTER, GATEWAY, HUB, REDIS, SETTINGS
 from server.keys import SFU as SFU_KEY
 from server.routes.media import SDP, created, read_offer, refusals_explained
-from signaling.cluster import RELAY_HEADER, RELAY_PATH, Cluster, ClusterUnavailable, RelayRefused
+from signaling.cluster import (
+    RELAY_HEADER,
+    RELAY_PATH,
+    Cluster,
+    ClusterUnavailable,
+    NodeBusy,
+    RelayRefused,
+)
 from signaling.directory import Directory, DirectoryUnavailable, NodeInfo, summarize
 
 api = Api()
 
 register_domain_error(ClusterUnavailable, 503, "cluster_unavailable")
 register_domain_error(RelayRefused, 503, "relay_unavailable")
+register_domain_error(NodeBusy, 307, "redirect")
 
 CLUSTER_VIEW = {
     "type": "object",
@@ -42,7 +50,7 @@ async def cluster_context(app: web.Application) -> AsyncIterator[None]:
     cluster = Cluster(
         app[SFU_KEY], Directory(app[REDIS], settings.redis_prefix), node_id=settings.cluster_id,
         url=settings.cluster_url, public_url=settings.public_url,
-        jwt_secret=settings.jwt_secret.get(),
+        jwt_secret=settings.jwt_secret.get(), max_viewers=settings.max_node_viewers,
     )
     app[GATEWAY].placement = cluster
     app[CLUSTER] = cluster

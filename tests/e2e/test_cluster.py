@@ -46,7 +46,7 @@ class Node:
     """One `shopstream serve` process of the cluster (a node, or a supervisor of workers)."""
 
     def __init__(self, name: str, dsn: str, redis_url: str, prefix: str, secret: str, data_dir: Path,
-                 *, workers: int = 1) -> None:
+                 *, workers: int = 1, extra: dict[str, str] | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,6 +58,7 @@ class Node:
             "SHOPSTREAM_DATA_DIR": str(data_dir), "JWT_SECRET": secret, "NODE_ID": name,
             "SHOPSTREAM_WORKERS": str(workers), "ICE_HOST_ADDRESSES": "127.0.0.1",
             "PUBLISHER_GRACE_SECONDS": "20", "LOG_REQUESTS": "0", "REALTIME_TICK_MS": "50",
+            "PUBLIC_URL": self.url, **(extra or {}),
         }
         if workers > 1:
             self.env["WORKER_PORT_BASE"] = str(free_port())  # + index: likely free on loopback
@@ -100,9 +101,10 @@ class Node:
 
 @contextlib.asynccontextmanager
 async def cluster(dsn: str, redis_url: str, tmp_path: Path, names: tuple[str, ...],
-                  workers: int = 1) -> AsyncIterator[list[Node]]:
+                  workers: int = 1, extra: dict[str, str] | None = None) -> AsyncIterator[list[Node]]:
     prefix, secret = f"test-cluster-{secrets.token_hex(4)}:", secrets.token_urlsafe(48)
-    nodes = [Node(n, dsn, redis_url, prefix, secret, tmp_path / n, workers=workers) for n in names]
+    nodes = [Node(n, dsn, redis_url, prefix, secret, tmp_path / n, workers=workers, extra=extra)
+             for n in names]
     try:
         for node in nodes:  # one at a time: the first applies migrations, the others wait
             await node.start()
@@ -122,6 +124,7 @@ class RtpViewer:
         self.pc.addTransceiver("video", direction="recvonly")
         self.pc.addTransceiver("audio", direction="recvonly")
         self.answer = ""
+        self.served_by = ""  # the URL that answered (after any redirect)
 
     async def watch(self, base_url: str, livestream_id: str) -> None:
         async with aiohttp.ClientSession() as http:
@@ -129,6 +132,7 @@ class RtpViewer:
                                    data=await local_offer(self.pc), headers=SDP)
             self.answer = await resp.text()
             assert resp.status == 201, self.answer
+            self.served_by = str(resp.url)
         await accept(self.pc, self.answer)
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "video":
@@ -365,3 +369,32 @@ async def wait_for_async(predicate: Any, fetch: Any, timeout: float = 30.0) -> A
             return value
         assert time.monotonic() < deadline, value
         await asyncio.sleep(0.3)
+
+
+async def test_a_busy_node_redirects_new_viewers_to_a_less_loaded_one(
+    clean_db: str, redis_url: str, tmp_path: Path,
+) -> None:
+    async with cluster(clean_db, redis_url, tmp_path, ("node-a", "node-b"),
+                       extra={"MAX_NODE_VIEWERS": "1"}) as (a, b):
+        async with aiohttp.ClientSession(base_url=a.url) as http_a:
+            factory = Factory(http_a, clean_db)  # type: ignore[arg-type]
+            peers: list[Any] = []
+            try:
+                seller = await factory.seller()
+                stream = await livestream(factory, seller)
+                publisher, _ = await publish_http(http_a, stream["id"], stream["streamKey"])  # type: ignore[arg-type]
+                peers.append(publisher)
+                first, second = RtpViewer(), RtpViewer()
+                peers += [first, second]
+                await first.watch(b.url, stream["id"])
+                assert first.served_by.startswith(b.url)
+                await asyncio.sleep(2.5)  # B learns the other nodes' load from a heartbeat
+                # B is at its limit: a 307 sends the WHEP POST (with its offer) to node A.
+                await second.watch(b.url, stream["id"])
+                assert second.served_by.startswith(a.url), second.served_by
+                for viewer in (first, second):
+                    await wait_for(lambda v=viewer: len(v.viewer.video_frames) >= 10, timeout=60)
+            finally:
+                for peer in peers:
+                    await peer.close()
+                await factory.close()
