@@ -13,6 +13,8 @@ H.264) without decoding it. The server uses it like this::
     await sfu.close_session(session.id)  # DELETE /sessions/{id}
     sfu.stats(room_id)                   # counters for Prometheus
     await sfu.close()                    # on shutdown
+    await open_relay(sfu, room_id, origin, subscribe)  # media/relay.py: a room's media
+                                         # from its origin (another worker), over WHEP
 
 Errors to map to HTTP: BadOffer -> 400/415, PublisherConflict -> 409, RoomFull and
 MediaPortsExhausted -> 503, RoomNotFound/RoomClosed/SessionNotFound -> 404.

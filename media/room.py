@@ -71,7 +71,7 @@ class Room:
     def __init__(
         self,
         room_id: str,
-        owner: str,
+        owner: str | None,
         video_codec: RTCRtpCodecParameters,
         *,
         keyframe_interval: float,

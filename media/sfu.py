@@ -129,7 +129,7 @@ class SFU:
         self._check_open()
         room = self.rooms.get(room_id)
         if room is not None:
-            if room.owner != owner:
+            if room.owner is not None and room.owner != owner:
                 raise PublisherConflict(room_id)
             stale = room.publisher
             if stale is not None:
@@ -143,6 +143,7 @@ class SFU:
             room = self._new_room(room_id, owner, plan.video_codec)
         elif room.publisher is not None:  # another reconnect won the race while we waited
             raise PublisherConflict(room_id)
+        room.owner = owner  # a relayed room (owner None) becomes this publisher's
         pc = self._new_peer_connection()
         session = MediaSession(room_id, "publisher", owner, pc)
         room.attach_publisher(session)
@@ -216,6 +217,27 @@ class SFU:
         if session is None or room is None or session.role != "viewer":
             raise SessionNotFound(session_id)
         return room.set_quality(session_id, quality)
+    def attach_upstream(self, session: MediaSession, video_codec: Any) -> Room:
+        """Make a connected-elsewhere session the publisher of its room (see media/relay.py).
+
+        The room is created if needed, with no owner: any owner's publisher may later
+        take it over, and its viewers keep their tracks across the change.
+        """
+        self._check_open()
+        room = self.rooms.get(session.room_id)
+        if room is None:
+            room = self._new_room(session.room_id, None, video_codec)
+        room.attach_publisher(session)
+        self.sessions[session.id] = session
+        session.pc.on("connectionstatechange", lambda: self._connection_changed(session))
+        self._timeouts[session.id] = asyncio.get_running_loop().call_later(
+            self.settings.connect_timeout_seconds, self._connect_timed_out, session
+        )
+        return room
+
+    def new_peer_connection(self) -> RTCPeerConnection:
+        """Return a peer connection configured as the SFU's own (ICE servers, ports, DTLS)."""
+        return self._new_peer_connection()
 
     async def close_session(self, session_id: str) -> None:
         """Close one session; raises :class:`SessionNotFound`.
@@ -299,7 +321,7 @@ class SFU:
         for session in sessions:
             await self._close_session(session, reason)
 
-    def _new_room(self, room_id: str, owner: str, video_codec: Any) -> Room:
+    def _new_room(self, room_id: str, owner: str | None, video_codec: Any) -> Room:
         settings = self.settings
         room = Room(
             room_id, owner, video_codec,

@@ -26,6 +26,7 @@ from server.routes import auth as auth_routes
 from server.routes import cart as cart_routes
 from server.routes import catalog as catalog_routes
 from server.routes import checkout as checkout_routes
+from server.routes import cluster as cluster_routes
 from server.routes import coupons as coupon_routes
 from server.routes import inventory as inventory_routes
 from server.routes import livestreams as livestream_routes
@@ -38,13 +39,13 @@ from server.routes import seller_products as seller_product_routes
 from server.routes import web as web_routes
 from server.routes import webhooks as webhooks_routes
 from server.routes import wishlist as wishlist_routes
-from signaling.whip import MediaGateway
+from signaling.whip import DEFAULT_NODE, MediaGateway
 
 ROUTE_MODULES = (
     ops_routes, auth_routes, me_routes, catalog_routes, seller_product_routes, wishlist_routes,
     admin_routes, cart_routes, coupon_routes, livestream_routes, analytics_routes,
     checkout_routes, orders_routes, webhooks_routes, inventory_routes, realtime_routes,
-    media_routes, web_routes,
+    media_routes, cluster_routes, web_routes,
 )
 
 
@@ -99,6 +100,7 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     app.cleanup_ctx.append(realtime_routes.realtime_context)
     app.cleanup_ctx.append(read_cache_context)  # needs app[REDIS] when set
     app.cleanup_ctx.append(media_context)
+    app.cleanup_ctx.append(cluster_routes.cluster_context)  # with Redis: needs the gateway
     return app
 
 
@@ -108,7 +110,7 @@ async def media_context(app: web.Application) -> AsyncIterator[None]:
     sfu = SFU(MediaSettings(
         ice_servers=[IceServer(urls=url) for url in settings.ice_servers],
         ice_host_addresses=list(settings.ice_host_addresses) or None,
-        ice_port_ranges=settings.ice_port_ranges,
+        ice_port_ranges=settings.worker_ice_port_ranges,  # this worker's share
         ice_announced_addresses=settings.ice_announced_pairs,
         max_viewers_per_room=settings.max_viewers_per_room,
         remb_bitrate_bps=settings.remb_bitrate_bps,
@@ -120,7 +122,9 @@ async def media_context(app: web.Application) -> AsyncIterator[None]:
         await notify.room_event(app, livestream_id, event_type, payload)
 
     app[SFU_KEY] = sfu
-    app[GATEWAY] = MediaGateway(sfu, app[DB], room_event, realtime=app.get(HUB))
+    # Each worker/node owns the shows it hosts (reconcile); alone without Redis: "local".
+    node_id = settings.cluster_id if settings.redis_url else DEFAULT_NODE
+    app[GATEWAY] = MediaGateway(sfu, app[DB], room_event, realtime=app.get(HUB), node_id=node_id)
     app[METRICS].registry.register(media_routes.RoomMetrics(sfu))
     await app[GATEWAY].reconcile()  # shows left "live" by a crash of this server
     yield

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         common(p)
         p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+        p.add_argument("--workers", type=int,
+                       help="server processes sharing the port (SHOPSTREAM_WORKERS; default: one per "
+                            "core with REDIS_URL, else 1" + ("; demo: 1" if name == "demo" else "") + ")")
         if name == "demo":
             p.add_argument("--access-log", action="store_true",
                            help="print a JSON line per request (as LOG_REQUESTS=1 does)")
@@ -44,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "check-inventory",
         help="check stock = sum of inventory events and held + sold <= stocked; exit 1 on a violation",
     ))
+    common(sub.add_parser("cluster", help="show the cluster's nodes, rooms and relays (needs REDIS_URL)"))
     # The load test's own flags are parsed by benchmarks.loadtest (imported only when used).
     sub.add_parser("loadtest", help="play a live-shopping event against a running server", add_help=False)
     return parser
@@ -58,6 +62,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         log_requests=log_requests,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        # The demo is one process unless asked: it is for a person trying the product.
+        workers=getattr(args, "workers", None) or (1 if args.command == "demo" and not
+                                                    os.environ.get("SHOPSTREAM_WORKERS") else None),
         data_dir=Path(args.data_dir) if args.data_dir else None,
         database_url=Secret(args.database_url) if args.database_url else None,
     ).with_jwt_secret_from_data_dir()
@@ -83,9 +90,33 @@ async def database_dsn(settings: Settings) -> AsyncIterator[str]:
         await asyncio.to_thread(embedded.stop)
 
 
+async def _supervise(settings: Settings) -> None:
+    """Run `settings.worker_count` workers on one port (server/workers.py)."""
+    from server.workers import Supervisor
+
+    async with database_dsn(settings) as dsn:
+        await migrate(dsn, settings.db_app_role)
+        supervisor = Supervisor(settings, dsn)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, supervisor.request_stop)
+        print(f"Kein Shopstream: {supervisor.count} workers sharing "
+              f"http://{settings.host}:{settings.port} (SO_REUSEPORT)", flush=True)
+        await supervisor.run()
+        print("shutting down", flush=True)
+
+
+def _is_supervisor(settings: Settings) -> bool:
+    # Workers are started with their index in the environment; the supervisor is not.
+    return settings.worker_count > 1 and "SHOPSTREAM_WORKER_INDEX" not in os.environ
+
+
 async def _serve(settings: Settings, *, demo: bool, live: bool = False) -> None:
     from server.app import create_app
 
+    if _is_supervisor(settings):
+        await _supervise(settings)
+        return
     if demo:
         print("Kein Shopstream demo: starting (the first start sets up a database, ~10 s)...",
               flush=True)
@@ -98,8 +129,13 @@ async def _serve(settings: Settings, *, demo: bool, live: bool = False) -> None:
         app = create_app(settings, dsn, run_migrations=False)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        shared = settings.worker_count > 1
+        # Workers share the public port (the kernel spreads connections over them) and
+        # each also listens on its own port, where relays of other workers reach it.
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=shared or None)
         await site.start()
+        if shared:
+            await web.TCPSite(runner, settings.host, settings.worker_port).start()
         base = f"http://{settings.host}:{settings.port}"
         if demo:
             _print_demo(base, details, settings)
@@ -181,6 +217,24 @@ async def _check_inventory(settings: Settings) -> None:
         raise SystemExit(1)
 
 
+async def _cluster(settings: Settings) -> None:
+    import json
+
+    from signaling.bus import connect
+    from signaling.directory import Directory, DirectoryUnavailable, summarize
+
+    if not settings.redis_url:
+        raise SystemExit("shopstream cluster needs REDIS_URL (a server alone is its own cluster)")
+    redis = connect(settings.redis_url.get())
+    try:
+        nodes = await Directory(redis, settings.redis_prefix).nodes()
+    except DirectoryUnavailable as exc:
+        raise SystemExit(f"the room directory (Redis) is unreachable: {exc}") from None
+    finally:
+        await redis.aclose()
+    print(json.dumps({"nodes": [vars(n) for n in nodes], "rooms": summarize(nodes)}, indent=2))
+
+
 def run(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a coroutine on uvloop."""
     import uvloop
@@ -212,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         "migrate": lambda: _migrate(settings),
         "seed": lambda: _seed(settings),
         "check-inventory": lambda: _check_inventory(settings),
+        "cluster": lambda: _cluster(settings),
     }
     try:
         run(commands[args.command])

@@ -147,6 +147,17 @@ class Settings:
     db_pool_max: int = 20
     # Origins (https://shop.example) whose pages may call the API, WHIP and WHEP; "*" any.
     cors_origins: tuple[str, ...] = ()
+    # Scale-out (server/workers.py, signaling/cluster.py): server processes on this host
+    # (0: one per core with REDIS_URL, else 1), this process's index among them, its
+    # node id in the cluster (empty: derived), and where each worker's private port
+    # starts (0: port + 1); the cluster reaches a worker at cluster_host:that port.
+    workers: int = 0
+    worker_index: int = 0
+    node_id: str = ""
+    worker_port_base: int = 0
+    cluster_host: str = ""
+    # Viewers a worker takes before it redirects new ones (307) to a less-loaded node; 0: never.
+    max_node_viewers: int = 0
 
     @property
     def embedded_database(self) -> bool:
@@ -212,6 +223,12 @@ class Settings:
         take("DB_POOL_MIN", "db_pool_min", int)
         take("DB_POOL_MAX", "db_pool_max", int)
         take("CORS_ORIGINS", "cors_origins", lambda v: tuple(_split(v)))
+        take("SHOPSTREAM_WORKERS", "workers", int)
+        take("SHOPSTREAM_WORKER_INDEX", "worker_index", int)
+        take("NODE_ID", "node_id")
+        take("WORKER_PORT_BASE", "worker_port_base", int)
+        take("CLUSTER_HOST", "cluster_host")
+        take("MAX_NODE_VIEWERS", "max_node_viewers", int)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.validate()
@@ -245,7 +262,61 @@ class Settings:
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ConfigError(f"ICE server {url!r} must start with stun:, turn: or turns:")
+        if self.workers < 0 or not 0 <= self.worker_index < max(self.workers, 1):
+            raise ConfigError("SHOPSTREAM_WORKERS must be >= 1 and the worker index below it")
+        if self.workers > 1 and not self.redis_url:
+            raise ConfigError(
+                f"SHOPSTREAM_WORKERS={self.workers} needs REDIS_URL: the workers share rooms, "
+                "chat and viewer counts through Redis (or run one worker)"
+            )
         self._validate_ice()
+
+    @property
+    def worker_count(self) -> int:
+        """Return how many server processes this host runs (the default: see `workers`)."""
+        if self.workers:
+            return self.workers
+        return (os.cpu_count() or 1) if self.redis_url else 1
+
+    @property
+    def worker_port(self) -> int:
+        """Return this worker's private port (relays reach it there; the shared port is random)."""
+        if self.worker_count == 1:
+            return self.port
+        return (self.worker_port_base or self.port + 1) + self.worker_index
+
+    @property
+    def cluster_id(self) -> str:
+        """Return this worker's node id: NODE_ID, else derived from PUBLIC_URL (or host:port)."""
+        base = self.node_id or (urlsplit(self.public_url).netloc if self.public_url else "")
+        base = base or f"{self.cluster_host or self.host}:{self.port}"
+        return base if self.worker_count == 1 else f"{base}/w{self.worker_index}"
+
+    @property
+    def cluster_url(self) -> str:
+        """Return the base URL other workers and nodes use to reach this worker."""
+        host = self.cluster_host or (
+            "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host)
+        return f"http://{host}:{self.worker_port}"
+
+    @property
+    def worker_ice_port_ranges(self) -> tuple[tuple[int, int], ...]:
+        """Return this worker's share of ICE_PORT_RANGE (each worker binds its own ports)."""
+        count = self.worker_count
+        if count == 1 or not self.ice_port_ranges:
+            return self.ice_port_ranges
+        ports = [p for first, last in self.ice_port_ranges for p in range(first, last + 1)]
+        share = len(ports) // count
+        if share < 1:
+            raise ConfigError(f"ICE_PORT_RANGE: {len(ports)} ports cannot be split over {count} workers")
+        mine = ports[self.worker_index * share:(self.worker_index + 1) * share]
+        ranges: list[tuple[int, int]] = []
+        for port in mine:  # consecutive ports back into ranges
+            if ranges and ranges[-1][1] == port - 1:
+                ranges[-1] = (ranges[-1][0], port)
+            else:
+                ranges.append((port, port))
+        return tuple(ranges)
 
     def _validate_ice(self) -> None:
         # Each message names its setting: the server stops on it before binding anything.

@@ -126,7 +126,7 @@ def error_response(exc: BaseException) -> web.Response | None:
             code = fixed_code or getattr(exc, "code", None) or _HTTP_CODES.get(status, "error")
             return web.json_response(
                 error_body(code, getattr(exc, "message", str(exc)), getattr(exc, "details", {})),
-                status=status,
+                status=status, headers=getattr(exc, "headers", None),  # e.g. a 307's Location
             )
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         headers = {}

@@ -27,6 +27,7 @@ HUB: web.AppKey[Any] = web.AppKey("hub")
 PAYMENTS: web.AppKey[Any] = web.AppKey("payments")
 SALES: web.AppKey[Any] = web.AppKey("sales")  # commerce.sales.SaleQueue
 REDIS: web.AppKey[Any] = web.AppKey("redis")
+CLUSTER: web.AppKey[Any] = web.AppKey("cluster")  # signaling.cluster.Cluster (with Redis)
 
 # Per-request state set by the middleware and the route wrapper (server/api.py).
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

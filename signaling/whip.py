@@ -55,14 +55,26 @@ class Transactions(Protocol):
     def transaction(self, user_id: str | None = None, *, system: bool = False) -> Any: ...
 
 
+class Placement(Protocol):
+    """Where rooms live when several workers or nodes serve them (signaling/cluster.py)."""
+
+    async def before_publish(self, livestream_id: str) -> None: ...
+
+    async def before_watch(self, livestream_id: str, path: str = "") -> None: ...
+
+    async def live_elsewhere(self, livestream_id: str) -> bool: ...
+
+
 class MediaGateway:
     """Admit publishers and viewers to the SFU and keep livestream records in step."""
 
     def __init__(
         self, sfu: SFU, db: Transactions, room_event: RoomEvent | None = None,
         *, realtime: Realtime | None = None, node_id: str = DEFAULT_NODE,
+        placement: Placement | None = None,
     ) -> None:
         self.sfu = sfu
+        self.placement = placement
         self.db = db
         self.room_event = room_event
         self.realtime = realtime
@@ -82,13 +94,15 @@ class MediaGateway:
                 grant = await livestreams.check_publish_grant(conn, livestream_id, stream_key=bearer)
             except Forbidden:
                 grant = await livestreams.check_publish_grant(conn, livestream_id, user_id=user_id)
+        if self.placement is not None:
+            await self.placement.before_publish(livestream_id)
         session = await self.sfu.publish(livestream_id, offer_sdp, owner=grant["sellerId"])
         self._serve_events(session, livestream_id, participant, publisher=True)
         return session
 
     async def watch(
         self, livestream_id: str, offer_sdp: str, *, user_id: str | None,
-        participant: Participant | None = None, quality: str = "auto",
+        participant: Participant | None = None, quality: str = "auto", path: str = "",
     ) -> MediaSession:
         """Join a live (or paused) livestream as a viewer (``quality``: auto, high or low)."""
         async with self.db.transaction(system=True) as conn:
@@ -98,6 +112,8 @@ class MediaGateway:
                 "this livestream is not live" + (" yet" if stream["status"] == "scheduled" else ""),
                 status=stream["status"],
             )
+        if self.placement is not None:
+            await self.placement.before_watch(livestream_id, path)
         session = await self.sfu.watch(livestream_id, offer_sdp, viewer=user_id, quality=quality)
         self._serve_events(session, livestream_id, participant, publisher=False)
         return session
@@ -133,6 +149,8 @@ class MediaGateway:
     async def _end_orphan(self, livestream_id: str) -> None:
         """End a reconciled show whose seller did not publish again within the idle timeout."""
         self._orphan_timers.pop(livestream_id, None)
+        if self.placement is not None and await self.placement.live_elsewhere(livestream_id):
+            return  # its seller published again on another worker or node
         if livestream_id not in self.sfu.rooms:
             await self._set_state(livestream_id, "ended")
 

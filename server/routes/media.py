@@ -44,6 +44,7 @@ register_domain_error(SessionNotFound, 404, "not_found")
 
 SDP = "application/sdp"
 MEDIA_ERRORS = (400, 401, 403, 404, 409, 415, 503)
+WATCH_ERRORS = (307, *MEDIA_ERRORS)  # 307: a busy node sends the viewer to another one
 
 
 async def read_offer(request: web.Request) -> str:
@@ -150,7 +151,7 @@ async def publish(request: web.Request) -> web.Response:
     "POST", "/api/v1/livestreams/{id}/watch", summary="Watch a livestream (WHEP)",
     tags=("media",), status=201, auth="optional", request_content_type=SDP,
     query={"quality": {"enum": list(QUALITIES)}},
-    response_content_type=SDP, response={"type": "string"}, errors=MEDIA_ERRORS,
+    response_content_type=SDP, response={"type": "string"}, errors=WATCH_ERRORS,
 )
 @refusals_explained("WHEP watch")
 async def watch(request: web.Request) -> web.Response:
@@ -160,7 +161,7 @@ async def watch(request: web.Request) -> web.Response:
     quality = request.query.get("quality", "auto")  # validated against the route's query schema
     session = await request.app[GATEWAY].watch(
         livestream_id, offer, user_id=identity.user_id if identity else None,
-        participant=await participant_of(request), quality=quality,
+        participant=await participant_of(request), quality=quality, path=request.path_qs,
     )
     return created(session, request)
 
