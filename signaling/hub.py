@@ -17,8 +17,9 @@ instead of on a fixed grid. With `adaptive=False` every event waits for the hub'
 global tick.
 
 Priorities (`priority()`): commerce and session events (acks, errors, `stock:update`,
-`product:highlighted`, `stream:state`, `order:new`, `welcome`) are URGENT: they leave at
-once whatever the tick, first in their batch, and are never dropped. Chat is CHAT.
+`product:highlighted`, `drop:announced`, `stream:state`, `order:new`, `welcome`) are
+URGENT: they leave at once whatever the tick, first in their batch, and are never
+dropped. Chat is CHAT.
 Reactions (summed) and the viewer count (the latest, at most once a second) are
 AMBIENT: coalesced, never queued one by one.
 
@@ -46,6 +47,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import asyncpg
@@ -263,6 +265,7 @@ class Room:
         self.owner_user_id = info.owner_user_id
         self.state = info.state
         self.highlighted = info.highlighted_product
+        self.drop = info.drop  # the last `drop:announced`, for `welcome` until its time
         self.connections: set[Connection] = set()
         # (class, event type, fragment) in emission order, for everyone / the seller only.
         self.outbox: list[tuple[int, str, str]] = []
@@ -292,12 +295,24 @@ class Room:
         remote = sum(n for n, seen in self.remote_viewers.values() if now - seen < PRESENCE_TTL)
         return self.local_viewers + remote
 
+    def pending_drop(self) -> dict[str, Any] | None:
+        """Return the announced drop while its time is still ahead, else None."""
+        if self.drop is None:
+            return None
+        try:
+            at = datetime.fromisoformat(self.drop["at"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return self.drop if at > datetime.now(timezone.utc) else None
+
     def apply(self, kind: str, payload: dict[str, Any]) -> None:
         """Keep the snapshot that `welcome` carries in step with the events."""
         if kind == "stream:state":
             self.state = payload.get("state", self.state)
         elif kind == "product:highlighted":
             self.highlighted = payload
+        elif kind == "drop:announced":
+            self.drop = payload
         elif kind == "stock:update" and self.highlighted is not None:
             if self.highlighted.get("id") == payload.get("productId"):
                 for variant in self.highlighted.get("variants", []):
@@ -389,7 +404,7 @@ class Hub:
             "identity": participant.as_json() if participant else None,
             "room": {
                 "livestreamId": livestream_id, "state": room.state,
-                "highlightedProduct": room.highlighted,
+                "highlightedProduct": room.highlighted, "drop": room.pending_drop(),
                 "viewerCount": room.viewer_count(time.monotonic()), "recentChat": recent,
             },
         })
