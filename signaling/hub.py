@@ -47,7 +47,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
@@ -303,7 +303,7 @@ class Room:
             at = datetime.fromisoformat(self.drop["at"])
         except (KeyError, TypeError, ValueError):
             return None
-        return self.drop if at > datetime.now(timezone.utc) else None
+        return self.drop if at > datetime.now(UTC) else None
 
     def apply(self, kind: str, payload: dict[str, Any]) -> None:
         """Keep the snapshot that `welcome` carries in step with the events."""

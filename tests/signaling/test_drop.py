@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -41,13 +41,13 @@ async def test_drop_reaches_every_viewer_across_processes_and_late_joiners(
     closing.extend(viewers)
     assert all(v.welcome["room"]["drop"] is None for v in viewers)
 
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     resp = await client.post(_drop_url(livestream_id), json={"productId": product["id"], "inSeconds": 60},
                              headers=seller.headers)
     assert resp.status == 200, await resp.text()
     drop = await resp.json()
     at = datetime.fromisoformat(drop["at"])
-    assert before + timedelta(seconds=59) <= at <= datetime.now(timezone.utc) + timedelta(seconds=61)
+    assert before + timedelta(seconds=59) <= at <= datetime.now(UTC) + timedelta(seconds=61)
     assert drop["productId"] == product["id"]
     assert drop["product"]["id"] == product["id"] and drop["product"]["title"] == product["title"]
     assert drop["product"]["variants"][0]["stock"] == 4
@@ -69,7 +69,7 @@ async def test_an_explicit_time_is_kept_and_a_passed_drop_leaves_the_welcome(
     seller = await factory.seller()
     one, two = await factory.product(seller), await factory.product(seller)
     livestream_id = await make_livestream(factory, seller, products=(one["id"], two["id"]))
-    at = (datetime.now(timezone.utc) + timedelta(minutes=5)).replace(microsecond=0)
+    at = (datetime.now(UTC) + timedelta(minutes=5)).replace(microsecond=0)
     resp = await client.post(_drop_url(livestream_id), json={"productId": one["id"], "at": at.isoformat()},
                              headers=seller.headers)
     assert resp.status == 200, await resp.text()
@@ -102,8 +102,8 @@ async def test_drop_refusals(client: TestClient, factory: Factory, closing) -> N
         resp = await client.post(url, json=body, headers=user.headers if user else {})
         return resp.status, await resp.json()
 
-    past = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
-    too_far = (datetime.now(timezone.utc) + timedelta(hours=25)).isoformat()
+    past = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
+    too_far = (datetime.now(UTC) + timedelta(hours=25)).isoformat()
     for body, field in [
         ({"productId": product["id"], "at": past}, "at"),
         ({"productId": product["id"], "at": too_far}, "at"),
