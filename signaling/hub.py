@@ -320,6 +320,15 @@ class Room:
                         variant["stock"] = payload.get("stock")
 
 
+def _same_drop(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
+    """Say whether two `drop:announced` payloads announce one drop (times compared as instants)."""
+    try:
+        return b is not None and a["productId"] == b.get("productId") and (
+            datetime.fromisoformat(a["at"]) == datetime.fromisoformat(b["at"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 class Hub:
     """Rooms, connections, the batching tick, and the seam to other processes."""
 
@@ -554,8 +563,8 @@ class Hub:
     async def _catch_up(self) -> None:
         """Deliver to each room what it missed while Redis was away (before live messages).
 
-        The chat stored meanwhile, then the room's state and highlighted product as the
-        database has them now, when they differ from what the room last heard.
+        The chat stored meanwhile, then the room's state, highlighted product and pending
+        drop as the database has them now, when they differ from what the room last heard.
         """
         # Release every room first: one the bus's time limit cuts off must not stay held.
         held_rooms = []
@@ -579,6 +588,9 @@ class Hub:
             highlighted = info.highlighted_product if info is not None else None
             if highlighted is not None and (room.highlighted or {}).get("id") != highlighted.get("id"):
                 self.deliver(room.livestream_id, "product:highlighted", highlighted)
+            drop = info.drop if info is not None else None
+            if drop is not None and not _same_drop(drop, room.drop):
+                self.deliver(room.livestream_id, "drop:announced", drop)
             if fresh:
                 self.stats["caught_up"] += len(fresh)
                 log.info("caught up %d chat messages in %s after the redis outage",

@@ -11,8 +11,13 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.config import Settings
+from server.keys import HUB
 from tests.factories import Factory, make_livestream
 from tests.signaling.conftest import ws_client
+from tests.signaling.test_redis import RedisServer
+from tests.signaling.test_redis_outage import redis_server, two_processes, until
+
+__all__ = ["redis_server", "two_processes"]  # fixtures of the Redis outage tests, used here
 
 
 @pytest.fixture
@@ -140,3 +145,34 @@ async def test_drop_refusals(client: TestClient, factory: Factory, closing) -> N
     resp = await client.post(_drop_url(ended), json={"productId": product["id"], "inSeconds": 30},
                              headers=seller.headers)
     assert resp.status == 409
+
+
+@pytest.mark.timeout(180)
+async def test_a_drop_announced_while_redis_is_down_reaches_the_other_process_after(
+    two_processes: tuple[TestClient, TestClient], redis_server: RedisServer, clean_db: str, closing,
+) -> None:
+    one, two = two_processes
+    factory = Factory(one, clean_db)
+    try:
+        seller = await factory.seller()
+        product = await factory.product(seller)
+        livestream_id = await make_livestream(factory, seller, products=(product["id"],))
+    finally:
+        await factory.close()
+    viewer = await ws_client(two, livestream_id)
+    closing.append(viewer)
+    bus_one, bus_two = one.server.app[HUB].hub.bus, two.server.app[HUB].hub.bus
+
+    redis_server.kill()
+    await until(lambda: not bus_one.connected and not bus_two.connected)
+    resp = await one.post(_drop_url(livestream_id), json={"productId": product["id"], "inSeconds": 120},
+                          headers=seller.headers)
+    assert resp.status == 200, await resp.text()
+    drop = await resp.json()
+    redis_server.start()
+    await until(lambda: bus_one.connected and bus_two.connected)
+    caught = await viewer.expect("drop:announced", timeout=20)
+    assert caught["productId"] == product["id"]
+    assert datetime.fromisoformat(caught["at"]) == datetime.fromisoformat(drop["at"])
+    await asyncio.sleep(0.5)
+    assert len(viewer.inbox.of("drop:announced")) == 1, "caught up once"
