@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,9 @@ from commerce.catalog import PRODUCT_COLUMNS, get_product, products_json
 from commerce.errors import Conflict, Forbidden, Invalid, InvalidState, NotFound
 from commerce.pagination import decode_cursor, page
 from commerce.values import iso, parse_moment
+
+# How far ahead a drop may be announced: a countdown longer than a day is a schedule.
+MAX_DROP_AHEAD = timedelta(hours=24)
 
 # state -> the states it may move to
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -352,6 +356,50 @@ async def highlight_product(
     seller's own product that is not on this stream, `product_inactive` for a draft or
     archived one (viewers could not buy it); InvalidState once the stream ended.
     """
+    live_product_id = await _showable_product(conn, seller_id, livestream_id, product_id)
+    await conn.execute(
+        "UPDATE live_products SET highlighted_at = clock_timestamp() WHERE id = $1", live_product_id,
+    )
+    return await get_product(conn, product_id, viewer_seller_id=seller_id)
+
+
+async def announce_drop(
+    conn: asyncpg.Connection, seller_id: str, livestream_id: str, product_id: str,
+    *, at: str | None = None, in_seconds: int | None = None,
+) -> dict[str, Any]:
+    """Set when an attached product drops; return the `drop:announced` payload for the room.
+
+    `at` (ISO 8601 with an offset) or `in_seconds`, exactly one, within the next 24 h;
+    Invalid otherwise. A show has one pending drop: this one replaces any other. The
+    refusals are highlight_product's: the viewers must be able to buy what drops.
+    """
+    if (at is None) == (in_seconds is None):
+        raise Invalid("give either at or inSeconds", fields={"at": "give either at or inSeconds"})
+    now = await conn.fetchval("SELECT clock_timestamp()")
+    when: datetime = parse_moment(at, "at") or now + timedelta(seconds=in_seconds or 0)
+    if when <= now:
+        raise Invalid("the drop must be in the future", fields={"at": "in the past"})
+    if when > now + MAX_DROP_AHEAD:
+        raise Invalid("a drop is announced at most 24 h ahead", fields={"at": "more than 24 h ahead"})
+    live_product_id = await _showable_product(conn, seller_id, livestream_id, product_id)
+    # One pending drop per show: clear the others in the same statement.
+    await conn.execute(
+        "UPDATE live_products SET drop_at = CASE WHEN id = $2 THEN $3::timestamptz END "
+        "WHERE livestream_id = $1 AND (drop_at IS NOT NULL OR id = $2)",
+        livestream_id, live_product_id, when,
+    )
+    product = await get_product(conn, product_id, viewer_seller_id=seller_id)
+    return {"productId": product_id, "product": product, "at": iso(when)}
+
+
+async def _showable_product(
+    conn: asyncpg.Connection, seller_id: str, livestream_id: str, product_id: str
+) -> Any:
+    """Return the live_products id of the seller's active product attached to this stream.
+
+    NotFound for a product that is not the seller's; Conflict `not_attached` or
+    `product_inactive`; InvalidState once the stream ended.
+    """
     row = await _own_row(conn, seller_id, livestream_id)
     if row["status"] == "ended":
         raise InvalidState("this livestream has ended", status="ended")
@@ -361,12 +409,8 @@ async def highlight_product(
     if product["live_product_id"] is None:
         raise Conflict("attach the product to the livestream first", code="not_attached")
     if product["status"] != "active":
-        raise Conflict("only an active product can be highlighted", code="product_inactive")
-    await conn.execute(
-        "UPDATE live_products SET highlighted_at = clock_timestamp() WHERE id = $1",
-        product["live_product_id"],
-    )
-    return await get_product(conn, product_id, viewer_seller_id=seller_id)
+        raise Conflict("only an active product can be shown to the room", code="product_inactive")
+    return product["live_product_id"]
 
 
 async def stream_products(

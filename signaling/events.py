@@ -8,6 +8,12 @@ answers with an `error` event, never by dropping the connection.
 Server events are encoded once (`event()` returns the JSON text of one event) and the
 same text is shared by every recipient; `batch()` joins several into one message
 without decoding them again.
+
+Server events beyond DESIGN.md's list:
+`drop:announced {productId, product, at}`: the seller announced that an attached product
+goes on sale at `at` (ISO 8601, UTC); `product` is the catalog's product contract. Viewers
+count down to it. A later announcement replaces the pending one, and `welcome.room.drop`
+carries it (or null) for whoever joins before `at`.
 """
 
 from __future__ import annotations

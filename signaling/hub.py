@@ -17,8 +17,9 @@ instead of on a fixed grid. With `adaptive=False` every event waits for the hub'
 global tick.
 
 Priorities (`priority()`): commerce and session events (acks, errors, `stock:update`,
-`product:highlighted`, `stream:state`, `order:new`, `welcome`) are URGENT: they leave at
-once whatever the tick, first in their batch, and are never dropped. Chat is CHAT.
+`product:highlighted`, `drop:announced`, `stream:state`, `order:new`, `welcome`) are
+URGENT: they leave at once whatever the tick, first in their batch, and are never
+dropped. Chat is CHAT.
 Reactions (summed) and the viewer count (the latest, at most once a second) are
 AMBIENT: coalesced, never queued one by one.
 
@@ -46,6 +47,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
@@ -263,6 +265,7 @@ class Room:
         self.owner_user_id = info.owner_user_id
         self.state = info.state
         self.highlighted = info.highlighted_product
+        self.drop = info.drop  # the last `drop:announced`, for `welcome` until its time
         self.connections: set[Connection] = set()
         # (class, event type, fragment) in emission order, for everyone / the seller only.
         self.outbox: list[tuple[int, str, str]] = []
@@ -292,17 +295,38 @@ class Room:
         remote = sum(n for n, seen in self.remote_viewers.values() if now - seen < PRESENCE_TTL)
         return self.local_viewers + remote
 
+    def pending_drop(self) -> dict[str, Any] | None:
+        """Return the announced drop while its time is still ahead, else None."""
+        if self.drop is None:
+            return None
+        try:
+            at = datetime.fromisoformat(self.drop["at"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return self.drop if at > datetime.now(UTC) else None
+
     def apply(self, kind: str, payload: dict[str, Any]) -> None:
         """Keep the snapshot that `welcome` carries in step with the events."""
         if kind == "stream:state":
             self.state = payload.get("state", self.state)
         elif kind == "product:highlighted":
             self.highlighted = payload
+        elif kind == "drop:announced":
+            self.drop = payload
         elif kind == "stock:update" and self.highlighted is not None:
             if self.highlighted.get("id") == payload.get("productId"):
                 for variant in self.highlighted.get("variants", []):
                     if variant.get("id") == payload.get("variantId"):
                         variant["stock"] = payload.get("stock")
+
+
+def _same_drop(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
+    """Say whether two `drop:announced` payloads announce one drop (times compared as instants)."""
+    try:
+        return b is not None and a["productId"] == b.get("productId") and (
+            datetime.fromisoformat(a["at"]) == datetime.fromisoformat(b["at"]))
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 class Hub:
@@ -389,7 +413,7 @@ class Hub:
             "identity": participant.as_json() if participant else None,
             "room": {
                 "livestreamId": livestream_id, "state": room.state,
-                "highlightedProduct": room.highlighted,
+                "highlightedProduct": room.highlighted, "drop": room.pending_drop(),
                 "viewerCount": room.viewer_count(time.monotonic()), "recentChat": recent,
             },
         })
@@ -539,8 +563,8 @@ class Hub:
     async def _catch_up(self) -> None:
         """Deliver to each room what it missed while Redis was away (before live messages).
 
-        The chat stored meanwhile, then the room's state and highlighted product as the
-        database has them now, when they differ from what the room last heard.
+        The chat stored meanwhile, then the room's state, highlighted product and pending
+        drop as the database has them now, when they differ from what the room last heard.
         """
         # Release every room first: one the bus's time limit cuts off must not stay held.
         held_rooms = []
@@ -564,6 +588,9 @@ class Hub:
             highlighted = info.highlighted_product if info is not None else None
             if highlighted is not None and (room.highlighted or {}).get("id") != highlighted.get("id"):
                 self.deliver(room.livestream_id, "product:highlighted", highlighted)
+            drop = info.drop if info is not None else None
+            if drop is not None and not _same_drop(drop, room.drop):
+                self.deliver(room.livestream_id, "drop:announced", drop)
             if fresh:
                 self.stats["caught_up"] += len(fresh)
                 log.info("caught up %d chat messages in %s after the redis outage",

@@ -29,6 +29,13 @@ WHERE lp.livestream_id = $1 AND lp.highlighted_at IS NOT NULL
 ORDER BY lp.highlighted_at DESC LIMIT 1
 """
 
+# The show's pending drop (announce_drop keeps at most one), once its time has not passed.
+PENDING_DROP = """
+SELECT lp.product_id, lp.drop_at FROM live_products lp
+WHERE lp.livestream_id = $1 AND lp.drop_at > clock_timestamp()
+ORDER BY lp.drop_at LIMIT 1
+"""
+
 RECENT_CHAT = """
 SELECT m.id, m.user_id, pr.name, m.message, m.created_at
 FROM chat_messages m JOIN profiles pr ON pr.id = m.user_id
@@ -63,6 +70,7 @@ class RoomInfo:
     owner_user_id: str
     chat_settings: dict[str, Any]
     highlighted_product: dict[str, Any] | None
+    drop: dict[str, Any] | None = None  # the `drop:announced` payload of the pending drop
 
 
 async def room_info(conn: asyncpg.Connection, livestream_id: str) -> RoomInfo | None:
@@ -71,12 +79,18 @@ async def room_info(conn: asyncpg.Connection, livestream_id: str) -> RoomInfo | 
     if row is None:
         return None
     product_id = await conn.fetchval(HIGHLIGHTED_PRODUCT, livestream_id)
+    drop = await conn.fetchrow(PENDING_DROP, livestream_id)
+    drop_product = await product_contract(conn, str(drop["product_id"])) if drop else None
     return RoomInfo(
         livestream_id=str(row["id"]),
         state=row["status"],
         owner_user_id=str(row["owner_user_id"]),
         chat_settings=_jsonb(row["chat_settings"]),
         highlighted_product=await product_contract(conn, str(product_id)) if product_id else None,
+        drop={
+            "productId": str(drop["product_id"]), "product": drop_product,
+            "at": drop["drop_at"].isoformat(),
+        } if drop and drop_product else None,
     )
 
 

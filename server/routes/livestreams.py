@@ -102,6 +102,19 @@ PRODUCT_REF = {
     "properties": {"productId": UUID},
 }
 PRODUCT_LIST = page_of(STREAM_PRODUCT)
+# Exactly one of `at` / `inSeconds` (checked by commerce.livestreams.announce_drop).
+DROP_IN = {
+    "type": "object", "additionalProperties": False, "required": ["productId"],
+    "properties": {
+        "productId": UUID,
+        "at": {"type": "string", "format": "date-time", "maxLength": 40},
+        "inSeconds": {"type": "integer", "minimum": 1, "maximum": 24 * 3600},
+    },
+}
+DROP = {
+    "type": "object", "required": ["productId", "product", "at"],
+    "properties": {"productId": {"type": "string"}, "product": PRODUCT, "at": {"type": "string"}},
+}
 
 
 # ---- public -------------------------------------------------------------------------
@@ -291,3 +304,21 @@ async def highlight(request: web.Request) -> web.Response:
     # After the commit: the room must never hear about a highlight that rolled back.
     await notify.room_event(request.app, livestream_id, "product:highlighted", product)
     return json_response(product)
+
+
+@api.route(
+    "POST", "/api/v1/seller/livestreams/{id}/drop",
+    summary="Announce a drop: the room counts down to an attached product going on sale",
+    auth="seller", tags=("seller",), body=DROP_IN, response=DROP, errors=(409,),
+)
+async def announce_drop(request: web.Request) -> web.Response:
+    livestream_id = path_id(request)
+    body = request[BODY]
+    async with seller_transaction(request) as (conn, seller_id):
+        drop = await livestreams.announce_drop(
+            conn, seller_id, livestream_id, body["productId"],
+            at=body.get("at"), in_seconds=body.get("inSeconds"),
+        )
+    # After the commit, like highlight: a late joiner's welcome must agree with the event.
+    await notify.room_event(request.app, livestream_id, "drop:announced", drop)
+    return json_response(drop)

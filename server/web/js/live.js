@@ -3,8 +3,9 @@
 // video keeps playing, and one "show ended" state. Leaving (closing the tab, switching
 // away) ends the media session at once with a keepalive DELETE.
 //
-// The event protocol has no "drop announced" event, so there is no drop countdown; a
-// scheduled show counts down to its start instead.
+// A drop (`drop:announced`, or the pending one in `welcome`) shows a banner on the video
+// counting down each second, which becomes the product card with Buy at zero; a
+// scheduled show counts down to its start.
 import { accessToken, api, currentUser, describeError, el, freshAccessToken, goLogin, money, renderHeader, showError, showStatus, when } from "./api.js";
 import { EventClient } from "./events.js";
 import { openCheckout } from "./livecheckout.js";
@@ -99,6 +100,7 @@ function showEnded() {
   media.stop({ leave: false }); // ending the show closed every session on the server
   events.close();
   clearTimeout(lostTimer);
+  hideDrop();
   video.srcObject = null;
   unmute.hidden = true;
   showStatus(status, "");
@@ -157,6 +159,42 @@ function showProduct(product) {
   if (fresh) card.node.classList.add("pop");
 }
 
+// --- a drop: the countdown on the video, then the product --------------------------
+let dropTimer = null;
+const clock = (s) => `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+const spoken = (s) => (s < 90 ? `${s} seconds` : `${Math.round(s / 60)} minutes`);
+
+function showDrop(drop) {
+  const at = Date.parse(drop?.at);
+  const product = drop?.product;
+  if (!product?.id || !(at > Date.now()) || streamState === "ended") return;
+  clearTimeout(dropTimer);
+  const banner = $("drop");
+  banner.dataset.productId = product.id;
+  banner.querySelector("[data-drop-title]").textContent = product.title;
+  // Said once: a live region that changed every second would talk over the show.
+  banner.querySelector("[data-drop-said]").textContent =
+    `Drop announced: ${product.title} goes on sale in ${spoken(Math.ceil((at - Date.now()) / 1000))}.`;
+  banner.hidden = false;
+  const tick = () => {
+    const left = Math.ceil((at - Date.now()) / 1000);
+    if (left <= 0) {
+      hideDrop();
+      showProduct(product);
+      return;
+    }
+    banner.querySelector("[data-drop-clock]").textContent = clock(left);
+    // The next tick on the next whole second of the countdown, not 1 s after a late one.
+    dropTimer = setTimeout(tick, ((at - Date.now()) % 1000) || 1000);
+  };
+  tick();
+}
+
+function hideDrop() {
+  clearTimeout(dropTimer);
+  $("drop").hidden = true;
+}
+
 async function buyNow({ product, variant }) {
   if (!currentUser()) { goLogin(); return; }
   await openCheckout({
@@ -186,6 +224,7 @@ events
   .on("welcome", (p) => {
     const room = p.room || p.snapshot || p;
     if (room.highlightedProduct) showProduct(room.highlightedProduct);
+    if (room.drop) showDrop(room.drop);
     if (room.viewerCount !== undefined) setViewers(room.viewerCount);
     for (const m of room.recentChat || room.chat || []) addChat(m);
     setStreamState(room.state || room.status);
@@ -193,6 +232,7 @@ events
   .on("chat:new", addChat)
   .on("chat:deleted", deleteChat)
   .on("product:highlighted", (p) => showProduct(p.product || p))
+  .on("drop:announced", showDrop)
   .on("viewer:count", (p) => setViewers(p.count ?? p.viewers ?? p.viewerCount))
   .on("stock:update", (p) => card?.setStock(p.variantId, p.stock))
   .on("stream:state", (p) => setStreamState(p.state || p.status))

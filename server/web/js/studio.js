@@ -272,11 +272,32 @@ function renderProducts(shown = highlightedId) {
         el("strong", {}, p.title),
         el("span", { class: "small" }, money(p.price, p.currency), " · ",
           el("span", { class: left <= 0 ? "stock out" : left <= 5 ? "stock low" : "stock", title: (p.variants || []).map((v) => `${variantLabel(v)}: ${stockText(v.stock)}`).join(", ") }, left <= 0 ? "Sold out" : `${left} left`))),
-      ended ? null : on
+      ended ? null : el("div", { class: "acts" }, on
         ? el("span", { class: "badge live", "data-highlight": p.id }, "On show")
-        : el("button", { type: "button", class: "small primary", "data-highlight": p.id, "aria-label": `Highlight ${p.title}`, onclick: () => highlight(p.id) }, "Highlight"));
+        : el("button", { type: "button", class: "small primary", "data-highlight": p.id, "aria-label": `Highlight ${p.title}`, onclick: () => highlight(p.id) }, "Highlight"),
+      dropPicker(p)));
   }));
   if (!products.length) list.append(el("li", { class: "empty" }, "No products in this stream yet. Add one below."));
+}
+
+// A drop: viewers see a countdown on the video, then the product with Buy.
+function dropPicker(p) {
+  const pick = el("select", { class: "drop-pick", "data-drop": p.id, "aria-label": `Drop ${p.title} in…` },
+    el("option", { value: "" }, "Drop in…"), el("option", { value: "30" }, "30 s"),
+    el("option", { value: "60" }, "1 min"), el("option", { value: "300" }, "5 min"));
+  pick.addEventListener("change", () => { if (pick.value) announceDrop(p, Number(pick.value)); });
+  return pick;
+}
+
+async function announceDrop(p, inSeconds) {
+  const ps = $("products-status");
+  try {
+    await api(`${base}/drop`, { method: "POST", body: { productId: p.id, inSeconds } });
+    showStatus(ps, `Drop announced: ${p.title} in ${inSeconds < 60 ? `${inSeconds} s` : `${inSeconds / 60} min`}.`, "ok");
+  } catch (err) {
+    showError(ps, err);
+  }
+  renderProducts();
 }
 
 async function highlight(productId) {
