@@ -114,3 +114,33 @@ async def test_a_refused_subscription_leaves_no_room() -> None:
         with pytest.raises(ConnectionError):
             await open_relay(relay, "show", "origin", refuse)
         assert "show" not in relay.rooms and not relay.sessions
+
+
+@pytest.mark.parametrize("profile_level_id", ["4d001f", "64001f", "640c1f"])
+async def test_a_room_published_in_main_or_high_profile_is_relayed_in_its_own_format(
+    profile_level_id: str,
+) -> None:
+    from tests.media.peers import accept, new_pc
+    from tests.media.test_h264_profiles import back_to_aiortc, h264_publisher_offer, viewer_offer
+
+    pc, offer = await h264_publisher_offer(profile_level_id)
+    try:
+        async with running_sfu() as origin, running_sfu() as relay:
+            session = await origin.publish("show", offer, "seller")
+            await accept(pc, back_to_aiortc(session.answer_sdp, "42001f"))  # type: ignore[arg-type]
+            await open_relay(relay, "show", "origin", subscriber(origin, "show"))
+            # The relayed room carries the origin's exact format, so a browser that offers
+            # it (and only it) is answered with it.
+            codec = relay.rooms["show"].video_codec
+            assert codec.mimeType == "video/H264"
+            assert codec.parameters["profile-level-id"] == profile_level_id
+            viewer, view_offer = await viewer_offer("42001f", relabel=profile_level_id)
+            watched = await relay.watch("show", view_offer)
+            assert f"profile-level-id={profile_level_id}" in watched.answer_sdp
+            await accept(viewer.pc, back_to_aiortc(watched.answer_sdp, "42001f"))
+            try:
+                await wait_for(lambda: len(viewer.video_frames) >= 5, timeout=30)
+            finally:
+                await viewer.pc.close()
+    finally:
+        await pc.close()  # type: ignore[attr-defined]
