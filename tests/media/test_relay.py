@@ -144,3 +144,28 @@ async def test_a_room_published_in_main_or_high_profile_is_relayed_in_its_own_fo
                 await viewer.pc.close()
     finally:
         await pc.close()  # type: ignore[attr-defined]
+
+
+async def test_a_publisher_taking_over_a_relayed_live_room_is_reported_live() -> None:
+    async with running_sfu() as origin, running_sfu() as relay:
+        states: list[str] = []
+        relay.on_state_change = lambda room_id, state: states.append(state)
+        publisher, _ = await publish(origin, "show")
+        upstream = await open_relay(relay, "show", "origin", subscriber(origin, "show"))
+        viewer, _ = await watch(relay, "show")
+        second_publisher = None
+        try:
+            await wait_for(lambda: len(viewer.video_frames) >= 5, timeout=30)
+            assert states == ["live"]  # the relay's media (the cluster keeps it to itself)
+            # What the cluster does when the seller publishes here: the relayed room
+            # awaits its own publisher, whose first packet is a state change to report.
+            await relay.close_session(upstream.id)
+            relay.rooms["show"].take_over()
+            second_publisher, _ = await publish(relay, "show", owner="seller-2")
+            await wait_for(lambda: states[-1:] == ["live"] and len(states) == 2, timeout=30)
+            assert relay.rooms["show"].state == "live"
+        finally:
+            await viewer.close()
+            await publisher.close()
+            if second_publisher is not None:
+                await second_publisher.close()
