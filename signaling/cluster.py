@@ -10,6 +10,12 @@ derived from JWT_SECRET, the same on every node) and the local forwarder fans ou
 * When its upstream drops (the origin died or the publisher moved), the relay's room is
   paused locally and the relay subscribes again as soon as the directory names a live
   origin; its viewers keep their sessions (the forwarder restarts their streams).
+  A hop the origin closes is followed at once; a show its still-live origin no longer
+  holds has ended, and ends on the relay too (no waiting out the publisher grace).
+* A relay's room goes live on its first relayed packet, silently: the origin records
+  `live` and `media_node` (after registering, so the directory agrees). A publisher
+  that takes a relayed room over starts it as paused (`Room.take_over`), so its own
+  first packet is recorded live on this node.
 * Without Redis the worker keeps serving the rooms it has; a viewer of a room it has
   not got is refused with 503 `cluster_unavailable`.
 
