@@ -14,13 +14,21 @@ The same code crosses machines: the only thing between origin and relay is WHEP.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 from aiortc import RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
-from .aiortc_hook import ForwardingReceiver, PacketSink, ice_host_addresses, install_receiver
+from .aiortc_hook import (
+    ForwardingReceiver,
+    PacketSink,
+    ice_host_addresses,
+    install_receiver,
+    negotiated_codecs,
+)
 from .errors import BadOffer
 from .room import Room
 from .session import MediaSession
@@ -30,6 +38,52 @@ logger = logging.getLogger(__name__)
 
 # Sends the relay's SDP offer to the origin; returns the SDP answer.
 Subscribe = Callable[[str], Awaitable[str]]
+
+# H.264 formats the relay offers beside aiortc's own (42001f/42e01f, mode 1), so the
+# origin answers with its room's exact format whatever profile its publisher sends
+# (media/sdp.py's plan_watch): the relayed room must carry that format for its viewers.
+EXTRA_H264 = tuple(
+    (profile, mode)
+    for profile in ("42e01f", "4d001f", "640c1f", "64001f", "f4001f")
+    for mode in (1, 0)
+    if (profile, mode) != ("42e01f", 1)
+)
+_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
+
+
+def offer_every_h264(offer: str) -> tuple[str, set[int]]:
+    """Add the :data:`EXTRA_H264` formats to an offer's video section; return it and their PTs."""
+    used = {int(pt) for pt in re.findall(r"^a=rtpmap:(\d+) ", offer, re.M)}
+    free = [pt for pt in range(96, 128) if pt not in used]
+    lines = offer.split("\r\n")
+    try:
+        start = next(i for i, line in enumerate(lines) if line.startswith("m=video "))
+    except StopIteration:
+        return offer, set()
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("m=")), len(lines))
+    while end > start and lines[end - 1] == "":
+        end -= 1
+    added: list[str] = []
+    pts: set[int] = set()
+    for (profile, mode), pt in zip(EXTRA_H264, free):
+        pts.add(pt)
+        added += [f"a=rtpmap:{pt} H264/90000"]
+        added += [f"a=rtcp-fb:{pt} {fb}" for fb in _FEEDBACK]
+        added += [f"a=fmtp:{pt} level-asymmetry-allowed=1;packetization-mode={mode};"
+                  f"profile-level-id={profile}"]
+    lines[start] += "".join(f" {pt}" for pt in sorted(pts))
+    lines[end:end] = added
+    return "\r\n".join(lines), pts
+
+
+def _answered_video(answer: str, extra: set[int]) -> RTCRtpCodecParameters | None:
+    """Return the answer's video codec if it is one of the formats aiortc does not know."""
+    description = aiortc_sdp.SessionDescription.parse(answer)
+    for media in description.media:
+        if media.kind == "video" and media.rtp.codecs:
+            codec = media.rtp.codecs[0]
+            return codec if codec.payloadType in extra else None
+    return None
 
 
 class LateSink:
@@ -83,9 +137,12 @@ async def open_relay(sfu: SFU, room_id: str, origin: str, subscribe: Subscribe) 
     try:
         with ice_host_addresses(sfu.settings.ice_host_addresses):
             await pc.setLocalDescription(await pc.createOffer())
-        answer = await subscribe(pc.localDescription.sdp)
+        offer, extra = offer_every_h264(pc.localDescription.sdp)
+        answer = await subscribe(offer)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            chosen = _answered_video(answer, extra)
+            with negotiated_codecs({"video": chosen} if chosen is not None else {}):
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         except Exception as exc:  # aiortc reports a bad answer with whatever it raises
             raise BadOffer(f"the origin's answer was refused: {exc or type(exc).__name__}") from exc
         codecs = {kind: t._codecs[0] for kind, t in transceivers.items() if t._codecs}

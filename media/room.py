@@ -187,6 +187,19 @@ class Room:
             )
         self._idle_timer = self._loop.call_later(self._idle_seconds, self._on_idle_expired, self)
 
+    def take_over(self) -> None:
+        """Make a relayed room wait for its own publisher, whose first packet reports ``live``.
+
+        A relay's media made the room live here without a word to anyone (only the
+        origin speaks for its show); the publisher that takes the room over must be
+        reported, so until its first packet the room counts as paused, silently.
+        """
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        if self.state is RoomState.LIVE:
+            self.state = RoomState.PAUSED
+
     @property
     def ever_live(self) -> bool:
         """Return whether a publisher's media ever reached this room."""

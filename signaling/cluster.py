@@ -10,6 +10,12 @@ derived from JWT_SECRET, the same on every node) and the local forwarder fans ou
 * When its upstream drops (the origin died or the publisher moved), the relay's room is
   paused locally and the relay subscribes again as soon as the directory names a live
   origin; its viewers keep their sessions (the forwarder restarts their streams).
+  A hop the origin closes is followed at once; a show its still-live origin no longer
+  holds has ended, and ends on the relay too (no waiting out the publisher grace).
+* A relay's room goes live on its first relayed packet, silently: the origin records
+  `live` and `media_node` (after registering, so the directory agrees). A publisher
+  that takes a relayed room over starts it as paused (`Room.take_over`), so its own
+  first packet is recorded live on this node.
 * Without Redis the worker keeps serving the rooms it has; a viewer of a room it has
   not got is refused with 503 `cluster_unavailable`.
 
@@ -187,6 +193,11 @@ class Cluster:
             origin = await self.directory.origin(relay.room_id)
             if origin == relay.origin:
                 continue
+            if origin is None and relay.origin is not None and await self.directory.alive(relay.origin):
+                # Its origin is up but holds the show no more: the show ended there.
+                log.info("relay of room %s: the show ended at %s", relay.room_id, relay.origin.node)
+                self._spawn(self._drop_relay(relay))
+                continue
             log.warning("relay of room %s: origin %s is gone", relay.room_id,
                         relay.origin.node if relay.origin else "?")
             if origin is None:
@@ -207,6 +218,8 @@ class Cluster:
                 if self.connected:
                     log.warning("cluster: room directory unreachable (%s); serving local rooms only", exc)
                 self.connected = False
+            except Exception:  # a bug in one round must not stop the heartbeat for good
+                log.exception("cluster: heartbeat failed")
 
     # --- the gateway's calls --------------------------------------------------------------
 
@@ -226,6 +239,9 @@ class Cluster:
             # room, and its viewers stay (the forwarder restarts their streams).
             self._cancel_linger(relay)
             await self._close_upstream(relay)
+            room = self.sfu.rooms.get(room_id)
+            if room is not None:
+                room.take_over()
 
     async def before_watch(self, room_id: str, path: str = "") -> None:
         """Make sure the room is here: originated by this worker, or relayed from its origin.
@@ -290,8 +306,18 @@ class Cluster:
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise RelayRefused(f"origin {origin.node} at {origin.url} unreachable: {exc}") from exc
 
-        relay.session = await open_relay(self.sfu, relay.room_id, origin.node, offer_answer)
+        session = await open_relay(self.sfu, relay.room_id, origin.node, offer_answer)
+        relay.session = session
         relay.origin = origin
+
+        def upstream_changed() -> None:
+            # The origin closed the hop (its show ended, or its publisher moved): look
+            # for the show at once rather than after the room's grace or a heartbeat.
+            if session.pc.connectionState in ("failed", "closed") and relay.session is session \
+                    and not relay.resubscribing and self.relays.get(relay.room_id) is relay:
+                self._spawn(self._resubscribe(relay))
+
+        session.pc.on("connectionstatechange", upstream_changed)
 
     async def _close_upstream(self, relay: Relay) -> None:
         session, relay.session = relay.session, None
@@ -355,7 +381,11 @@ class Cluster:
         if relay is None:
             if state == "ended":
                 self._spawn(self._release(room_id))
-            if self._record_state is not None:
+            if state == "live":
+                # Registered before the record says live: whoever sees the show live
+                # finds this node as its origin at once, not a heartbeat later.
+                self._spawn(self._register_then_record(room_id, state))
+            elif self._record_state is not None:
                 self._record_state(room_id, state)
             return
         if state == "paused" and not relay.resubscribing:
@@ -367,6 +397,13 @@ class Cluster:
                 # No origin came back within the grace: the show ends, as for a
                 # publisher that dropped on its origin.
                 self._record_state(room_id, "ended")
+
+    async def _register_then_record(self, room_id: str, state: str) -> None:
+        with contextlib.suppress(DirectoryUnavailable, TimeoutError):
+            async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+                await self.directory.register(self.info())
+        if self._record_state is not None:
+            self._record_state(room_id, state)
 
     async def _release(self, room_id: str) -> None:
         with contextlib.suppress(DirectoryUnavailable):

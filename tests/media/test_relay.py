@@ -114,3 +114,58 @@ async def test_a_refused_subscription_leaves_no_room() -> None:
         with pytest.raises(ConnectionError):
             await open_relay(relay, "show", "origin", refuse)
         assert "show" not in relay.rooms and not relay.sessions
+
+
+@pytest.mark.parametrize("profile_level_id", ["4d001f", "64001f", "640c1f"])
+async def test_a_room_published_in_main_or_high_profile_is_relayed_in_its_own_format(
+    profile_level_id: str,
+) -> None:
+    from tests.media.peers import accept, new_pc
+    from tests.media.test_h264_profiles import back_to_aiortc, h264_publisher_offer, viewer_offer
+
+    pc, offer = await h264_publisher_offer(profile_level_id)
+    try:
+        async with running_sfu() as origin, running_sfu() as relay:
+            session = await origin.publish("show", offer, "seller")
+            await accept(pc, back_to_aiortc(session.answer_sdp, "42001f"))  # type: ignore[arg-type]
+            await open_relay(relay, "show", "origin", subscriber(origin, "show"))
+            # The relayed room carries the origin's exact format, so a browser that offers
+            # it (and only it) is answered with it.
+            codec = relay.rooms["show"].video_codec
+            assert codec.mimeType == "video/H264"
+            assert codec.parameters["profile-level-id"] == profile_level_id
+            viewer, view_offer = await viewer_offer("42001f", relabel=profile_level_id)
+            watched = await relay.watch("show", view_offer)
+            assert f"profile-level-id={profile_level_id}" in watched.answer_sdp
+            await accept(viewer.pc, back_to_aiortc(watched.answer_sdp, "42001f"))
+            try:
+                await wait_for(lambda: len(viewer.video_frames) >= 5, timeout=30)
+            finally:
+                await viewer.pc.close()
+    finally:
+        await pc.close()  # type: ignore[attr-defined]
+
+
+async def test_a_publisher_taking_over_a_relayed_live_room_is_reported_live() -> None:
+    async with running_sfu() as origin, running_sfu() as relay:
+        states: list[str] = []
+        relay.on_state_change = lambda room_id, state: states.append(state)
+        publisher, _ = await publish(origin, "show")
+        upstream = await open_relay(relay, "show", "origin", subscriber(origin, "show"))
+        viewer, _ = await watch(relay, "show")
+        second_publisher = None
+        try:
+            await wait_for(lambda: len(viewer.video_frames) >= 5, timeout=30)
+            assert states == ["live"]  # the relay's media (the cluster keeps it to itself)
+            # What the cluster does when the seller publishes here: the relayed room
+            # awaits its own publisher, whose first packet is a state change to report.
+            await relay.close_session(upstream.id)
+            relay.rooms["show"].take_over()
+            second_publisher, _ = await publish(relay, "show", owner="seller-2")
+            await wait_for(lambda: states[-1:] == ["live"] and len(states) == 2, timeout=30)
+            assert relay.rooms["show"].state == "live"
+        finally:
+            await viewer.close()
+            await publisher.close()
+            if second_publisher is not None:
+                await second_publisher.close()
