@@ -28,28 +28,7 @@ def is_keyframe(codec_name: str, payload: bytes) -> bool:
 
 def is_vp8_keyframe(payload: bytes) -> bool:
     """Return whether a VP8 payload (RFC 7741) starts a keyframe."""
-    # Inlined rather than built on _vp8_keyframe_header: this runs for every packet.
-    if len(payload) < 2:
-        return False
-    descriptor = payload[0]
-    # Only the first partition's first packet (S=1, PID=0) holds the frame header.
-    if not descriptor & 0x10 or descriptor & 0x07:
-        return False
-    index = 1
-    if descriptor & 0x80:  # X: extended control bits follow
-        extension = payload[1]
-        index = 2
-        if extension & 0x80:  # I: picture id, 7 or 15 bits
-            if index >= len(payload):
-                return False
-            index += 2 if payload[index] & 0x80 else 1
-        if extension & 0x40:  # L: TL0PICIDX
-            index += 1
-        if extension & 0x30:  # T or K: TID/KEYIDX byte
-            index += 1
-    if index >= len(payload):
-        return False
-    return not payload[index] & 0x01  # P bit of the VP8 frame header: 0 = keyframe
+    return _vp8_keyframe_header(payload) is not None
 
 
 def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
