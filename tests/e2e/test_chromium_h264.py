@@ -10,17 +10,14 @@ tests/e2e/test_h264_browser.py (main and high).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import imageio_ffmpeg
 import pytest
-from aiohttp import web
 
-from media import SFU, BadOffer
 from media.h264 import Profile, h264_format
+from tests.e2e.test_h264_browser import endpoints
 from tests.media.peers import running_sfu, wait_for, watch
 
 pytestmark = pytest.mark.timeout(150)
@@ -96,49 +93,6 @@ window.decoded = async () => {
 """
 
 
-@contextlib.asynccontextmanager
-async def endpoints(sfu: SFU, room_id: str, owner: str) -> AsyncIterator[str]:
-    """Serve the page, WHIP and WHEP for one room from one origin on 127.0.0.1."""
-
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text=PAGE, content_type="text/html")
-
-    async def whip(request: web.Request) -> web.Response:
-        try:
-            session = await sfu.publish(room_id, await request.text(), owner)
-        except BadOffer as exc:
-            return web.Response(status=400, text=exc.message)
-        return web.Response(status=201, text=session.answer_sdp, content_type="application/sdp",
-                            headers={"Location": f"/whip/{session.id}"})
-
-    async def whep(request: web.Request) -> web.Response:
-        try:
-            session = await sfu.watch(room_id, await request.text())
-        except BadOffer as exc:
-            return web.Response(status=400, text=exc.message)
-        return web.Response(status=201, text=session.answer_sdp, content_type="application/sdp")
-
-    async def leave(request: web.Request) -> web.Response:
-        with contextlib.suppress(Exception):
-            await sfu.close_session(request.match_info["id"])
-        return web.Response(status=200, text="")
-
-    app = web.Application()
-    app.router.add_get("/", page)
-    app.router.add_post("/whip", whip)
-    app.router.add_delete("/whip/{id}", leave)
-    app.router.add_post("/whep", whep)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
 def first_video_fmtp(sdp: str) -> tuple[str, str]:
     """Return the rtpmap and fmtp line of the first payload type of the m=video section."""
     section = sdp.split("m=video", 1)[1].split("\r\nm=", 1)[0]
@@ -171,7 +125,7 @@ async def chromium_decodes(page: Any, width: int | None, timeout: float = 45.0) 
 
 async def test_chromium_publishes_h264_that_aiortc_and_chromium_decode(browser: Any) -> None:
     async with running_sfu(connect_timeout_seconds=20.0) as sfu, \
-            endpoints(sfu, "ch264", "chromium") as base:
+            endpoints(sfu, "ch264", owner="chromium", html=PAGE) as base:
         publisher_ctx = await browser.new_context()
         viewer_ctx = await browser.new_context()
         await publisher_ctx.grant_permissions(["camera", "microphone"], origin=base)
@@ -231,7 +185,7 @@ async def test_chromium_publishes_h264_that_aiortc_and_chromium_decode(browser: 
 
 async def test_chromium_plays_ffmpeg_baseline_profile(browser: Any) -> None:
     async with running_sfu(connect_timeout_seconds=20.0) as sfu, \
-            endpoints(sfu, "ffbase", "ffmpeg") as base:
+            endpoints(sfu, "ffbase", owner="ffmpeg", html=PAGE) as base:
         ffmpeg = await asyncio.create_subprocess_exec(
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-re",
             "-f", "lavfi", "-i", "testsrc=size=640x360:rate=30",

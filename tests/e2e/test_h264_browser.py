@@ -51,15 +51,15 @@ window.played = () => {
 
 
 @contextlib.asynccontextmanager
-async def endpoints(sfu: SFU, room_id: str) -> AsyncIterator[str]:
-    """Serve the viewer page, WHIP (for ffmpeg) and WHEP (for the page) from one origin."""
+async def endpoints(sfu: SFU, room_id: str, *, owner: str = "ffmpeg", html: str = PAGE) -> AsyncIterator[str]:
+    """Serve a test page, WHIP (for ffmpeg or the page) and WHEP (for the page) from one origin."""
 
     async def page(request: web.Request) -> web.Response:
-        return web.Response(text=PAGE, content_type="text/html")
+        return web.Response(text=html, content_type="text/html")
 
     async def whip(request: web.Request) -> web.Response:
         try:
-            session = await sfu.publish(room_id, await request.text(), "ffmpeg")
+            session = await sfu.publish(room_id, await request.text(), owner)
         except BadOffer as exc:
             return web.Response(status=400, text=exc.message)
         return web.Response(status=201, text=session.answer_sdp, content_type="application/sdp",
