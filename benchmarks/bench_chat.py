@@ -182,14 +182,7 @@ async def measure(server: ServerProcess, livestream_id: str, tokens: list[str], 
         for pipe in pipes:
             pipe.send("start")
         cpu0, t0 = server.cpu(), time.perf_counter()
-        sent = 0
-        while (elapsed := time.perf_counter() - t0) < seconds:
-            due = int(elapsed * rate) + 1
-            while sent < due:
-                ws = senders[sent % len(senders)]
-                await ws.send_str(json.dumps({"type": "chat:send", "payload": {"message": f"{time.time():.6f}"}}))
-                sent += 1
-            await asyncio.sleep(max(0.0, sent / rate - (time.perf_counter() - t0)))
+        sent = await send_chat_at(rate, senders, t0, seconds)
         await asyncio.sleep(1.0)  # the last messages' deliveries
         cpu = server.cpu() - cpu0
         wall = time.perf_counter() - t0
@@ -216,6 +209,21 @@ async def measure(server: ServerProcess, livestream_id: str, tokens: list[str], 
         "serverCpuPerDeliveryUs": round(1e6 * cpu / max(1, deliveries), 2),
         "deliveriesPerCoreSecond": round(deliveries / cpu) if cpu else None,
     }
+
+
+async def send_chat_at(rate: float, senders: list[aiohttp.ClientWebSocketResponse], t0: float,
+                       seconds: float) -> int:
+    """Send chat messages open-loop at `rate` per second from t0 for `seconds`, round-robin
+    over `senders`, each stamped with its send time; return how many were sent."""
+    sent = 0
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        due = int(elapsed * rate) + 1
+        while sent < due:
+            ws = senders[sent % len(senders)]
+            await ws.send_str(json.dumps({"type": "chat:send", "payload": {"message": f"{time.time():.6f}"}}))
+            sent += 1
+        await asyncio.sleep(max(0.0, sent / rate - (time.perf_counter() - t0)))
+    return sent
 
 
 async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:

@@ -49,6 +49,7 @@ from benchmarks.bench_chat import (
     _raise_fd_limit,
     _with_database,
     seed,
+    send_chat_at,
 )
 from server.auth import Tokens
 from server.db import migrate
@@ -255,14 +256,7 @@ async def measure(server: ServerProcess, pipes: list[Any], senders: list[Any], *
     for pipe in pipes:
         pipe.send("start")
     cpu0, t0 = server.cpu(), time.perf_counter()
-    sent = 0
-    while (elapsed := time.perf_counter() - t0) < seconds:
-        due = int(elapsed * rate) + 1
-        while sent < due:
-            ws = senders[sent % len(senders)]
-            await ws.send_str(json.dumps({"type": "chat:send", "payload": {"message": f"{time.time():.6f}"}}))
-            sent += 1
-        await asyncio.sleep(max(0.0, sent / rate - (time.perf_counter() - t0)))
+    sent = await send_chat_at(rate, senders, t0, seconds)
     await asyncio.sleep(1.5)  # the last messages' deliveries
     cpu = server.cpu() - cpu0
     wall = time.perf_counter() - t0
