@@ -997,7 +997,8 @@ class ForwardingReceiver:
         layers = self.layers
         assert layers is not None
         extensions = packet.extensions
-        if is_rtx(codec):
+        repair = is_rtx(codec)
+        if repair:
             # Each layer has its own RTX SSRC, named by repaired-rtp-stream-id.
             if extensions.repaired_rtp_stream_id is not None:
                 media_ssrc = layers.ssrc_of(extensions.repaired_rtp_stream_id)
@@ -1013,7 +1014,8 @@ class ForwardingReceiver:
             layers.learn(packet.ssrc, extensions.rtp_stream_id)
         if packet.ssrc not in layers.layers:
             return  # no RID seen for this SSRC yet: cannot tell its layer
-        _, switched = layers.on_packet(packet.ssrc, len(packet.payload), _monotonic())
+        # RTX is not the layer's rate: Chromium pads its probes with RTX copies of packets.
+        _, switched = layers.on_packet(packet.ssrc, 0 if repair else len(packet.payload), _monotonic())
         if switched:
             logger.info("simulcast: top layer %r", layers.chosen_rid)
             self.media_ssrc = layers.chosen

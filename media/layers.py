@@ -22,7 +22,8 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 from .aiortc_hook import ForwardingReceiver
 from .codecs import vp8_keyframe_size
 from .estimator import BandwidthEstimator
-from .forwarder import TrackCounters, TrackForwarder, ViewerTrack
+from .forwarder import TrackCounters, TrackForwarder, ViewerTrack, _newer
+from .probe import Prober
 from .simulcast import Layer, LayerSelector
 
 REVIEW_SECONDS = 0.5
@@ -41,15 +42,22 @@ class LayerPolicy:
         """Return the viewer's bandwidth estimate (bit/s); None: nothing limits it."""
         return self.estimator.value(time.monotonic())
 
-    def choose(self, ranked: list[Layer]) -> Layer:
-        """Return the layer to forward among ``ranked`` (lowest first, never empty)."""
+    def choose(self, ranked: list[Layer], current: Layer | None = None) -> Layer:
+        """Return the layer to forward among ``ranked`` (lowest first, never empty).
+
+        An auto viewer on ``current`` moves above it only after a passed probe.
+        """
         if self.quality == "low":
             return ranked[0]
         estimate = self.estimate_bps
         if self.quality == "high" or estimate is None:
             return ranked[-1]
         fitting = [layer for layer in ranked if (layer.avg_bps or layer.peak_bps) <= estimate]
-        return fitting[-1] if fitting else ranked[0]
+        chosen = fitting[-1] if fitting else ranked[0]
+        if (current in ranked and ranked.index(chosen) > ranked.index(current)
+                and not self.estimator.may_rise()):
+            return current  # type: ignore[return-value]
+        return chosen
 
 
 class SimulcastForwarder:
@@ -79,6 +87,7 @@ class SimulcastForwarder:
         self._retired_in = [0, 0, 0]  # packets, bytes, NACKs missed of old streams' layers
         self._last_review = 0.0
         self.switches = 0
+        self.prober = Prober()
 
     # --- publisher side (PacketSink) ----------------------------------------------------
 
@@ -142,7 +151,9 @@ class SimulcastForwarder:
         if not ranked:
             return
         for viewer, policy in self.policies.items():
-            target = self.layers[policy.choose(ranked).ssrc]
+            ssrc = self.ssrc_of(viewer)
+            current = self.selector.layers.get(ssrc) if self.selector and ssrc else None
+            target = self.layers[policy.choose(ranked, current).ssrc]
             self.move(viewer, target)
 
     def move(self, viewer: ViewerTrack, target: TrackForwarder) -> None:
@@ -190,10 +201,13 @@ class SimulcastForwarder:
                 return ssrc
         return None
 
-    def on_receiver_report(self, viewer: ViewerTrack, loss: float, rtt: float | None = None) -> None:
+    def on_receiver_report(self, viewer: ViewerTrack, loss: float, rtt: float | None = None,
+                           lsr: int = 0) -> None:
         """Feed a viewer's reported loss (0-1) and round-trip time to its estimate.
 
-        Move the viewer if that changes its layer.
+        ``lsr`` names the sender report the round-trip time answers: that of a probe
+        (media.probe) gives the probe's verdict. Start a probe when the estimate asks for
+        one; move the viewer if its layer changes.
         """
         policy = self.policies.get(viewer)
         ssrc = self.ssrc_of(viewer)
@@ -205,10 +219,27 @@ class SimulcastForwarder:
             return
         above = [layer for layer in ranked if ranked.index(layer) > ranked.index(current)] \
             if current in ranked else []
-        policy.estimator.on_loss(
-            loss, time.monotonic(), current.avg_bps or current.rate_bps,
-            (above[0].avg_bps or above[0].peak_bps) if above else None, rtt,
+        if not above and len(ranked) < len(self.selector.rids):
+            return  # the layers above are not sending (yet): nothing to probe or lift
+        estimator = policy.estimator
+        now = time.monotonic()
+        probe = self.prober.probes.get(viewer)
+        if probe is not None and lsr in probe.report_keys:
+            rtt_for_loss = None  # the probe's own queue: judged here, not overuse of the layer
+        else:
+            rtt_for_loss = rtt
+        self.prober.on_report(viewer, estimator, lsr, rtt, loss)
+        current_bps = current.avg_bps or current.rate_bps
+        estimator.on_loss(
+            loss, now, current_bps,
+            (above[0].avg_bps or above[0].peak_bps) if above else None, rtt_for_loss,
         )
+        if estimator.probe_bps is not None and viewer not in self.prober.probes:
+            layer = self.layer_of(viewer)
+            if policy.quality != "auto" or viewer.next_layer is not None or layer is None:
+                pass  # pinned, or switching: no probe now
+            elif not self.prober.start(viewer, layer, estimator.probe_bps, current_bps):
+                estimator.on_probe(True, now)  # no RTX to pad with: try the layer itself
         self.review()
 
     def on_remb(self, viewer: ViewerTrack, bitrate_bps: float) -> None:
@@ -259,6 +290,7 @@ class SimulcastForwarder:
     def remove_viewer(self, viewer: ViewerTrack) -> None:
         """Remove a viewer from its layer (and from a pending switch)."""
         self.policies.pop(viewer, None)
+        self.prober.stop(viewer)
         if viewer in self.unplaced:
             self.unplaced.remove(viewer)
         pending = viewer.next_layer
@@ -319,9 +351,28 @@ class SimulcastForwarder:
         old.waiting.clear()
 
     def on_nack(self, viewer: ViewerTrack, lost: list[int]) -> None:
-        """Answer a viewer's NACK from its current layer's history."""
+        """Answer a viewer's NACK from the history of the layer each packet came from.
+
+        Packets lost just before a switch belong to the layer the viewer left; left
+        unanswered, they stay a hole that stalls a receiver's jitter buffer (aiortc's
+        waits for 512 more packets: ~20 s of a low layer).
+        """
         layer = self.layer_of(viewer)
-        if layer is not None:
+        if layer is None:
+            return
+        prior = viewer.prior
+        if prior is not None and prior[0] in self.layers.values():
+            first = (viewer.start_seq + viewer.seq_offset) & 0xFFFF  # its first on this layer
+            before = [seq for seq in lost if _newer(first, seq)]
+            if before:
+                lost = [seq for seq in lost if not _newer(first, seq)]
+                now = (viewer.seq_offset, viewer.ts_offset, viewer.start_seq)
+                old, viewer.seq_offset, viewer.ts_offset, viewer.start_seq = prior
+                try:
+                    old.on_nack(viewer, before)
+                finally:
+                    viewer.seq_offset, viewer.ts_offset, viewer.start_seq = now
+        if lost:
             layer.on_nack(viewer, lost)
 
     def send_sender_reports(self) -> None:

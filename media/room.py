@@ -329,7 +329,9 @@ class Room:
             if isinstance(video, SimulcastForwarder) and self._senders[sender][1] == "video":
                 sent = track.sr_sent.get(report.lsr) if report.lsr else None
                 rtt = time.monotonic() - sent - report.dlsr / 65536 if sent is not None else None
-                video.on_receiver_report(track, report.fraction_lost / 256, rtt)
+                if rtt is not None:
+                    track.rtt = rtt
+                video.on_receiver_report(track, report.fraction_lost / 256, rtt, report.lsr)
 
     def on_remb(self, sender: ForwardingSender, bitrate_bps: int) -> None:
         """Take a viewer's REMB (its receive-side estimate) into its layer choice."""
