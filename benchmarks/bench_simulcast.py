@@ -7,7 +7,10 @@ single-layer room (``TrackForwarder``) and of a simulcast room (``SimulcastForwa
 three layers at 1:2:6 packets, the viewers spread over them by their policies: a third
 pinned low, a third on the middle layer by their bandwidth estimate, a third high).
 Real libsrtp sessions and real loopback UDP sockets as in ``bench_sfu.measure_fanout``;
-the simulcast figure includes the layer measurement the receiver does per packet.
+the simulcast figure includes the layer measurement the receiver does per packet. A
+third figure: the simulcast room with every viewer numbering its packets for
+transport-wide congestion control (the one-byte header extension and a send-time
+record per packet, media.twcc), as Chromium viewers negotiate it.
 Also: how long an auto viewer takes to leave the top layer after its link starts
 losing packets, counted in receiver reports (the SFU's reaction; the viewer's time on
 the old layer then depends on the publisher's keyframe latency, measured end to end in
@@ -38,8 +41,12 @@ from media.simulcast import LayerSelector
 LAYERS = (("q", 11, 1, 150_000), ("h", 12, 2, 500_000), ("f", 13, 6, 1_500_000))  # rid, ssrc, packets/frame, bps
 
 
-async def viewers(count: int) -> tuple[list[ViewerTrack], list[Any], list[socket.socket]]:
-    """Make ``count`` viewer tracks with real SRTP sessions sending to loopback sinks."""
+async def viewers(count: int, twcc: bool = False) -> tuple[list[ViewerTrack], list[Any], list[socket.socket]]:
+    """Make ``count`` viewer tracks with real SRTP sessions sending to loopback sinks.
+
+    With ``twcc`` each viewer negotiated transport-wide-cc (a simulcast room numbers
+    its packets, media.twcc).
+    """
     loop = asyncio.get_running_loop()
     tracks, transports, sinks = [], [], []
     for index in range(count):
@@ -57,7 +64,7 @@ async def viewers(count: int) -> tuple[list[ViewerTrack], list[Any], list[socket
                                        send=_connected_send(transport._sock, sink.getsockname()))
         tracks.append(ViewerTrack(types.SimpleNamespace(  # type: ignore[arg-type]
             egress=egress, _ssrc=1000 + index, payload_type=96, rtx_payload_type=97,
-            _rtx_ssrc=2000 + index)))
+            _rtx_ssrc=2000 + index, twcc_extension_id=3 if twcc else None)))
     return tracks, transports, sinks
 
 
@@ -68,10 +75,10 @@ def drain(sinks: list[socket.socket]) -> None:
                 sink.recv(2048)
 
 
-async def measure(count: int, simulcast: bool, frames: int) -> dict[str, float]:
+async def measure(count: int, simulcast: bool, frames: int, twcc: bool = False) -> dict[str, float]:
     """Return CPU µs per forwarded packet (and per ingress packet) for one room."""
     codec = CODECS["video"][0]
-    tracks, transports, sinks = await viewers(count)
+    tracks, transports, sinks = await viewers(count, twcc)
     payload = bytes([0x10, 0x00]) + os.urandom(1100)  # a VP8 keyframe start, then data
     selector = LayerSelector(tuple(rid for rid, *_ in LAYERS))
     if simulcast:
@@ -145,10 +152,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for count in args.viewers:
         single = await measure(count, False, args.frames)
         layered = await measure(count, True, args.frames)
+        numbered = await measure(count, True, args.frames, twcc=True)
         results["rooms"][count] = {
             "single_us_per_packet": round(single["us_per_packet_out"], 2),
             "simulcast_us_per_packet": round(layered["us_per_packet_out"], 2),
             "ratio": round(layered["us_per_packet_out"] / single["us_per_packet_out"], 3),
+            # Every viewer numbering its packets for transport-wide congestion control.
+            "simulcast_twcc_us_per_packet": round(numbered["us_per_packet_out"], 2),
+            "twcc_ratio": round(numbered["us_per_packet_out"] / single["us_per_packet_out"], 3),
             "simulcast_viewers_per_layer": layered["viewers_per_layer"],
         }
     results["reports_to_switch_down_at_30pct_loss"] = reports_to_switch_down()

@@ -29,6 +29,7 @@ REMB_MAX_AGE = 5.0
 # A round-trip time this much over the viewer's minimum means its link is queueing.
 DELAY_OVERUSE_SECONDS = 0.15
 OVERUSE_AS_LOSS = 0.3
+LIMITED_SECONDS = 10.0  # a cut this recent says the viewer's link is the limit
 
 
 @dataclass
@@ -47,6 +48,7 @@ class BandwidthEstimator:
     min_rtt: float | None = None
     probe_bps: float | None = None  # a probe at this rate is wanted (or running)
     probe_after: float = STABLE_SECONDS  # no probe before then
+    limited_at: float | None = None  # when loss or delay last cut the estimate
 
     def on_loss(self, loss: float, now: float, current_bps: float, next_bps: float | None,
                 rtt: float | None = None) -> None:
@@ -65,6 +67,7 @@ class BandwidthEstimator:
         if loss > HIGH_LOSS or (switched and loss >= LOW_LOSS):
             base = min(self.estimate_bps, current_bps) if self.estimate_bps else current_bps
             self.estimate_bps = base * (1 - loss / 2)
+            self.limited_at = now
             if self.probed_at is not None and now - self.probed_at < self.wait * 2:
                 self.wait = min(self.wait * 2, MAX_STABLE_SECONDS)  # the switch up failed
             self.probed_at = None
@@ -78,6 +81,10 @@ class BandwidthEstimator:
                     self.estimate_bps = max(self.estimate_bps, current_bps * PROBE_HEADROOM)
                 else:
                     self.probe_bps = next_bps * PROBE_HEADROOM
+
+    def limited(self, now: float) -> bool:
+        """Return whether loss or delay cut the estimate lately (else it may still climb)."""
+        return self.limited_at is not None and now - self.limited_at < LIMITED_SECONDS
 
     def may_rise(self) -> bool:
         """Return whether the viewer may switch up now: a probe has just passed.

@@ -54,6 +54,7 @@ from aiortc.rtp import (
 
 from .aiortc_hook import ForwardingReceiver, ForwardingSender, SrtpScratch
 from .codecs import is_keyframe
+from .twcc import TransportFeedbackAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ RTP_VERSION_BYTE = 0x80  # V=2, no padding, no extension, no CSRC: extensions ar
 # Bytes 1-11 of an RTP header: marker|payload type, sequence number, timestamp, SSRC.
 HEADER_AFTER_FIRST_BYTE = struct.Struct("!BHII")
 RTX_HEADER = struct.Struct("!BBHIIH")
+# A one-byte header extension (RFC 8285) holding one 2-byte element: the transport-wide
+# sequence number (media.twcc); the element byte is ID << 4 | (2 - 1), then one pad byte.
+TWCC_EXTENSION = struct.Struct("!HHBHB")
+TWCC_HEADER = 12 + TWCC_EXTENSION.size
 GOP_CACHE_BYTES = 2_000_000  # default bound of a video track's GOP cache
 CATCH_UP_CHUNK = 32  # cached packets sent to a joining viewer at a time
 # The pace of a catch-up (20 Mbit/s): a 5 s GOP at 800 kbit/s goes in 0.2 s, and a 2 MB
@@ -103,6 +108,7 @@ class ViewerTrack:
         "gop_ts", "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "send",
         "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
         "layer", "next_layer", "prior", "sr_sent", "sr_hold_until", "rtt",
+        "twcc", "twcc_id", "twcc_seq",
     )
 
     def __init__(self, sender: ForwardingSender) -> None:
@@ -150,6 +156,18 @@ class ViewerTrack:
         # Periodic sender reports wait until then (a probe's report awaits its answer).
         self.sr_hold_until = 0.0
         self.rtt = 0.0  # the latest round-trip time its receiver reports gave (seconds)
+        # Transport-wide congestion control (media.twcc), where negotiated and enabled:
+        # the send times of its numbered packets; the extension's element byte; the next number.
+        self.twcc: TransportFeedbackAdapter | None = None
+        self.twcc_id = 0
+        self.twcc_seq = 0
+
+    def enable_twcc(self, extension_id: int) -> None:
+        """Number this viewer's forwarded packets in the transport-wide-cc extension."""
+        if not 0 < extension_id < 15:
+            raise ValueError(f"a one-byte header extension ID is 1-14, not {extension_id}")
+        self.twcc = TransportFeedbackAdapter()
+        self.twcc_id = extension_id << 4 | 1
 
 
 class CatchUp:
@@ -281,12 +299,21 @@ class TrackForwarder:
         for viewer in self.viewers:
             if not in_order and not _newer(seq, (viewer.start_seq - 1) & 0xFFFF):
                 continue  # a late packet from before this viewer's first keyframe
-            view[:total] = buf
+            twcc = viewer.twcc
+            if twcc is None:
+                view[:total] = buf
+                length[0] = total
+            else:  # the transport-wide sequence number in a one-byte header extension
+                view[TWCC_HEADER:total + TWCC_EXTENSION.size] = payload
+                view[0] = RTP_VERSION_BYTE | 0x10
+                TWCC_EXTENSION.pack_into(view, 12, 0xBEDE, 1, viewer.twcc_id, viewer.twcc_seq, 0)
+                length[0] = total + TWCC_EXTENSION.size
+                twcc.on_sent(viewer.twcc_seq, time.monotonic(), length[0])
+                viewer.twcc_seq = (viewer.twcc_seq + 1) & 0xFFFF
             pack_into(
                 view, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
                 (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
             )
-            length[0] = total
             if protect(viewer.srtp, cdata, length):
                 viewer.drops += 1  # libsrtp refused (e.g. the session is gone)
                 continue
@@ -688,11 +715,18 @@ class TrackForwarder:
         """
         if viewer.rtx_pt is None or not viewer.active:
             return False
-        packet = bytearray(12 + size)
+        twcc = viewer.twcc
+        header = 12 if twcc is None else TWCC_HEADER
+        packet = bytearray(header + size)
         packet[0] = RTP_VERSION_BYTE | 0x20  # the padding bit
         HEADER_AFTER_FIRST_BYTE.pack_into(packet, 1, viewer.rtx_pt, viewer.rtx_seq,
                                           (self.highest_ts + viewer.ts_offset) & 0xFFFFFFFF,
                                           viewer.rtx_ssrc)
+        if twcc is not None:
+            packet[0] |= 0x10
+            TWCC_EXTENSION.pack_into(packet, 12, 0xBEDE, 1, viewer.twcc_id, viewer.twcc_seq, 0)
+            twcc.on_sent(viewer.twcc_seq, time.monotonic(), len(packet))
+            viewer.twcc_seq = (viewer.twcc_seq + 1) & 0xFFFF
         packet[-1] = size  # the padding's last byte is its length (RFC 3550 5.1)
         viewer.rtx_seq = (viewer.rtx_seq + 1) & 0xFFFF
         return self._protect_and_send(viewer, packet)

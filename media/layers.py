@@ -12,6 +12,7 @@ timestamps continue across it (see ``TrackForwarder._take_over``): it sees one s
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from .estimator import BandwidthEstimator
 from .forwarder import TrackCounters, TrackForwarder, ViewerTrack, _newer
 from .probe import Prober
 from .simulcast import Layer, LayerSelector
+
+logger = logging.getLogger(__name__)
 
 REVIEW_SECONDS = 0.5
 QUALITIES = ("auto", "high", "low")
@@ -242,6 +245,24 @@ class SimulcastForwarder:
                 estimator.on_probe(True, now)  # no RTX to pad with: try the layer itself
         self.review()
 
+    def on_transport_feedback(self, viewer: ViewerTrack, fci: bytes) -> None:
+        """Feed a viewer's transport-cc feedback to its delay-based detector.
+
+        Over-use (a queue building on its link) fails a running probe at once, before
+        the probe's own sender report is answered: no switch up into a queue.
+        """
+        policy = self.policies.get(viewer)
+        twcc = viewer.twcc
+        if policy is None or twcc is None:
+            return
+        try:
+            overuse = twcc.on_feedback(fci)
+        except ValueError as exc:
+            logger.debug("unreadable transport-cc feedback from SSRC %d: %s", viewer.ssrc, exc)
+            return
+        if overuse:
+            self.prober.fail(viewer, policy.estimator, time.monotonic())
+
     def on_remb(self, viewer: ViewerTrack, bitrate_bps: float) -> None:
         """Feed a viewer's REMB to its estimate."""
         policy = self.policies.get(viewer)
@@ -252,16 +273,21 @@ class SimulcastForwarder:
         """Return the REMB cap for the publisher: what the best layer any viewer needs takes.
 
         Layers above it would be sent for nobody. The cap stays at ``ceiling`` while any
-        viewer wants (or may probe) the top layer, or nothing is measured yet.
+        viewer wants (or may probe towards) the top layer: pinned high, estimated above
+        it, or auto and not held back by loss or delay lately (a viewer starts low and
+        probes up); or nothing is measured yet.
         """
         ranked = self.ranked()
         if not ranked or not self.policies or len(ranked) < 2:
             return ceiling
         top = ranked[-1]
         best = 0
+        now = time.monotonic()
         for viewer, policy in self.policies.items():
             estimate = policy.estimate_bps
-            if policy.quality == "high" or estimate is None or estimate >= (top.avg_bps or top.peak_bps):
+            if (policy.quality == "high" or estimate is None
+                    or estimate >= (top.avg_bps or top.peak_bps)
+                    or (policy.quality == "auto" and not policy.estimator.limited(now))):
                 return ceiling
             best = max(best, ranked.index(policy.choose(ranked)))
         needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: best + 1])
@@ -279,6 +305,9 @@ class SimulcastForwarder:
     def add_viewer(self, viewer: ViewerTrack, policy: LayerPolicy | None = None) -> None:
         """Add a connected viewer on the layer its policy chooses (or the first one)."""
         self.policies[viewer] = policy or self.policies.get(viewer) or LayerPolicy()
+        extension_id = viewer.sender.twcc_extension_id
+        if extension_id is not None and viewer.twcc is None:
+            viewer.enable_twcc(extension_id)  # its feedback drives the estimate (media.twcc)
         ranked = self.ranked()
         if ranked:
             self.layers[self.policies[viewer].choose(ranked).ssrc].add_viewer(viewer)

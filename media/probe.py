@@ -133,6 +133,12 @@ class Prober:
         elif probe.ended is not None and now - probe.ended > VERDICT_SECONDS:
             self._finish(probe, estimator, False, now)
 
+    def fail(self, viewer: ViewerTrack, estimator: BandwidthEstimator, now: float) -> None:
+        """Fail ``viewer``'s probe, if one runs (delay-based over-use showed up)."""
+        probe = self.probes.get(viewer)
+        if probe is not None:
+            self._finish(probe, estimator, False, now)
+
     def _finish(self, probe: Probe, estimator: BandwidthEstimator, passed: bool, now: float) -> None:
         logger.debug("probe of SSRC %d %s", probe.viewer.ssrc, "passed" if passed else "failed")
         self.stop(probe.viewer)

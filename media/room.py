@@ -340,6 +340,13 @@ class Room:
         if track is not None and isinstance(video, SimulcastForwarder):
             video.on_remb(track, bitrate_bps)
 
+    def on_transport_feedback(self, sender: ForwardingSender, fci: bytes) -> None:
+        """Take a viewer's transport-cc feedback (media.twcc) into its layer choice."""
+        track = self._track_of(sender)
+        video = self.forwarders.get("video")
+        if track is not None and isinstance(video, SimulcastForwarder):
+            video.on_transport_feedback(track, fci)
+
     def _track_of(self, sender: ForwardingSender) -> ViewerTrack | None:
         found = self._senders.get(sender)
         return found[0].tracks.get(found[1]) if found else None
