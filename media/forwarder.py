@@ -54,7 +54,7 @@ from aiortc.rtp import (
 
 from .aiortc_hook import ForwardingReceiver, ForwardingSender, SrtpScratch
 from .codecs import is_keyframe
-from .twcc import TransportFeedbackAdapter
+from .twcc import SENT_MEMORY, TransportFeedbackAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ RTX_HEADER = struct.Struct("!BBHIIH")
 # sequence number (media.twcc); the element byte is ID << 4 | (2 - 1), then one pad byte.
 TWCC_EXTENSION = struct.Struct("!HHBHB")
 TWCC_HEADER = 12 + TWCC_EXTENSION.size
+TWCC_SENT_MASK = SENT_MEMORY - 1
 GOP_CACHE_BYTES = 2_000_000  # default bound of a video track's GOP cache
 CATCH_UP_CHUNK = 32  # cached packets sent to a joining viewer at a time
 # The pace of a catch-up (20 Mbit/s): a 5 s GOP at 800 kbit/s goes in 0.2 s, and a 2 MB
@@ -296,6 +297,7 @@ class TrackForwarder:
         # The protected packet's view, re-sliced only when the SRTP trailer's length
         # changes (viewers normally share one SRTP profile): one object less per viewer.
         out, out_length = view, -1
+        sent_at = time.monotonic()  # for the viewers that number their packets (media.twcc)
         for viewer in self.viewers:
             if not in_order and not _newer(seq, (viewer.start_seq - 1) & 0xFFFF):
                 continue  # a late packet from before this viewer's first keyframe
@@ -308,7 +310,7 @@ class TrackForwarder:
                 view[0] = RTP_VERSION_BYTE | 0x10
                 TWCC_EXTENSION.pack_into(view, 12, 0xBEDE, 1, viewer.twcc_id, viewer.twcc_seq, 0)
                 length[0] = total + TWCC_EXTENSION.size
-                twcc.on_sent(viewer.twcc_seq, time.monotonic(), length[0])
+                twcc.sent[viewer.twcc_seq & TWCC_SENT_MASK] = (sent_at, total + TWCC_EXTENSION.size)
                 viewer.twcc_seq = (viewer.twcc_seq + 1) & 0xFFFF
             pack_into(
                 view, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,

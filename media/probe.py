@@ -4,17 +4,19 @@ Switching a viewer to a layer its link cannot carry freezes it: the bigger keyfr
 the higher rate queue up, and by the time the reports show loss the picture has stopped
 (measured before this module: 0.5-5 s behind a 300 kbit/s `tc tbf` link). So the
 estimator (:mod:`media.estimator`) never switches up to find out; it asks for a probe:
-a short cluster (``PROBE_SECONDS``) of padding-only RTX packets (RFC 4588: receivers
-count and drop them) that tops the viewer's current layer up to the next layer's rate,
-while the viewer keeps getting its layer. The cluster ends with a sender report that
-waits in the same queue as the padding, and the viewer's periodic reports are held
-meanwhile, so the receiver report answering it gives the round-trip time at the
-probe's end: a link that cannot carry the rate has queued the excess, and its delay
-shows there (unlike a tbf link's first burst of tokens, which lets a short cluster
-through at full speed). The probe passes when that delay stays under
-``QUEUE_DELAY_LIMIT`` and the reported loss under the estimator's low-loss bound;
-only then does the estimate rise and the viewer switch. No answer within
-``VERDICT_SECONDS`` fails it (conservative).
+padding-only RTX packets (RFC 4588: receivers count and drop them) that top the
+viewer's current layer up to the next layer's rate, while it keeps getting its layer.
+A probe sends ``PROBE_BYTES`` of padding (more than a token bucket's burst, which lets
+a short cluster through at full speed on a link that cannot carry the rate), at most
+for ``MAX_PROBE_SECONDS``, with a sender report every ``REPORT_EVERY`` (the viewer's
+periodic ones are held meanwhile). Each report waits in the same queue as the padding,
+so the receiver report answering it gives the round-trip time at that point of the
+probe: a queue building up (``QUEUE_DELAY_LIMIT`` over the viewer's minimum) or loss
+fails the probe at once; a clean answer to a report sent after ``PROBE_BYTES`` passes
+it, and only then does the estimate rise and the viewer switch. A viewer that
+negotiated transport-wide-cc can fail earlier, on delay-based over-use (media.twcc),
+and passes only if its feedback acknowledges 85 % of the probed rate.
+No answer within ``VERDICT_SECONDS`` of the end fails it (conservative).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ REPORT_EVERY = 0.25  # a sender report this often during a probe: the next answe
 TICK_SECONDS = 0.01
 PADDING_BYTES = 255  # the most one packet's padding length byte can say
 QUEUE_DELAY_LIMIT = 0.06  # round-trip time over the minimum that fails a probe
+DELIVERED_SHARE = 0.85  # of the probed rate, acknowledged in transport-cc feedback
 VERDICT_SECONDS = 2.0  # after the last padding: an RTCP interval or two of the viewer's
 
 
@@ -47,6 +50,7 @@ class Probe:
 
     viewer: ViewerTrack
     layer: TrackForwarder
+    target_bps: float
     padding_bps: float
     started: float
     sent_bytes: int = 0
@@ -76,7 +80,7 @@ class Prober:
         now = time.monotonic()
         # At least a tenth of the probe bytes a second, so that a probe always ends.
         padding_bps = max(target_bps - current_bps, PROBE_BYTES * 8 / MAX_PROBE_SECONDS)
-        probe = Probe(viewer, layer, padding_bps, now, reported_at=now)
+        probe = Probe(viewer, layer, target_bps, padding_bps, now, reported_at=now)
         self.probes[viewer] = probe
         logger.debug("probe of SSRC %d: %.0f bit/s of padding on top of %.0f",
                      viewer.ssrc, padding_bps, current_bps)
@@ -129,9 +133,23 @@ class Prober:
             if queued >= QUEUE_DELAY_LIMIT or loss >= LOW_LOSS:
                 self._finish(probe, estimator, False, now)
             elif sent >= PROBE_BYTES:
-                self._finish(probe, estimator, True, now)
+                self._finish(probe, estimator, self._delivered(probe), now)
         elif probe.ended is not None and now - probe.ended > VERDICT_SECONDS:
             self._finish(probe, estimator, False, now)
+
+    @staticmethod
+    def _delivered(probe: Probe) -> bool:
+        """Return whether the viewer received the probe's rate, where its feedback says.
+
+        With transport-wide-cc the arrival times show what the link delivered over the
+        last second (padding included): a token bucket's burst can hide a queue from
+        the delay for a while, not the rate.
+        """
+        twcc = probe.viewer.twcc
+        if twcc is None:
+            return True  # the delay and loss at the probe's end are all there is
+        acked = twcc.acked_bps()
+        return acked is not None and acked >= probe.target_bps * DELIVERED_SHARE
 
     def fail(self, viewer: ViewerTrack, estimator: BandwidthEstimator, now: float) -> None:
         """Fail ``viewer``'s probe, if one runs (delay-based over-use showed up)."""

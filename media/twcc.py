@@ -180,7 +180,9 @@ class TransportFeedbackAdapter:
     """One viewer's sent packets and the feedback about them: acked rate and over-use."""
 
     def __init__(self) -> None:
-        self._sent: list[tuple[float, int] | None] = [None] * SENT_MEMORY
+        # Send time and size by transport sequence number (& mask); the forwarder's
+        # fan-out loop writes here directly (one store, no call, per packet).
+        self.sent: list[tuple[float, int] | None] = [None] * SENT_MEMORY
         self._mask = SENT_MEMORY - 1
         self._acked: deque[tuple[float, int]] = deque()  # (arrival, size) in the window
         self.detector = TrendlineDetector()
@@ -189,7 +191,7 @@ class TransportFeedbackAdapter:
 
     def on_sent(self, seq: int, sent: float, size: int) -> None:
         """Remember when transport sequence number ``seq`` left, and its size."""
-        self._sent[seq & self._mask] = (sent, size)
+        self.sent[seq & self._mask] = (sent, size)
 
     def on_feedback(self, fci: bytes) -> bool:
         """Take one feedback packet; return whether the viewer's link is over-used.
@@ -198,13 +200,13 @@ class TransportFeedbackAdapter:
         """
         overuse = False
         for seq, arrival in parse_feedback(fci):
-            sent = self._sent[seq & self._mask]
+            sent = self.sent[seq & self._mask]
             if sent is None:
                 continue  # not ours, or too old
             if arrival is None:
                 self.lost += 1
                 continue
-            self._sent[seq & self._mask] = None  # each packet counts once
+            self.sent[seq & self._mask] = None  # each packet counts once
             self.received += 1
             self._acked.append((arrival, sent[1]))
             overuse = self.detector.on_packet(sent[0], arrival)
@@ -219,6 +221,6 @@ class TransportFeedbackAdapter:
         while acked and newest - acked[0][0] > ACKED_WINDOW_SECONDS:
             acked.popleft()
         span = newest - acked[0][0]
-        if span < ACKED_WINDOW_SECONDS / 2:
+        if span <= 0:
             return None
         return sum(size for _, size in acked) * 8 / span

@@ -62,8 +62,8 @@ window.inbound = async () => {
 
 
 @contextlib.asynccontextmanager
-async def viewer_server(sfu: SFU, room_id: str) -> AsyncIterator[str]:
-    """Serve the viewer page and its WHEP endpoint from one origin."""
+async def viewer_server(sfu: SFU, room_id: str, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Serve the viewer page and its WHEP endpoint from one origin, on ``host``."""
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=VIEWER_PAGE, content_type="text/html")
@@ -77,11 +77,11 @@ async def viewer_server(sfu: SFU, room_id: str) -> AsyncIterator[str]:
     app.router.add_post("/whep", whep)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, host, 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
 
@@ -118,6 +118,7 @@ async def test_a_chromium_viewer_sends_transport_feedback_and_climbs_by_probes(b
                 if stats is not None:
                     stats["t"] = round(time.monotonic() - started, 1)
                     stats["rid"] = rid
+                    stats["acked"] = track.twcc.received if track.twcc else None
                     samples.append(stats)
                 if rid == "f" and stats and stats["frameWidth"] == 1280 and len(samples) > 10:
                     break
@@ -125,20 +126,28 @@ async def test_a_chromium_viewer_sends_transport_feedback_and_climbs_by_probes(b
             story = (f"layers {layers}; probes passed {video.prober.passed}, failed "
                      f"{video.prober.failed}; feedback: {track.twcc and track.twcc.received} "
                      f"received, {track.twcc and track.twcc.lost} lost; samples "
-                     f"{[(x['t'], x['rid'], x['framesDecoded'], x['freezes']) for x in samples]}")
+                     f"{[(x['t'], x['rid'], x['framesDecoded'], x['freezes'], x['acked']) for x in samples]}")
             assert layers[0] == "q" and layers[-1] == "f", story
             assert video.prober.passed >= 2, story
             assert track.twcc is not None and track.twcc.received > 200, story
             assert track.twcc.acked_bps() is not None, story
             # Decoding went on across the switches (Chromium reports no decoder errors in
             # getStats: frames decoded must keep growing, at the top layer's size).
-            await asyncio.sleep(3.0)
+            decoded = [s["framesDecoded"] for s in samples]
+            assert all(b >= a for a, b in zip(decoded, decoded[1:], strict=False)), story
+            top_from = decoded[-1]
+
+            async def decoding_top() -> bool:
+                stats = await viewer.evaluate("() => window.inbound()")
+                return stats["frameWidth"] == 1280 and stats["framesDecoded"] > top_from + 30
+
+            deadline = time.monotonic() + 20
+            while not await decoding_top():
+                assert time.monotonic() < deadline, story
+                await asyncio.sleep(0.5)
+            # Known gap (issue 19): the switch up can stall Chromium's decoding for 0.2-4 s
+            # on this loaded machine (totalFreezesDuration), so freezes are printed here.
             final = await viewer.evaluate("() => window.inbound()")
-            decoded = [s["framesDecoded"] for s in samples] + [final["framesDecoded"]]
-            assert all(b >= a for a, b in zip(decoded, decoded[1:], strict=False)), (decoded, story)
-            assert final["framesDecoded"] > decoded[-2] + 30 and final["frameWidth"] == 1280, (final, story)
-            # Known gap (issue 19): the switch up can stall Chromium's decoding for 0.2-2 s
-            # (totalFreezesDuration), so freezes are printed, not bounded, here.
             print(f"\n{story}; final {final}")
         finally:
             await context.close()
