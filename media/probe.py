@@ -15,7 +15,8 @@ probe: a queue building up (``QUEUE_DELAY_LIMIT`` over the viewer's minimum) or 
 fails the probe at once; a clean answer to a report sent after ``PROBE_BYTES`` passes
 it, and only then does the estimate rise and the viewer switch. A viewer that
 negotiated transport-wide-cc can fail earlier, on delay-based over-use (media.twcc),
-and passes only if its feedback acknowledges 85 % of the probed rate.
+and passes only if its feedback shows the last second's packets arriving at 85 % or
+more of the rate they were sent at.
 No answer within ``VERDICT_SECONDS`` of the end fails it (conservative).
 """
 
@@ -40,7 +41,7 @@ REPORT_EVERY = 0.25  # a sender report this often during a probe: the next answe
 TICK_SECONDS = 0.01
 PADDING_BYTES = 255  # the most one packet's padding length byte can say
 QUEUE_DELAY_LIMIT = 0.06  # round-trip time over the minimum that fails a probe
-DELIVERED_SHARE = 0.85  # of the probed rate, acknowledged in transport-cc feedback
+DELIVERED_SHARE = 0.85  # arrival rate over send rate of the last second's packets (TWCC)
 VERDICT_SECONDS = 2.0  # after the last padding: an RTCP interval or two of the viewer's
 
 
@@ -139,17 +140,17 @@ class Prober:
 
     @staticmethod
     def _delivered(probe: Probe) -> bool:
-        """Return whether the viewer received the probe's rate, where its feedback says.
+        """Return whether the viewer's link carried the probe's rate, where its feedback says.
 
-        With transport-wide-cc the arrival times show what the link delivered over the
-        last second (padding included): a token bucket's burst can hide a queue from
-        the delay for a while, not the rate.
+        With transport-wide-cc the arrival times show it: over the last second (padding
+        included), the packets must not have taken much longer to arrive than to leave.
+        A token bucket's burst can hide a queue from the delay for a while, not that.
         """
         twcc = probe.viewer.twcc
         if twcc is None:
             return True  # the delay and loss at the probe's end are all there is
-        acked = twcc.acked_bps()
-        return acked is not None and acked >= probe.target_bps * DELIVERED_SHARE
+        ratio = twcc.delivery_ratio()
+        return ratio is not None and ratio >= DELIVERED_SHARE
 
     def fail(self, viewer: ViewerTrack, estimator: BandwidthEstimator, now: float) -> None:
         """Fail ``viewer``'s probe, if one runs (delay-based over-use showed up)."""

@@ -184,7 +184,7 @@ class TransportFeedbackAdapter:
         # fan-out loop writes here directly (one store, no call, per packet).
         self.sent: list[tuple[float, int] | None] = [None] * SENT_MEMORY
         self._mask = SENT_MEMORY - 1
-        self._acked: deque[tuple[float, int]] = deque()  # (arrival, size) in the window
+        self._acked: deque[tuple[float, int, float]] = deque()  # (arrival, size, sent), last second
         self.detector = TrendlineDetector()
         self.lost = 0
         self.received = 0
@@ -208,19 +208,37 @@ class TransportFeedbackAdapter:
                 continue
             self.sent[seq & self._mask] = None  # each packet counts once
             self.received += 1
-            self._acked.append((arrival, sent[1]))
+            self._acked.append((arrival, sent[1], sent[0]))
             overuse = self.detector.on_packet(sent[0], arrival)
         return overuse
 
+    def _window(self) -> deque[tuple[float, int, float]]:
+        acked = self._acked
+        if acked:
+            newest = acked[-1][0]
+            while newest - acked[0][0] > ACKED_WINDOW_SECONDS:
+                acked.popleft()
+        return acked
+
     def acked_bps(self) -> float | None:
         """Return the rate the viewer received over the last second of arrivals, if known."""
-        acked = self._acked
-        if not acked:
-            return None
-        newest = acked[-1][0]
-        while acked and newest - acked[0][0] > ACKED_WINDOW_SECONDS:
-            acked.popleft()
-        span = newest - acked[0][0]
+        acked = self._window()
+        span = acked[-1][0] - acked[0][0] if acked else 0.0
         if span <= 0:
             return None
-        return sum(size for _, size in acked) * 8 / span
+        return sum(size for _, size, _ in acked) * 8 / span
+
+    def delivery_ratio(self) -> float | None:
+        """Return how fast the last second's packets arrived relative to how fast they left.
+
+        1.0: the link carried them as sent; 0.7: it took 1/0.7 times as long to deliver
+        them (a bottleneck below the sending rate). None until there are arrivals.
+        """
+        acked = self._window()
+        if len(acked) < 2:
+            return None
+        arrival_span = acked[-1][0] - acked[0][0]
+        send_span = max(sent for _, _, sent in acked) - min(sent for _, _, sent in acked)
+        if arrival_span <= 0:
+            return None
+        return send_span / arrival_span

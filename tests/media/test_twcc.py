@@ -87,7 +87,9 @@ def test_a_queue_building_up_is_over_use_and_the_acked_rate_is_what_arrived() ->
     state = run(adapter, 3.0, 0.010, 0.010, (0.0, 5.0, 0))
     assert not state[3]
     assert adapter.acked_bps() == pytest.approx(960_000, rel=0.05)
+    assert adapter.delivery_ratio() == pytest.approx(1.0, rel=0.02)
     # The link now carries 80 % of that: each packet waits 2.5 ms longer than the one before.
     state = run(adapter, 1.0, 0.010, 0.0125, state[:3])
     assert state[3]
     assert adapter.acked_bps() < 900_000
+    assert adapter.delivery_ratio() == pytest.approx(0.8, rel=0.05)
