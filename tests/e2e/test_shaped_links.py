@@ -90,6 +90,8 @@ class ShapedLink:
 
     def up(self) -> ShapedLink:
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)  # a crash's leftover
+        # The host end of a namespace deleted a moment ago can outlive it briefly.
+        subprocess.run(["ip", "link", "del", self.host_dev], capture_output=True)
         run("ip", "netns", "add", self.ns)
         run("ip", "link", "add", self.host_dev, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
         run("ip", "addr", "add", f"{self.host_address}/24", "dev", self.host_dev)
