@@ -125,6 +125,7 @@ async def probe(base: str, product_id: str, variant_id: str, buyers: list[tuple[
     """Send requests open loop at `rate`/s for `seconds`; return latencies per kind."""
     latencies: dict[str, list[float]] = {k: [] for k in KINDS}
     failures: dict[str, int] = dict.fromkeys(KINDS, 0)
+    slow: list[float] = []  # when (s into the phase) a request over the target was sent
     tasks: list[asyncio.Task[None]] = []
     connector = aiohttp.TCPConnector(limit=200)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -150,6 +151,8 @@ async def probe(base: str, product_id: str, variant_id: str, buyers: list[tuple[
                 ok = False
             if ok:
                 latencies[kind].append((time.perf_counter() - started) * 1000)
+                if latencies[kind][-1] > TARGET_P99_MS:
+                    slow.append(round(started - start, 1))
             else:
                 failures[kind] += 1
 
@@ -174,6 +177,8 @@ async def probe(base: str, product_id: str, variant_id: str, buyers: list[tuple[
             "p50Ms": round(_pct(values, 0.5), 2), "p99Ms": round(_pct(values, 0.99), 2),
             "maxMs": round(values[-1], 2) if values else None,
         }
+    # One stall shows as a cluster of close times, a slow server as times all over the phase.
+    out["overTargetAtS"] = sorted(slow)
     lags.sort()
     out["probeLoopLagMs"] = {"p50": round(_pct(lags, 0.5), 2), "p99": round(_pct(lags, 0.99), 2),
                              "max": round(lags[-1], 2) if lags else None}
@@ -382,6 +387,10 @@ def _summary(results: dict[str, Any]) -> None:
               + (f", fan-out {fanout['probeLoopLagMs']['p99']} ms" if fanout else ""))
         if fanout:
             worst = max(fanout[k]["p99Ms"] for k in KINDS)
+            late = fanout["overTargetAtS"]
+            if late:
+                print(f"requests over {TARGET_P99_MS:g} ms during fan-out: {len(late)}, sent at "
+                      f"{late[0]}-{late[-1]} s into the phase")
             split = f" (workers {', '.join(str(c) for c in fanout['workerCpu'])})" if fanout["workerCpu"] else ""
             print(f"server CPU: idle {idle['serverCpu']} cores, fan-out {fanout['serverCpu']} cores{split}; "
                   f"{results['viewers']} viewers at {fanout['viewerFps']['median']} fps median "
