@@ -17,7 +17,7 @@ import itertools
 import math
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +48,7 @@ class ChatLog:
     sent: dict[str, tuple[float, int, frozenset[int]]] = field(default_factory=dict)
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (sent at, latency)
     received: int = 0
-    by_recipient: Counter[int] = field(default_factory=Counter)
+    by_recipient: defaultdict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # latencies
 
     def recipient(self, index: int) -> Callable[[str, float], None]:
         def on_chat(message: str, now: float) -> None:
@@ -57,7 +57,7 @@ class ChatLog:
             # there, so counting it would push the delivered share over 100 %.
             if entry is not None and index in entry[2]:
                 self.received += 1
-                self.by_recipient[index] += 1
+                self.by_recipient[index].append(now - entry[0])
                 self.latencies.append((entry[0], now - entry[0]))
         return on_chat
 
@@ -509,7 +509,7 @@ class LoadTest:
             frames = [m["frames"] for m in joined]
             here = [i for i, n in self.node_of.items() if n == node]
             chat_expected = sum(expected[i] for i in here)
-            chat_received = sum(self.chat.by_recipient[i] for i in here)
+            latencies = [lat for i in here for lat in self.chat.by_recipient.get(i, [])]
             cpus = [p["nodes"][node]["server_cpu"] for p in self.samples if p["nodes"][node]["server_cpu"] is not None]
             nodes.append({
                 "url": url, "media_planned": planned, "media_joined": len(joined),
@@ -517,8 +517,9 @@ class LoadTest:
                 "frames_min": min(frames, default=None),
                 "ws_joined": sum(1 for i in here if i >= s.media_viewers and i in self.events
                                  and self.events[i].connect_seconds is not None),
-                "chat_expected": chat_expected, "chat_received": chat_received,
-                "chat_delivered_share": chat_received / chat_expected if chat_expected else None,
+                "chat_expected": chat_expected, "chat_received": len(latencies),
+                "chat_delivered_share": len(latencies) / chat_expected if chat_expected else None,
+                "chat_latency": reporting.spread(latencies),
                 "server_cpu_mean": _mean(cpus),
                 "room_viewers_max": max((p["nodes"][node]["room_viewers"] for p in self.samples), default=None),
             })

@@ -112,7 +112,8 @@ def _node_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f"media {node['media_joined']}/{node['media_planned']} (without frames "
                      f"{node['viewers_without_frames']}, frames min {_fmt(node['frames_min'])}), "
                      f"WS {node['ws_joined']}, chat {node['chat_received']}/{node['chat_expected']} "
-                     f"({_fmt(node['chat_delivered_share'], ' %', 100, 1)}), "
+                     f"({_fmt(node['chat_delivered_share'], ' %', 100, 1)}, p99 "
+                     f"{_fmt(node['chat_latency']['p99'], ' ms', 1000)}), "
                      f"CPU {_fmt(node['server_cpu_mean'], ' %', 100)}"))
     room = report.get("cluster") or {}
     relays = ", ".join(f"{k} {v}" for k, v in sorted((room.get("relays") or {}).items())) or "-"
