@@ -273,12 +273,16 @@ async def _ready(bases: list[str]) -> None:
     raise RuntimeError("server did not start")
 
 
-async def measure(args: argparse.Namespace, env: dict[str, str], workers: int, seeded: dict[str, Any],
-                  show: tuple[str, str]) -> dict[str, Any]:
-    """Start the server with `workers` workers; probe it idle, then during fan-out."""
+async def measure(args: argparse.Namespace, env: dict[str, str], index: int, workers: int,
+                  seeded: dict[str, Any], show: tuple[str, str]) -> dict[str, Any]:
+    """Start the server with `workers` workers; probe it idle, then during fan-out.
+
+    `index` (the server's place in the run) keeps its checkouts' idempotency keys its own:
+    a repeated worker count must hold stock again, not replay the earlier sessions.
+    """
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    run: dict[str, Any] = {"workers": workers, "loadavgBefore": os.getloadavg(), "phases": {}}
+    result: dict[str, Any] = {"workers": workers, "loadavgBefore": os.getloadavg(), "phases": {}}
     with tempfile.TemporaryDirectory() as data_dir:
         env = {**env, "SHOPSTREAM_PORT": str(port), "SHOPSTREAM_DATA_DIR": data_dir}
         private = []
@@ -291,9 +295,9 @@ async def measure(args: argparse.Namespace, env: dict[str, str], workers: int, s
             probe_args = (base, seeded["productId"], seeded["variantId"], seeded["buyers"])
             log(f"{workers} worker(s), idle: probing {args.seconds:.0f} s at {args.rate:g} req/s ...")
             cpu0, t0 = _server_cpu(server.pid), time.perf_counter()
-            idle = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase=f"w{workers}-idle")
+            idle = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase=f"{index}-w{workers}-idle")
             idle.update(_cpu_rates(cpu0, _server_cpu(server.pid), time.perf_counter() - t0))
-            run["phases"]["idle"] = idle
+            result["phases"]["idle"] = idle
 
             ctx = multiprocessing.get_context("spawn")
             inbox, outbox = ctx.Queue(), ctx.Queue()
@@ -307,12 +311,12 @@ async def measure(args: argparse.Namespace, env: dict[str, str], workers: int, s
                         log(value)
                     elif kind == "ready":
                         log(f"viewers receiving frames: {value}/{args.viewers}")
-                        run["viewersReceiving"] = value
+                        result["viewersReceiving"] = value
                         break
                 log(f"{workers} worker(s), fanout: probing {args.seconds:.0f} s at {args.rate:g} req/s ...")
                 inbox.put("start")
                 cpu0, t0 = _server_cpu(server.pid), time.perf_counter()
-                fanout = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase=f"w{workers}-fanout")
+                fanout = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase=f"{index}-w{workers}-fanout")
                 elapsed = time.perf_counter() - t0
                 fanout.update(_cpu_rates(cpu0, _server_cpu(server.pid), elapsed))
                 inbox.put("stop")
@@ -322,7 +326,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str], workers: int, s
                     "min": round(min(frames) / elapsed, 1), "median": round(sorted(frames)[len(frames) // 2] / elapsed, 1),
                 }
                 fanout["forwardedVideoPacketsPerSecond"] = round(media_result["videoPackets"] / elapsed)
-                run["phases"]["fanout"] = fanout
+                result["phases"]["fanout"] = fanout
             finally:
                 media.join(timeout=30)
                 if media.is_alive():
@@ -330,8 +334,8 @@ async def measure(args: argparse.Namespace, env: dict[str, str], workers: int, s
         finally:
             server.terminate()
             server.wait(timeout=30)
-    run["loadavgAfter"] = os.getloadavg()
-    return run
+    result["loadavgAfter"] = os.getloadavg()
+    return result
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -360,8 +364,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             env.pop(variable, None)
         if redis_url:
             env.update(REDIS_URL=redis_url, REDIS_PREFIX=f"{name}:")
-        for workers, show in zip(args.workers, seeded["shows"], strict=True):
-            results["runs"].append(await measure(args, env, workers, seeded, show))
+        for index, (workers, show) in enumerate(zip(args.workers, seeded["shows"], strict=True)):
+            results["runs"].append(await measure(args, env, index, workers, seeded, show))
     finally:
         await drop(admin, name)
     results["loadavgAfter"] = os.getloadavg()
