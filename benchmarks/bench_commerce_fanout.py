@@ -9,8 +9,9 @@ run measures each server twice with the same probe:
 
 - `idle`: no media (the baseline);
 - `fanout`: a publisher replaying a pre-encoded 640x360 VP8 clip (~1.5 Mbit/s, plus
-  Opus) and `--viewers` aiortc viewers that count packets without decoding, in a client
-  process of their own, while the SFU forwards to all of them.
+  Opus) and `--viewers` aiortc viewers that count packets without decoding, each side in
+  a client process of its own (viewers that fall behind do not slow the publisher), while
+  the SFU forwards to all of them; the packets the server sent are read from /metrics.
 
 The probe, in this process, sends at `--rate` requests/s in total, open loop (a slow
 answer does not slow the sending): `GET /api/v1/products/{id}` (cached read),
@@ -57,41 +58,67 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-# -- media client process -----------------------------------------------------------------
+# -- media client processes: the publisher in one, the viewers in another ----------------------
+# Apart, so that viewers that cannot keep up (one Python process receiving 100+ streams)
+# do not make the publisher send in bursts: the server's fan-out load stays the clip's.
 
-async def _media(base: str, livestream_id: str, stream_key: str, viewers: int, inbox: Any, outbox: Any) -> None:
-    from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+async def _connect(http: aiohttp.ClientSession, url: str, pc: Any, headers: dict[str, str]) -> None:
+    """Offer (ICE on loopback), POST it to a WHIP/WHEP URL, apply the answer."""
+    from aiortc import RTCSessionDescription
 
-    from benchmarks.bench_sfu import CountingSink, ReplayTrack, encode_clip
-    from media.aiortc_hook import ice_host_addresses, install_receiver
+    from media.aiortc_hook import ice_host_addresses
 
-    async def connect(http: aiohttp.ClientSession, pc: RTCPeerConnection, path: str,
-                      headers: dict[str, str]) -> None:
-        offer = await pc.createOffer()
-        with ice_host_addresses(["127.0.0.1"]):
-            await pc.setLocalDescription(offer)
-        async with http.post(f"{base}/api/v1/livestreams/{livestream_id}/{path}", data=pc.localDescription.sdp,
-                             headers={"Content-Type": "application/sdp", **headers}) as resp:
-            if resp.status != 201:
-                raise RuntimeError(f"{path}: {resp.status} {await resp.text()}")
-            answer = await resp.text()
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    offer = await pc.createOffer()
+    with ice_host_addresses(["127.0.0.1"]):
+        await pc.setLocalDescription(offer)
+    async with http.post(url, data=pc.localDescription.sdp,
+                         headers={"Content-Type": "application/sdp", **headers}) as resp:
+        if resp.status != 201:
+            raise RuntimeError(f"{url}: {resp.status} {await resp.text()}")
+        answer = await resp.text()
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+
+def _session() -> aiohttp.ClientSession:
+    # A new connection per WHIP/WHEP POST: with workers, each lands where the kernel puts it.
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
+async def _publish(base: str, livestream_id: str, stream_key: str, inbox: Any, outbox: Any) -> None:
+    from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection
+
+    from benchmarks.bench_sfu import ReplayTrack, encode_clip
 
     clip = encode_clip()
-    # A new connection per WHIP/WHEP POST: with workers, each lands where the kernel puts it.
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+    async with _session() as http:
         publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         publisher.addTransceiver(ReplayTrack(clip), direction="sendonly")
         publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
-        await connect(http, publisher, "publish", {"Authorization": f"Bearer {stream_key}"})
-        await asyncio.sleep(1.0)
+        await _connect(http, f"{base}/api/v1/livestreams/{livestream_id}/publish", publisher,
+                       {"Authorization": f"Bearer {stream_key}"})
+        outbox.put(("published", None))
+        await asyncio.get_running_loop().run_in_executor(None, inbox.get)  # "stop"
+        await publisher.close()
+
+
+def publisher_main(base: str, livestream_id: str, stream_key: str, inbox: Any, outbox: Any) -> None:
+    asyncio.run(_publish(base, livestream_id, stream_key, inbox, outbox))
+
+
+async def _media(base: str, livestream_id: str, viewers: int, inbox: Any, outbox: Any) -> None:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from benchmarks.bench_sfu import CountingSink
+    from media.aiortc_hook import install_receiver
+
+    async with _session() as http:
         pcs, sinks = [], []
         for index in range(viewers):
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             sink = CountingSink()
             install_receiver(pc.addTransceiver("video", direction="recvonly"), sink)
             install_receiver(pc.addTransceiver("audio", direction="recvonly"), CountingSink())
-            await connect(http, pc, "watch", {})
+            await _connect(http, f"{base}/api/v1/livestreams/{livestream_id}/watch", pc, {})
             pcs.append(pc)
             sinks.append(sink)
             if (index + 1) % 25 == 0 or index + 1 == viewers:
@@ -111,11 +138,10 @@ async def _media(base: str, livestream_id: str, stream_key: str, viewers: int, i
         }))
         for pc in pcs:
             await pc.close()
-        await publisher.close()
 
 
-def media_main(base: str, livestream_id: str, stream_key: str, viewers: int, inbox: Any, outbox: Any) -> None:
-    asyncio.run(_media(base, livestream_id, stream_key, viewers, inbox, outbox))
+def media_main(base: str, livestream_id: str, viewers: int, inbox: Any, outbox: Any) -> None:
+    asyncio.run(_media(base, livestream_id, viewers, inbox, outbox))
 
 
 # -- the probe --------------------------------------------------------------------------
@@ -192,6 +218,18 @@ def _pct(values: list[float], q: float) -> float:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _packets_out(bases: list[str], livestream_id: str) -> float:
+    """Return the packets the server's workers (their own ports) have sent for a room."""
+    from benchmarks.report import parse_metrics
+
+    total = 0.0
+    async with aiohttp.ClientSession() as http:
+        for base in bases:
+            async with http.get(base + "/metrics") as resp:
+                total += parse_metrics(await resp.text(), livestream_id)["room_packets_out"]
+    return total
 
 
 def _server_cpu(pid: int) -> list[float]:
@@ -300,11 +338,16 @@ async def measure(args: argparse.Namespace, env: dict[str, str], index: int, wor
             result["phases"]["idle"] = idle
 
             ctx = multiprocessing.get_context("spawn")
+            loop = asyncio.get_running_loop()
+            to_publisher, from_publisher = ctx.Queue(), ctx.Queue()
+            publisher = ctx.Process(target=publisher_main, args=(base, *show, to_publisher, from_publisher))
+            publisher.start()
             inbox, outbox = ctx.Queue(), ctx.Queue()
-            media = ctx.Process(target=media_main, args=(base, *show, args.viewers, inbox, outbox))
-            media.start()
+            media = ctx.Process(target=media_main, args=(base, show[0], args.viewers, inbox, outbox))
             try:
-                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, from_publisher.get)  # "published"
+                await asyncio.sleep(1.0)
+                media.start()
                 while True:
                     kind, value = await loop.run_in_executor(None, outbox.get)
                     if kind == "progress":
@@ -315,10 +358,14 @@ async def measure(args: argparse.Namespace, env: dict[str, str], index: int, wor
                         break
                 log(f"{workers} worker(s), fanout: probing {args.seconds:.0f} s at {args.rate:g} req/s ...")
                 inbox.put("start")
+                sent0 = await _packets_out(private or [base], show[0])
                 cpu0, t0 = _server_cpu(server.pid), time.perf_counter()
                 fanout = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase=f"{index}-w{workers}-fanout")
                 elapsed = time.perf_counter() - t0
                 fanout.update(_cpu_rates(cpu0, _server_cpu(server.pid), elapsed))
+                # What the server sent (to viewers and relays), whether or not the viewers kept up.
+                fanout["serverPacketsOutPerSecond"] = round(
+                    (await _packets_out(private or [base], show[0]) - sent0) / elapsed)
                 inbox.put("stop")
                 kind, media_result = await loop.run_in_executor(None, outbox.get)
                 frames = media_result["videoFrames"]
@@ -328,9 +375,12 @@ async def measure(args: argparse.Namespace, env: dict[str, str], index: int, wor
                 fanout["forwardedVideoPacketsPerSecond"] = round(media_result["videoPackets"] / elapsed)
                 result["phases"]["fanout"] = fanout
             finally:
-                media.join(timeout=30)
-                if media.is_alive():
-                    media.kill()
+                to_publisher.put("stop")
+                for process in (media, publisher):
+                    if process.pid is not None:
+                        process.join(timeout=30)
+                    if process.is_alive():
+                        process.kill()
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -398,7 +448,8 @@ def _summary(results: dict[str, Any]) -> None:
             split = f" (workers {', '.join(str(c) for c in fanout['workerCpu'])})" if fanout["workerCpu"] else ""
             print(f"server CPU: idle {idle['serverCpu']} cores, fan-out {fanout['serverCpu']} cores{split}; "
                   f"{results['viewers']} viewers at {fanout['viewerFps']['median']} fps median "
-                  f"(min {fanout['viewerFps']['min']}), {fanout['forwardedVideoPacketsPerSecond']} video packets/s out")
+                  f"(min {fanout['viewerFps']['min']}), {fanout['forwardedVideoPacketsPerSecond']} video packets/s "
+                  f"received, {fanout['serverPacketsOutPerSecond']} packets/s sent by the server")
             print(f"target: every p99 <= {TARGET_P99_MS:g} ms during fan-out: "
                   f"{'met' if worst <= TARGET_P99_MS else 'NOT met'} (worst {worst} ms)")
         first = first or run
