@@ -4,7 +4,8 @@ Run ``shopstream loadtest [--scenario smoke] [--viewers 50 ...]`` (or
 ``python -m benchmarks.loadtest``). One publisher (ffmpeg WHIP or aiortc), viewers
 joining over WHEP at a given rate (a share on WebSocket events only), chat over the
 events channel and a flash drop; progress every second, then a table, JSON and a PNG
-in ``benchmarks/results/``. Everything is bounded: each phase has a deadline and
+in ``benchmarks/results/``. With ``--nodes`` (``--scenario cluster``) the viewers are
+spread over a cluster's nodes and the report has a row and an invariant per node. Everything is bounded: each phase has a deadline and
 every peer, socket and subprocess is closed on the way out.
 """
 
