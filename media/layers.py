@@ -168,6 +168,10 @@ class SimulcastForwarder:
         target.waiting.append(viewer)
         target._keyframe_needed()
 
+    def request_keyframe(self, ssrc: int) -> None:
+        """Ask for a keyframe of the layer ``ssrc`` (a viewer's PLI/FIR, throttled)."""
+        self._keyframe_needed(ssrc)
+
     def layer_of(self, viewer: ViewerTrack) -> TrackForwarder | None:
         """Return the forwarder a viewer is on now."""
         return viewer.layer if viewer.layer in self.layers.values() else None

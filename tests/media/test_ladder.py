@@ -1,0 +1,190 @@
+"""The server-side ladder: an ffmpeg WHIP publisher sends one layer, viewers get lower ones.
+
+ffmpeg (imageio-ffmpeg's binary, H.264: its WHIP muxer sends nothing else) publishes
+640x360; the SFU, with ``ladder_layers=2``, runs a worker process that encodes 320x180
+and 160x90 while a viewer needs them. aiortc viewers decode what they get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+
+import imageio_ffmpeg
+import pytest
+from aiohttp import web
+
+from media import SFU
+from media.forwarder import TrackForwarder
+from media.ladder import LadderForwarder, layer_sizes
+from media.layers import SimulcastForwarder
+
+from .peers import Viewer, running_sfu, wait_for, watch
+from .test_whip_ffmpeg import ENCODERS, whip_app
+
+pytestmark = pytest.mark.timeout(150)
+
+MAX_GAP_SECONDS = 1.5
+
+
+@contextlib.asynccontextmanager
+async def ffmpeg_publisher(sfu: SFU, room_id: str, size: str = "640x360",
+                           seconds: int = 60) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Publish ffmpeg's test pattern (H.264 baseline, a keyframe a second) over WHIP."""
+    runner = web.AppRunner(whip_app(sfu, room_id))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    ffmpeg = await asyncio.create_subprocess_exec(
+        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-re",
+        "-f", "lavfi", "-i", f"testsrc=size={size}:rate=30",
+        *ENCODERS["h264-baseline"], "-b:v", "1200k", "-an",
+        "-t", str(seconds), "-f", "whip", f"http://127.0.0.1:{port}/whip",
+        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_for(lambda: room_id in sfu.rooms and sfu.stats(room_id)["state"] == "live",
+                       timeout=15)
+        yield ffmpeg
+    finally:
+        if ffmpeg.returncode is None:
+            ffmpeg.terminate()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ffmpeg.communicate(), 10)
+        await runner.cleanup()
+
+
+def frames_at(viewer: Viewer, width: int, since: float = 0.0) -> int:
+    """Return how many frames ``viewer`` decoded at ``width`` after ``since``."""
+    return sum(1 for t, w, _h in viewer.video_frames if w == width and t >= since)
+
+
+def longest_gap(viewer: Viewer, since: float) -> float:
+    """Return the longest pause between decoded frames after ``since``."""
+    times = [t for t, _w, _h in viewer.video_frames if t >= since]
+    return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+
+
+async def inbound(viewer: Viewer) -> tuple[set[int], int]:
+    """Return the SSRCs a viewer's video receiver saw and the packets it counts lost."""
+    receiver = next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "video")
+    ssrcs = set(receiver._RTCRtpReceiver__remote_streams)  # type: ignore[attr-defined]
+    stats = await receiver.getStats()
+    lost = sum(s.packetsLost for s in stats.values() if s.type == "inbound-rtp")
+    return ssrcs, lost
+
+
+def alive(pid: int) -> bool:
+    """Return whether process ``pid`` still exists (and is not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_layer_sizes_halve_and_quarter() -> None:
+    assert layer_sizes(1280, 720, 2) == {"h": (640, 360), "q": (320, 180)}
+    assert layer_sizes(640, 360, 1) == {"h": (320, 180)}
+    assert layer_sizes(642, 362, 2) == {"h": (320, 180), "q": (160, 90)}
+    with pytest.raises(ValueError):
+        layer_sizes(640, 360, 3)
+
+
+async def test_a_low_viewer_gets_a_generated_layer_and_switches_cleanly() -> None:
+    async with running_sfu(ladder_layers=2, ladder_idle_seconds=2.0, connect_timeout_seconds=10.0) as sfu, \
+            ffmpeg_publisher(sfu, "ladder"):
+        video = sfu.rooms["ladder"].forwarders["video"]
+        assert isinstance(video, LadderForwarder)
+        full = low = None
+        try:
+            full, _ = await watch(sfu, "ladder", audio=False)
+            await wait_for(lambda: frames_at(full, 640) >= 10, timeout=20)
+            await asyncio.sleep(1.0)
+            assert video.ladder is None, "the ladder ran with no viewer needing it"
+
+            low, low_id = await watch(sfu, "ladder", audio=False, quality="low")
+            await wait_for(lambda: frames_at(low, 160) >= 20, timeout=40)
+            ladder = video.ladder
+            assert ladder is not None and ladder.running
+            pid = ladder.process.pid  # type: ignore[union-attr]
+            assert video.viewers_per_layer() == {"f": 1, "h": 0, "q": 1}
+            # It starts on the source at once and moves down when the layer exists.
+            first_low = next(i for i, (_t, w, _h) in enumerate(low.video_frames) if w == 160)
+            assert {(w, h) for _t, w, h in low.video_frames[first_low:]} == {(160, 90)}
+            assert longest_gap(low, 0.0) < MAX_GAP_SECONDS
+            ssrcs_before, _ = await inbound(low)
+
+            switched = time.monotonic()
+            assert sfu.set_quality(low_id, "high") in ("q", "f")
+            await wait_for(lambda: frames_at(low, 640, switched) >= 30, timeout=30)
+            assert longest_gap(low, switched) < MAX_GAP_SECONDS
+
+            switched = time.monotonic()
+            sfu.set_quality(low_id, "low")
+            await wait_for(lambda: frames_at(low, 160, switched) >= 30, timeout=30)
+            assert longest_gap(low, switched) < MAX_GAP_SECONDS
+            ssrcs_after, lost = await inbound(low)
+            assert ssrcs_after == ssrcs_before and len(ssrcs_after) == 1
+            assert lost < 100, f"{lost} packets counted lost: the sequence numbers jumped"
+            assert {w for _t, w, _h in full.video_frames[-10:]} == {640}
+            assert video.ladder is ladder and video.ladder_starts == 1
+
+            # Nobody needs a lower layer any more: the worker stops after the idle time.
+            sfu.set_quality(low_id, "high")
+            await wait_for(lambda: frames_at(low, 640, time.monotonic() - 0.5) >= 5, timeout=30)
+            await wait_for(lambda: video.ladder is None and not alive(pid), timeout=20)
+            assert set(video.viewers_per_layer()) == {"f"}
+            frames = len(low.video_frames)
+            await wait_for(lambda: len(low.video_frames) >= frames + 20, timeout=10)
+        finally:
+            for viewer in (full, low):
+                if viewer is not None:
+                    await viewer.close()
+
+
+async def test_the_worker_goes_with_the_room() -> None:
+    async with running_sfu(ladder_layers=1, connect_timeout_seconds=10.0) as sfu, \
+            ffmpeg_publisher(sfu, "gone", seconds=30):
+        video = sfu.rooms["gone"].forwarders["video"]
+        assert isinstance(video, LadderForwarder)
+        low, _ = await watch(sfu, "gone", audio=False, quality="low")
+        try:
+            await wait_for(lambda: frames_at(low, 320) >= 10, timeout=40)
+            assert video.ladder is not None
+            pid = video.ladder.process.pid  # type: ignore[union-attr]
+        finally:
+            await low.close()
+        await sfu.close_room("gone")
+        assert not alive(pid)
+
+
+async def test_ladder_off_forwards_the_single_layer_as_before() -> None:
+    async with running_sfu(connect_timeout_seconds=10.0) as sfu, ffmpeg_publisher(sfu, "plain", seconds=30):
+        video = sfu.rooms["plain"].forwarders["video"]
+        assert type(video) is TrackForwarder and not isinstance(video, SimulcastForwarder)
+        low, _ = await watch(sfu, "plain", audio=False, quality="low")
+        try:
+            await wait_for(lambda: len(low.video_frames) >= 20, timeout=20)
+            assert {(w, h) for _t, w, h in low.video_frames} == {(640, 360)}
+            assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_worker(int(p))]
+        finally:
+            await low.close()
+
+
+def _is_worker(pid: int) -> bool:
+    """Return whether ``pid`` is a ladder worker started by this process."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            args = cmdline.read().split(b"\0")
+        with open(f"/proc/{pid}/stat") as stat:
+            parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return False
+    return parent == os.getpid() and b"media.ladder_worker" in args
+
+
