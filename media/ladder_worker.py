@@ -47,6 +47,7 @@ class LadderWorker:
         self.codec = RTCRtpCodecParameters(mimeType=f"video/{codec_name}", clockRate=90000,
                                            payloadType=payload_type)
         self.decoder = get_decoder(self.codec)
+        self.decoder.codec.thread_count = 1  # type: ignore[attr-defined]  # its thread time is all of it
         self.ssrcs = ssrcs
         self.send = send
         self._frame: list[RtpPacket] = []
