@@ -77,6 +77,7 @@ class Ladder:
         ssrcs: dict[str, int],
         on_rtp: Callable[[RtpPacket], None],
         on_sizes: Callable[[dict[str, tuple[int, int]]], None] = lambda sizes: None,
+        on_keyframe_needed: Callable[[], None] = lambda: None,
     ) -> None:
         if codec.name not in ("VP8", "H264"):
             raise ValueError(f"the ladder encodes VP8 or H264, not {codec.name}")
@@ -84,6 +85,7 @@ class Ladder:
         self.ssrcs = ssrcs  # rid -> SSRC of the generated layers
         self._on_rtp = on_rtp
         self._on_sizes = on_sizes
+        self._on_keyframe_needed = on_keyframe_needed  # the worker waits for a source keyframe
         self.process: asyncio.subprocess.Process | None = None
         self.cpu: dict[str, float] = {}  # the worker's latest CPU report
         self._transport: asyncio.DatagramTransport | None = None
@@ -160,6 +162,8 @@ class Ladder:
                 self._ready.set()
             elif "sizes" in message:
                 self._on_sizes({rid: tuple(size) for rid, size in message["sizes"].items()})
+            elif "need_keyframe" in message:
+                self._on_keyframe_needed()
             elif "cpu" in message:
                 self.cpu = message["cpu"]
         elif addr == self._peer:
@@ -268,6 +272,11 @@ class LadderForwarder(SimulcastForwarder):
             self._keyframe_asked[ssrc] = now
             self.ladder.request_keyframe(rid)
 
+    def _source_keyframe_for_ladder(self) -> None:
+        """Ask the publisher for a keyframe the worker can start decoding at."""
+        if self.source_ssrc is not None:
+            self._source_keyframe(self.source_ssrc)
+
     # --- when the ladder runs -------------------------------------------------------------
 
     def wants_lower(self, policy: LayerPolicy) -> bool:
@@ -305,7 +314,8 @@ class LadderForwarder(SimulcastForwarder):
 
     async def _start_ladder(self) -> None:
         ssrcs = {rid: random.getrandbits(32) for rid in LADDER_RIDS[: self.ladder_layers]}
-        ladder = Ladder(self.codec, ssrcs, self._on_generated, self._on_sizes)
+        ladder = Ladder(self.codec, ssrcs, self._on_generated, self._on_sizes,
+                        self._source_keyframe_for_ladder)
         try:
             assert self.selector is not None
             for rid, ssrc in ssrcs.items():

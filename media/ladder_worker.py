@@ -36,6 +36,7 @@ MIN_LAYER_BPS = 40_000
 FRAME_RATE = 30
 GOP_FRAMES = 150  # a keyframe every 5 s unless a switching viewer asks sooner
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
+KEYFRAME_REQUEST_SECONDS = 1.0  # while waiting for a source keyframe, ask this often
 
 
 
@@ -52,6 +53,7 @@ class LadderWorker:
         self.send = send
         self._frame: list[RtpPacket] = []
         self._need_keyframe = True
+        self._keyframe_asked = -1e9
         self._encoders: dict[str, _LayerEncoder] = {}
         self._source_size: tuple[int, int] | None = None
         self._keyframes: set[str] = set()
@@ -84,6 +86,10 @@ class LadderWorker:
             return
         if self._need_keyframe:
             if not any(is_keyframe(self.codec.name, p.payload) for p in packets):
+                now = time.monotonic()
+                if now - self._keyframe_asked >= KEYFRAME_REQUEST_SECONDS:
+                    self._keyframe_asked = now  # a publisher that answers PLIs sends one
+                    self.send(json.dumps({"need_keyframe": True}).encode())
                 return
             self._need_keyframe = False
         data = b"".join(depayload(self.codec, p.payload) for p in packets)

@@ -22,7 +22,7 @@ from media.forwarder import TrackForwarder
 from media.ladder import LadderForwarder, layer_sizes
 from media.layers import SimulcastForwarder
 
-from .peers import Viewer, running_sfu, wait_for, watch
+from .peers import Viewer, publish, running_sfu, wait_for, watch
 from .test_whip_ffmpeg import ENCODERS, whip_app
 
 pytestmark = pytest.mark.timeout(150)
@@ -188,3 +188,35 @@ def _is_worker(pid: int) -> bool:
     return parent == os.getpid() and b"media.ladder_worker" in args
 
 
+
+
+async def test_a_vp8_publisher_gets_a_vp8_ladder_and_auto_viewers_use_it() -> None:
+    """An aiortc VP8 publisher (640x360): a viewer whose estimate is below the source
+    rate moves down to the generated 320x180 layer by itself (auto), like a pinned one."""
+    async with running_sfu(ladder_layers=1, connect_timeout_seconds=10.0) as sfu:
+        publisher, _ = await publish(sfu, "vp8", audio=False, size=(640, 360))
+        viewer = None
+        try:
+            await wait_for(lambda: "vp8" in sfu.rooms and sfu.stats("vp8")["state"] == "live", timeout=15)
+            video = sfu.rooms["vp8"].forwarders["video"]
+            assert isinstance(video, LadderForwarder)
+            viewer, _ = await watch(sfu, "vp8", audio=False)
+            await wait_for(lambda: frames_at(viewer, 640) >= 10, timeout=20)
+            await wait_for(lambda: video.ranked()[-1].avg_bps > 0, timeout=10)
+            source = video.ranked()[-1]
+            track = next(iter(video.policies))
+            assert video.ladder is None
+            # The viewer's REMB says it carries a third of the source's rate.
+            estimate = source.avg_bps / 3
+            since = time.monotonic()
+            while video.ladder is None or frames_at(viewer, 320, since) < 20:
+                assert time.monotonic() - since < 40, "the auto viewer never got the lower layer"
+                video.on_remb(track, estimate)
+                video.review()
+                await asyncio.sleep(0.2)
+            assert video.rid_of(track) == "h"
+            assert video.viewers_per_layer() == {"f": 0, "h": 1}
+        finally:
+            if viewer is not None:
+                await viewer.close()
+            await publisher.close()
