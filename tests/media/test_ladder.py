@@ -22,7 +22,7 @@ from media.forwarder import TrackForwarder
 from media.ladder import LadderForwarder, layer_sizes
 from media.layers import SimulcastForwarder
 
-from .peers import Viewer, publish, running_sfu, wait_for, watch
+from .peers import frames_at, inbound, longest_gap, publish, running_sfu, wait_for, watch
 from .test_whip_ffmpeg import ENCODERS, whip_app
 
 pytestmark = pytest.mark.timeout(150)
@@ -56,26 +56,6 @@ async def ffmpeg_publisher(sfu: SFU, room_id: str, size: str = "640x360",
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(ffmpeg.communicate(), 10)
         await runner.cleanup()
-
-
-def frames_at(viewer: Viewer, width: int, since: float = 0.0) -> int:
-    """Return how many frames ``viewer`` decoded at ``width`` after ``since``."""
-    return sum(1 for t, w, _h in viewer.video_frames if w == width and t >= since)
-
-
-def longest_gap(viewer: Viewer, since: float) -> float:
-    """Return the longest pause between decoded frames after ``since``."""
-    times = [t for t, _w, _h in viewer.video_frames if t >= since]
-    return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
-
-
-async def inbound(viewer: Viewer) -> tuple[set[int], int]:
-    """Return the SSRCs a viewer's video receiver saw and the packets it counts lost."""
-    receiver = next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "video")
-    ssrcs = set(receiver._RTCRtpReceiver__remote_streams)  # type: ignore[attr-defined]
-    stats = await receiver.getStats()
-    lost = sum(s.packetsLost for s in stats.values() if s.type == "inbound-rtp")
-    return ssrcs, lost
 
 
 def alive(pid: int) -> bool:
@@ -186,8 +166,6 @@ def _is_worker(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return False
     return parent == os.getpid() and b"media.ladder_worker" in args
-
-
 
 
 async def test_a_vp8_publisher_gets_a_vp8_ladder_and_auto_viewers_use_it() -> None:
