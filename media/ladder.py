@@ -41,6 +41,7 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 from .forwarder import TrackForwarder
 from .layers import LayerPolicy, SimulcastForwarder
 from .simulcast import Layer, LayerSelector
+from .temporal import real_ssrc
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class LadderForwarder(SimulcastForwarder):
     def on_sender_report(self, packet: RtcpSrPacket) -> None:
         """Give the source's sender report to every layer: they share its timestamps."""
         for ssrc, layer in self.layers.items():
-            if ssrc == packet.ssrc or ssrc in self._generated:
+            if real_ssrc(ssrc) == packet.ssrc or ssrc in self._generated:
                 layer.on_sender_report(packet)
 
     def needed_bps(self, ceiling: int) -> int:
