@@ -257,6 +257,10 @@ class LadderForwarder(SimulcastForwarder):
             if real_ssrc(ssrc) == packet.ssrc or ssrc in self._generated:
                 layer.on_sender_report(packet)
 
+    def is_ingress(self, key: int) -> bool:
+        """Return whether layer ``key`` is the publisher's (not the ladder's, nor a rung)."""
+        return key not in self._generated and super().is_ingress(key)
+
     def needed_bps(self, ceiling: int) -> int:
         """Return the publisher's REMB cap: the full rate, which the ladder decodes."""
         return ceiling
@@ -357,9 +361,7 @@ class LadderForwarder(SimulcastForwarder):
             counters = layer.counters()
             for name in ("packets_out", "bytes_out", "drops", "nacks_served"):
                 setattr(self.retired, name, getattr(self.retired, name) + getattr(counters, name))
-            self._retired_in[0] += layer.packets_in
-            self._retired_in[1] += layer.bytes_in
-            self._retired_in[2] += layer.nacks_missed
+            self._retired_in[2] += layer.nacks_missed  # its packets came from us, not in
 
     def restart(self) -> None:
         """Re-anchor every viewer for a new publisher stream; the ladder starts anew."""

@@ -291,7 +291,7 @@ class SimulcastForwarder:
     def restart(self) -> None:
         """Re-anchor every viewer for a new publisher stream (new layers, new SSRCs)."""
         viewers: list[ViewerTrack] = list(self.unplaced)
-        for layer in self.layers.values():
+        for key, layer in self.layers.items():
             for viewer in list(layer.waiting):
                 if viewer.next_layer is layer:  # a pending switch: it is on another layer
                     layer.waiting.remove(viewer)
@@ -302,8 +302,9 @@ class SimulcastForwarder:
             counters = layer.counters()
             for name in ("packets_out", "bytes_out", "drops", "nacks_served"):
                 setattr(self.retired, name, getattr(self.retired, name) + getattr(counters, name))
-            self._retired_in[0] += layer.packets_in
-            self._retired_in[1] += layer.bytes_in
+            if self.is_ingress(key):
+                self._retired_in[0] += layer.packets_in
+                self._retired_in[1] += layer.bytes_in
             self._retired_in[2] += layer.nacks_missed
         # The viewers' own counters moved into ``retired`` with their layer: start anew.
         for viewer in viewers:
@@ -352,15 +353,21 @@ class SimulcastForwarder:
             total.nacks_served += counters.nacks_served
         return total
 
+    def is_ingress(self, key: int) -> bool:
+        """Return whether layer ``key`` is the publisher's (not made here, like a temporal rung)."""
+        return key == real_ssrc(key)
+
     @property
     def packets_in(self) -> int:
         """Return the packets received on every layer."""
-        return self._retired_in[0] + sum(layer.packets_in for layer in self.layers.values())
+        return self._retired_in[0] + sum(layer.packets_in for key, layer in self.layers.items()
+                                         if self.is_ingress(key))
 
     @property
     def bytes_in(self) -> int:
         """Return the payload bytes received on every layer."""
-        return self._retired_in[1] + sum(layer.bytes_in for layer in self.layers.values())
+        return self._retired_in[1] + sum(layer.bytes_in for key, layer in self.layers.items()
+                                         if self.is_ingress(key))
 
     @property
     def nacks_missed(self) -> int:

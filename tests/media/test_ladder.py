@@ -113,6 +113,9 @@ async def test_a_low_viewer_gets_a_generated_layer_and_switches_cleanly() -> Non
             assert lost < 100, f"{lost} packets counted lost: the sequence numbers jumped"
             assert {w for _t, w, _h in full.video_frames[-10:]} == {640}
             assert video.ladder is ladder and video.ladder_starts == 1
+            # The room counts the publisher's packets in, not the worker's.
+            stats = sfu.stats("ladder")
+            assert stats["packets_in"] == video.layers[video.source_ssrc].packets_in
 
             # Nobody needs a lower layer any more: the worker stops after the idle time.
             sfu.set_quality(low_id, "high")

@@ -78,6 +78,7 @@ def test_a_rung_keeps_low_tids_with_continuous_numbers(long_id: bool) -> None:
                 out[rung.cap].append(_last(rung.forwarder))
     rungs = forwarder.temporal.rungs[1111]
     assert [rung.cap for rung in rungs] == [0, 1]
+    assert forwarder.packets_in == len(packets)  # the rungs' copies are not ingress
     assert set(forwarder.layers) == {1111, rung_key(1111, 0), rung_key(1111, 1)}
     mask = 0x7FFF if long_id else 0x7F
     for cap, kept in out.items():
