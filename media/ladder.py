@@ -156,18 +156,21 @@ class Ladder:
             self._transport.sendto(json.dumps(message).encode(), self._peer)
 
     def _received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if data[:1] == b"{":
-            message = json.loads(data)
-            if "hello" in message:
+        if addr != self._peer:  # only our worker's first datagram, its hello, comes from elsewhere
+            if self._peer is None and self.process is not None and data[:1] == b"{" \
+                    and json.loads(data).get("hello") == self.process.pid:
                 self._peer = addr
                 self._ready.set()
-            elif "sizes" in message:
+            return
+        if data[:1] == b"{":
+            message = json.loads(data)
+            if "sizes" in message:
                 self._on_sizes({rid: tuple(size) for rid, size in message["sizes"].items()})
             elif "need_keyframe" in message:
                 self._on_keyframe_needed()
             elif "cpu" in message:
                 self.cpu = message["cpu"]
-        elif addr == self._peer:
+        else:
             self._on_rtp(RtpPacket.parse(data))
 
 
@@ -178,7 +181,7 @@ class _LadderProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             self.ladder._received(data, addr)
-        except ValueError:  # a malformed datagram: not from our worker
+        except (ValueError, TypeError, AttributeError, KeyError):  # malformed: not our worker
             logger.debug("ladder: dropped a malformed datagram from %s", addr)
 
 
@@ -246,7 +249,7 @@ class LadderForwarder(SimulcastForwarder):
     def _on_sizes(self, sizes: dict[str, tuple[int, int]]) -> None:
         """Rank the layers by the sizes the worker reports (for H.264 too)."""
         assert self.selector is not None
-        by_rid = {layer.rid: layer for layer in self.selector.layers.values()}
+        by_rid = {layer.rid: layer for layer in self.selector.layers.values() if layer.max_tid is None}
         for rid, (width, height) in sizes.items():
             if rid in by_rid:
                 by_rid[rid].pixels = width * height
