@@ -16,7 +16,7 @@ from aiortc.rtp import RtcpReceiverInfo
 
 from .aiortc_hook import ForwardingSender
 from .forwarder import TrackForwarder, ViewerTrack
-from .ladder import LadderForwarder
+from .ladder import LADDER_IDLE_SECONDS, LadderForwarder
 from .layers import QUALITIES, LayerPolicy, SimulcastForwarder
 from .session import MediaSession
 
@@ -81,7 +81,7 @@ class Room:
         idle_seconds: float,
         gop_cache_bytes: int = 0,
         ladder_layers: int = 0,
-        ladder_idle_seconds: float = 10.0,
+        ladder_idle_seconds: float = LADDER_IDLE_SECONDS,
         on_state_change: Callable[[Room, RoomState], None],
         on_idle_expired: Callable[[Room], None],
     ) -> None:

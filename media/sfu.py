@@ -26,7 +26,7 @@ from .aiortc_hook import (
 )
 from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
 from .forwarder import GOP_CACHE_BYTES
-from .ladder import MAX_LADDER_LAYERS
+from .ladder import LADDER_IDLE_SECONDS, MAX_LADDER_LAYERS
 from .layers import QUALITIES
 from .room import Room, RoomState, RoomStats
 from .sdp import OfferPlan, answer_simulcast, plan_publish, plan_watch, reject_sections
@@ -84,7 +84,7 @@ class MediaSettings:
     # lower layers decoded and encoded by a worker process while some viewer needs them,
     # which stops after ``ladder_idle_seconds`` without such a viewer (media/ladder.py).
     ladder_layers: int = 0
-    ladder_idle_seconds: float = 10.0
+    ladder_idle_seconds: float = LADDER_IDLE_SECONDS
 
     def __post_init__(self) -> None:
         if self.max_viewers_per_room < 0:
