@@ -84,7 +84,7 @@ async def measure(count: int, simulcast: bool, frames: int, temporal: bool = Fal
     """Return CPU µs per forwarded packet (and per ingress packet) for one room."""
     codec = CODECS["video"][0]
     tracks, transports, sinks = await viewers(count)
-    payload = bytes([0x10, 0x00]) + os.urandom(1100)  # a VP8 keyframe start, then data
+    payload = base = bytes([0x10, 0x00]) + os.urandom(1100)  # a VP8 keyframe start, then data
     policies = ("low", "auto", "high", "thin") if temporal else ("low", "auto", "high")
     selector = LayerSelector(tuple(rid for rid, *_ in LAYERS))
     if simulcast:
@@ -104,8 +104,8 @@ async def measure(count: int, simulcast: bool, frames: int, temporal: bool = Fal
     packets_in = 0
     now = time.monotonic()
     for frame in range(frames):
-        if temporal:
-            payload = temporal_payload(frame, payload[-1100:])
+        if temporal:  # the same keyframe start (P bit 0) and data behind the descriptor
+            payload = temporal_payload(frame, base[1:])
         for ssrc, per_frame in mix:
             for _ in range(per_frame):
                 seq = seqs[ssrc]
