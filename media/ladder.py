@@ -349,7 +349,16 @@ class LadderForwarder(SimulcastForwarder):
             self._task = None
 
     def _forget_generated(self) -> None:
-        """Drop the generated layers' forwarders (their counters stay in the totals)."""
+        """Drop the generated layers' forwarders (their counters stay in the totals).
+
+        A viewer still on one (the worker died) switches back to the source at its next
+        keyframe, its numbers continuing; meanwhile it gets nothing.
+        """
+        source = self.layers.get(self.source_ssrc) if self.source_ssrc is not None else None
+        generated = [self.layers[ssrc] for ssrc in self._generated if ssrc in self.layers]
+        for viewer in list(self.policies):
+            if viewer.layer in generated and source is not None:
+                self.move(viewer, source)
         for ssrc in list(self._generated):
             del self._generated[ssrc]
             if self.selector is not None:
@@ -361,9 +370,9 @@ class LadderForwarder(SimulcastForwarder):
             for viewer in list(layer.waiting):
                 if viewer.next_layer is layer:
                     viewer.next_layer = None
-            counters = layer.counters()
+            # Its viewers that left count here; those moving to the source take theirs along.
             for name in ("packets_out", "bytes_out", "drops", "nacks_served"):
-                setattr(self.retired, name, getattr(self.retired, name) + getattr(counters, name))
+                setattr(self.retired, name, getattr(self.retired, name) + getattr(layer.retired, name))
             self._retired_in[2] += layer.nacks_missed  # its packets came from us, not in
 
     def restart(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -201,3 +202,26 @@ async def test_a_vp8_publisher_gets_a_vp8_ladder_and_auto_viewers_use_it() -> No
             if viewer is not None:
                 await viewer.close()
             await publisher.close()
+
+
+async def test_a_dead_worker_sends_its_viewers_back_to_the_source_and_restarts() -> None:
+    async with running_sfu(ladder_layers=1, connect_timeout_seconds=10.0) as sfu, \
+            ffmpeg_publisher(sfu, "crash", seconds=60):
+        video = sfu.rooms["crash"].forwarders["video"]
+        assert isinstance(video, LadderForwarder)
+        low, _ = await watch(sfu, "crash", audio=False, quality="low")
+        try:
+            await wait_for(lambda: frames_at(low, 320) >= 10, timeout=40)
+            assert video.ladder is not None and video.ladder.process is not None
+            ssrcs_before, _ = await inbound(low)
+            killed = time.monotonic()
+            os.kill(video.ladder.process.pid, signal.SIGKILL)  # the worker this test's SFU started
+            # Back on the source at its next keyframe (ffmpeg: one a second)...
+            await wait_for(lambda: frames_at(low, 640, killed) >= 10, timeout=20)
+            # ...and down again once the ladder restarts after its back-off.
+            await wait_for(lambda: video.ladder_starts == 2 and frames_at(low, 320, killed) >= 10,
+                           timeout=30)
+            ssrcs_after, lost = await inbound(low)
+            assert ssrcs_after == ssrcs_before and lost < 100
+        finally:
+            await low.close()
