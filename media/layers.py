@@ -244,7 +244,10 @@ class SimulcastForwarder:
             if policy.quality == "high" or estimate is None or estimate >= (top.avg_bps or top.peak_bps):
                 return ceiling
             best = max(best, ranked.index(policy.choose(ranked)))
-        needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: best + 1] if not is_rung(layer))
+        # A temporal rung needs its whole encoding sent: the lowest encoding is the floor.
+        floor = next(index for index, layer in enumerate(ranked) if not is_rung(layer))
+        needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: max(best, floor) + 1]
+                     if not is_rung(layer))
         return int(min(ceiling, max(needed * 1.5, 100_000)))
 
     def set_quality(self, viewer: ViewerTrack, quality: str) -> None:

@@ -150,5 +150,8 @@ def test_rungs_rank_below_the_lowest_layer_only_and_serve_auto_viewers_only() ->
     forwarder.request_keyframe(rung_key(1111, 0))
     forwarder.layers[rung_key(1111, 1)]._keyframe_needed()
     assert asked == [1111, 1111]  # a rung's keyframe is its layer's
-    assert forwarder.needed_bps(5_000_000) == 5_000_000
+    assert forwarder.needed_bps(5_000_000) == 5_000_000  # nobody watches: nothing measured
+    forwarder.policies[object()] = auto  # type: ignore[index]  # a viewer on the TID 0 rung
+    # The publisher is asked for the whole low layer (x1.5 headroom), not for the rung's rate.
+    assert forwarder.needed_bps(5_000_000) == 450_000
     assert selector.ssrc_of("q") == 1111
