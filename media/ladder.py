@@ -32,7 +32,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -54,6 +54,17 @@ KEYFRAME_INTERVAL = 0.5  # at most one forced keyframe per layer per this interv
 RESTART_BACKOFF_SECONDS = 5.0  # after a worker died, wait this long before another
 CPU_REPORT_SECONDS = 2.0
 RTP_HEADER = struct.Struct("!BBHII")
+
+
+# Tasks started from synchronous code (the forwarding path), kept until they finish.
+_TASKS: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.get_running_loop().create_task(coro)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+    return task
 
 
 def layer_sizes(width: int, height: int, count: int) -> dict[str, tuple[int, int]]:
@@ -305,15 +316,15 @@ class LadderForwarder(SimulcastForwarder):
             self._needed_at = now
             if self.ladder is None and self._task is None and self.source_ssrc is not None \
                     and now - self._failed_at >= RESTART_BACKOFF_SECONDS:
-                self._task = asyncio.get_running_loop().create_task(self._start_ladder())
+                self._task = _spawn(self._start_ladder())
         elif self.ladder is not None and self._task is None and now - self._needed_at >= self.idle_seconds:
             generated = [self.layers[ssrc] for ssrc in self._generated if ssrc in self.layers]
             if not any(v.layer in generated or v.next_layer in generated for v in self.policies):
-                self._task = asyncio.get_running_loop().create_task(self._stop_ladder())
+                self._task = _spawn(self._stop_ladder())
         if self.ladder is not None and self._task is None and not self.ladder.running:
             logger.warning("ladder worker died; the generated layers are gone")
             self._failed_at = now
-            self._task = asyncio.get_running_loop().create_task(self._stop_ladder())
+            self._task = _spawn(self._stop_ladder())
 
     def ranked(self, now: float | None = None) -> list[Layer]:
         """Return the layers sending now, lowest first; generated ones only while running."""
@@ -378,11 +389,15 @@ class LadderForwarder(SimulcastForwarder):
     def restart(self) -> None:
         """Re-anchor every viewer for a new publisher stream; the ladder starts anew."""
         if self.ladder is not None and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._stop_ladder())
+            self._task = _spawn(self._stop_ladder())
         super().restart()
         self._generated.clear()
         self.selector = LayerSelector((SOURCE_RID, *LADDER_RIDS[: self.ladder_layers]))
         self.source_ssrc = None
+
+    def close_soon(self) -> None:
+        """Stop the worker in the background (the forwarder is being replaced)."""
+        _spawn(self.close())
 
     async def close(self) -> None:
         """Stop the worker (the room ends)."""

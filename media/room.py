@@ -155,7 +155,7 @@ class Room:
         old.unplaced = []
         single.retired = old.counters()
         if isinstance(old, LadderForwarder):
-            self._loop.create_task(old.close())
+            old.close_soon()
 
     def _ladder_forwarder(self, codec: RTCRtpCodecParameters) -> LadderForwarder:
         """Return the video forwarder of a single-layer publisher with the ladder on."""

@@ -17,11 +17,13 @@ from collections.abc import AsyncIterator
 import imageio_ffmpeg
 import pytest
 from aiohttp import web
+from aiortc.codecs import CODECS
 
 from media import SFU
 from media.forwarder import TrackForwarder
 from media.ladder import LadderForwarder, layer_sizes
 from media.layers import SimulcastForwarder
+from media.room import Room
 
 from .peers import frames_at, inbound, longest_gap, publish, running_sfu, wait_for, watch
 from .test_whip_ffmpeg import ENCODERS, whip_app
@@ -225,3 +227,24 @@ async def test_a_dead_worker_sends_its_viewers_back_to_the_source_and_restarts()
             assert ssrcs_after == ssrcs_before and lost < 100
         finally:
             await low.close()
+
+
+async def test_a_reconnecting_publisher_switches_between_ladder_and_simulcast() -> None:
+    """With the ladder on, a simulcast publisher still gets a plain simulcast forwarder,
+    and a single-layer one the ladder's; a reconnect may go either way."""
+    codec = CODECS["video"][0]
+    room = Room("switch", "seller", codec, keyframe_interval=0.5, remb_bitrate_bps=1_000_000,
+                grace_seconds=1.0, idle_seconds=10.0, ladder_layers=1,
+                on_state_change=lambda room, state: None, on_idle_expired=lambda room: None)
+    try:
+        ladder = room.forwarders["video"]
+        assert isinstance(ladder, LadderForwarder)
+        assert room.video_forwarder(codec) is ladder
+        simulcast = room.video_forwarder(codec, ("q", "f"))
+        assert type(simulcast) is SimulcastForwarder
+        back = room.video_forwarder(codec)
+        assert isinstance(back, LadderForwarder) and back is not ladder
+        assert room.forwarders["video"] is back
+    finally:
+        room.end(report=False)
+        await room.wait_closed()
