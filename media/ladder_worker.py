@@ -57,6 +57,8 @@ class LadderWorker:
         self._encoders: dict[str, _LayerEncoder] = {}
         self._source_size: tuple[int, int] | None = None
         self._keyframes: set[str] = set()
+        # Each layer's sequence numbers run on when a new source size makes new encoders.
+        self._seqs = {rid: random.randrange(0x8000) for rid in ssrcs}
         self._cpu = {"decode": 0.0, **{rid: 0.0 for rid in ssrcs}}
         self._frames = 0
         self._report_start = time.monotonic()
@@ -120,8 +122,8 @@ class LadderWorker:
             last = len(payloads) - 1
             for index, payload in enumerate(payloads):
                 header = RTP_HEADER.pack(0x80, (0x80 if index == last else 0) | (self.codec.payloadType or 0),
-                                         encoder.seq, timestamp, ssrc)
-                encoder.seq = (encoder.seq + 1) & 0xFFFF
+                                         self._seqs[rid], timestamp, ssrc)
+                self._seqs[rid] = (self._seqs[rid] + 1) & 0xFFFF
                 self.send(header + payload)
             self._cpu[rid] += time.thread_time() - started
         elapsed = time.monotonic() - self._report_start
@@ -139,7 +141,6 @@ class _LayerEncoder:
 
     def __init__(self, codec_name: str, width: int, height: int) -> None:
         self.width, self.height = width, height
-        self.seq = random.randrange(0x8000)
         bitrate = max(int(width * height * FRAME_RATE * BITS_PER_PIXEL), MIN_LAYER_BPS)
         if codec_name == "H264":
             self.context = av.CodecContext.create("libx264", "w")

@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from fractions import Fraction
 
+import av
 import imageio_ffmpeg
+import numpy as np
 import pytest
 from aiohttp import web
 from aiortc.codecs import CODECS
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.rtp import RtpPacket
 
 from media import SFU
 from media.forwarder import TrackForwarder
 from media.ladder import LadderForwarder, layer_sizes
+from media.ladder_worker import LadderWorker
 from media.layers import SimulcastForwarder
 from media.room import Room
 
@@ -248,3 +256,41 @@ async def test_a_reconnecting_publisher_switches_between_ladder_and_simulcast() 
     finally:
         room.end(report=False)
         await room.wait_closed()
+
+
+def h264_frames(width: int, height: int, count: int) -> list[list[bytes]]:
+    """Return ``count`` frames of moving bars encoded by libx264, as RTP payloads."""
+    context = av.CodecContext.create("libx264", "w")
+    context.width, context.height, context.pix_fmt = width, height, "yuv420p"
+    context.time_base = Fraction(1, 30)
+    context.options = {"preset": "ultrafast", "tune": "zerolatency"}
+    packer = H264Encoder()
+    frames = []
+    for index in range(count):
+        image = np.roll(np.tile(np.linspace(0, 255, width, dtype=np.uint8), (height, 1)), index * 4, axis=1)
+        frame = av.VideoFrame.from_ndarray(np.dstack([image] * 3), format="rgb24").reformat(format="yuv420p")
+        frame.pts = index
+        for packet in context.encode(frame):
+            frames.append(packer.pack(packet)[0])
+    return frames
+
+
+def test_the_worker_keeps_its_numbers_when_the_source_changes_size() -> None:
+    """A source that changes resolution (browsers adapt theirs) gets new encoders; the
+    layer's sequence numbers run on, and the new sizes are reported."""
+    sent: list[bytes] = []
+    worker = LadderWorker("H264", 96, {"h": 4321}, sent.append)
+    seq = 100
+    for number, payloads in enumerate(h264_frames(320, 240, 10) + h264_frames(640, 360, 10)):
+        for index, payload in enumerate(payloads):
+            worker.on_packet(RtpPacket(payload_type=96, sequence_number=seq, timestamp=number * 3000,
+                                       ssrc=99, marker=index == len(payloads) - 1, payload=payload))
+            seq += 1
+    sizes = [json.loads(data)["sizes"] for data in sent if data[:1] == b"{" and b"sizes" in data]
+    assert sizes == [{"f": [320, 240], "h": [160, 120]}, {"f": [640, 360], "h": [320, 180]}]
+    packets = [RtpPacket.parse(data) for data in sent if data[:1] != b"{"]
+    assert {p.ssrc for p in packets} == {4321} and {p.payload_type for p in packets} == {96}
+    seqs = [p.sequence_number for p in packets]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs)), seqs
+    assert len({p.timestamp for p in packets}) >= 18  # a frame out per frame in (x264 zerolatency)
+    assert sum(p.marker for p in packets) == len({p.timestamp for p in packets})
