@@ -226,7 +226,9 @@ async def test_a_chromium_viewer_decodes_the_rung_and_the_switches(browser: Any)
             await asyncio.sleep(4)
             settled = await stats()
             fps_up = (settled["decoded"] - up["decoded"]) / 4
-            assert fps_up >= 15, f"{fps_up:.1f} fps after climbing back: {up} -> {settled}"
+            # Full rate again (20 fps from this fake camera, less on a loaded machine):
+            # well above the rung's, so no frames are held back after the switch.
+            assert fps_up >= max(10.0, 2 * fps), f"{fps_up:.1f} fps after climbing back: {up} -> {settled}"
             print(f"Chromium: {fps:.1f} fps on TID 0, {fps_up:.1f} fps back on top "
                   f"({time.monotonic() - lifted:.1f} s); freezes {settled['freezes']}, "
                   f"{settled['frozen']:.2f} s frozen, {settled['lost']} lost")
