@@ -1,23 +1,30 @@
 """Commerce while the SFU forwards: API and checkout latency with and without viewers.
 
-    python -m benchmarks.bench_commerce_fanout [--viewers 100] [--seconds 15] [--rate 40]
+    python -m benchmarks.bench_commerce_fanout [--viewers 100] [--seconds 15] [--rate 40] [--workers 1,2]
 
-Issue 16, item 6: API and checkout latency must not be hostage to media fan-out. One
-server process (`python -m server serve`, one worker, as configured by default) on a
-fresh database. The same run measures it twice with the same probe:
+Issue 16, item 6: API and checkout latency must not be hostage to media fan-out. A
+server (`python -m server serve --workers N`, for each N of `--workers` in turn: one
+process, or a supervisor and N workers sharing the port) on a fresh database. The same
+run measures each server twice with the same probe:
 
 - `idle`: no media (the baseline);
 - `fanout`: a publisher replaying a pre-encoded 640x360 VP8 clip (~1.5 Mbit/s, plus
-  Opus) and `--viewers` aiortc viewers that count packets without decoding, in a client
-  process of their own, while the SFU forwards to all of them.
+  Opus) and `--viewers` aiortc viewers that count packets without decoding, each side in
+  a client process of its own (viewers that fall behind do not slow the publisher), while
+  the SFU forwards to all of them; the packets the server sent are read from /metrics.
 
 The probe, in this process, sends at `--rate` requests/s in total, open loop (a slow
 answer does not slow the sending): `GET /api/v1/products/{id}` (cached read),
 `GET /api/v1/products?limit=20`, and `POST /api/v1/checkout/session` (a real stock hold
 and payment with the offline provider; one in four requests). Prints p50/p99 per request
-kind, the fan-out phase's ratio to idle, viewer delivery and server CPU; writes
+kind, the fan-out phase's ratio to idle, viewer delivery and server CPU (per worker),
+and with several worker counts the fan-out p99 of each against the first's; writes
 benchmarks/results/commerce_fanout-<time>.json. Needs PostgreSQL (BENCH_DATABASE_URL or
-TEST_DATABASE_URL; a database is created and dropped).
+TEST_DATABASE_URL; a database is created and dropped), and Redis for more than one
+worker (BENCH_REDIS_URL or TEST_REDIS_URL; then every server of the run uses it, so that
+only the worker count differs). Every viewer and probe request opens its own connection
+or keeps one open: with workers, the kernel (SO_REUSEPORT) picks the worker per
+connection, so viewers spread over the workers and are relayed from the publisher's.
 """
 
 from __future__ import annotations
@@ -51,40 +58,67 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-# -- media client process -----------------------------------------------------------------
+# -- media client processes: the publisher in one, the viewers in another ----------------------
+# Apart, so that viewers that cannot keep up (one Python process receiving 100+ streams)
+# do not make the publisher send in bursts: the server's fan-out load stays the clip's.
 
-async def _media(base: str, livestream_id: str, stream_key: str, viewers: int, inbox: Any, outbox: Any) -> None:
-    from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+async def _connect(http: aiohttp.ClientSession, url: str, pc: Any, headers: dict[str, str]) -> None:
+    """Offer (ICE on loopback), POST it to a WHIP/WHEP URL, apply the answer."""
+    from aiortc import RTCSessionDescription
 
-    from benchmarks.bench_sfu import CountingSink, ReplayTrack, encode_clip
-    from media.aiortc_hook import ice_host_addresses, install_receiver
+    from media.aiortc_hook import ice_host_addresses
 
-    async def connect(http: aiohttp.ClientSession, pc: RTCPeerConnection, path: str,
-                      headers: dict[str, str]) -> None:
-        offer = await pc.createOffer()
-        with ice_host_addresses(["127.0.0.1"]):
-            await pc.setLocalDescription(offer)
-        async with http.post(f"{base}/api/v1/livestreams/{livestream_id}/{path}", data=pc.localDescription.sdp,
-                             headers={"Content-Type": "application/sdp", **headers}) as resp:
-            if resp.status != 201:
-                raise RuntimeError(f"{path}: {resp.status} {await resp.text()}")
-            answer = await resp.text()
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    offer = await pc.createOffer()
+    with ice_host_addresses(["127.0.0.1"]):
+        await pc.setLocalDescription(offer)
+    async with http.post(url, data=pc.localDescription.sdp,
+                         headers={"Content-Type": "application/sdp", **headers}) as resp:
+        if resp.status != 201:
+            raise RuntimeError(f"{url}: {resp.status} {await resp.text()}")
+        answer = await resp.text()
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+
+def _session() -> aiohttp.ClientSession:
+    # A new connection per WHIP/WHEP POST: with workers, each lands where the kernel puts it.
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
+async def _publish(base: str, livestream_id: str, stream_key: str, inbox: Any, outbox: Any) -> None:
+    from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection
+
+    from benchmarks.bench_sfu import ReplayTrack, encode_clip
 
     clip = encode_clip()
-    async with aiohttp.ClientSession() as http:
+    async with _session() as http:
         publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         publisher.addTransceiver(ReplayTrack(clip), direction="sendonly")
         publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
-        await connect(http, publisher, "publish", {"Authorization": f"Bearer {stream_key}"})
-        await asyncio.sleep(1.0)
+        await _connect(http, f"{base}/api/v1/livestreams/{livestream_id}/publish", publisher,
+                       {"Authorization": f"Bearer {stream_key}"})
+        outbox.put(("published", None))
+        await asyncio.get_running_loop().run_in_executor(None, inbox.get)  # "stop"
+        await publisher.close()
+
+
+def publisher_main(base: str, livestream_id: str, stream_key: str, inbox: Any, outbox: Any) -> None:
+    asyncio.run(_publish(base, livestream_id, stream_key, inbox, outbox))
+
+
+async def _media(base: str, livestream_id: str, viewers: int, inbox: Any, outbox: Any) -> None:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from benchmarks.bench_sfu import CountingSink
+    from media.aiortc_hook import install_receiver
+
+    async with _session() as http:
         pcs, sinks = [], []
         for index in range(viewers):
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             sink = CountingSink()
             install_receiver(pc.addTransceiver("video", direction="recvonly"), sink)
             install_receiver(pc.addTransceiver("audio", direction="recvonly"), CountingSink())
-            await connect(http, pc, "watch", {})
+            await _connect(http, f"{base}/api/v1/livestreams/{livestream_id}/watch", pc, {})
             pcs.append(pc)
             sinks.append(sink)
             if (index + 1) % 25 == 0 or index + 1 == viewers:
@@ -104,11 +138,10 @@ async def _media(base: str, livestream_id: str, stream_key: str, viewers: int, i
         }))
         for pc in pcs:
             await pc.close()
-        await publisher.close()
 
 
-def media_main(base: str, livestream_id: str, stream_key: str, viewers: int, inbox: Any, outbox: Any) -> None:
-    asyncio.run(_media(base, livestream_id, stream_key, viewers, inbox, outbox))
+def media_main(base: str, livestream_id: str, viewers: int, inbox: Any, outbox: Any) -> None:
+    asyncio.run(_media(base, livestream_id, viewers, inbox, outbox))
 
 
 # -- the probe --------------------------------------------------------------------------
@@ -118,6 +151,7 @@ async def probe(base: str, product_id: str, variant_id: str, buyers: list[tuple[
     """Send requests open loop at `rate`/s for `seconds`; return latencies per kind."""
     latencies: dict[str, list[float]] = {k: [] for k in KINDS}
     failures: dict[str, int] = dict.fromkeys(KINDS, 0)
+    slow: list[float] = []  # when (s into the phase) a request over the target was sent
     tasks: list[asyncio.Task[None]] = []
     connector = aiohttp.TCPConnector(limit=200)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -143,6 +177,8 @@ async def probe(base: str, product_id: str, variant_id: str, buyers: list[tuple[
                 ok = False
             if ok:
                 latencies[kind].append((time.perf_counter() - started) * 1000)
+                if latencies[kind][-1] > TARGET_P99_MS:
+                    slow.append(round(started - start, 1))
             else:
                 failures[kind] += 1
 
@@ -167,6 +203,8 @@ async def probe(base: str, product_id: str, variant_id: str, buyers: list[tuple[
             "p50Ms": round(_pct(values, 0.5), 2), "p99Ms": round(_pct(values, 0.99), 2),
             "maxMs": round(values[-1], 2) if values else None,
         }
+    # One stall shows as a cluster of close times, a slow server as times all over the phase.
+    out["overTargetAtS"] = sorted(slow)
     lags.sort()
     out["probeLoopLagMs"] = {"p50": round(_pct(lags, 0.5), 2), "p99": round(_pct(lags, 0.99), 2),
                              "max": round(lags[-1], 2) if lags else None}
@@ -182,9 +220,33 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def _packets_out(bases: list[str], livestream_id: str) -> float:
+    """Return the packets the server's workers (their own ports) have sent for a room."""
+    from benchmarks.report import parse_metrics
+
+    total = 0.0
+    async with aiohttp.ClientSession() as http:
+        for base in bases:
+            async with http.get(base + "/metrics") as resp:
+                total += parse_metrics(await resp.text(), livestream_id)["room_packets_out"]
+    return total
+
+
+def _server_cpu(pid: int) -> list[float]:
+    """Return the CPU seconds of the server and of each worker it supervises (in pid order)."""
+    children = sorted(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    return [_cpu_seconds(pid)] + [_cpu_seconds(c) for c in children]
+
+
+def _cpu_rates(before: list[float], after: list[float], seconds: float) -> dict[str, Any]:
+    """Return the server's total CPU (cores) and each worker's, over `seconds`."""
+    rates = [round((b - a) / seconds, 3) for a, b in zip(before, after, strict=True)]
+    return {"serverCpu": round(sum(rates), 3), "workerCpu": rates[1:]}
+
+
 # -- setup ------------------------------------------------------------------------------
 
-async def seed(dsn: str, tokens: Tokens, buyers: int) -> dict[str, Any]:
+async def seed(dsn: str, tokens: Tokens, buyers: int, livestreams: int) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     try:
         seller_user = await conn.fetchval(
@@ -204,11 +266,14 @@ async def seed(dsn: str, tokens: Tokens, buyers: int) -> dict[str, Any]:
         await conn.execute(
             "INSERT INTO inventory_events (product_id, variant_id, delta, reason) VALUES ($1, $2, 1000000, 'initial')",
             product_id, variant_id)
-        stream_key = "sk_" + secrets.token_urlsafe(24)
-        livestream_id = await conn.fetchval(
-            """INSERT INTO livestreams (seller_id, title, status, stream_key, room)
-               VALUES ($1, 'Fan-out', 'scheduled', $2, $3) RETURNING id""",
-            seller_id, stream_key, "room_" + secrets.token_hex(8))
+        shows = []  # one per server of the run: a show ends when its publisher leaves
+        for _ in range(livestreams):
+            stream_key = "sk_" + secrets.token_urlsafe(24)
+            livestream_id = await conn.fetchval(
+                """INSERT INTO livestreams (seller_id, title, status, stream_key, room)
+                   VALUES ($1, 'Fan-out', 'scheduled', $2, $3) RETURNING id""",
+                seller_id, stream_key, "room_" + secrets.token_hex(8))
+            shows.append((str(livestream_id), stream_key))
         rows = await conn.fetch(
             """WITH u AS (
                    INSERT INTO users (email, password_hash)
@@ -219,33 +284,116 @@ async def seed(dsn: str, tokens: Tokens, buyers: int) -> dict[str, Any]:
     finally:
         await conn.close()
     return {
-        "productId": str(product_id), "variantId": str(variant_id), "livestreamId": str(livestream_id),
-        "streamKey": stream_key,
+        "productId": str(product_id), "variantId": str(variant_id), "shows": shows,
         "buyers": [(tokens.access_token(str(r["user_id"]), "user"), str(r["id"])) for r in rows],
     }
 
 
-def _start_server(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env,
+def _start_server(env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "server", "serve", "--workers", str(workers)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def _ready(base: str) -> None:
+async def _ready(bases: list[str]) -> None:
+    """Wait until every base URL (the port, or each worker's private port) is ready."""
     async with aiohttp.ClientSession() as http:
         for _ in range(600):
-            try:
-                async with http.get(base + "/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
+            ready = 0
+            for base in bases:
+                try:
+                    async with http.get(base + "/readyz") as resp:
+                        ready += resp.status == 200
+                except aiohttp.ClientError:
+                    pass
+            if ready == len(bases):
+                return
             await asyncio.sleep(0.1)
     raise RuntimeError("server did not start")
+
+
+async def measure(args: argparse.Namespace, env: dict[str, str], index: int, workers: int,
+                  seeded: dict[str, Any], show: tuple[str, str]) -> dict[str, Any]:
+    """Start the server with `workers` workers; probe it idle, then during fan-out.
+
+    `index` (the server's place in the run) keeps its checkouts' idempotency keys its own:
+    a repeated worker count must hold stock again, not replay the earlier sessions.
+    """
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    result: dict[str, Any] = {"workers": workers, "loadavgBefore": os.getloadavg(), "phases": {}}
+    with tempfile.TemporaryDirectory() as data_dir:
+        env = {**env, "SHOPSTREAM_PORT": str(port), "SHOPSTREAM_DATA_DIR": data_dir}
+        private = []
+        if workers > 1:
+            env["WORKER_PORT_BASE"] = str(_free_port())  # + index: likely free on loopback
+            private = [f"http://127.0.0.1:{int(env['WORKER_PORT_BASE']) + i}" for i in range(workers)]
+        server = _start_server(env, workers)
+        try:
+            await _ready([base, *private])
+            probe_args = (base, seeded["productId"], seeded["variantId"], seeded["buyers"])
+            log(f"{workers} worker(s), idle: probing {args.seconds:.0f} s at {args.rate:g} req/s ...")
+            cpu0, t0 = _server_cpu(server.pid), time.perf_counter()
+            idle = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase=f"{index}-w{workers}-idle")
+            idle.update(_cpu_rates(cpu0, _server_cpu(server.pid), time.perf_counter() - t0))
+            result["phases"]["idle"] = idle
+
+            ctx = multiprocessing.get_context("spawn")
+            loop = asyncio.get_running_loop()
+            to_publisher, from_publisher = ctx.Queue(), ctx.Queue()
+            publisher = ctx.Process(target=publisher_main, args=(base, *show, to_publisher, from_publisher))
+            publisher.start()
+            inbox, outbox = ctx.Queue(), ctx.Queue()
+            media = ctx.Process(target=media_main, args=(base, show[0], args.viewers, inbox, outbox))
+            try:
+                await loop.run_in_executor(None, from_publisher.get)  # "published"
+                await asyncio.sleep(1.0)
+                media.start()
+                while True:
+                    kind, value = await loop.run_in_executor(None, outbox.get)
+                    if kind == "progress":
+                        log(value)
+                    elif kind == "ready":
+                        log(f"viewers receiving frames: {value}/{args.viewers}")
+                        result["viewersReceiving"] = value
+                        break
+                log(f"{workers} worker(s), fanout: probing {args.seconds:.0f} s at {args.rate:g} req/s ...")
+                inbox.put("start")
+                sent0 = await _packets_out(private or [base], show[0])
+                cpu0, t0 = _server_cpu(server.pid), time.perf_counter()
+                fanout = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase=f"{index}-w{workers}-fanout")
+                elapsed = time.perf_counter() - t0
+                fanout.update(_cpu_rates(cpu0, _server_cpu(server.pid), elapsed))
+                # What the server sent (to viewers and relays), whether or not the viewers kept up.
+                fanout["serverPacketsOutPerSecond"] = round(
+                    (await _packets_out(private or [base], show[0]) - sent0) / elapsed)
+                inbox.put("stop")
+                kind, media_result = await loop.run_in_executor(None, outbox.get)
+                frames = media_result["videoFrames"]
+                fanout["viewerFps"] = {
+                    "min": round(min(frames) / elapsed, 1), "median": round(sorted(frames)[len(frames) // 2] / elapsed, 1),
+                }
+                fanout["forwardedVideoPacketsPerSecond"] = round(media_result["videoPackets"] / elapsed)
+                result["phases"]["fanout"] = fanout
+            finally:
+                to_publisher.put("stop")
+                for process in (media, publisher):
+                    if process.pid is not None:
+                        process.join(timeout=30)
+                    if process.is_alive():
+                        process.kill()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    result["loadavgAfter"] = os.getloadavg()
+    return result
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     admin = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL") \
         or "postgresql://postgres@127.0.0.1:5432/postgres"
+    redis_url = os.environ.get("BENCH_REDIS_URL") or os.environ.get("TEST_REDIS_URL") or ""
+    if max(args.workers) > 1 and not redis_url:
+        raise SystemExit("more than one worker needs Redis: set BENCH_REDIS_URL (or TEST_REDIS_URL)")
     name = f"bench_fanout_{secrets.token_hex(4)}"
     conn = await asyncpg.connect(admin)
     await conn.execute(f'CREATE DATABASE "{name}"')
@@ -254,64 +402,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     jwt_secret = secrets.token_urlsafe(48)
     results: dict[str, Any] = {
         "benchmark": "commerce_fanout", "viewers": args.viewers, "seconds": args.seconds, "rate": args.rate,
-        "cores": os.cpu_count(), "loadavgBefore": os.getloadavg(), "targetP99Ms": TARGET_P99_MS, "phases": {},
+        "workers": args.workers, "redis": bool(redis_url), "cores": os.cpu_count(),
+        "loadavgBefore": os.getloadavg(), "targetP99Ms": TARGET_P99_MS, "runs": [],
     }
     try:
         await migrate(dsn, "shopstream_app", quiet=True)
-        seeded = await seed(dsn, Tokens(jwt_secret, 3600, 3600), buyers=200)
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
-        with tempfile.TemporaryDirectory() as data_dir:
-            env = {**os.environ, "DATABASE_URL": dsn, "JWT_SECRET": jwt_secret, "SHOPSTREAM_PORT": str(port),
-                   "SHOPSTREAM_DATA_DIR": data_dir, "ICE_HOST_ADDRESSES": "127.0.0.1",
-                   "MAX_VIEWERS_PER_ROOM": str(max(500, args.viewers + 10))}
-            env.pop("REDIS_URL", None)
-            server = _start_server(env)
-            try:
-                await _ready(base)
-                probe_args = (base, seeded["productId"], seeded["variantId"], seeded["buyers"])
-                log(f"idle: probing {args.seconds:.0f} s at {args.rate:g} req/s ...")
-                cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
-                idle = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase="idle")
-                idle["serverCpu"] = round((_cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - t0), 3)
-                results["phases"]["idle"] = idle
-
-                ctx = multiprocessing.get_context("spawn")
-                inbox, outbox = ctx.Queue(), ctx.Queue()
-                media = ctx.Process(target=media_main, args=(
-                    base, seeded["livestreamId"], seeded["streamKey"], args.viewers, inbox, outbox))
-                media.start()
-                try:
-                    loop = asyncio.get_running_loop()
-                    while True:
-                        kind, value = await loop.run_in_executor(None, outbox.get)
-                        if kind == "progress":
-                            log(value)
-                        elif kind == "ready":
-                            log(f"viewers receiving frames: {value}/{args.viewers}")
-                            results["viewersReceiving"] = value
-                            break
-                    log(f"fanout: probing {args.seconds:.0f} s at {args.rate:g} req/s ...")
-                    inbox.put("start")
-                    cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
-                    fanout = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase="fanout")
-                    elapsed = time.perf_counter() - t0
-                    fanout["serverCpu"] = round((_cpu_seconds(server.pid) - cpu0) / elapsed, 3)
-                    inbox.put("stop")
-                    kind, media_result = await loop.run_in_executor(None, outbox.get)
-                    frames = media_result["videoFrames"]
-                    fanout["viewerFps"] = {
-                        "min": round(min(frames) / elapsed, 1), "median": round(sorted(frames)[len(frames) // 2] / elapsed, 1),
-                    }
-                    fanout["forwardedVideoPacketsPerSecond"] = round(media_result["videoPackets"] / elapsed)
-                    results["phases"]["fanout"] = fanout
-                finally:
-                    media.join(timeout=30)
-                    if media.is_alive():
-                        media.kill()
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
+        seeded = await seed(dsn, Tokens(jwt_secret, 3600, 3600), buyers=200, livestreams=len(args.workers))
+        env = {**os.environ, "DATABASE_URL": dsn, "JWT_SECRET": jwt_secret, "ICE_HOST_ADDRESSES": "127.0.0.1",
+               "LOG_REQUESTS": "0", "MAX_VIEWERS_PER_ROOM": str(max(500, args.viewers + 10))}
+        for variable in ("REDIS_URL", "SHOPSTREAM_WORKERS", "SHOPSTREAM_WORKER_INDEX", "WORKER_PORT_BASE"):
+            env.pop(variable, None)
+        if redis_url:
+            env.update(REDIS_URL=redis_url, REDIS_PREFIX=f"{name}:")
+        for index, (workers, show) in enumerate(zip(args.workers, seeded["shows"], strict=True)):
+            results["runs"].append(await measure(args, env, index, workers, seeded, show))
     finally:
         await drop(admin, name)
     results["loadavgAfter"] = os.getloadavg()
@@ -319,22 +423,46 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _summary(results: dict[str, Any]) -> None:
-    idle, fanout = results["phases"]["idle"], results["phases"].get("fanout")
-    print(f"\n{'request':<10} {'idle p50':>9} {'idle p99':>9} {'fan-out p50':>12} {'fan-out p99':>12} {'p99 ratio':>10}")
-    for kind in KINDS:
-        a = idle[kind]
-        b = fanout[kind] if fanout else {"p50Ms": float("nan"), "p99Ms": float("nan")}
-        ratio = b["p99Ms"] / a["p99Ms"] if a["p99Ms"] else float("nan")
-        print(f"{kind:<10} {a['p50Ms']:>9} {a['p99Ms']:>9} {b['p50Ms']:>12} {b['p99Ms']:>12} {ratio:>10.2f}")
-    print(f"probe loop lag p99 (control): idle {idle['probeLoopLagMs']['p99']} ms"
-          + (f", fan-out {fanout['probeLoopLagMs']['p99']} ms" if fanout else ""))
-    if fanout:
-        worst = max(fanout[k]["p99Ms"] for k in KINDS)
-        print(f"server CPU: idle {idle['serverCpu']} cores, fan-out {fanout['serverCpu']} cores; "
-              f"{results['viewers']} viewers at {fanout['viewerFps']['median']} fps median "
-              f"(min {fanout['viewerFps']['min']}), {fanout['forwardedVideoPacketsPerSecond']} video packets/s out")
-        print(f"target: every p99 <= {TARGET_P99_MS:g} ms during fan-out: "
-              f"{'met' if worst <= TARGET_P99_MS else 'NOT met'} (worst {worst} ms)")
+    first = None
+    for run in results["runs"]:
+        idle, fanout = run["phases"]["idle"], run["phases"].get("fanout")
+        print(f"\n{run['workers']} worker(s), load average {run['loadavgBefore'][0]:.1f} -> {run['loadavgAfter'][0]:.1f}")
+        print(f"{'request':<10} {'idle p50':>9} {'idle p99':>9} {'fan-out p50':>12} {'fan-out p99':>12} {'p99 ratio':>10}"
+              + (f" {'vs ' + str(first['workers']) + 'w p99':>12}" if first else ""))
+        for kind in KINDS:
+            a = idle[kind]
+            b = fanout[kind] if fanout else {"p50Ms": float("nan"), "p99Ms": float("nan")}
+            ratio = b["p99Ms"] / a["p99Ms"] if a["p99Ms"] else float("nan")
+            versus = ""
+            if first and fanout and first["phases"].get("fanout"):
+                versus = f" {b['p99Ms'] / first['phases']['fanout'][kind]['p99Ms']:>12.2f}"
+            print(f"{kind:<10} {a['p50Ms']:>9} {a['p99Ms']:>9} {b['p50Ms']:>12} {b['p99Ms']:>12} {ratio:>10.2f}{versus}")
+        print(f"probe loop lag p99 (control): idle {idle['probeLoopLagMs']['p99']} ms"
+              + (f", fan-out {fanout['probeLoopLagMs']['p99']} ms" if fanout else ""))
+        if fanout:
+            worst = max(fanout[k]["p99Ms"] for k in KINDS)
+            late = fanout["overTargetAtS"]
+            if late:
+                print(f"requests over {TARGET_P99_MS:g} ms during fan-out: {len(late)}, sent at "
+                      f"{late[0]}-{late[-1]} s into the phase")
+            split = f" (workers {', '.join(str(c) for c in fanout['workerCpu'])})" if fanout["workerCpu"] else ""
+            print(f"server CPU: idle {idle['serverCpu']} cores, fan-out {fanout['serverCpu']} cores{split}; "
+                  f"{results['viewers']} viewers at {fanout['viewerFps']['median']} fps median "
+                  f"(min {fanout['viewerFps']['min']}), {fanout['forwardedVideoPacketsPerSecond']} video packets/s "
+                  f"received, {fanout['serverPacketsOutPerSecond']} packets/s sent by the server")
+            print(f"target: every p99 <= {TARGET_P99_MS:g} ms during fan-out: "
+                  f"{'met' if worst <= TARGET_P99_MS else 'NOT met'} (worst {worst} ms)")
+        first = first or run
+
+
+def _worker_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: worker counts separated by commas, e.g. 1,2") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every worker count must be at least 1")
+    return counts
 
 
 def main() -> None:
@@ -342,6 +470,8 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rate", type=float, default=40.0, help="probe requests per second, all kinds")
+    parser.add_argument("--workers", type=_worker_counts, default=[1],
+                        help="worker counts to measure in turn, e.g. 1,2 (more than 1 needs Redis)")
     args = parser.parse_args()
     results = asyncio.run(run(args))
     _summary(results)

@@ -8,9 +8,13 @@ three layers at 1:2:6 packets, the viewers spread over them by their policies: a
 pinned low, a third on the middle layer by their bandwidth estimate, a third high).
 Real libsrtp sessions and real loopback UDP sockets as in ``bench_sfu.measure_fanout``;
 the simulcast figure includes the layer measurement the receiver does per packet. A
-third figure: the simulcast room with every viewer numbering its packets for
+further figure: the simulcast room with every viewer numbering its packets for
 transport-wide congestion control (the one-byte header extension and a send-time
 record per packet, media.twcc), as Chromium viewers negotiate it.
+With ``--temporal`` a third figure: the simulcast room again, its VP8 payloads carrying
+three temporal layers (TIDs 0, 2, 1, 2 as Chromium sends them), so each layer also has
+its thinned copies (media/temporal.py), and a quarter of the viewers, auto with an
+estimate below the low layer's rate, on its TID 0 rung.
 Also: how long an auto viewer takes to leave the top layer after its link starts
 losing packets, counted in receiver reports (the SFU's reaction; the viewer's time on
 the old layer then depends on the publisher's keyframe latency, measured end to end in
@@ -37,6 +41,7 @@ from media.aiortc_hook import _connected_send
 from media.forwarder import TrackForwarder, ViewerTrack
 from media.layers import LayerPolicy, SimulcastForwarder
 from media.simulcast import LayerSelector
+from media.temporal import rung_key
 
 LAYERS = (("q", 11, 1, 150_000), ("h", 12, 2, 500_000), ("f", 13, 6, 1_500_000))  # rid, ssrc, packets/frame, bps
 
@@ -75,11 +80,20 @@ def drain(sinks: list[socket.socket]) -> None:
                 sink.recv(2048)
 
 
-async def measure(count: int, simulcast: bool, frames: int, twcc: bool = False) -> dict[str, float]:
+def temporal_payload(frame: int, body: bytes) -> bytes:
+    """Return a VP8 payload whose descriptor has a picture id, TL0PICIDX and TID (L1T3)."""
+    tid = (0, 2, 1, 2)[frame % 4]
+    return bytes([0x90, 0xE0, 0x80 | (frame >> 8) & 0x7F, frame & 0xFF, (frame // 4) & 0xFF,
+                  tid << 6 | 0x20]) + body
+
+
+async def measure(count: int, simulcast: bool, frames: int, temporal: bool = False,
+                  twcc: bool = False) -> dict[str, float]:
     """Return CPU µs per forwarded packet (and per ingress packet) for one room."""
     codec = CODECS["video"][0]
     tracks, transports, sinks = await viewers(count, twcc)
-    payload = bytes([0x10, 0x00]) + os.urandom(1100)  # a VP8 keyframe start, then data
+    payload = base = bytes([0x10, 0x00]) + os.urandom(1100)  # a VP8 keyframe start, then data
+    policies = ("low", "auto", "high", "thin") if temporal else ("low", "auto", "high")
     selector = LayerSelector(tuple(rid for rid, *_ in LAYERS))
     if simulcast:
         sink: Any = SimulcastForwarder(codec, lambda ssrc: None, lambda forwarder: None)
@@ -98,6 +112,8 @@ async def measure(count: int, simulcast: bool, frames: int, twcc: bool = False) 
     packets_in = 0
     now = time.monotonic()
     for frame in range(frames):
+        if temporal:  # the same keyframe start (P bit 0) and data behind the descriptor
+            payload = temporal_payload(frame, base[1:])
         for ssrc, per_frame in mix:
             for _ in range(per_frame):
                 seq = seqs[ssrc]
@@ -113,11 +129,15 @@ async def measure(count: int, simulcast: bool, frames: int, twcc: bool = False) 
         if frame == 0:  # the viewers join once every layer has started
             for index, track in enumerate(tracks):
                 if simulcast:
-                    policy = LayerPolicy(("low", "auto", "high")[index % 3])
-                    policy.estimator.estimate_bps = 600_000  # the middle layer fits
+                    quality = policies[index % len(policies)]
+                    policy = LayerPolicy("auto" if quality == "thin" else quality)
+                    # The middle layer fits; "thin": less than the low layer (its TID 0 rung).
+                    policy.estimator.estimate_bps = 100_000 if quality == "thin" else 600_000
                     sink.add_viewer(track, policy)
                 else:
                     sink.add_viewer(track)
+        if temporal and frame == 30:  # the rungs are measured: the thin viewers move down
+            sink.review()
         if frame % 2 == 0:
             drain(sinks)
     sent = sum(track.packets for track in tracks)
@@ -129,6 +149,7 @@ async def measure(count: int, simulcast: bool, frames: int, twcc: bool = False) 
               "packets_out": sent}
     if simulcast:
         result["viewers_per_layer"] = sink.viewers_per_layer()
+        result["viewers_on_tid0"] = sum(1 for track in tracks if sink.ssrc_of(track) == rung_key(11, 0))
     return result
 
 
@@ -162,6 +183,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "twcc_ratio": round(numbered["us_per_packet_out"] / single["us_per_packet_out"], 3),
             "simulcast_viewers_per_layer": layered["viewers_per_layer"],
         }
+        if args.temporal:
+            thinned = await measure(count, True, args.frames, temporal=True)
+            results["rooms"][count].update({
+                "temporal_us_per_packet": round(thinned["us_per_packet_out"], 2),
+                "temporal_ratio": round(thinned["us_per_packet_out"] / single["us_per_packet_out"], 3),
+                "temporal_viewers_on_tid0": thinned["viewers_on_tid0"],
+            })
     results["reports_to_switch_down_at_30pct_loss"] = reports_to_switch_down()
     return results
 
@@ -171,6 +199,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--viewers", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--temporal", action="store_true",
+                        help="also measure a room whose VP8 carries temporal layers")
     print(json.dumps(asyncio.run(run(parser.parse_args())), indent=2))
 
 

@@ -4,7 +4,8 @@ Run ``shopstream loadtest [--scenario smoke] [--viewers 50 ...]`` (or
 ``python -m benchmarks.loadtest``). One publisher (ffmpeg WHIP or aiortc), viewers
 joining over WHEP at a given rate (a share on WebSocket events only), chat over the
 events channel and a flash drop; progress every second, then a table, JSON and a PNG
-in ``benchmarks/results/``. Everything is bounded: each phase has a deadline and
+in ``benchmarks/results/``. With ``--nodes`` (``--scenario cluster``) the viewers are
+spread over a cluster's nodes and the report has a row and an invariant per node. Everything is bounded: each phase has a deadline and
 every peer, socket and subprocess is closed on the way out.
 """
 
@@ -17,6 +18,7 @@ import itertools
 import math
 import sys
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,13 +28,17 @@ import aiohttp
 from benchmarks import report as reporting
 from benchmarks.peers import MediaViewer, Publisher
 from benchmarks.scenario import Scenario, ScenarioError, add_arguments, from_arguments
-from benchmarks.shop import API, Api, EventsClient, LoadError, Show, add_shoppers, buy_now, set_up, within
+from benchmarks.shop import (API, Account, Api, EventsClient, LoadError, Show, add_shoppers, buy_now, set_up,
+                             within)
 
 CHATTERS = 5  # shopper accounts that chat, when there is chat but no drop
 LIVE_TIMEOUT = 30.0
 STOP_SECONDS = 10.0  # for the load tasks to end once cancelled, and for each closing step
 METRICS_SECONDS = 5.0
 CHAT_GRACE = 1.0  # seconds before the end when chat stops, so its deliveries can be counted
+# In a cluster, chat must reach the viewers of every node: each node's delivered share
+# must be at least this (a message lost between nodes shows there, not in the average).
+CHAT_DELIVERED_MIN = 0.99
 
 
 @dataclass
@@ -43,6 +49,7 @@ class ChatLog:
     sent: dict[str, tuple[float, int, frozenset[int]]] = field(default_factory=dict)
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (sent at, latency)
     received: int = 0
+    by_recipient: defaultdict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # latencies
 
     def recipient(self, index: int) -> Callable[[str, float], None]:
         def on_chat(message: str, now: float) -> None:
@@ -51,8 +58,13 @@ class ChatLog:
             # there, so counting it would push the delivered share over 100 %.
             if entry is not None and index in entry[2]:
                 self.received += 1
+                self.by_recipient[index].append(now - entry[0])
                 self.latencies.append((entry[0], now - entry[0]))
         return on_chat
+
+    def expected(self) -> Counter[int]:
+        """Return how many messages each recipient should have got."""
+        return Counter(index for _, _, recipients in self.sent.values() for index in recipients)
 
 
 class LoadTest:
@@ -61,7 +73,13 @@ class LoadTest:
     def __init__(self, scenario: Scenario, log: Callable[[str], None]) -> None:
         self.s = scenario
         self.log = log
-        self.api = Api(scenario.target)
+        # One client per node (the target first): each viewer talks to its own node.
+        self.apis = [Api(url) for url in scenario.node_urls]
+        self.api = self.apis[0]
+        self.viewer_nodes: list[int] = []  # the node of each entry of self.viewers
+        self.node_of: dict[int, int] = {}  # viewer index -> node
+        self.admin: Account | None = None
+        self.cluster_room: dict[str, Any] | None = None  # the room in the admin cluster view
         self.show: Show | None = None
         self.publisher: Publisher | None = None
         self.viewers: list[MediaViewer] = []
@@ -80,6 +98,7 @@ class LoadTest:
         self.stopped = False  # _stop() ran to its end: close() has only the HTTP client left
         self.media_figures: list[dict[str, Any]] = []
         self.final_metrics: dict[str, float] | None = None
+        self.final_nodes: list[dict[str, float]] = []
 
     # --- the run ------------------------------------------------------------------------
 
@@ -105,7 +124,7 @@ class LoadTest:
         await self._start_publisher()
         self.t0 = time.monotonic()
         self.log(f"live: {s.media_viewers} media + {s.ws_viewers} WS viewers at {s.join_rate}/s, "
-                 f"{s.duration:.0f} s")
+                 f"{s.duration:.0f} s" + (f", over {len(self.apis)} nodes" if len(self.apis) > 1 else ""))
         for name, coro in (("sample", self._sample()), ("join", self._join_all()),
                            ("chat", self._chat()), ("drop", self._drop())):
             self._spawn(coro, name)
@@ -168,17 +187,20 @@ class LoadTest:
     async def _join(self, index: int, ws_only: bool, account: Any) -> None:
         show = self.show
         assert show is not None
+        node = self.node_of[index] = index % len(self.apis)
+        api = self.apis[node]
         if not ws_only:
-            viewer = MediaViewer(self.s.target, show.livestream_id, self.s.decode_first_frames)
+            viewer = MediaViewer(api.base, show.livestream_id, self.s.decode_first_frames)
             self.viewers.append(viewer)
+            self.viewer_nodes.append(node)
             try:
-                await viewer.join(self.api.http)
+                await viewer.join(api.http)
             except LoadError as exc:
                 viewer.failed = exc.code  # counted once, in the report's join errors
                 self.log(f"viewer {index}: {exc}")
                 return
         if (ws_only or account is not None) and self.has_events:
-            events = EventsClient(self.api, show.livestream_id, account, self.chat.recipient(index))
+            events = EventsClient(api, show.livestream_id, account, self.chat.recipient(index))
             self.events[index] = events
             await events.connect()
             if ws_only:
@@ -252,35 +274,39 @@ class LoadTest:
     async def _sample(self) -> None:
         """Read `/metrics` once a second and print a progress line."""
         assert self.show is not None
-        last_cpu, last_client, last_wall = math.nan, time.process_time(), time.monotonic()
+        last_cpu, last_client, last_wall = [math.nan] * len(self.apis), time.process_time(), time.monotonic()
         while not self.stopping:
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - last_wall)))
             now = time.monotonic()
             try:
-                text = await self.api.request("GET", "/metrics", timeout=METRICS_SECONDS)
+                nodes = await self._read_metrics(METRICS_SECONDS)
             except LoadError as exc:
                 self.errors.append("metrics")
                 self.log(f"error: reading /metrics: {exc}")
                 last_wall = now
                 continue
-            figures = reporting.parse_metrics(text, self.show.livestream_id)
+            figures = reporting.combine(nodes)
             client = time.process_time()
             wall = now - last_wall
+            cpus = [None if math.isnan(before) else (n["cpu_seconds"] - before) / wall
+                    for n, before in zip(nodes, last_cpu, strict=True)]
             recent = [lat for at, lat in self.chat.latencies if at >= now - 2.0]
             sample = {
                 "t": round(now - self.t0, 2),
                 "media_viewers": sum(1 for v in self.viewers if v.connected_at is not None and not v.failed),
                 "ws_viewers": self.ws_joined,
                 "room_viewers": figures["room_viewers"],
-                "server_cpu": (figures["cpu_seconds"] - last_cpu) / wall if not math.isnan(last_cpu) else None,
+                "server_cpu": None if None in cpus else sum(c for c in cpus if c is not None),
                 "client_cpu": (client - last_client) / wall,
                 "rss_bytes": figures["rss_bytes"] if not math.isnan(figures["rss_bytes"]) else None,
                 "frames": sum(v.video.frames for v in self.viewers),
                 "chat_p50": reporting.percentile(recent, 50),
                 **{k: figures[k] for k in ("room_packets_out", "room_drops", "http_5xx")},
+                "nodes": [{"room_viewers": n["room_viewers"], "server_cpu": c}
+                          for n, c in zip(nodes, cpus, strict=True)],
             }
             self.samples.append(sample)
-            last_cpu, last_client, last_wall = figures["cpu_seconds"], client, now
+            last_cpu, last_client, last_wall = [n["cpu_seconds"] for n in nodes], client, now
             self.log(
                 f"t={sample['t']:5.1f}s viewers {sample['media_viewers']}+{sample['ws_viewers']}ws "
                 f"(room {sample['room_viewers']:.0f}) frames {sample['frames']} "
@@ -321,6 +347,8 @@ class LoadTest:
         await self._cancel_tasks()
         self.media_figures = [v.figures() for v in self.viewers]
         self.final_metrics = await self._metrics_or_none()
+        if len(self.apis) > 1:
+            await self._read_cluster_view()
         self.log(f"stop: leaving {len(self.viewers)} media and {len(self.events)} events session(s)")
         await self._bounded("leaving a WHEP session", [v.leave(self.api.http) for v in self.viewers])
         await self._bounded("closing an events socket", [e.close() for e in self.events.values()])
@@ -334,14 +362,42 @@ class LoadTest:
         self.stopped = True
         self.log("stop: done")
 
-    async def _metrics_or_none(self) -> dict[str, float] | None:
+    async def _read_metrics(self, timeout: float) -> list[dict[str, float]]:
+        """Read every node's `/metrics` at once; return each node's figures (target first)."""
         assert self.show is not None
+        texts = await asyncio.gather(*(api.request("GET", "/metrics", timeout=timeout) for api in self.apis))
+        return [reporting.parse_metrics(text, self.show.livestream_id) for text in texts]
+
+    async def _metrics_or_none(self) -> dict[str, float] | None:
         try:
-            text = await self.api.request("GET", "/metrics", timeout=2 * METRICS_SECONDS)
+            self.final_nodes = await self._read_metrics(2 * METRICS_SECONDS)
         except LoadError as exc:
             self.log(f"warning: final /metrics read failed: {exc}")
             return None
-        return reporting.parse_metrics(text, self.show.livestream_id)
+        return reporting.combine(self.final_nodes)
+
+    async def _admin(self) -> Account:
+        """Log in as the admin (once) for the inventory check and the cluster view."""
+        if self.admin is None:
+            self.admin = await self.api.login(self.s.admin_email, self.s.admin_password)
+        return self.admin
+
+    async def _read_cluster_view(self) -> None:
+        """Record the room's origin, relays and viewers from `GET /admin/cluster`.
+
+        Read while every viewer is still connected: registrations are a heartbeat old.
+        """
+        assert self.show is not None
+        try:
+            admin = await self._admin()
+            view = await self.api.request("GET", f"{API}/admin/cluster", headers=admin.headers,
+                                          timeout=METRICS_SECONDS)
+        except LoadError as exc:
+            self.log(f"warning: the admin cluster view could not be read: {exc}")
+            return
+        self.cluster_room = next((r for r in view.get("rooms", []) if r.get("id") == self.show.livestream_id),
+                                 {"id": self.show.livestream_id, "origin": None})
+        self.log(f"cluster: origin {self.cluster_room.get('origin')}, relays {self.cluster_room.get('relays')}")
 
     async def _check_inventory(self) -> None:
         """Verify oversold = 0: stock read back through the API and the admin invariant check."""
@@ -364,7 +420,7 @@ class LoadTest:
         self.drop["oversold"] = max(self.drop["oversold"], self.drop["successes"] - s.drop_units)
         if self.api.has(f"{API}/admin/inventory/check"):
             try:
-                admin = await self.api.login(s.admin_email, s.admin_password)
+                admin = await self._admin()
                 check = await self.api.request("GET", f"{API}/admin/inventory/check", headers=admin.headers)
             except LoadError as exc:
                 self.drop["inventory_check"] = f"not run: {exc.code}"
@@ -435,7 +491,40 @@ class LoadTest:
             "no_oversell": self.drop["oversold"] == 0 and self.drop["successes"] <= max(s.drop_units, 0),
             "no_server_errors": server_5xx == 0 and "publisher" not in self.errors,
         }
+        if len(self.apis) > 1:
+            report["nodes"] = nodes = self._nodes_report()
+            report["cluster"] = self.cluster_room
+            chatting = s.chat_rate > 0 and self.has_events
+            report["invariants"]["chat_delivered_on_every_node"] = not chatting or chat_reached_every_node(nodes)
         return report
+
+    def _nodes_report(self) -> list[dict[str, Any]]:
+        """Return each node's part of the show: its viewers and their frames, chat, CPU."""
+        s, count = self.s, len(self.apis)
+        expected = self.chat.expected()
+        nodes = []
+        for node, url in enumerate(s.node_urls):
+            planned = sum(1 for i in range(s.media_viewers) if i % count == node)
+            joined = [m for m, n in zip(self.media_figures, self.viewer_nodes, strict=False)
+                      if n == node and m["failed"] is None and m["connect_s"] is not None]
+            frames = [m["frames"] for m in joined]
+            here = [i for i, n in self.node_of.items() if n == node]
+            chat_expected = sum(expected[i] for i in here)
+            latencies = [lat for i in here for lat in self.chat.by_recipient.get(i, [])]
+            cpus = [p["nodes"][node]["server_cpu"] for p in self.samples if p["nodes"][node]["server_cpu"] is not None]
+            nodes.append({
+                "url": url, "media_planned": planned, "media_joined": len(joined),
+                "viewers_without_frames": sum(1 for f in frames if f == 0) + planned - len(joined),
+                "frames_min": min(frames, default=None),
+                "ws_joined": sum(1 for i in here if i >= s.media_viewers and i in self.events
+                                 and self.events[i].connect_seconds is not None),
+                "chat_expected": chat_expected, "chat_received": len(latencies),
+                "chat_delivered_share": len(latencies) / chat_expected if chat_expected else None,
+                "chat_latency": reporting.spread(latencies),
+                "server_cpu_mean": _mean(cpus),
+                "room_viewers_max": max((p["nodes"][node]["room_viewers"] for p in self.samples), default=None),
+            })
+        return nodes
 
     async def close(self) -> None:
         """Release everything, also after a failed run (each step bounded)."""
@@ -445,8 +534,14 @@ class LoadTest:
         if not self.stopped:
             await self._bounded("closing an events socket", [e.close() for e in self.events.values()])
             await self._bounded("closing a viewer", [v.leave(self.api.http) for v in self.viewers])
-        with contextlib.suppress(Exception):  # noqa: BLE001 - best-effort cleanup
-            await within(STOP_SECONDS, self.api.close(), "closing the HTTP client")
+        for api in self.apis:
+            with contextlib.suppress(Exception):  # noqa: BLE001 - best-effort cleanup
+                await within(STOP_SECONDS, api.close(), "closing the HTTP client")
+
+
+def chat_reached_every_node(nodes: list[dict[str, Any]]) -> bool:
+    """Say whether every node had chat recipients and they got (nearly) all of it."""
+    return all(n["chat_expected"] and n["chat_received"] >= CHAT_DELIVERED_MIN * n["chat_expected"] for n in nodes)
 
 
 def _clean(check: Any) -> bool:

@@ -45,6 +45,11 @@ def parse_metrics(text: str, room: str) -> dict[str, float]:
     return found
 
 
+def combine(nodes: list[dict[str, float]]) -> dict[str, float]:
+    """Add up the figures of several nodes (CPU, RSS, viewers, packets, errors)."""
+    return {key: sum(n[key] for n in nodes) for key in nodes[0]}
+
+
 def _fmt(value: Any, unit: str = "", scale: float = 1.0, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -86,6 +91,8 @@ def table(report: dict[str, Any]) -> str:
     ]
     if drop.get("skipped"):
         rows.insert(12, ("drop", "skipped", drop["skipped"]))
+    if report.get("nodes"):
+        rows[-1:-1] = _node_rows(report)
     width = max(len(r[1]) for r in rows)
     lines = [f"Load test '{report['scenario']['name']}' against {report['scenario']['target']}",
              "-" * (width + 30)]
@@ -95,6 +102,23 @@ def table(report: dict[str, Any]) -> str:
     verdicts = "  ".join(f"{k}: {'ok' if v else 'VIOLATED'}" for k, v in report["invariants"].items())
     lines.append(f"invariants  {verdicts}")
     return "\n".join(lines)
+
+
+def _node_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Return the table's rows for a cluster: each node's viewers, frames, chat and CPU."""
+    rows = []
+    for index, node in enumerate(report["nodes"]):
+        rows.append(("nodes" if index == 0 else "", node["url"],
+                     f"media {node['media_joined']}/{node['media_planned']} (without frames "
+                     f"{node['viewers_without_frames']}, frames min {_fmt(node['frames_min'])}), "
+                     f"WS {node['ws_joined']}, chat {node['chat_received']}/{node['chat_expected']} "
+                     f"({_fmt(node['chat_delivered_share'], ' %', 100, 1)}, p99 "
+                     f"{_fmt(node['chat_latency']['p99'], ' ms', 1000)}), "
+                     f"CPU {_fmt(node['server_cpu_mean'], ' %', 100)}"))
+    room = report.get("cluster") or {}
+    relays = ", ".join(f"{k} {v}" for k, v in sorted((room.get("relays") or {}).items())) or "-"
+    rows.append(("", "origin / relays (viewers)", f"{room.get('origin') or '-'} / {relays}"))
+    return rows
 
 
 def count(values: list[str]) -> dict[str, int]:
@@ -126,10 +150,15 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     top.plot(t, [p["media_viewers"] for p in timeline], label="media viewers (client)")
     top.plot(t, [p["ws_viewers"] for p in timeline], label="WS viewers (client)")
     top.plot(t, [p["room_viewers"] for p in timeline], "--", label="room viewers (server)")
+    urls = [n["url"] for n in report.get("nodes") or []]
+    for index, url in enumerate(urls):  # a cluster: each node's viewers and CPU
+        top.plot(t, [p["nodes"][index]["room_viewers"] for p in timeline], ":", label=f"on {url}")
     top.set_ylabel("viewers")
     top.legend(loc="upper left", fontsize=8)
     middle.plot(t, [_pct(p["server_cpu"]) for p in timeline], label="server CPU")
     middle.plot(t, [_pct(p["client_cpu"]) for p in timeline], label="load-test CPU")
+    for index, url in enumerate(urls):
+        middle.plot(t, [_pct(p["nodes"][index]["server_cpu"]) for p in timeline], ":", label=f"CPU {url}")
     middle.set_ylabel("% of one core")
     twin = middle.twinx()
     twin.plot(t, [_mb(p["rss_bytes"]) for p in timeline], color="grey", linestyle=":", label="server RSS")
@@ -146,7 +175,7 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     bottom.set_ylabel("ms")
     bottom.set_xlabel("seconds since the publisher went live")
     bottom.legend(loc="upper left", fontsize=8)
-    figure.suptitle(f"Load test '{report['scenario']['name']}'")
+    figure.suptitle(f"Load test '{report['scenario']['name']}'" + (f" over {len(urls)} nodes" if urls else ""))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

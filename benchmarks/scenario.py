@@ -61,6 +61,9 @@ class Scenario:
     admin_email: str = "admin@demo.shopstream.test"
     admin_password: str = "demo-admin-pass"
     allow_remote: bool = False  # refuse any target but loopback unless set
+    # A cluster: the other nodes' base URLs, comma separated. Setup and the publisher go
+    # to `target`; viewers, chatters and buyers are spread over target + nodes in turn.
+    nodes: str = ""
     results_dir: str = str(RESULTS)
 
     def validate(self) -> Scenario:
@@ -82,12 +85,22 @@ class Scenario:
         for name, ok in checks.items():
             if not ok:
                 raise ScenarioError(f"{name}: {getattr(self, name)!r} is out of range")
-        host = urllib.parse.urlsplit(self.target).hostname
-        if host not in ("127.0.0.1", "localhost", "::1") and not self.allow_remote:
-            raise ScenarioError(
-                f"target {self.target!r} is not loopback; pass --allow-remote to load another host"
-            )
+        for url in self.node_urls:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ScenarioError(f"node {url!r} is not an http(s) base URL")
+            if parts.hostname not in ("127.0.0.1", "localhost", "::1") and not self.allow_remote:
+                raise ScenarioError(
+                    f"target {url!r} is not loopback; pass --allow-remote to load another host"
+                )
+        if len(set(self.node_urls)) != len(self.node_urls):
+            raise ScenarioError(f"nodes: {self.nodes!r} names a node twice (or the target)")
         return self
+
+    @property
+    def node_urls(self) -> list[str]:
+        """Return the base URLs of every node: the target first, then `nodes`."""
+        return [self.target.rstrip("/")] + [u.strip().rstrip("/") for u in self.nodes.split(",") if u.strip()]
 
     @property
     def ws_viewers(self) -> int:
@@ -146,7 +159,7 @@ def build(path: str | Path | None = None, **overrides: Any) -> Scenario:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--scenario`` and one flag per scenario field (flags override the file)."""
-    parser.add_argument("--scenario", help="scenario file (TOML/JSON) or a ready one: smoke, max_2core, drop")
+    parser.add_argument("--scenario", help="scenario file (TOML/JSON) or a ready one: smoke, max_2core, drop, cluster")
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         if f.type in ("bool", bool):

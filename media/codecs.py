@@ -67,6 +67,32 @@ def _vp8_keyframe_header(payload: bytes) -> int | None:
     return None if payload[index] & 0x01 else index
 
 
+def vp8_temporal(payload: bytes) -> tuple[int, int, int] | None:
+    """Return (TID, picture id, picture id bytes) of a VP8 payload that has a TID.
+
+    None if the payload descriptor (RFC 7741 4.2) carries no TID; picture id bytes are
+    0 (no picture id; the id is then -1), 1 (7 bits) or 2 (15 bits, M set).
+    """
+    if len(payload) < 3 or not payload[0] & 0x80 or not payload[1] & 0x20:
+        return None
+    extension = payload[1]
+    index = 2
+    picture_id, id_bytes = -1, 0
+    if extension & 0x80:  # I: picture id
+        if payload[2] & 0x80:
+            if len(payload) < 4:
+                return None
+            picture_id, id_bytes = (payload[2] & 0x7F) << 8 | payload[3], 2
+        else:
+            picture_id, id_bytes = payload[2], 1
+        index += id_bytes
+    if extension & 0x40:  # L: TL0PICIDX
+        index += 1
+    if index >= len(payload):
+        return None
+    return payload[index] >> 6, picture_id, id_bytes
+
+
 def is_h264_keyframe(payload: bytes) -> bool:
     """Return whether an H.264 payload (RFC 6184) carries an SPS or starts an IDR."""
     if not payload:

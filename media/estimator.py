@@ -83,7 +83,12 @@ class BandwidthEstimator:
                     self.probe_bps = next_bps * PROBE_HEADROOM
 
     def limited(self, now: float) -> bool:
-        """Return whether loss or delay cut the estimate lately (else it may still climb)."""
+        """Return whether loss, delay or the viewer's REMB held the estimate back lately.
+
+        Otherwise the viewer may still be climbing (it starts low and probes up).
+        """
+        if self.remb_bps is not None and now - self.remb_at < REMB_MAX_AGE:
+            return True
         return self.limited_at is not None and now - self.limited_at < LIMITED_SECONDS
 
     def may_rise(self) -> bool:

@@ -26,6 +26,7 @@ from .estimator import BandwidthEstimator
 from .forwarder import TrackCounters, TrackForwarder, ViewerTrack, _newer
 from .probe import Prober
 from .simulcast import Layer, LayerSelector
+from .temporal import TemporalLayers, is_rung, real_ssrc
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +49,17 @@ class LayerPolicy:
     def choose(self, ranked: list[Layer], current: Layer | None = None) -> Layer:
         """Return the layer to forward among ``ranked`` (lowest first, never empty).
 
-        An auto viewer on ``current`` moves above it only after a passed probe.
+        An auto viewer on ``current`` moves above it only after a passed probe; one not
+        measured yet (estimate 0) starts on the lowest encoding at its full frame rate.
         """
-        if self.quality == "low":
-            return ranked[0]
+        lowest = next((layer for layer in ranked if not is_rung(layer)), ranked[0])
+        if self.quality == "low":  # the lowest encoding at its full frame rate
+            return lowest
         estimate = self.estimate_bps
         if self.quality == "high" or estimate is None:
             return ranked[-1]
+        if not estimate:
+            return lowest
         fitting = [layer for layer in ranked if (layer.avg_bps or layer.peak_bps) <= estimate]
         chosen = fitting[-1] if fitting else ranked[0]
         if (current in ranked and ranked.index(chosen) > ranked.index(current)
@@ -91,6 +96,7 @@ class SimulcastForwarder:
         self._last_review = 0.0
         self.switches = 0
         self.prober = Prober()
+        self.temporal = TemporalLayers(self)  # VP8 temporal rungs (media/temporal.py)
 
     # --- publisher side (PacketSink) ----------------------------------------------------
 
@@ -105,10 +111,10 @@ class SimulcastForwarder:
             self.receiver = None
 
     def on_sender_report(self, packet: RtcpSrPacket) -> None:
-        """Hand a layer's sender report to its forwarder."""
-        layer = self.layers.get(packet.ssrc)
-        if layer is not None:
-            layer.on_sender_report(packet)
+        """Hand a layer's sender report to its forwarder (and its temporal rungs')."""
+        for key, layer in self.layers.items():
+            if real_ssrc(key) == packet.ssrc:
+                layer.on_sender_report(packet)
 
     def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
         """Forward one packet of any layer to the viewers on that layer."""
@@ -122,6 +128,8 @@ class SimulcastForwarder:
                 if size is not None:
                     measured.pixels = size[0] * size[1]
         layer.on_rtp(packet, codec)
+        if self.codec.name == "VP8":
+            self.temporal.on_packet(packet, codec)
         now = time.monotonic()
         if now - self._last_review >= REVIEW_SECONDS:
             self._last_review = now
@@ -146,7 +154,10 @@ class SimulcastForwarder:
         if self.selector is None:
             return []
         now = now if now is not None else _loop_time()
-        return [layer for layer in self.selector.ranked(now) if layer.ssrc in self.layers]
+        ranked = [layer for layer in self.selector.ranked(now) if layer.ssrc in self.layers]
+        lowest = next((layer.ssrc for layer in ranked if not is_rung(layer)), None)
+        # Temporal rungs only below the lowest encoding: fewer frames before fewer pixels.
+        return [layer for layer in ranked if not is_rung(layer) or real_ssrc(layer.ssrc) == lowest]
 
     def review(self, now: float | None = None) -> None:
         """Ask every viewer's policy for its layer; start the switches that changed."""
@@ -182,6 +193,10 @@ class SimulcastForwarder:
         target.waiting.append(viewer)
         target._keyframe_needed()
 
+    def request_keyframe(self, ssrc: int) -> None:
+        """Ask for a keyframe of the layer ``ssrc`` (a viewer's PLI/FIR, throttled)."""
+        self._keyframe_needed(real_ssrc(ssrc))
+
     def layer_of(self, viewer: ViewerTrack) -> TrackForwarder | None:
         """Return the forwarder a viewer is on now."""
         return viewer.layer if viewer.layer in self.layers.values() else None
@@ -198,7 +213,7 @@ class SimulcastForwarder:
         return None
 
     def ssrc_of(self, viewer: ViewerTrack) -> int | None:
-        """Return the publisher SSRC of the layer a viewer is on now."""
+        """Return the key of the layer a viewer is on now (its SSRC, or a temporal rung's)."""
         for ssrc, forwarder in self.layers.items():
             if forwarder is viewer.layer:
                 return ssrc
@@ -290,7 +305,10 @@ class SimulcastForwarder:
                     or (policy.quality == "auto" and not policy.estimator.limited(now))):
                 return ceiling
             best = max(best, ranked.index(policy.choose(ranked)))
-        needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: best + 1])
+        # A temporal rung needs its whole encoding sent: the lowest encoding is the floor.
+        floor = next(index for index, layer in enumerate(ranked) if not is_rung(layer))
+        needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: max(best, floor) + 1]
+                     if not is_rung(layer))
         return int(min(ceiling, max(needed * 1.5, 100_000)))
 
     def set_quality(self, viewer: ViewerTrack, quality: str) -> None:
@@ -341,7 +359,7 @@ class SimulcastForwarder:
     def restart(self) -> None:
         """Re-anchor every viewer for a new publisher stream (new layers, new SSRCs)."""
         viewers: list[ViewerTrack] = list(self.unplaced)
-        for layer in self.layers.values():
+        for key, layer in self.layers.items():
             for viewer in list(layer.waiting):
                 if viewer.next_layer is layer:  # a pending switch: it is on another layer
                     layer.waiting.remove(viewer)
@@ -352,14 +370,16 @@ class SimulcastForwarder:
             counters = layer.counters()
             for name in ("packets_out", "bytes_out", "drops", "nacks_served"):
                 setattr(self.retired, name, getattr(self.retired, name) + getattr(counters, name))
-            self._retired_in[0] += layer.packets_in
-            self._retired_in[1] += layer.bytes_in
+            if self.is_ingress(key):
+                self._retired_in[0] += layer.packets_in
+                self._retired_in[1] += layer.bytes_in
             self._retired_in[2] += layer.nacks_missed
         # The viewers' own counters moved into ``retired`` with their layer: start anew.
         for viewer in viewers:
             viewer.packets = viewer.octets = viewer.drops = viewer.nacks_served = 0
             viewer.layer = None
         self.layers = {}
+        self.temporal.clear()
         self.unplaced = viewers
 
     def switch_codec(self, codec: RTCRtpCodecParameters) -> None:
@@ -420,15 +440,21 @@ class SimulcastForwarder:
             total.nacks_served += counters.nacks_served
         return total
 
+    def is_ingress(self, key: int) -> bool:
+        """Return whether layer ``key`` is the publisher's (not made here, like a temporal rung)."""
+        return key == real_ssrc(key)
+
     @property
     def packets_in(self) -> int:
         """Return the packets received on every layer."""
-        return self._retired_in[0] + sum(layer.packets_in for layer in self.layers.values())
+        return self._retired_in[0] + sum(layer.packets_in for key, layer in self.layers.items()
+                                         if self.is_ingress(key))
 
     @property
     def bytes_in(self) -> int:
         """Return the payload bytes received on every layer."""
-        return self._retired_in[1] + sum(layer.bytes_in for layer in self.layers.values())
+        return self._retired_in[1] + sum(layer.bytes_in for key, layer in self.layers.items()
+                                         if self.is_ingress(key))
 
     @property
     def nacks_missed(self) -> int:
@@ -465,7 +491,7 @@ class SimulcastForwarder:
         for ssrc, layer in self.layers.items():
             found = self.selector.layers.get(ssrc)
             if found is not None:
-                out[found.rid] = sum(1 for v in self.policies if v.layer is layer)
+                out[found.rid] = out.get(found.rid, 0) + sum(1 for v in self.policies if v.layer is layer)
         return out
 
 

@@ -16,6 +16,7 @@ from aiortc.rtp import RtcpReceiverInfo
 
 from .aiortc_hook import ForwardingSender
 from .forwarder import TrackForwarder, ViewerTrack
+from .ladder import LADDER_IDLE_SECONDS, LadderForwarder
 from .layers import QUALITIES, LayerPolicy, SimulcastForwarder
 from .session import MediaSession
 
@@ -79,6 +80,8 @@ class Room:
         grace_seconds: float,
         idle_seconds: float,
         gop_cache_bytes: int = 0,
+        ladder_layers: int = 0,
+        ladder_idle_seconds: float = LADDER_IDLE_SECONDS,
         on_state_change: Callable[[Room, RoomState], None],
         on_idle_expired: Callable[[Room], None],
     ) -> None:
@@ -95,6 +98,10 @@ class Room:
         self._grace_seconds = grace_seconds
         self._idle_seconds = idle_seconds
         self._gop_cache_bytes = gop_cache_bytes
+        # A single-layer publisher's video gets this many generated lower layers (see
+        # media/ladder.py) while viewers need them; 0: forwarded as it comes.
+        self._ladder_layers = ladder_layers
+        self._ladder_idle_seconds = ladder_idle_seconds
         self._on_state_change = on_state_change
         self._on_idle_expired = on_idle_expired
         self._loop = asyncio.get_running_loop()
@@ -116,6 +123,11 @@ class Room:
         forwarder; the viewers move over and continue their numbers.
         """
         old = self.forwarders.get("video")
+        if not simulcast_rids and self._ladder_layers:
+            return self._ladder_forwarder(codec)
+        if isinstance(old, LadderForwarder):  # a ladder room's publisher now sends simulcast
+            self._retire_layered(old, codec)
+            old = self.forwarders.get("video")
         if simulcast_rids and not isinstance(old, SimulcastForwarder):
             new = SimulcastForwarder(
                 codec, self.request_keyframe, self._publisher_media,
@@ -125,19 +137,48 @@ class Room:
                 new.take_viewers(old)
             self.forwarders["video"] = new
         elif not simulcast_rids and isinstance(old, SimulcastForwarder):
-            old.restart()
-            del self.forwarders["video"]
-            single = self.forwarder("video", codec)
-            assert isinstance(single, TrackForwarder)
-            for viewer in old.unplaced:
-                viewer.layer = None
-                single.add_viewer(viewer)
-            old.unplaced = []
-            single.retired = old.counters()
+            self._retire_layered(old, codec)
         return self.forwarders["video"]
+
+    def _retire_layered(self, old: SimulcastForwarder, codec: RTCRtpCodecParameters) -> None:
+        """Replace a layered video forwarder by a single-layer one; its viewers move over."""
+        old.restart()
+        del self.forwarders["video"]
+        single = TrackForwarder(
+            "video", codec, self.request_keyframe, self._publisher_media,
+            gop_cache_bytes=self._gop_cache_bytes,
+        )
+        self.forwarders["video"] = single
+        for viewer in old.unplaced:
+            viewer.layer = None
+            single.add_viewer(viewer)
+        old.unplaced = []
+        single.retired = old.counters()
+        if isinstance(old, LadderForwarder):
+            old.close_soon()
+
+    def _ladder_forwarder(self, codec: RTCRtpCodecParameters) -> LadderForwarder:
+        """Return the video forwarder of a single-layer publisher with the ladder on."""
+        old = self.forwarders.get("video")
+        if isinstance(old, LadderForwarder):
+            return old
+        if isinstance(old, SimulcastForwarder):
+            self._retire_layered(old, codec)
+            old = self.forwarders["video"]
+        new = LadderForwarder(
+            codec, self.request_keyframe, self._publisher_media,
+            gop_cache_bytes=self._gop_cache_bytes, ladder_layers=self._ladder_layers,
+            idle_seconds=self._ladder_idle_seconds,
+        )
+        if isinstance(old, TrackForwarder):
+            new.take_viewers(old)
+        self.forwarders["video"] = new
+        return new
 
     def forwarder(self, kind: str, codec: RTCRtpCodecParameters) -> TrackForwarder | SimulcastForwarder:
         """Return the room's forwarder for ``kind``, creating it with ``codec``."""
+        if kind == "video" and self._ladder_layers:
+            return self._ladder_forwarder(codec)
         if kind not in self.forwarders:
             self.forwarders[kind] = TrackForwarder(
                 kind, codec, self.request_keyframe, self._publisher_media,
@@ -298,7 +339,7 @@ class Room:
             if isinstance(video, SimulcastForwarder):
                 ssrc = video.ssrc_of(track) if track is not None else None
                 if ssrc is not None:
-                    self.request_keyframe(ssrc)
+                    video.request_keyframe(ssrc)
             else:
                 self.request_keyframe()
 
@@ -412,6 +453,9 @@ class Room:
     async def wait_closed(self) -> None:
         """Wait for the RTCP task to finish after :meth:`end`."""
         await asyncio.gather(self._rtcp_task, return_exceptions=True)
+        video = self.forwarders.get("video")
+        if isinstance(video, LadderForwarder):
+            await video.close()
 
     def quality_stats(self) -> dict[str, Any]:
         """Return what the viewers get: viewers per layer, their loss and bandwidth estimates.

@@ -26,6 +26,7 @@ from .aiortc_hook import (
 )
 from .errors import BadOffer, PublisherConflict, RoomClosed, RoomFull, RoomNotFound, SessionNotFound
 from .forwarder import GOP_CACHE_BYTES
+from .ladder import LADDER_IDLE_SECONDS, MAX_LADDER_LAYERS
 from .layers import QUALITIES
 from .room import Room, RoomState, RoomStats
 from .sdp import OfferPlan, answer_simulcast, plan_publish, plan_watch, reject_sections
@@ -80,12 +81,20 @@ class MediaSettings:
     # Bytes of the current GOP kept per video track, sent to a joining viewer at once so
     # it need not wait for a keyframe (publishers like ffmpeg ignore PLIs); 0 turns it off.
     gop_cache_bytes: int = GOP_CACHE_BYTES
+    # Server-side simulcast for single-layer publishers (OBS, ffmpeg): 0 (off), or 1-2
+    # lower layers decoded and encoded by a worker process while some viewer needs them,
+    # which stops after ``ladder_idle_seconds`` without such a viewer (media/ladder.py).
+    ladder_layers: int = 0
+    ladder_idle_seconds: float = LADDER_IDLE_SECONDS
 
     def __post_init__(self) -> None:
         if self.max_viewers_per_room < 0:
             raise ValueError("max_viewers_per_room must be >= 0")
         if self.keyframe_interval_ms < 0 or self.connect_timeout_seconds <= 0:
             raise ValueError("keyframe_interval_ms and connect_timeout_seconds must be positive")
+        if not 0 <= self.ladder_layers <= MAX_LADDER_LAYERS or self.ladder_idle_seconds < 0:
+            raise ValueError(f"ladder_layers must be 0 to {MAX_LADDER_LAYERS}, "
+                             "ladder_idle_seconds >= 0")
 
 
 class SFU:
@@ -331,6 +340,8 @@ class SFU:
             grace_seconds=settings.publisher_grace_seconds,
             idle_seconds=settings.publisher_idle_timeout_seconds,
             gop_cache_bytes=settings.gop_cache_bytes,
+            ladder_layers=settings.ladder_layers,
+            ladder_idle_seconds=settings.ladder_idle_seconds,
             on_state_change=self._room_state_changed,
             on_idle_expired=lambda r: self._spawn(self._end_room(r)),
         )

@@ -42,6 +42,8 @@ class Layer:
     # Width x height from the layer's keyframes (VP8), 0 until seen: ranks the layers
     # more surely than bitrates (at start-up a lower layer can briefly out-send a higher one).
     pixels: int = 0
+    # Set for a temporal rung of this encoding (media.temporal): the highest TID it keeps.
+    max_tid: int | None = None
 
 
 @dataclass
@@ -60,7 +62,8 @@ class LayerSelector:
 
     def ssrc_of(self, rid: str) -> int | None:
         """Return the SSRC of the layer named ``rid``, once seen."""
-        return next((layer.ssrc for layer in self.layers.values() if layer.rid == rid), None)
+        return next((layer.ssrc for layer in self.layers.values()
+                     if layer.rid == rid and layer.max_tid is None), None)
 
     def on_packet(self, ssrc: int, size: int, now: float) -> tuple[bool, bool]:
         """Count one media packet; return (forward it, the choice just changed)."""
@@ -88,8 +91,9 @@ class LayerSelector:
             layer.window_bytes = 0
         self._window_start = now
         current = self.layers[self.chosen] if self.chosen is not None else None
-        alive = [layer for layer in self.layers.values()
-                 if now - layer.last_packet < SILENCE_SECONDS and layer.rate_bps > 0]
+        alive = [layer for layer in self.layers.values()  # encodings, not temporal rungs
+                 if now - layer.last_packet < SILENCE_SECONDS and layer.rate_bps > 0
+                 and layer.max_tid is None]
         if not alive:
             return False
         by_size = all(layer.pixels for layer in alive) and current is not None and current.pixels

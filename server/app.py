@@ -114,6 +114,7 @@ async def media_context(app: web.Application) -> AsyncIterator[None]:
         ice_announced_addresses=settings.ice_announced_pairs,
         max_viewers_per_room=settings.max_viewers_per_room,
         remb_bitrate_bps=settings.remb_bitrate_bps,
+        ladder_layers=settings.simulcast_ladder,
         publisher_grace_seconds=settings.publisher_grace_seconds,
         publisher_idle_timeout_seconds=settings.publisher_idle_timeout,
     ))

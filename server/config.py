@@ -126,6 +126,8 @@ class Settings:
     turn_credential_ttl: int = 24 * 3600
     max_viewers_per_room: int = 500
     remb_bitrate_bps: int = 2_500_000
+    # Lower layers (0-2) the server encodes for single-layer publishers while viewers need them.
+    simulcast_ladder: int = 0
     publisher_grace_seconds: float = 15.0  # a publisher gone this long: viewers see "paused"
     publisher_idle_timeout: float = 1800.0  # a show without a publisher this long ends
     # Realtime events: batching tick (0 sends every event on its own), chat limits,
@@ -209,6 +211,7 @@ class Settings:
         take("TURN_CREDENTIAL_TTL", "turn_credential_ttl", int)
         take("MAX_VIEWERS_PER_ROOM", "max_viewers_per_room", int)
         take("REMB_BITRATE_BPS", "remb_bitrate_bps", int)
+        take("SIMULCAST_LADDER", "simulcast_ladder", int)
         take("PUBLISHER_GRACE_SECONDS", "publisher_grace_seconds", float)
         take("PUBLISHER_IDLE_TIMEOUT", "publisher_idle_timeout", float)
         take("REALTIME_TICK_MS", "realtime_tick_ms", int)
@@ -252,6 +255,8 @@ class Settings:
             raise ConfigError("REALTIME_TICK_MS must be between 10 and 1000")
         if not 0 <= self.read_cache_seconds <= 60:
             raise ConfigError("READ_CACHE_SECONDS must be between 0 and 60")
+        if not 0 <= self.simulcast_ladder <= 2:
+            raise ConfigError("SIMULCAST_LADDER must be 0 (off), 1 or 2")
         if self.chat_rate_limit < 1 or self.chat_rate_window < 1:
             raise ConfigError("CHAT_RATE_LIMIT and CHAT_RATE_WINDOW must be positive")
         for origin in self.cors_origins:

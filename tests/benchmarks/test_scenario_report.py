@@ -11,7 +11,7 @@ from benchmarks.loadtest import parser
 from benchmarks.scenario import SCENARIOS, ScenarioError, build, from_arguments
 
 
-@pytest.mark.parametrize("name", ["smoke", "max_2core", "drop"])
+@pytest.mark.parametrize("name", ["smoke", "max_2core", "drop", "cluster"])
 def test_ready_scenarios_load(name: str) -> None:
     scenario = build(SCENARIOS / f"{name}.toml")
     assert scenario.name == name
@@ -26,6 +26,11 @@ def test_flags_override_the_file_and_bad_values_are_refused(tmp_path: Path) -> N
         build(ws_share=1.5)
     with pytest.raises(ScenarioError, match="not loopback"):
         build(target="http://203.0.113.9:8080")
+    assert build("cluster").node_urls == [f"http://127.0.0.1:{port}" for port in (8501, 8502, 8503)]
+    with pytest.raises(ScenarioError, match="not loopback"):
+        build(nodes="http://127.0.0.1:8082,http://203.0.113.9:8080")
+    with pytest.raises(ScenarioError, match="twice"):
+        build(nodes="http://127.0.0.1:8080/")
     typo = tmp_path / "typo.toml"
     typo.write_text("viewerz = 3\n")
     with pytest.raises(ScenarioError, match="viewerz"):

@@ -88,3 +88,14 @@ def test_chat_counts_a_delivery_only_where_it_was_expected() -> None:
     for index in (0, 1, 2):  # the sender's echo and a late joiner's copy do not count
         log.recipient(index)("hi", 1.5)
     assert log.received == 1 and log.latencies == [(1.0, 0.5)]
+
+
+def test_chat_must_reach_the_viewers_of_every_node() -> None:
+    from benchmarks.loadtest import chat_reached_every_node
+
+    def node(expected: int, received: int) -> dict[str, int]:
+        return {"chat_expected": expected, "chat_received": received}
+
+    assert chat_reached_every_node([node(200, 200), node(200, 199)])
+    assert not chat_reached_every_node([node(200, 200), node(200, 150)])  # lost on one node
+    assert not chat_reached_every_node([node(200, 200), node(0, 0)])  # a node nobody chatted to

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from media.layers import SimulcastForwarder
 from server.routes.media import RoomMetrics
 from tests.e2e.test_simulcast import page_server
-from tests.media.peers import Viewer, running_sfu, wait_for, watch
+from tests.media.peers import frames_at, inbound, longest_gap, running_sfu, wait_for, watch
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,26 +33,6 @@ def scrape(sfu: Any) -> str:
     registry = CollectorRegistry()
     registry.register(RoomMetrics(sfu))
     return generate_latest(registry).decode()
-
-
-def frames_at(viewer: Viewer, width: int, since: float = 0.0) -> int:
-    """Return how many frames ``viewer`` decoded at ``width`` after ``since``."""
-    return sum(1 for t, w, _h in viewer.video_frames if w == width and t >= since)
-
-
-def longest_gap(viewer: Viewer, since: float) -> float:
-    """Return the longest pause between decoded frames after ``since``."""
-    times = [t for t, _w, _h in viewer.video_frames if t >= since]
-    return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
-
-
-async def inbound(viewer: Viewer) -> tuple[set[int], int]:
-    """Return the SSRCs a viewer's video receiver saw and the packets it counts lost."""
-    receiver = next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "video")
-    ssrcs = set(receiver._RTCRtpReceiver__remote_streams)  # type: ignore[attr-defined]
-    stats = await receiver.getStats()
-    lost = sum(s.packetsLost for s in stats.values() if s.type == "inbound-rtp")
-    return ssrcs, lost
 
 
 async def test_viewers_get_their_own_layer_and_switch_without_a_break(browser: Any) -> None:

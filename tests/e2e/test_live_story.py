@@ -63,6 +63,31 @@ async def frames(page: Any) -> tuple[int, int]:
     ))
 
 
+async def buy_with_a_new_address(page: Any, card: str, screenshot: str) -> str:
+    """Press Buy on `card`, ship to a new address, pay with the offline test card.
+
+    Waits until the sheet says paid; returns the variant bought. The screenshot is taken
+    of the filled payment form, just before paying.
+    """
+    await page.click(f"{card} [data-buy]")
+    dialog = "#buy-dialog"
+    await expect(page, f"{dialog} [data-new-address]", "buy-dialog")
+    variant_id = str(await page.eval_on_selector(f"{dialog} [data-variant-picker]", "s => s.value"))
+    await page.fill(f"{dialog} [name=line1]", "1 Market Street")
+    await page.fill(f"{dialog} [name=city]", "Springfield")
+    await page.fill(f"{dialog} [name=postalCode]", "12345")
+    await page.fill(f"{dialog} [name=country]", "US")
+    await page.click(f"{dialog} [data-continue]")
+    await expect(page, f"{dialog} [data-pay]", "payment-form")
+    await page.fill(f"{dialog} [name=cardNumber]", "4242 4242 4242 4242")
+    await page.fill(f"{dialog} [name=exp]", "12/39")
+    await page.fill(f"{dialog} [name=cvc]", "123")
+    await shoot(page, screenshot)
+    await page.click(f"{dialog} [data-pay]")
+    await expect(page, f"{dialog} [data-paid]", "paid")
+    return variant_id
+
+
 async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     new_context: Any, factory: Factory, client: TestClient,
 ) -> None:
@@ -145,23 +170,8 @@ async def test_seller_goes_live_viewer_watches_chats_buys_and_sees_the_end(
     await shoot(viewer, "story-03-viewer-product")
 
     # The viewer buys it with the offline provider, in the sheet over the video.
-    await viewer.click(f"{card} [data-buy]")
-    dialog = "#buy-dialog"
-    await expect(viewer, f"{dialog} [data-new-address]", "buy-dialog")
-    variant_id = await viewer.eval_on_selector(f"{dialog} [data-variant-picker]", "s => s.value")
+    variant_id = await buy_with_a_new_address(viewer, card, "story-04-viewer-checkout")
     assert variant_id == product["variantIds"][0]
-    await viewer.fill(f"{dialog} [name=line1]", "1 Market Street")
-    await viewer.fill(f"{dialog} [name=city]", "Springfield")
-    await viewer.fill(f"{dialog} [name=postalCode]", "12345")
-    await viewer.fill(f"{dialog} [name=country]", "US")
-    await viewer.click(f"{dialog} [data-continue]")
-    await expect(viewer, f"{dialog} [data-pay]", "payment-form")
-    await viewer.fill(f"{dialog} [name=cardNumber]", "4242 4242 4242 4242")
-    await viewer.fill(f"{dialog} [name=exp]", "12/39")
-    await viewer.fill(f"{dialog} [name=cvc]", "123")
-    await shoot(viewer, "story-04-viewer-checkout")
-    await viewer.click(f"{dialog} [data-pay]")
-    await expect(viewer, f"{dialog} [data-paid]", "paid")
 
     # The stock counter drops for the viewer; the studio's live order feed shows the order.
     await viewer.wait_for_function(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -112,6 +113,26 @@ class Viewer:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def frames_at(viewer: Viewer, width: int, since: float = 0.0) -> int:
+    """Return how many frames ``viewer`` decoded at ``width`` after ``since``."""
+    return sum(1 for t, w, _h in viewer.video_frames if w == width and t >= since)
+
+
+def longest_gap(viewer: Viewer, since: float) -> float:
+    """Return the longest pause between decoded frames after ``since``."""
+    times = [t for t, _w, _h in viewer.video_frames if t >= since]
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+async def inbound(viewer: Viewer) -> tuple[set[int], int]:
+    """Return the SSRCs a viewer's video receiver saw and the packets it counts lost."""
+    receiver = next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "video")
+    ssrcs = set(receiver._RTCRtpReceiver__remote_streams)  # type: ignore[attr-defined]
+    stats = await receiver.getStats()
+    lost = sum(s.packetsLost for s in stats.values() if s.type == "inbound-rtp")
+    return ssrcs, lost
 
 
 async def publish(

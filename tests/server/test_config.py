@@ -63,6 +63,8 @@ def test_ice_port_ranges_announced_addresses_and_turn_are_read() -> None:
                                 "ICE_ANNOUNCED_ADDRESSES": "203.0.113.7,203.0.113.8"})
     assert paired.ice_announced_pairs == (("10.0.0.5", "203.0.113.7"), ("10.0.1.5", "203.0.113.8"))
     assert Settings.from_env({"ICE_PORT_RANGE": "50000"}).ice_port_ranges == ((50000, 50000),)
+    assert Settings.from_env({}).simulcast_ladder == 0
+    assert Settings.from_env({"SIMULCAST_LADDER": "2"}).simulcast_ladder == 2
 
 
 @pytest.mark.parametrize(
@@ -81,6 +83,8 @@ def test_ice_port_ranges_announced_addresses_and_turn_are_read() -> None:
         ({"TURN_URLS": "stun:127.0.0.1:3478", "TURN_SECRET": "s" * 32}, "TURN_URLS"),
         ({"TURN_URLS": "turn:127.0.0.1", "TURN_SECRET": "s", "TURN_CREDENTIAL_TTL": "5"},
          "TURN_CREDENTIAL_TTL"),
+        ({"SIMULCAST_LADDER": "3"}, "SIMULCAST_LADDER"),
+        ({"SIMULCAST_LADDER": "on"}, "SIMULCAST_LADDER"),
     ],
 )
 def test_bad_media_settings_name_the_setting(env: dict[str, str], named: str) -> None:
