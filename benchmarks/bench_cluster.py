@@ -56,9 +56,17 @@ def server_main(role: str, port: int, origin: str | None) -> None:
 
 
 async def _serve(role: str, port: int, origin: str | None) -> None:
+    sfu = SFU(MediaSettings(ice_servers=[], ice_host_addresses=LOOPBACK, max_viewers_per_room=2000))
+    runner = web.AppRunner(build_app(sfu, role, origin))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
+    """Return the loopback WHIP/WHEP endpoints of an origin or relay SFU, and its stats."""
     from media.relay import open_relay
 
-    sfu = SFU(MediaSettings(ice_servers=[], ice_host_addresses=LOOPBACK, max_viewers_per_room=2000))
     lock = asyncio.Lock()
 
     async def subscribe(offer: str) -> str:
@@ -96,10 +104,7 @@ async def _serve(role: str, port: int, origin: str | None) -> None:
     app.router.add_post("/publish", publish)
     app.router.add_post("/watch", watch)
     app.router.add_get("/stats", stats)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    await asyncio.Event().wait()
+    return app
 
 
 # --- this process: publisher and viewers ---------------------------------------------
