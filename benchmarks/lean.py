@@ -53,7 +53,7 @@ class _Ignore(CountingSinkBase):
 class Stream:
     """One SSRC's counters: packets, frames (marker bits) and the extended highest sequence."""
 
-    __slots__ = ("kind", "first", "highest", "packets", "frames")
+    __slots__ = ("first", "frames", "highest", "kind", "packets")
 
     def __init__(self, kind: str, seq: int) -> None:
         self.kind = kind
@@ -189,7 +189,7 @@ class LeanViewer:
                 continue
             arrived = next((TIMESPEC.unpack(d) for level, kind, d in ancillary
                             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS), None)
-            with contextlib.suppress(Exception):  # noqa: BLE001 - a packet libsrtp refuses is not timed
+            with contextlib.suppress(Exception):
                 payload = RtpPacket.parse(self._srtp.unprotect(data)).payload
                 if arrived is not None:
                     self.arrivals.setdefault(hash(payload), arrived[0] * 1_000_000_000 + arrived[1])
@@ -221,7 +221,7 @@ class LeanViewer:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        with contextlib.suppress(Exception):  # noqa: BLE001 - closing a half-open peer
+        with contextlib.suppress(Exception):
             async with asyncio.timeout(10):
                 await self.pc.close()
 
