@@ -22,9 +22,8 @@ while measuring) and runs the viewers.
    each worker's CPU share (viewers per core projected from CPU per viewer).
 4. Saturation (measured): each worker in its own cgroup capped at ``--budget`` cores;
    viewers added in steps until loss starts (noting where a worker passes 95 % of its
-   budget), for one
-   worker and for two: viewers at 0 % loss, per core, and the 2-vs-1 ratio. Skipped,
-   saying why, where no cgroup can be created.
+   budget), for one worker and for two: viewers at 0 % loss, per core, and the 2-vs-1
+   ratio. Skipped, saying why, where no cgroup can be created.
 5. Projection (not measured): viewers a show reaches on N nodes of this kind, from the
    measured per-viewer and per-relay costs, and where a flat fan-out from the origin stops.
 """
@@ -311,9 +310,14 @@ async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seco
             await gen.add(urls, viewers, timing)
             await asyncio.sleep(2.0)
             figures = await window(gen, urls, seconds, idle)
-            delays = send_log.delays_ms([v for v in gen.viewers if v.timing])
+            timed = [v for v in gen.viewers if v.timing]
+            delays = send_log.delays_ms(timed)
             figures |= {"timed_packets": len(delays), "delay_p50_ms": percentile(delays, 50),
                         "delay_p99_ms": percentile(delays, 99), "delay_max_ms": max(delays)}
+            # Per worker: the relay's viewers have the hop on top of their own fan-out.
+            figures["delay_p50_p99_ms_per_worker"] = [
+                [percentile(part, 50), percentile(part, 99)]
+                for url in urls if (part := send_log.delays_ms([v for v in timed if v.url.startswith(url)]))]
             # As before this benchmark had a saturation run: viewers per core from CPU per viewer.
             figures["projected_viewers_per_core"] = sum(
                 n / c for n, c in zip(figures["server_viewers"], figures["server_cpu_share"], strict=True) if c > 0)
@@ -571,7 +575,8 @@ def report(results: dict[str, Any]) -> None:
     one, two = delay["one_worker"], delay["two_workers"]
     print(f"delay publisher -> viewer (measured) at {one['viewers']} viewers: 1 worker p50 "
           f"{one['delay_p50_ms']:.2f} / p99 {one['delay_p99_ms']:.2f} ms; 2 workers p50 {two['delay_p50_ms']:.2f} / "
-          f"p99 {two['delay_p99_ms']:.2f} ms (target <= {TARGET_FANOUT_P99_MS} ms); ratio "
+          f"p99 {two['delay_p99_ms']:.2f} ms (per worker p50/p99: {_pairs(two['delay_p50_p99_ms_per_worker'])}; "
+          f"target <= {TARGET_FANOUT_P99_MS} ms); ratio "
           f"{delay['p99_ratio']:.2f}x; loss {one['loss']:.4%} / {two['loss']:.4%}")
     print(f"viewers per core from CPU per viewer (projected): 1 worker {one['projected_viewers_per_core']:.0f}, "
           f"2 workers {two['projected_viewers_per_core']:.0f} on two cores")
@@ -599,6 +604,10 @@ def report(results: dict[str, Any]) -> None:
         print(f"  {row['nodes']:>4} nodes: {row['two_level_viewers'] if not row['flat'] else row['viewers']:>9,} "
               f"viewers ({shape})")
     print(f"load average before/after: {results['load_average_before']} / {results['load_average_after']}")
+
+
+def _pairs(pairs: list[list[float]]) -> str:
+    return ", ".join(f"{a:.2f}/{b:.2f}" for a, b in pairs)
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:

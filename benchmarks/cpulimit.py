@@ -15,7 +15,9 @@ import contextlib
 import os
 from pathlib import Path
 
-PERIOD_US = 20_000  # short periods: a throttled server pauses for at most ~10 ms at a time
+# A throttled group may overrun its quota by up to a scheduler tick per period: 50 ms keeps
+# that within ~10 % while a server capped at half a core pauses for at most ~25 ms.
+PERIOD_US = 50_000
 ROOT = Path("/sys/fs/cgroup")
 
 
