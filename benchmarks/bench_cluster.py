@@ -212,9 +212,11 @@ class Generator:
 
     async def add(self, urls: list[str], count: int, timing: int = 0) -> None:
         """Join ``count`` viewers round-robin over ``urls``; ``timing`` of them, spread, are timed."""
-        every = count // timing if timing else 0
-        fresh = [LeanViewer(f"{urls[(len(self.viewers) + i) % len(urls)]}/watch",
-                            timing=bool(every) and i % every == every - 1) for i in range(count)]
+        workers, start = len(urls), len(self.viewers)
+        # Timed viewers spread over each worker's viewers in join order (the fan-out's order).
+        every = max(1, count // workers // max(1, timing // workers)) if timing else 0
+        fresh = [LeanViewer(f"{urls[(start + i) % workers]}/watch",
+                            timing=bool(every) and (i // workers) % every == every - 1) for i in range(count)]
         gate = asyncio.Semaphore(JOINS_AT_ONCE)
 
         async def join(viewer: LeanViewer) -> None:
