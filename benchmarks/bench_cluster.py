@@ -57,8 +57,9 @@ RESULTS = Path(__file__).parent / "results"
 ROOM = "bench"
 TARGET_HOP_P99_MS, TARGET_WORKER_RATIO, TARGET_FANOUT_P99_MS, TARGET_CLIENT_VIEWERS = 5.0, 1.8, 5.0, 500
 JOINS_AT_ONCE = 8
+PHASES = ("client", "delay", "saturation")
 SATURATED_SHARE = 0.95  # a server using this much of its budget is saturated (reported beside loss)
-SATURATION_STEPS = 10
+SATURATION_STEPS = 12
 
 
 # --- server processes -----------------------------------------------------------------
@@ -334,7 +335,7 @@ async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seco
 
 async def saturate(gen: Generator, urls: list[str], limits: list[CpuLimit], budget: float, seconds: float,
                    idle: float, max_viewers: int, first_step: int) -> dict[str, Any]:
-    """Add viewers in steps until loss starts; return the steps.
+    """Add viewers in steps until loss starts (at most 12 steps); return the steps.
 
     Each step also records whether the busiest server stayed under 95 % of its budget
     (the last such step is the capacity with CPU to spare; the last step without loss,
@@ -372,10 +373,12 @@ async def saturate(gen: Generator, urls: list[str], limits: list[CpuLimit], budg
         if not figures["ok"] or len(steps) == SATURATION_STEPS:
             break
         # The capacity this step projects (CPU per viewer falls as fixed costs spread):
-        # jump to 80 % of it, then climb 5 % at a time.
+        # jump to 80 % of it, then climb 5 % at a time, 10 % once the budget is spent
+        # (a server just over its budget takes a while to overflow its socket buffers).
         per_viewer = busiest / (target / len(urls))
         capacity = int(budget / per_viewer * len(urls)) if per_viewer > 0 else max_viewers
-        target = max(target + max(len(urls), capacity // 20), min(int(capacity * 0.8), max_viewers))
+        climb = capacity // (20 if figures["under_budget"] else 10)
+        target = max(target + max(len(urls), climb), min(int(capacity * 0.8), max_viewers))
     for limit in limits:
         limit.set(None)
     best = max((s["viewers"] for s in steps if s["ok"]), default=0)
@@ -437,7 +440,7 @@ def project(results: dict[str, Any], node_cores: int, nic_gbps: float) -> dict[s
     hop = results["hop"]
     saturation = results.get("saturation", {})
     per_core = (saturation.get("two_workers", {}).get("viewers_per_core")
-                or results["delay"]["two_workers"]["projected_viewers_per_core"] / 2)
+                or results.get("delay", {}).get("two_workers", {}).get("projected_viewers_per_core", 0) / 2)
     pps = hop["origin_packets_in"] / results["seconds"]  # the show's packets per second (video)
     relay_share = hop["relay_us_per_packet_in"] * pps / 1e6  # a relay worker's ingress, of a core
     viewers_per_worker = per_core * max(0.0, 1 - relay_share)
@@ -481,20 +484,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         send_log.attach(publisher)
         await asyncio.sleep(1.0)
         idle = results["client_idle_share"] = await idle_share()
-        log("phase 1: one relay hop")
+        log("phase 1: one relay hop")  # always: it also subscribes the relay for the other phases
         results["hop"] = await measure_hop(origin, relay, args.seconds)
         log(json.dumps(results["hop"]))
-        log(f"phase 2: client cost, {args.aiortc_viewers} aiortc viewers then {args.lean_viewers} lean ones")
-        results["client"] = await measure_client(origin, args.lean_viewers, args.aiortc_viewers, args.seconds, idle)
-        log(json.dumps(results["client"]))
-        log(f"phase 3: publisher-to-viewer delay at {args.viewers} viewers, 1 then 2 workers")
-        results["delay"] = await measure_delay(origin, relay, args.viewers, args.timed, args.seconds, send_log, idle)
-        if args.budget > 0 and limits:
+        if "client" in args.phases:
+            log(f"phase 2: client cost, {args.aiortc_viewers} aiortc viewers then {args.lean_viewers} lean ones")
+            results["client"] = await measure_client(origin, args.lean_viewers, args.aiortc_viewers, args.seconds,
+                                                     idle)
+            log(json.dumps(results["client"]))
+        if "delay" in args.phases:
+            log(f"phase 3: publisher-to-viewer delay at {args.viewers} viewers, 1 then 2 workers")
+            results["delay"] = await measure_delay(origin, relay, args.viewers, args.timed, args.seconds, send_log,
+                                                   idle)
+        saturation = "saturation" in args.phases and args.budget > 0
+        if saturation and limits:
             log(f"phase 4: saturation at {args.budget:g} core per worker")
             results["saturation"] = await measure_saturation(
                 origin, relay, limits[:2], args.budget, args.seconds, idle, args.max_viewers, args.first_step)
             log(json.dumps({k: v for k, v in results["saturation"].items() if k != "steps"}, default=str))
-        elif args.budget > 0:
+        elif saturation:
             results["saturation"] = {"skipped": f"{no_cgroups}: saturation not measured"}
         await publisher.close()
     finally:
@@ -504,7 +512,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             proc.join(10)  # a cgroup with a task still exiting cannot be removed
         for limit in limits:
             limit.remove()
-    results["projection"] = project(results, args.node_cores, args.nic_gbps)
+    if "saturation" in results and "skipped" not in results["saturation"] or "delay" in results:
+        results["projection"] = project(results, args.node_cores, args.nic_gbps)
     results["load_average_after"] = os.getloadavg()
     return results
 
@@ -545,8 +554,12 @@ def main() -> None:
                         help="saturation: viewers per worker in the first step (it measures CPU per viewer)")
     parser.add_argument("--node-cores", type=int, default=os.cpu_count() or 2, help="projection: cores per node")
     parser.add_argument("--nic-gbps", type=float, default=10.0, help="projection: a node's network interface")
+    parser.add_argument("--phases", type=lambda text: set(text.split(",")), default=set(PHASES),
+                        help=f"comma-separated, of {','.join(PHASES)} (the hop always runs)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short windows: exercise the code")
     args = parser.parse_args()
+    if not args.phases <= set(PHASES):
+        parser.error(f"--phases: unknown {', '.join(sorted(args.phases - set(PHASES)))}; known: {', '.join(PHASES)}")
     if args.quick:
         args.viewers, args.timed, args.lean_viewers, args.aiortc_viewers = 12, 4, 12, 3
         args.seconds, args.budget, args.max_viewers, args.first_step = 2.0, min(args.budget, 0.15), 40, 4
@@ -562,11 +575,22 @@ def main() -> None:
 
 def report(results: dict[str, Any]) -> None:
     """Print the figures, each with its target and whether it is measured or projected."""
-    hop, client, delay = results["hop"], results["client"], results["delay"]
+    hop = results["hop"]
     print(f"relay hop: +{hop['hop_delay_p50_ms']:.2f} ms p50, +{hop['hop_delay_p99_ms']:.2f} ms p99 "
           f"(target p99 <= {TARGET_HOP_P99_MS} ms) over {hop['matched_packets']} packets")
     print(f"CPU per packet: relay {hop['relay_us_per_packet_in']:.1f} us in (+1 viewer out), "
           f"origin {hop['origin_us_per_packet_out']:.1f} us per packet out")
+    if "client" in results:
+        _report_client(results["client"])
+    if "delay" in results:
+        _report_delay(results["delay"])
+    _report_saturation(results.get("saturation"))
+    if "projection" in results:
+        _report_projection(results["projection"])
+    print(f"load average before/after: {results['load_average_before']} / {results['load_average_after']}")
+
+
+def _report_client(client: dict[str, Any]) -> None:
     lean, base = client["lean"], client["aiortc"]
     print(f"client (measured): lean viewer {lean['client_us_per_packet']:.2f} us per received packet, "
           f"{lean['viewers']} viewers took {lean['client_cpu_share']:.0%} of a core -> "
@@ -574,6 +598,9 @@ def report(results: dict[str, Any]) -> None:
           f"core (target >= {TARGET_CLIENT_VIEWERS}); "
           f"aiortc viewer {base['client_us_per_packet']:.2f} us ({base['viewers_per_core']:.0f} per core); "
           f"ratio {client['ratio_us_per_packet']:.1f}x; lean loss {lean['loss']:.4%}")
+
+
+def _report_delay(delay: dict[str, Any]) -> None:
     one, two = delay["one_worker"], delay["two_workers"]
     print(f"delay publisher -> viewer (measured) at {one['viewers']} viewers: 1 worker p50 "
           f"{one['delay_p50_ms']:.2f} / p99 {one['delay_p99_ms']:.2f} ms; 2 workers p50 {two['delay_p50_ms']:.2f} / "
@@ -582,9 +609,11 @@ def report(results: dict[str, Any]) -> None:
           f"{delay['p99_ratio']:.2f}x; loss {one['loss']:.4%} / {two['loss']:.4%}")
     print(f"viewers per core from CPU per viewer (projected): 1 worker {one['projected_viewers_per_core']:.0f}, "
           f"2 workers {two['projected_viewers_per_core']:.0f} on two cores")
-    saturation = results.get("saturation")
+
+
+def _report_saturation(saturation: dict[str, Any] | None) -> None:
     if saturation is None:
-        print("saturation: not run (--budget 0)")
+        print("saturation: not run (--budget 0 or --phases)")
     elif "skipped" in saturation:
         print(f"saturation: SKIPPED: {saturation['skipped']}")
     else:
@@ -596,7 +625,9 @@ def report(results: dict[str, Any]) -> None:
               f"{saturation['ratio']:.2f}x (target >= {TARGET_WORKER_RATIO}x); under 95 % of the budget: "
               f"{s1['viewers_under_budget']} and {s2['viewers_under_budget']}, ratio "
               f"{saturation['ratio_under_budget']:.2f}x")
-    projection = results["projection"]
+
+
+def _report_projection(projection: dict[str, Any]) -> None:
     print(f"projection (from the measured costs, not measured): {projection['viewers_per_core']:.0f} viewers per "
           f"core, a relay's ingress {projection['relay_ingress_share']:.1%} of its worker, the origin worker "
           f"feeds at most {projection['max_relays_per_origin_worker']} relays: flat up to "
@@ -605,7 +636,6 @@ def report(results: dict[str, Any]) -> None:
         shape = "flat" if row["flat"] else f"flat stops at {row['viewers']}; a 2-level relay tree (not built)"
         print(f"  {row['nodes']:>4} nodes: {row['two_level_viewers'] if not row['flat'] else row['viewers']:>9,} "
               f"viewers ({shape})")
-    print(f"load average before/after: {results['load_average_before']} / {results['load_average_after']}")
 
 
 def _pairs(pairs: list[list[float]]) -> str:
@@ -627,7 +657,11 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     left.set_ylabel("loss (%)")
     left.set_title(f"saturation, ratio {saturation.get('ratio', 0):.2f}x")
     left.legend()
-    delay = results["delay"]
+    delay = results.get("delay")
+    if delay is None:
+        fig.tight_layout()
+        fig.savefig(path)
+        return
     right.bar(["1 worker", "2 workers"], [delay["one_worker"]["delay_p99_ms"], delay["two_workers"]["delay_p99_ms"]])
     right.set_ylabel("p99 publisher -> viewer (ms)")
     right.set_title(f"{delay['one_worker']['viewers']} viewers")
