@@ -15,8 +15,9 @@ import contextlib
 import os
 from pathlib import Path
 
-# A throttled group may overrun its quota by up to a scheduler tick per period: 50 ms keeps
-# that within ~10 % while a server capped at half a core pauses for at most ~25 ms.
+# A throttled group may overrun its quota by up to a scheduler tick per period: 50 ms makes
+# that a smaller share than 20 ms did, while a server capped at half a core pauses for at
+# most ~25 ms at a time.
 PERIOD_US = 50_000
 ROOT = Path("/sys/fs/cgroup")
 
