@@ -38,6 +38,7 @@ import multiprocessing
 import os
 import statistics
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +120,24 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
             "bytes_in": counters.bytes_in if counters else 0,
         })
 
+    async def probe(request: web.Request) -> web.Response:
+        """Return the SFU's own fan-out delay (a video packet in to its last sendto) since the last call."""
+        room = sfu.rooms.get(ROOM)
+        forwarder = room.forwarders.get("video") if room else None
+        if forwarder is None:
+            return web.json_response({"samples": 0})
+        values = list(forwarder.delay_probe or ())
+        forwarder.delay_probe = deque(maxlen=1_000_000)
+        if not values:
+            return web.json_response({"samples": 0})
+        return web.json_response({"samples": len(values), "p50_ms": percentile(values, 50) * 1e3,
+                                  "p99_ms": percentile(values, 99) * 1e3})
+
     app = web.Application()
     app.router.add_post("/publish", publish)
     app.router.add_post("/watch", watch)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/probe", probe)
     return app
 
 
@@ -167,7 +182,11 @@ async def viewer(url: str, sink_type: type[CountingSink] = CountingSink) -> tupl
 
 
 async def stats(url: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/stats") as resp:
+    return await _get(f"{url}/stats")
+
+
+async def _get(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
         return dict(await resp.json())
 
 
@@ -312,7 +331,11 @@ async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seco
             log(f"delay: {viewers} lean viewers ({timing} timed) on {len(urls)} worker(s)")
             await gen.add(urls, viewers, timing)
             await asyncio.sleep(2.0)
+            for url in urls:
+                await _get(f"{url}/probe")
             figures = await window(gen, urls, seconds, idle)
+            # The issue's measure: the SFU's own probe, one packet's walk over its worker's viewers.
+            figures["sfu_probe_per_worker"] = [await _get(f"{url}/probe") for url in urls]
             timed = [v for v in gen.viewers if v.timing]
             delays = send_log.delays_ms(timed)
             figures |= {"timed_packets": len(delays), "delay_p50_ms": percentile(delays, 50),
@@ -607,6 +630,8 @@ def _report_delay(delay: dict[str, Any]) -> None:
           f"p99 {two['delay_p99_ms']:.2f} ms (per worker p50/p99: {_pairs(two['delay_p50_p99_ms_per_worker'])}; "
           f"target <= {TARGET_FANOUT_P99_MS} ms); ratio "
           f"{delay['p99_ratio']:.2f}x; loss {one['loss']:.4%} / {two['loss']:.4%}")
+    print("SFU probe (a packet in to its last viewer's sendto, the issue's measure), p50/p99 ms per worker: "
+          f"1 worker {_probes(one)}; 2 workers {_probes(two)}")
     print(f"viewers per core from CPU per viewer (projected): 1 worker {one['projected_viewers_per_core']:.0f}, "
           f"2 workers {two['projected_viewers_per_core']:.0f} on two cores")
 
@@ -636,6 +661,11 @@ def _report_projection(projection: dict[str, Any]) -> None:
         shape = "flat" if row["flat"] else f"flat stops at {row['viewers']}; a 2-level relay tree (not built)"
         print(f"  {row['nodes']:>4} nodes: {row['two_level_viewers'] if not row['flat'] else row['viewers']:>9,} "
               f"viewers ({shape})")
+
+
+def _probes(figures: dict[str, Any]) -> str:
+    return ", ".join(f"{p['p50_ms']:.2f}/{p['p99_ms']:.2f}" if p["samples"] else "-"
+                     for p in figures["sfu_probe_per_worker"])
 
 
 def _pairs(pairs: list[list[float]]) -> str:
