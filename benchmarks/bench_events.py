@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import secrets
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +58,8 @@ from server.auth import Tokens
 from server.db import migrate
 
 RESULTS = Path(__file__).resolve().parent / "results"
+WRTC_SCRIPT = Path(__file__).resolve().parent / "events_wrtc.js"
+NODE_MODULES = Path(__file__).resolve().parents[1] / ".venv" / "node" / "node_modules"
 API = "/api/v1"
 TARGET_US_PER_BATCH_PER_VIEWER = 30.0
 TARGET_PER_CORE = 100_000
@@ -214,13 +219,56 @@ async def publish(http: aiohttp.ClientSession, base: str, livestream_id: str, st
 
 # -- one measurement -----------------------------------------------------------------
 
+class NodeRecipients:
+    """A client process of libwebrtc recipients (`events_wrtc.js` under Node), driven like
+    the Python ones: `send` a command, `recv` its answer (one JSON line), `join`."""
+
+    def __init__(self, base: str, livestream_id: str, count: int) -> None:
+        self.process = subprocess.Popen(
+            ["node", str(WRTC_SCRIPT), base, livestream_id, str(count)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "NODE_PATH": str(NODE_MODULES)}, preexec_fn=_raise_fd_limit,
+        )
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+
+    def recv(self) -> Any:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the libwebrtc recipients exited ({self.process.wait()})")
+        value = json.loads(line)
+        return "ready" if value == {"ready": True} else value
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
 async def start_recipients(kind: str, server: ServerProcess, livestream_id: str, count: int,
                            workers: int) -> tuple[list[Any], list[Any]]:
     ctx = mp.get_context("spawn")
-    pipes, procs = [], []
+    pipes: list[Any] = []
+    procs: list[Any] = []
     for i in range(workers):
         share = count // workers + (1 if i < count % workers else 0)
         if not share:
+            continue
+        if kind == "wrtc":
+            node = NodeRecipients(server.base, livestream_id, share)
+            pipes.append(node)
+            procs.append(node)
             continue
         ours, theirs = ctx.Pipe()
         proc = ctx.Process(target=recipient_process,
@@ -324,7 +372,7 @@ async def run_mode(mode: str, dsn: str, jwt_secret: str, livestream_id: str, str
                     ingest[rate].update(mode=mode, transport="none")
                     runs.append(ingest[rate])
                     _print_run(ingest[rate])
-                for kind, count in (("datachannel", args.dc), ("websocket", args.ws)):
+                for kind, count in (("datachannel", args.dc), ("wrtc", args.wrtc), ("websocket", args.ws)):
                     if not count or (kind == "websocket" and mode == "stock"):  # no DataChannel: same as adaptive
                         continue
                     print(f"  {mode:>9} {kind:>11}: joining {count} recipients ...", flush=True)
@@ -417,11 +465,12 @@ def summary(results: dict[str, Any]) -> None:
     loaded = {(r["mode"], r["transport"]): r for r in runs if r["rate"] == results["rate"]}
     quiet = {(r["mode"], r["transport"]): r for r in runs if r["rate"] == results["quietRate"]}
     print()
-    lean, stock = loaded.get(("adaptive", "datachannel")), loaded.get(("stock", "datachannel"))
-    if lean and stock and lean["cpuPerMessagePerViewerUs"]:
-        print(f"lean DataChannel path: {lean['cpuPerMessagePerViewerUs']} us per batch per viewer against "
-              f"aiortc's stock path {stock['cpuPerMessagePerViewerUs']} us: "
-              f"{stock['cpuPerMessagePerViewerUs'] / lean['cpuPerMessagePerViewerUs']:.1f}x less")
+    for kind, receivers in (("datachannel", "aiortc"), ("wrtc", "libwebrtc")):
+        lean, stock = loaded.get(("adaptive", kind)), loaded.get(("stock", kind))
+        if lean and stock and lean["cpuPerMessagePerViewerUs"]:
+            print(f"lean DataChannel path ({receivers} receivers): {lean['cpuPerMessagePerViewerUs']} us per "
+                  f"batch per viewer against aiortc's stock path {stock['cpuPerMessagePerViewerUs']} us: "
+                  f"{stock['cpuPerMessagePerViewerUs'] / lean['cpuPerMessagePerViewerUs']:.1f}x less")
     for mode in ("adaptive", "stock", "tick"):
         dc, ws = loaded.get((mode, "datachannel")), loaded.get((mode, "websocket"))
         base = loaded.get(("unbatched", "datachannel"))
@@ -433,7 +482,7 @@ def summary(results: dict[str, Any]) -> None:
             print(f"{mode}: batching uses {base['cpuPerDeliveryPerViewerUs'] / dc['cpuPerDeliveryPerViewerUs']:.1f}x "
                   f"less server CPU per DataChannel event per viewer than unbatched")
     for (mode, kind), r in loaded.items():
-        if kind == "datachannel":
+        if kind in ("datachannel", "wrtc"):
             ok = r["cpuPerMessagePerViewerUs"] <= TARGET_US_PER_BATCH_PER_VIEWER
             print(f"target {mode} DataChannel <= {TARGET_US_PER_BATCH_PER_VIEWER:g} us per batch per viewer: "
                   f"{r['cpuPerMessagePerViewerUs']} us, {'met' if ok else 'NOT met'}")
@@ -451,6 +500,8 @@ def summary(results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dc", type=int, default=100, help="DataChannel viewers (aiortc, WHEP)")
+    parser.add_argument("--wrtc", type=int, default=0,
+                        help="DataChannel viewers on libwebrtc (@roamhq/wrtc under Node, WHEP)")
     parser.add_argument("--ws", type=int, default=100, help="WebSocket recipients")
     parser.add_argument("--rate", type=float, default=20.0, help="chat messages per second (loaded)")
     parser.add_argument("--quiet-rate", type=float, default=1.0, help="chat messages per second (quiet)")
@@ -461,10 +512,12 @@ def main() -> None:
     unknown = set(args.modes) - set(MODES)
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}; choose from {sorted(MODES)}")
+    if args.wrtc and (shutil.which("node") is None or not (NODE_MODULES / "@roamhq" / "wrtc").is_dir()):
+        parser.error(f"--wrtc needs node and @roamhq/wrtc under {NODE_MODULES} (scripts/test.sh installs it)")
     _raise_fd_limit()
     os.environ.setdefault("ICE_HOST_ADDRESSES", "127.0.0.1")
-    os.environ.setdefault("MAX_VIEWERS_PER_ROOM", str(max(500, args.dc + 10)))
-    print(f"events fan-out: {args.dc} DataChannel + {args.ws} WebSocket recipients, {args.rate:g} then "
+    os.environ.setdefault("MAX_VIEWERS_PER_ROOM", str(max(500, args.dc + args.wrtc + 10)))
+    print(f"events fan-out: {args.dc} aiortc + {args.wrtc} libwebrtc DataChannel + {args.ws} WebSocket recipients, {args.rate:g} then "
           f"{args.quiet_rate:g} msg/s, {args.seconds:g} s per point, modes {args.modes}", flush=True)
     results = asyncio.run(main_async(args))
     summary(results)
