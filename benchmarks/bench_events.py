@@ -92,6 +92,7 @@ class _Tally:
         self.measuring = False
         self.deliveries = self.messages = self.out_of_order = 0
         self.latencies: list[float] = []
+        self.lags: list[float] = []  # how late the client's own loop woke (its share of the latency)
         self.last: dict[int, float] = {}
 
     def feed(self, who: int, text: str) -> None:
@@ -111,7 +112,8 @@ class _Tally:
 
     def report(self) -> dict[str, Any]:
         return {"deliveries": self.deliveries, "messages": self.messages,
-                "sendOrderInversions": self.out_of_order, "latencies": self.latencies[:]}
+                "sendOrderInversions": self.out_of_order, "latencies": self.latencies[:],
+                "loopLags": self.lags[:]}
 
 
 async def _recipients(kind: str, base: str, livestream_id: str, count: int, pipe: Any) -> None:
@@ -124,6 +126,7 @@ async def _recipients(kind: str, base: str, livestream_id: str, count: int, pipe
         else:
             await _join_datachannels(http, base, livestream_id, count, tally, closers)
         pipe.send("ready")
+        probe = asyncio.create_task(_probe_lag(tally))
         while True:
             command = await loop.run_in_executor(None, pipe.recv)
             if command == "start":
@@ -132,12 +135,25 @@ async def _recipients(kind: str, base: str, livestream_id: str, count: int, pipe
                 tally.measuring = False
                 pipe.send(tally.report())
             elif command == "close":
+                probe.cancel()
                 await asyncio.gather(*(c() for c in closers), return_exceptions=True)
                 return
 
 
+async def _probe_lag(tally: _Tally, every: float = 0.01) -> None:
+    """Record how late this process's loop wakes from a 10 ms sleep while measuring: a
+    message that arrives meanwhile waits as long before the recipient sees it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(every)
+        if tally.measuring:
+            tally.lags.append(loop.time() - t - every)
+
+
 def _reset(tally: _Tally) -> _Tally:
     tally.latencies.clear()
+    tally.lags.clear()
     tally.last.clear()
     tally.deliveries = tally.messages = tally.out_of_order = 0
     tally.measuring = True
@@ -227,7 +243,7 @@ class NodeRecipients:
         self.process = subprocess.Popen(
             ["node", str(WRTC_SCRIPT), base, livestream_id, str(count)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "NODE_PATH": str(NODE_MODULES)}, preexec_fn=_raise_fd_limit,
+            env={**os.environ, "NODE_PATH": str(NODE_MODULES)},  # inherits the raised fd limit
         )
 
     def send(self, command: str) -> None:
@@ -312,6 +328,7 @@ async def measure(server: ServerProcess, pipes: list[Any], senders: list[Any], *
         pipe.send("stop")
     parts = [await loop.run_in_executor(None, pipe.recv) for pipe in pipes]
     latencies = sorted(x for p in parts for x in p["latencies"])
+    lags = sorted(x for p in parts for x in p.get("loopLags", []))
     deliveries = sum(p["deliveries"] for p in parts)
     messages = sum(p["messages"] for p in parts)
     net = max(0.0, cpu - idle_rate * wall)
@@ -323,6 +340,7 @@ async def measure(server: ServerProcess, pipes: list[Any], senders: list[Any], *
         "sendOrderInversions": sum(p["sendOrderInversions"] for p in parts), "seconds": round(wall, 2),
         "eventsPerMessage": round(deliveries / messages, 2) if messages else None,
         "p50Ms": round(1000 * _pct(latencies, 0.50), 1), "p99Ms": round(1000 * _pct(latencies, 0.99), 1),
+        "clientLoopLagP99Ms": round(1000 * _pct(lags, 0.99), 1) if lags else None,
         "serverCpuSeconds": round(cpu, 3), "serverIdleCpuPerSecond": round(idle_rate, 4),
         "serverNetCpuSeconds": round(net, 3),
         "cpuPerMessageUs": round(1e6 * net / max(1, messages), 1),
@@ -446,7 +464,8 @@ def _print_run(run: dict[str, Any]) -> None:
     print(
         f"  {run['mode']:>9} {run['transport']:>11} x{run['recipients']} @ {run['rate']:g}/s: "
         f"{run['deliveries']}/{run['expected']} events in {run['messagesReceived']} messages, "
-        f"p50 {run['p50Ms']} ms, p99 {run['p99Ms']} ms, send-order inversions {run['sendOrderInversions']}; server CPU "
+        f"p50 {run['p50Ms']} ms, p99 {run['p99Ms']} ms (client loop lag p99 {run['clientLoopLagP99Ms']} ms), "
+        f"send-order inversions {run['sendOrderInversions']}; server CPU "
         f"{run['serverNetCpuSeconds']} s net of idle {run['serverIdleCpuPerSecond']:.3f} core{share}", flush=True,
     )
 
@@ -455,11 +474,11 @@ def summary(results: dict[str, Any]) -> None:
     """Print the table and the ratios the issue asks for."""
     runs = [r for r in results["runs"] if r["recipients"]]
     print("\nserver CPU per recipient is net of idle and of the same chat with no recipients")
-    print("mode       transport    rate  recip  deliv/expected   p50 ms   p99 ms  us/msg/viewer  "
+    print("mode       transport    rate  recip  deliv/expected   p50 ms   p99 ms  client lag p99  us/msg/viewer  "
           "us/event/viewer  events/core-s (all CPU)")
     for r in runs:
         print(f"{r['mode']:<10} {r['transport']:<11} {r['rate']:>5g} {r['recipients']:>6}  "
-              f"{r['deliveries']:>7}/{r['expected']:<8} {r['p50Ms']:>7} {r['p99Ms']:>8} "
+              f"{r['deliveries']:>7}/{r['expected']:<8} {r['p50Ms']:>7} {r['p99Ms']:>8} {r['clientLoopLagP99Ms']!s:>15} "
               f"{r['cpuPerMessagePerViewerUs']:>14} {r['cpuPerDeliveryPerViewerUs']:>16} "
               f"{r['deliveriesPerCoreSecond']!s:>14}")
     loaded = {(r["mode"], r["transport"]): r for r in runs if r["rate"] == results["rate"]}

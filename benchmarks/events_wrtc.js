@@ -5,7 +5,8 @@
 // Joins COUNT viewers over WHEP, each with an `events` DataChannel in its offer (and a
 // recvonly video transceiver, as a browser viewer has), then prints {"ready": true}.
 // Commands on stdin, one a line: "start" (measure from now), "stop" (print the tally as
-// one JSON line: deliveries, messages, send-order inversions, latencies in seconds),
+// one JSON line: deliveries, messages, send-order inversions, latencies and the loop's
+// lags in seconds),
 // "close". A chat message's text is its send time (seconds since the epoch, as Python's
 // time.time() gives it); libwebrtc's SCTP acknowledges as browsers do (delayed SACK).
 'use strict';
@@ -19,7 +20,15 @@ if (!base || !livestreamId || !(count > 0)) {
   process.exit(2);
 }
 
-const tally = {measuring: false, deliveries: 0, messages: 0, inversions: 0, latencies: [], last: new Map()};
+const tally = {measuring: false, deliveries: 0, messages: 0, inversions: 0, latencies: [], lags: [], last: new Map()};
+
+// How late this process's loop wakes from a 10 ms timer while measuring (its share of the latency).
+let probeAt = Date.now();
+setInterval(() => {
+  const now = Date.now();
+  if (tally.measuring) tally.lags.push(Math.max(0, now - probeAt - 10) / 1000);
+  probeAt = now;
+}, 10);
 
 function feed(who, data) {
   if (!tally.measuring || typeof data !== 'string') return;
@@ -69,13 +78,13 @@ async function main() {
   for await (const line of readline.createInterface({input: process.stdin})) {
     const command = line.trim();
     if (command === 'start') {
-      Object.assign(tally, {measuring: true, deliveries: 0, messages: 0, inversions: 0, latencies: []});
+      Object.assign(tally, {measuring: true, deliveries: 0, messages: 0, inversions: 0, latencies: [], lags: []});
       tally.last.clear();
     } else if (command === 'stop') {
       tally.measuring = false;
       process.stdout.write(JSON.stringify({
         deliveries: tally.deliveries, messages: tally.messages,
-        sendOrderInversions: tally.inversions, latencies: tally.latencies,
+        sendOrderInversions: tally.inversions, latencies: tally.latencies, loopLags: tally.lags,
       }) + '\n');
     } else if (command === 'close') {
       break;
