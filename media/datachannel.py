@@ -188,7 +188,12 @@ class LeanSender:
             or (a._remote_max_message_size and size > a._remote_max_message_size)
             or a._outbound_queue or a._data_channel_queue or a._forward_tsn_chunk is not None
             or a._fast_recovery_exit is not None
-            or any(c._retransmit for c in a._sent_queue)
+            # A chunk waiting for retransmission: T3 expired (aiortc's handle, or none, is
+            # in `_t3_handle` until it resends) or a fast retransmit (in fast recovery, or
+            # the SACK that ended it moved the cumulative TSN, so aiortc restarted T3).
+            # While our own T3 handle is in place, no chunk can be marked: no scan.
+            or (a._sent_queue and (a._t3_handle is None or a._t3_handle is not self._t3)
+                and any(c._retransmit for c in a._sent_queue))
         ):
             self.stats["stock"] += 1
             return None
