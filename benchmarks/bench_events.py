@@ -308,8 +308,15 @@ async def stop_recipients(pipes: list[Any], procs: list[Any]) -> None:
             proc.kill()
 
 
+async def _watch_sender(ws: aiohttp.ClientWebSocketResponse, tally: _Tally) -> None:
+    """Read one sender's socket: it is in the room too, so it gets every chat message back."""
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            tally.feed(0, msg.data)
+
+
 async def measure(server: ServerProcess, pipes: list[Any], senders: list[Any], *, recipients: int,
-                  rate: float, seconds: float, idle: float = 3.0) -> dict[str, Any]:
+                  rate: float, seconds: float, idle: float = 3.0, sender: _Tally | None = None) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     # The idle window: what the connected recipients cost with no events (consent checks,
     # SCTP heartbeats); subtracted from the measured window, pro rata.
@@ -319,6 +326,8 @@ async def measure(server: ServerProcess, pipes: list[Any], senders: list[Any], *
 
     for pipe in pipes:
         pipe.send("start")
+    if sender is not None:
+        _reset(sender)
     cpu0, t0 = server.cpu(), time.perf_counter()
     sent = await send_chat_at(rate, senders, t0, seconds)
     await asyncio.sleep(1.5)  # the last messages' deliveries
@@ -327,6 +336,12 @@ async def measure(server: ServerProcess, pipes: list[Any], senders: list[Any], *
     for pipe in pipes:
         pipe.send("stop")
     parts = [await loop.run_in_executor(None, pipe.recv) for pipe in pipes]
+    # One sender's own copies, in this (lightly loaded) process: the server's path alone
+    # (chat handling, its database write, the wait for the batch, this sender's place in
+    # the fan-out) without the recipients' client processes.
+    at_sender = sorted(sender.latencies) if sender is not None else []
+    if sender is not None:
+        sender.measuring = False
     latencies = sorted(x for p in parts for x in p["latencies"])
     lags = sorted(x for p in parts for x in p.get("loopLags", []))
     deliveries = sum(p["deliveries"] for p in parts)
@@ -341,6 +356,8 @@ async def measure(server: ServerProcess, pipes: list[Any], senders: list[Any], *
         "eventsPerMessage": round(deliveries / messages, 2) if messages else None,
         "p50Ms": round(1000 * _pct(latencies, 0.50), 1), "p99Ms": round(1000 * _pct(latencies, 0.99), 1),
         "clientLoopLagP99Ms": round(1000 * _pct(lags, 0.99), 1) if lags else None,
+        "senderP50Ms": round(1000 * _pct(at_sender, 0.50), 1) if at_sender else None,
+        "senderP99Ms": round(1000 * _pct(at_sender, 0.99), 1) if at_sender else None,
         "serverCpuSeconds": round(cpu, 3), "serverIdleCpuPerSecond": round(idle_rate, 4),
         "serverNetCpuSeconds": round(net, 3),
         "cpuPerMessageUs": round(1e6 * net / max(1, messages), 1),
@@ -379,14 +396,16 @@ async def run_mode(mode: str, dsn: str, jwt_secret: str, livestream_id: str, str
             publisher = await publish(http, server.base, livestream_id, stream_key)
             url = server.base.replace("http", "ws") + f"{API}/livestreams/{livestream_id}/events"
             senders = [await http.ws_connect(f"{url}?token={t}") for t in tokens]
-            drains = [asyncio.create_task(_drain(ws)) for ws in senders]
+            sender = _Tally()
+            drains = [asyncio.create_task(_watch_sender(senders[0], sender))]
+            drains += [asyncio.create_task(_drain(ws)) for ws in senders[1:]]
             try:
                 # What the chat itself costs (chat:send handling, the database write, the
                 # senders' own copies) with no recipients: subtracted per viewer below.
                 ingest = {}
                 for rate in (args.rate, args.quiet_rate):
                     ingest[rate] = await measure(server, [], senders, recipients=0, rate=rate,
-                                                 seconds=args.seconds)
+                                                 seconds=args.seconds, sender=sender)
                     ingest[rate].update(mode=mode, transport="none")
                     runs.append(ingest[rate])
                     _print_run(ingest[rate])
@@ -401,7 +420,7 @@ async def run_mode(mode: str, dsn: str, jwt_secret: str, livestream_id: str, str
                         await asyncio.sleep(2.0)  # join traffic and viewer counts settle
                         for rate in (args.rate, args.quiet_rate):
                             run = await measure(server, pipes, senders, recipients=count, rate=rate,
-                                                seconds=args.seconds)
+                                                seconds=args.seconds, sender=sender)
                             run.update(mode=mode, transport=kind)
                             _per_viewer(run, ingest[rate])
                             runs.append(run)
@@ -464,7 +483,8 @@ def _print_run(run: dict[str, Any]) -> None:
     print(
         f"  {run['mode']:>9} {run['transport']:>11} x{run['recipients']} @ {run['rate']:g}/s: "
         f"{run['deliveries']}/{run['expected']} events in {run['messagesReceived']} messages, "
-        f"p50 {run['p50Ms']} ms, p99 {run['p99Ms']} ms (client loop lag p99 {run['clientLoopLagP99Ms']} ms), "
+        f"p50 {run['p50Ms']} ms, p99 {run['p99Ms']} ms (client loop lag p99 {run['clientLoopLagP99Ms']} ms; "
+        f"at a sender p50 {run['senderP50Ms']} ms, p99 {run['senderP99Ms']} ms), "
         f"send-order inversions {run['sendOrderInversions']}; server CPU "
         f"{run['serverNetCpuSeconds']} s net of idle {run['serverIdleCpuPerSecond']:.3f} core{share}", flush=True,
     )
