@@ -254,6 +254,8 @@ class LeanSender:
                     # T3 retransmits it like a lost packet, so the message counts as
                     # sent (False would send it twice).
                     self.stats["socket_full"] += 1
+                if n < _RECORD_BYTES:
+                    break  # a memory BIO reads all it holds up to the size asked: none left
         a._outbound_stream_seq[stream_id] = (stream_seq + 1) & 0xFFFF
         if not a._t3_handle:
             self._t3_since = now
@@ -372,6 +374,8 @@ class SackIngress:
             if egress is not None and egress.send is not None:
                 with contextlib.suppress(OSError):  # as a lost datagram: DTLS/SCTP recover
                     egress.send(view[:n])
+            if n < _RECORD_BYTES:
+                break
 
     def _sack(self, packet: bytes) -> bool:
         """Apply a packet that is one plain SACK; False if it is anything else."""
