@@ -30,8 +30,8 @@ aiortc internals used here (pinned and checked at import):
 _sent_queue, _forward_tsn_chunk, _fast_recovery_exit, _flight_size, _cwnd, _ssthresh,
 _partial_bytes_acked, _last_sacked_tsn, _local_tsn, _outbound_stream_seq,
 _local_port, _remote_port, _local_verification_tag, _remote_verification_tag,
-_remote_max_message_size, _reconfig_queue, _t3_handle`` and ``_t3_start(),
-_t3_restart(), _t3_cancel(), _flight_size_increase(), _flight_size_decrease(),
+_remote_max_message_size, _reconfig_queue, _t3_handle, _rto`` and ``_t3_restart(),
+_t3_cancel(), _t3_expired(), _flight_size_decrease(),
 _update_rto(), _update_advanced_peer_ack_point(), _data_channel_flush(), _transmit(),
 _handle_data()``; ``DataChunk``'s bookkeeping attributes (``_abandoned, _acked,
 _book_size, _expiry, _in_flight, _max_retransmits, _misses, _retransmit, _sent_count,
@@ -66,8 +66,8 @@ if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
 _NEEDED = ("_association_state", "_outbound_queue", "_data_channel_queue", "_sent_queue",
            "_flight_size", "_cwnd", "_partial_bytes_acked", "_last_sacked_tsn",
            "_local_tsn", "_outbound_stream_seq", "_t3_handle", "_fast_recovery_exit",
-           "_forward_tsn_chunk", "_reconfig_queue")
-_NEEDED_METHODS = ("_t3_start", "_t3_restart", "_t3_cancel", "_flight_size_increase",
+           "_forward_tsn_chunk", "_reconfig_queue", "_rto")
+_NEEDED_METHODS = ("_t3_restart", "_t3_cancel", "_t3_expired",
                    "_flight_size_decrease", "_update_rto", "_update_advanced_peer_ack_point",
                    "_data_channel_flush", "_transmit", "_handle_data")
 if not all(n in sctp.RTCSctpTransport.__init__.__code__.co_names for n in _NEEDED) \
