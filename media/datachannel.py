@@ -12,16 +12,16 @@ and one non-blocking ``send`` on the nominated ICE socket (connected, as for med
 
 SCTP stays correct because the chunks are handed to aiortc's own association exactly
 as ``RTCSctpTransport._transmit`` would have: appended to ``_sent_queue``, counted in
-the flight size, timestamped for RTT, T3 started. Retransmission, fast recovery and
-congestion control remain aiortc's (T3 kept lazily, see ``LeanSender.t3_restart``). The lean path is taken only when aiortc's path
-would have sent at once: the association established, nothing queued ahead (so order
-is kept), no retransmission or FORWARD-TSN pending, not in fast recovery. A message
-longer than one DATA chunk is cut as ``_send`` cuts it (one packet per fragment). The
-window rule is aiortc's: a chunk goes out while the flight size is below the congestion
-window, at most a burst of four. A full window returns ``False`` ("would block": the hub
-keeps the backlog, and the SACK that opens the window calls ``on_writable``); a message
-whose last fragments aiortc would hold back, and anything else, returns ``None`` and the
-caller uses ``RTCDataChannel.send``.
+the flight size, timestamped for RTT, T3 started (lazily: see ``LeanSender.t3_restart``).
+Retransmission, fast recovery and congestion control remain aiortc's. The lean path is
+taken only when aiortc's path would have sent at once: the association established,
+nothing queued ahead (so order is kept), no retransmission or FORWARD-TSN pending, not
+in fast recovery. A message longer than one DATA chunk is cut as ``_send`` cuts it (one
+packet per fragment). The window rule is aiortc's: a chunk goes out while the flight
+size is below the congestion window, at most a burst of four. A full window returns
+``False`` ("would block": the hub keeps the backlog, and the SACK that opens the window
+calls ``on_writable``); a message whose last fragments aiortc would hold back, and
+anything else, returns ``None`` and the caller uses ``RTCDataChannel.send``.
 
 :class:`SackIngress` takes the viewer's SACKs the same way on the way in (see there).
 
@@ -226,7 +226,7 @@ class LeanSender:
         stream_id = channel.id
         stream_seq = a._outbound_stream_seq.get(stream_id, 0)
         common = self._common
-        if _COMMON.unpack_from(common or bytes(8))[2] != a._remote_verification_tag or not common:
+        if not common:  # ports and tags are fixed once the association is established
             common = self._common = _COMMON.pack(a._local_port, a._remote_port, a._remote_verification_tag)
             self._crc0 = crc32c(common + _ZERO)
         ssl = self.dtls._ssl
