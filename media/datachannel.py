@@ -275,14 +275,16 @@ class LeanSender:
 
     def t3_restart(self, now: float) -> None:
         """T3 restarts (the oldest outstanding chunk was acknowledged): what `_t3_restart` does."""
-        if self.sctp._t3_handle is self._t3:
+        handle = self.sctp._t3_handle
+        if handle is not None and handle is self._t3:
             self._t3_since = now
         else:
-            self.sctp._t3_restart()
+            self.sctp._t3_restart()  # aiortc's handle, or none at all: a real timer now
 
     def t3_stop(self) -> None:
         """Nothing is outstanding: what `_t3_cancel` does (our handle idles until it fires)."""
-        if self.sctp._t3_handle is self._t3:
+        handle = self.sctp._t3_handle
+        if handle is not None and handle is self._t3:
             self._t3_since = None
         else:
             self.sctp._t3_cancel()
