@@ -1,21 +1,31 @@
-"""Benchmark a relay hop (media/relay.py) and what a second worker adds.
+"""Benchmark a relay hop (media/relay.py), what a second worker adds, and the load generator.
 
-Run from the repository root: ``python -m benchmarks.bench_cluster [--viewers 40]``.
+Run from the repository root: ``python -m benchmarks.bench_cluster [--viewers 200] [--budget 0.5]``
+(``--quick``: tiny sizes, to exercise every phase in under a minute).
 
 Server processes (spawned): an *origin* SFU that takes the publisher and a *relay* SFU
 that subscribes once to the origin over WHEP (``media.relay.open_relay``, the code the
-cluster uses between workers and nodes) and fans out locally. Each reports its own CPU
-time. This process publishes a pre-encoded 640x360 VP8 clip (30 fps, ~1.5 Mbit/s; no
-encoding while measuring) and runs counting viewers (no decoding).
+cluster uses between workers and nodes) and fans out locally: two workers of a host, as
+SO_REUSEPORT spreads viewers over them. Each reports its own CPU time. This process
+publishes a pre-encoded 640x360 VP8 clip (30 fps, ~1.5 Mbit/s, plus Opus; no encoding
+while measuring) and runs the viewers.
 
-1. Hop: one viewer on the origin and one on the relay record when each packet arrives
-   (matched by payload); the difference is the delay the hop adds (p50/p99). CPU per
-   relayed packet: the relay's CPU over the packets it took in, and the origin's CPU
-   per packet forwarded (the relay is one viewer to it).
-2. Workers: the same viewers on one worker, then split over two (origin + relay, as
-   SO_REUSEPORT spreads them); viewers per core = viewers / busiest process's CPU share,
-   summed over the workers: a projection from measured per-viewer cost, not a
-   saturation run. Loss is checked at the measured load.
+1. Hop: one aiortc viewer on the origin and one on the relay record when each packet
+   arrives (matched by payload); the difference is the delay the hop adds (p50/p99).
+   CPU per relayed packet: the relay's CPU over the packets it took in, and the
+   origin's CPU per packet forwarded (the relay is one viewer to it).
+2. Client: this process's CPU per received packet with counting aiortc viewers (the
+   baseline), then with lean viewers (``benchmarks/lean.py``: real ICE/DTLS, media
+   counted from the socket without decrypting), and the viewers one client core runs.
+3. Delay: ``--viewers`` lean viewers on one worker, then split over two; a few of them
+   timed: publisher send to kernel arrival at the viewer, per packet (p50/p99), and
+   each worker's CPU share (viewers per core projected from CPU per viewer).
+4. Saturation (measured): each worker in its own cgroup capped at ``--budget`` cores;
+   viewers added in steps until loss starts (noting where a worker passes 95 % of its
+   budget), for one worker and for two: viewers at 0 % loss, per core, and the 2-vs-1
+   ratio. Skipped, saying why, where no cgroup can be created.
+5. Projection (not measured): viewers a show reaches on N nodes of this kind, from the
+   measured per-viewer and per-relay costs, and where a flat fan-out from the origin stops.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import multiprocessing
 import os
 import statistics
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +46,21 @@ import aiohttp
 from aiohttp import web
 from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from benchmarks import cpulimit
 from benchmarks.bench_sfu import CountingSink, ReplayTrack, encode_clip, log
+from benchmarks.cpulimit import CpuLimit
+from benchmarks.lean import LeanReceiver, LeanViewer, SendLog, udp_socket_drops
 from media import SFU, MediaSettings, RoomNotFound
 from media.aiortc_hook import ice_host_addresses, install_receiver
 
 LOOPBACK = ["127.0.0.1"]
 RESULTS = Path(__file__).parent / "results"
 ROOM = "bench"
-TARGET_HOP_P99_MS, TARGET_WORKER_RATIO = 5.0, 1.8
+TARGET_HOP_P99_MS, TARGET_WORKER_RATIO, TARGET_FANOUT_P99_MS, TARGET_CLIENT_VIEWERS = 5.0, 1.8, 5.0, 500
+JOINS_AT_ONCE = 8
+PHASES = ("client", "delay", "saturation")
+SATURATED_SHARE = 0.95  # a server using this much of its budget is saturated (reported beside loss)
+SATURATION_STEPS = 12
 
 
 # --- server processes -----------------------------------------------------------------
@@ -56,9 +74,17 @@ def server_main(role: str, port: int, origin: str | None) -> None:
 
 
 async def _serve(role: str, port: int, origin: str | None) -> None:
+    sfu = SFU(MediaSettings(ice_servers=[], ice_host_addresses=LOOPBACK, max_viewers_per_room=2000))
+    runner = web.AppRunner(build_app(sfu, role, origin))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
+    """Return the loopback WHIP/WHEP endpoints of an origin or relay SFU, and its stats."""
     from media.relay import open_relay
 
-    sfu = SFU(MediaSettings(ice_servers=[], ice_host_addresses=LOOPBACK, max_viewers_per_room=2000))
     lock = asyncio.Lock()
 
     async def subscribe(offer: str) -> str:
@@ -90,16 +116,29 @@ async def _serve(role: str, port: int, origin: str | None) -> None:
             "packets_in": counters.packets_in if counters else 0,
             "packets_out": counters.packets_out if counters else 0,
             "viewers": len(room.viewers) if room else 0,
+            "drops": counters.drops if counters else 0,
+            "bytes_in": counters.bytes_in if counters else 0,
         })
+
+    async def probe(request: web.Request) -> web.Response:
+        """Return the SFU's own fan-out delay (a video packet in to its last sendto) since the last call."""
+        room = sfu.rooms.get(ROOM)
+        forwarder = room.forwarders.get("video") if room else None
+        if forwarder is None:
+            return web.json_response({"samples": 0})
+        values = list(forwarder.delay_probe or ())
+        forwarder.delay_probe = deque(maxlen=1_000_000)
+        if not values:
+            return web.json_response({"samples": 0})
+        return web.json_response({"samples": len(values), "p50_ms": percentile(values, 50) * 1e3,
+                                  "p99_ms": percentile(values, 99) * 1e3})
 
     app = web.Application()
     app.router.add_post("/publish", publish)
     app.router.add_post("/watch", watch)
     app.router.add_get("/stats", stats)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    await asyncio.Event().wait()
+    app.router.add_get("/probe", probe)
+    return app
 
 
 # --- this process: publisher and viewers ---------------------------------------------
@@ -143,7 +182,11 @@ async def viewer(url: str, sink_type: type[CountingSink] = CountingSink) -> tupl
 
 
 async def stats(url: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/stats") as resp:
+    return await _get(f"{url}/stats")
+
+
+async def _get(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
         return dict(await resp.json())
 
 
@@ -175,35 +218,268 @@ async def measure_hop(origin: str, relay: str, seconds: float) -> dict[str, Any]
         "relay_us_per_packet_in": (r1["cpu"] - r0["cpu"]) / max(relay_in, 1) * 1e6,
         "origin_us_per_packet_out": (o1["cpu"] - o0["cpu"]) / max(origin_out, 1) * 1e6,
         "origin_packets_in": o1["packets_in"] - o0["packets_in"], "relay_packets_in": relay_in,
+        "stream_bps": (o1["bytes_in"] - o0["bytes_in"]) * 8 / seconds,
     }
 
 
-async def measure_workers(urls: list[str], viewers: int, seconds: float) -> dict[str, Any]:
-    """Spread `viewers` over the workers at `urls`; return CPU shares, capacity and delivery."""
-    peers: list[tuple[RTCPeerConnection, CountingSink]] = []
-    for index in range(viewers):
-        peers.append(await viewer(f"{urls[index % len(urls)]}/watch"))
-    await asyncio.sleep(2.0)
+class Generator:
+    """This process's lean viewers (benchmarks/lean.py), joined a few at a time."""
+
+    def __init__(self, http: aiohttp.ClientSession) -> None:
+        self.http = http
+        self.receiver = LeanReceiver()
+        self.viewers: list[LeanViewer] = []
+
+    async def add(self, urls: list[str], count: int, timing: int = 0) -> None:
+        """Join ``count`` viewers round-robin over ``urls``; ``timing`` of them, spread, are timed."""
+        workers, start = len(urls), len(self.viewers)
+        # Timed viewers spread over each worker's viewers in join order (the fan-out's order).
+        every = max(1, count // workers // max(1, timing // workers)) if timing else 0
+        fresh = [LeanViewer(f"{urls[(start + i) % workers]}/watch",
+                            timing=bool(every) and (i // workers) % every == every - 1) for i in range(count)]
+        gate = asyncio.Semaphore(JOINS_AT_ONCE)
+
+        async def join(viewer: LeanViewer) -> None:
+            async with gate:
+                await viewer.join(self.http)
+                self.receiver.add(viewer)
+
+        self.viewers += fresh
+        await asyncio.gather(*(join(v) for v in fresh))
+
+    async def clear(self) -> None:
+        """Make every viewer leave."""
+        viewers, self.viewers = self.viewers, []
+        for viewer in viewers:
+            self.receiver.remove(viewer)
+        await asyncio.gather(*(v.leave(self.http) for v in viewers))
+
+    def totals(self) -> dict[str, int]:
+        """Return packets, expected and lost summed over the viewers, and the client's socket drops."""
+        snaps = [v.snapshot() for v in self.viewers]
+        drops = udp_socket_drops()
+        return {key: sum(s[key] for s in snaps) for key in ("packets", "expected", "lost")} | {
+            "socket_drops": sum(drops.get(v.sock.getsockname()[1], 0) for v in self.viewers if v.sock)}
+
+
+async def window(gen: Generator, urls: list[str], seconds: float, idle_share: float) -> dict[str, Any]:
+    """Measure one steady window: loss, client CPU per packet, each server's CPU share and drops."""
     before = [await stats(u) for u in urls]
-    snap0 = [s.snapshot() for _, s in peers]
-    started = time.monotonic()
+    for viewer in gen.viewers:
+        viewer.arrivals.clear()
+    g0, d0, cpu0, t0 = gen.totals(), gen.receiver.datagrams, time.process_time(), time.monotonic()
     await asyncio.sleep(seconds)
-    elapsed = time.monotonic() - started
+    g1, d1, cpu1, elapsed = gen.totals(), gen.receiver.datagrams, time.process_time(), time.monotonic() - t0
     after = [await stats(u) for u in urls]
-    snap1 = [s.snapshot() for _, s in peers]
+    packets, lost = g1["packets"] - g0["packets"], g1["lost"] - g0["lost"]
+    client_cpu = cpu1 - cpu0 - idle_share * elapsed  # the publisher's own share measured before
+    return {
+        "viewers": len(gen.viewers), "seconds": elapsed, "packets": packets, "lost": lost,
+        "loss": lost / max(packets + lost, 1), "client_socket_drops": g1["socket_drops"] - g0["socket_drops"],
+        "client_cpu_share": client_cpu / elapsed,
+        "client_us_per_packet": client_cpu / max(d1 - d0, 1) * 1e6,
+        "server_cpu_share": [(b["cpu"] - a["cpu"]) / elapsed for a, b in zip(before, after, strict=True)],
+        "server_drops": sum(b["drops"] - a["drops"] for a, b in zip(before, after, strict=True)),
+        "server_viewers": [b["viewers"] for b in after],
+    }
+
+
+async def idle_share(seconds: float = 2.0) -> float:
+    """Return this process's CPU share with the publisher alone (subtracted from the client's)."""
+    cpu0, t0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (time.process_time() - cpu0) / (time.monotonic() - t0)
+
+
+async def measure_client(origin: str, lean: int, aiortc: int, seconds: float, idle: float) -> dict[str, Any]:
+    """Return the client's CPU per received packet: ``aiortc`` counting aiortc viewers, then ``lean`` lean ones."""
+    peers = [await viewer(f"{origin}/watch") for _ in range(aiortc)]
+    await asyncio.sleep(2.0)
+    snap0 = [s.snapshot()["packets"] for _, s in peers]
+    cpu0, t0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu, elapsed = time.process_time() - cpu0 - idle * (time.monotonic() - t0), time.monotonic() - t0
+    received = sum(s.snapshot()["packets"] - p for (_, s), p in zip(peers, snap0, strict=True))
     for pc, _ in peers:
         await pc.close()
-    got = sum(b["packets"] - a["packets"] for a, b in zip(snap0, snap1, strict=True))
-    expected = sum(b["expected"] - a["expected"] for a, b in zip(snap0, snap1, strict=True))
-    workers = []
-    for url, a, b in zip(urls, before, after, strict=True):
-        share = (b["cpu"] - a["cpu"]) / elapsed
-        # The origin (urls[0]) also serves the relay, subscribed since phase 1: not a viewer.
-        local = b["viewers"] - (1 if url == urls[0] else 0)
-        workers.append({"url": url, "cpu_share": share, "viewers": local,
-                        "viewers_per_core": local / share if share > 0 else 0.0})
-    return {"viewers": viewers, "delivered": got / max(expected, 1), "workers": workers,
-            "capacity_viewers": sum(w["viewers_per_core"] for w in workers)}
+    rate = received / max(aiortc, 1) / elapsed
+    baseline = {"viewers": aiortc, "client_us_per_packet": cpu / max(received, 1) * 1e6,
+                "client_cpu_share": cpu / elapsed, "packets_per_viewer_second": rate,
+                "viewers_per_core": 1e6 / (cpu / max(received, 1) * 1e6 * rate) if cpu > 0 and rate else 0.0}
+    async with aiohttp.ClientSession() as http:
+        gen = Generator(http)
+        await gen.add([origin], lean)
+        await asyncio.sleep(2.0)
+        lean_window = await window(gen, [origin], seconds, idle)
+        await gen.clear()
+        await gen.receiver.close()
+    # Per viewer at the stream's full rate (packets + lost): what one client core keeps up with.
+    rate = (lean_window["packets"] + lean_window["lost"]) / max(lean, 1) / lean_window["seconds"]
+    lean_window["packets_per_viewer_second"] = rate
+    lean_window["viewers_per_core"] = 1e6 / (lean_window["client_us_per_packet"] * rate) if rate else 0.0
+    return {"aiortc": baseline, "lean": lean_window,
+            "ratio_us_per_packet": baseline["client_us_per_packet"] / lean_window["client_us_per_packet"]}
+
+
+async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seconds: float, send_log: SendLog,
+                        idle: float) -> dict[str, Any]:
+    """Return publisher-to-viewer delay (p50/p99) with ``viewers`` on one worker, then split over two."""
+    results: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as http:
+        gen = Generator(http)
+        for label, urls in (("one_worker", [origin]), ("two_workers", [origin, relay])):
+            log(f"delay: {viewers} lean viewers ({timing} timed) on {len(urls)} worker(s)")
+            await gen.add(urls, viewers, timing)
+            await asyncio.sleep(2.0)
+            for url in urls:
+                await _get(f"{url}/probe")
+            figures = await window(gen, urls, seconds, idle)
+            # The issue's measure: the SFU's own probe, one packet's walk over its worker's viewers.
+            figures["sfu_probe_per_worker"] = [await _get(f"{url}/probe") for url in urls]
+            timed = [v for v in gen.viewers if v.timing]
+            delays = send_log.delays_ms(timed)
+            figures |= {"timed_packets": len(delays), "delay_p50_ms": percentile(delays, 50),
+                        "delay_p99_ms": percentile(delays, 99), "delay_max_ms": max(delays)}
+            # Per worker: the relay's viewers have the hop on top of their own fan-out.
+            figures["delay_p50_p99_ms_per_worker"] = [
+                [percentile(part, 50), percentile(part, 99)]
+                for url in urls if (part := send_log.delays_ms([v for v in timed if v.url.startswith(url)]))]
+            # As before this benchmark had a saturation run: viewers per core from CPU per viewer.
+            figures["projected_viewers_per_core"] = sum(
+                n / c for n, c in zip(figures["server_viewers"], figures["server_cpu_share"], strict=True) if c > 0)
+            results[label] = figures
+            log(json.dumps({k: v for k, v in figures.items() if k != "server_viewers"}))
+            await gen.clear()
+        await gen.receiver.close()
+    one, two = results["one_worker"]["delay_p99_ms"], results["two_workers"]["delay_p99_ms"]
+    results["p99_ratio"] = one / two if two else 0.0
+    return results
+
+
+async def saturate(gen: Generator, urls: list[str], limits: list[CpuLimit], budget: float, seconds: float,
+                   idle: float, max_viewers: int, first_step: int) -> dict[str, Any]:
+    """Add viewers in steps until loss starts (at most 12 steps); return the steps.
+
+    Each step also records whether the busiest server stayed under 95 % of its budget
+    (the last such step is the capacity with CPU to spare; the last step without loss,
+    the capacity at 0 % loss).
+
+    Joins run with the quota lifted (a DTLS handshake is not what is measured); each
+    window runs with every server capped at ``budget`` cores. The first step (a few
+    viewers per worker) gives the CPU per viewer; steps then go from 80 % of the
+    capacity that projects, 5 % at a time.
+    """
+    steps: list[dict[str, Any]] = []
+    target = first_step * len(urls)
+    while target <= max_viewers:
+        for limit in limits:
+            limit.set(None)
+        await gen.add(urls, target - len(gen.viewers))
+        await asyncio.sleep(1.0)
+        for limit in limits:
+            limit.set(budget)
+        await asyncio.sleep(1.0)
+        throttled0 = [limit.throttled() for limit in limits]
+        figures = await window(gen, urls, seconds, idle)
+        throttled1 = [limit.throttled() for limit in limits]
+        figures["throttled_share"] = [(b[1] - a[1]) / max(b[0] - a[0], 1)
+                                      for a, b in zip(throttled0, throttled1, strict=True)]
+        busiest = max(figures["server_cpu_share"])
+        figures["budget_used"] = busiest / budget
+        figures["client_limited"] = figures["client_socket_drops"] > 0
+        figures["ok"] = figures["lost"] == 0 and not figures["client_limited"]
+        figures["under_budget"] = figures["ok"] and figures["budget_used"] < SATURATED_SHARE
+        steps.append(figures)
+        log(f"saturation, {len(urls)} worker(s) at {budget:g} core each: {target} viewers, "
+                  f"lost {figures['lost']}, budget used {figures['budget_used']:.0%}, client drops "
+                  f"{figures['client_socket_drops']}, client CPU {figures['client_cpu_share']:.0%}")
+        if not figures["ok"] or len(steps) == SATURATION_STEPS:
+            break
+        # The capacity this step projects (CPU per viewer falls as fixed costs spread):
+        # jump to 80 % of it, then climb 5 % at a time, 10 % once the budget is spent
+        # (a server just over its budget takes a while to overflow its socket buffers).
+        per_viewer = busiest / (target / len(urls))
+        capacity = int(budget / per_viewer * len(urls)) if per_viewer > 0 else max_viewers
+        climb = capacity // (20 if figures["under_budget"] else 10)
+        target = max(target + max(len(urls), climb), min(int(capacity * 0.8), max_viewers))
+    for limit in limits:
+        limit.set(None)
+    best = max((s["viewers"] for s in steps if s["ok"]), default=0)
+    under = max((s["viewers"] for s in steps if s["under_budget"]), default=0)
+    failed = next((s for s in steps if not s["ok"]), None)
+    return {"budget_cores_each": budget, "workers": len(urls), "steps": steps, "viewers_at_0_loss": best,
+            "viewers_per_core": best / (budget * len(urls)), "viewers_under_budget": under,
+            "stopped_by": ("step or viewer limit" if failed is None
+                           else "client (socket drops)" if failed["client_limited"] else "loss")}
+
+
+async def measure_saturation(origin: str, relay: str, limits: list[CpuLimit], budget: float, seconds: float,
+                             idle: float, max_viewers: int, first_step: int) -> dict[str, Any]:
+    """Run :func:`saturate` for one worker (origin), then two (origin + relay), each in its own cgroup."""
+    results: dict[str, Any] = {"cgroup": "v2" if limits[0].v2 else "v1"}
+    async with aiohttp.ClientSession() as http:
+        for label, urls in (("one_worker", [origin]), ("two_workers", [origin, relay])):
+            gen = Generator(http)
+            results[label] = await saturate(gen, urls, limits[:len(urls)], budget, seconds, idle, max_viewers,
+                                            first_step)
+            await gen.clear()
+            await gen.receiver.close()
+    one, two = results["one_worker"]["viewers_at_0_loss"], results["two_workers"]["viewers_at_0_loss"]
+    results["ratio"] = two / one if one else 0.0
+    one, two = results["one_worker"]["viewers_under_budget"], results["two_workers"]["viewers_under_budget"]
+    results["ratio_under_budget"] = two / one if one else 0.0
+    return results
+
+
+def make_cgroups(pids: list[int]) -> tuple[list[CpuLimit], str | None]:
+    """Put each server and this process (the load generator) in a cgroup of its own, weighted up.
+
+    Return the groups (servers first, this process last) or none and why not.
+    """
+    limits: list[CpuLimit] = []
+    try:
+        for role, pid in zip(("origin", "relay", "client"), [*pids, os.getpid()], strict=True):
+            limit = cpulimit.create(f"shopstream-bench-{role}")
+            limits.append(limit)
+            limit.prioritize()
+            limit.add(pid)
+    except (cpulimit.CpuLimitUnavailable, OSError) as exc:
+        for limit in limits:
+            limit.remove()
+        return [], f"no CPU budget can be set here ({exc})"
+    return limits, None
+
+
+def project(results: dict[str, Any], node_cores: int, nic_gbps: float) -> dict[str, Any]:
+    """Project viewers per show on N nodes of ``node_cores`` cores from the measured per-hop costs.
+
+    A viewer costs its worker ``1 / viewers_per_core`` of a core (saturation, else the
+    CPU projection); a relay costs the origin worker what one viewer does (it is one
+    WHEP viewer there), and its own worker one ingress (``relay_us_per_packet_in``).
+    Every worker of every node relays from the origin worker (flat): that stops when the
+    origin worker's core is spent on relays. Past that, a second level of relays
+    (not built: a relay subscribes to the origin only) multiplies the reach and adds a hop.
+    """
+    hop = results["hop"]
+    saturation = results.get("saturation", {})
+    per_core = (saturation.get("two_workers", {}).get("viewers_per_core")
+                or results.get("delay", {}).get("two_workers", {}).get("projected_viewers_per_core", 0) / 2)
+    pps = hop["origin_packets_in"] / results["seconds"]  # the show's packets per second (video)
+    relay_share = hop["relay_us_per_packet_in"] * pps / 1e6  # a relay worker's ingress, of a core
+    viewers_per_worker = per_core * max(0.0, 1 - relay_share)
+    max_relays = per_core  # the origin worker, spent on relays only
+    nic_viewers = nic_gbps * 1e9 / max(hop.get("stream_bps", 1.5e6), 1)
+    rows = []
+    for nodes in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        relays = nodes * node_cores - 1
+        flat = relays <= max_relays
+        per_node = min(node_cores * viewers_per_worker, nic_viewers)
+        rows.append({"nodes": nodes, "relays_from_origin": relays if flat else int(max_relays),
+                     "viewers": int(nodes * per_node) if flat else int(max_relays * viewers_per_worker),
+                     "flat": flat, "two_level_viewers": int(nodes * per_node)})
+    return {"viewers_per_core": per_core, "relay_ingress_share": relay_share, "max_relays_per_origin_worker":
+            int(max_relays), "max_flat_nodes": int((max_relays + 1) // node_cores), "node_cores": node_cores,
+            "nic_viewers_per_node": int(nic_viewers), "rows": rows}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -215,32 +491,68 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for proc in procs:
         proc.start()
     results: dict[str, Any] = {"cores": os.cpu_count(), "load_average_before": os.getloadavg(),
-                               "seconds": args.seconds}
+                               "seconds": args.seconds, "quick": args.quick}
+    limits, no_cgroups = make_cgroups([p.pid for p in procs if p.pid])
+    results["cgroups"] = no_cgroups or "servers and load generator each in a cgroup, weight 8x the default"
+    log(f"cgroups: {results['cgroups']}")
     try:
         log("encoding the clip")
         clip = encode_clip()
+        await _ready([origin, relay], procs)
         publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         publisher.addTransceiver(ReplayTrack(clip), direction="sendonly")
         publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
         await connect(publisher, f"{origin}/publish")
+        send_log = SendLog()
+        send_log.attach(publisher)
         await asyncio.sleep(1.0)
-        log("phase 1: one relay hop")
+        idle = results["client_idle_share"] = await idle_share()
+        log("phase 1: one relay hop")  # always: it also subscribes the relay for the other phases
         results["hop"] = await measure_hop(origin, relay, args.seconds)
         log(json.dumps(results["hop"]))
-        log(f"phase 2: {args.viewers} viewers on one worker")
-        results["one_worker"] = await measure_workers([origin], args.viewers, args.seconds)
-        log(json.dumps(results["one_worker"]))
-        log(f"phase 2: {args.viewers} viewers over two workers (origin + relay)")
-        results["two_workers"] = await measure_workers([origin, relay], args.viewers, args.seconds)
-        log(json.dumps(results["two_workers"]))
+        if "client" in args.phases:
+            log(f"phase 2: client cost, {args.aiortc_viewers} aiortc viewers then {args.lean_viewers} lean ones")
+            results["client"] = await measure_client(origin, args.lean_viewers, args.aiortc_viewers, args.seconds,
+                                                     idle)
+            log(json.dumps(results["client"]))
+        if "delay" in args.phases:
+            log(f"phase 3: publisher-to-viewer delay at {args.viewers} viewers, 1 then 2 workers")
+            results["delay"] = await measure_delay(origin, relay, args.viewers, args.timed, args.seconds, send_log,
+                                                   idle)
+        saturation = "saturation" in args.phases and args.budget > 0
+        if saturation and limits:
+            log(f"phase 4: saturation at {args.budget:g} core per worker")
+            results["saturation"] = await measure_saturation(
+                origin, relay, limits[:2], args.budget, args.seconds, idle, args.max_viewers, args.first_step)
+            log(json.dumps({k: v for k, v in results["saturation"].items() if k != "steps"}, default=str))
+        elif saturation:
+            results["saturation"] = {"skipped": f"{no_cgroups}: saturation not measured"}
         await publisher.close()
     finally:
         for proc in procs:
             proc.kill()
-    one, two = results["one_worker"]["capacity_viewers"], results["two_workers"]["capacity_viewers"]
-    results["worker_ratio"] = two / one if one else 0.0
+        for proc in procs:
+            proc.join(10)  # a cgroup with a task still exiting cannot be removed
+        for limit in limits:
+            limit.remove()
+    if "saturation" in results and "skipped" not in results["saturation"] or "delay" in results:
+        results["projection"] = project(results, args.node_cores, args.nic_gbps)
     results["load_average_after"] = os.getloadavg()
     return results
+
+
+async def _ready(urls: list[str], procs: list[Any], timeout: float = 60.0) -> None:
+    """Wait until every server process answers its stats endpoint."""
+    deadline = time.monotonic() + timeout
+    for url, proc in zip(urls, procs, strict=True):
+        while True:
+            try:
+                await stats(url)
+                break
+            except aiohttp.ClientError:
+                if not proc.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"server {url} did not start (exit code {proc.exitcode})") from None
+                await asyncio.sleep(0.2)
 
 
 def _free_port() -> int:
@@ -253,26 +565,111 @@ def _free_port() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--viewers", type=int, default=40)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--viewers", type=int, default=200, help="viewers per host for the delay phase")
+    parser.add_argument("--timed", type=int, default=10, help="of which timed (SO_TIMESTAMPNS + decrypt)")
+    parser.add_argument("--lean-viewers", type=int, default=300, help="lean viewers for the client-cost phase")
+    parser.add_argument("--aiortc-viewers", type=int, default=40, help="aiortc viewers, the client-cost baseline")
+    parser.add_argument("--seconds", type=float, default=6.0, help="each measuring window")
+    parser.add_argument("--budget", type=float, default=0.5,
+                        help="saturation: CPU cores per worker (cgroup quota); 0 skips the saturation run")
+    parser.add_argument("--max-viewers", type=int, default=1500, help="saturation: stop adding viewers here")
+    parser.add_argument("--first-step", type=int, default=20,
+                        help="saturation: viewers per worker in the first step (it measures CPU per viewer)")
+    parser.add_argument("--node-cores", type=int, default=os.cpu_count() or 2, help="projection: cores per node")
+    parser.add_argument("--nic-gbps", type=float, default=10.0, help="projection: a node's network interface")
+    parser.add_argument("--phases", type=lambda text: set(text.split(",")), default=set(PHASES),
+                        help=f"comma-separated, of {','.join(PHASES)} (the hop always runs)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and short windows: exercise the code")
     args = parser.parse_args()
+    if not args.phases <= set(PHASES):
+        parser.error(f"--phases: unknown {', '.join(sorted(args.phases - set(PHASES)))}; known: {', '.join(PHASES)}")
+    if args.quick:
+        args.viewers, args.timed, args.lean_viewers, args.aiortc_viewers = 12, 4, 12, 3
+        args.seconds, args.budget, args.max_viewers, args.first_step = 2.0, min(args.budget, 0.15), 40, 4
     results = asyncio.run(run(args))
+    report(results)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / ("bench_cluster-quick.json" if args.quick else "bench_cluster.json")
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(f"written: {path}")
+    with contextlib.suppress(Exception):
+        _plot(results, path.with_suffix(".png"))
+
+
+def report(results: dict[str, Any]) -> None:
+    """Print the figures, each with its target and whether it is measured or projected."""
     hop = results["hop"]
     print(f"relay hop: +{hop['hop_delay_p50_ms']:.2f} ms p50, +{hop['hop_delay_p99_ms']:.2f} ms p99 "
           f"(target p99 <= {TARGET_HOP_P99_MS} ms) over {hop['matched_packets']} packets")
     print(f"CPU per packet: relay {hop['relay_us_per_packet_in']:.1f} us in (+1 viewer out), "
           f"origin {hop['origin_us_per_packet_out']:.1f} us per packet out")
-    one, two = results["one_worker"], results["two_workers"]
-    print(f"1 worker: {one['capacity_viewers']:.0f} viewers per full core (delivered {one['delivered']:.4f}); "
-          f"2 workers: {two['capacity_viewers']:.0f} on two cores (delivered {two['delivered']:.4f}); "
-          f"ratio {results['worker_ratio']:.2f}x (target >= {TARGET_WORKER_RATIO}x)")
+    if "client" in results:
+        _report_client(results["client"])
+    if "delay" in results:
+        _report_delay(results["delay"])
+    _report_saturation(results.get("saturation"))
+    if "projection" in results:
+        _report_projection(results["projection"])
     print(f"load average before/after: {results['load_average_before']} / {results['load_average_after']}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "bench_cluster.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"written: {path}")
-    with contextlib.suppress(Exception):
-        _plot(results, RESULTS / "bench_cluster.png")
+
+
+def _report_client(client: dict[str, Any]) -> None:
+    lean, base = client["lean"], client["aiortc"]
+    print(f"client (measured): lean viewer {lean['client_us_per_packet']:.2f} us per received packet, "
+          f"{lean['viewers']} viewers took {lean['client_cpu_share']:.0%} of a core -> "
+          f"{lean['viewers_per_core']:.0f} viewers of {lean['packets_per_viewer_second']:.0f} packets/s per client "
+          f"core (target >= {TARGET_CLIENT_VIEWERS}); "
+          f"aiortc viewer {base['client_us_per_packet']:.2f} us ({base['viewers_per_core']:.0f} per core); "
+          f"ratio {client['ratio_us_per_packet']:.1f}x; lean loss {lean['loss']:.4%}")
+
+
+def _report_delay(delay: dict[str, Any]) -> None:
+    one, two = delay["one_worker"], delay["two_workers"]
+    print(f"delay publisher -> viewer (measured) at {one['viewers']} viewers: 1 worker p50 "
+          f"{one['delay_p50_ms']:.2f} / p99 {one['delay_p99_ms']:.2f} ms; 2 workers p50 {two['delay_p50_ms']:.2f} / "
+          f"p99 {two['delay_p99_ms']:.2f} ms (per worker p50/p99: {_pairs(two['delay_p50_p99_ms_per_worker'])}; "
+          f"target <= {TARGET_FANOUT_P99_MS} ms); ratio "
+          f"{delay['p99_ratio']:.2f}x; loss {one['loss']:.4%} / {two['loss']:.4%}")
+    print("SFU probe (a packet in to its last viewer's sendto, the issue's measure), p50/p99 ms per worker: "
+          f"1 worker {_probes(one)}; 2 workers {_probes(two)}")
+    print(f"viewers per core from CPU per viewer (projected): 1 worker {one['projected_viewers_per_core']:.0f}, "
+          f"2 workers {two['projected_viewers_per_core']:.0f} on two cores")
+
+
+def _report_saturation(saturation: dict[str, Any] | None) -> None:
+    if saturation is None:
+        print("saturation: not run (--budget 0 or --phases)")
+    elif "skipped" in saturation:
+        print(f"saturation: SKIPPED: {saturation['skipped']}")
+    else:
+        s1, s2 = saturation["one_worker"], saturation["two_workers"]
+        print(f"saturation (measured, cgroup {saturation['cgroup']}, {s1['budget_cores_each']:g} core per worker): "
+              f"1 worker {s1['viewers_at_0_loss']} viewers at 0 % loss ({s1['viewers_per_core']:.0f} per core, "
+              f"stopped by {s1['stopped_by']}); 2 workers {s2['viewers_at_0_loss']} "
+              f"({s2['viewers_per_core']:.0f} per core, stopped by {s2['stopped_by']}); ratio "
+              f"{saturation['ratio']:.2f}x (target >= {TARGET_WORKER_RATIO}x); under 95 % of the budget: "
+              f"{s1['viewers_under_budget']} and {s2['viewers_under_budget']}, ratio "
+              f"{saturation['ratio_under_budget']:.2f}x")
+
+
+def _report_projection(projection: dict[str, Any]) -> None:
+    print(f"projection (from the measured costs, not measured): {projection['viewers_per_core']:.0f} viewers per "
+          f"core, a relay's ingress {projection['relay_ingress_share']:.1%} of its worker, the origin worker "
+          f"feeds at most {projection['max_relays_per_origin_worker']} relays: flat up to "
+          f"{projection['max_flat_nodes']} nodes of {projection['node_cores']} cores")
+    for row in projection["rows"]:
+        shape = "flat" if row["flat"] else f"flat stops at {row['viewers']}; a 2-level relay tree (not built)"
+        print(f"  {row['nodes']:>4} nodes: {row['two_level_viewers'] if not row['flat'] else row['viewers']:>9,} "
+              f"viewers ({shape})")
+
+
+def _probes(figures: dict[str, Any]) -> str:
+    return ", ".join(f"{p['p50_ms']:.2f}/{p['p99_ms']:.2f}" if p["samples"] else "-"
+                     for p in figures["sfu_probe_per_worker"])
+
+
+def _pairs(pairs: list[list[float]]) -> str:
+    return ", ".join(f"{a:.2f}/{b:.2f}" for a, b in pairs)
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
@@ -281,12 +678,23 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    labels = ["1 worker", "2 workers"]
-    values = [results["one_worker"]["capacity_viewers"], results["two_workers"]["capacity_viewers"]]
-    ax.bar(labels, values)
-    ax.set_ylabel("viewers at 100 % CPU (projected)")
-    ax.set_title(f"ratio {results['worker_ratio']:.2f}x, hop p99 +{results['hop']['hop_delay_p99_ms']:.1f} ms")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    saturation = results.get("saturation") or {}
+    for label in ("one_worker", "two_workers"):
+        steps = saturation.get(label, {}).get("steps", [])
+        left.plot([s["viewers"] for s in steps], [s["loss"] * 100 for s in steps], "o-", label=label)
+    left.set_xlabel("viewers")
+    left.set_ylabel("loss (%)")
+    left.set_title(f"saturation, ratio {saturation.get('ratio', 0):.2f}x")
+    left.legend()
+    delay = results.get("delay")
+    if delay is None:
+        fig.tight_layout()
+        fig.savefig(path)
+        return
+    right.bar(["1 worker", "2 workers"], [delay["one_worker"]["delay_p99_ms"], delay["two_workers"]["delay_p99_ms"]])
+    right.set_ylabel("p99 publisher -> viewer (ms)")
+    right.set_title(f"{delay['one_worker']['viewers']} viewers")
     fig.tight_layout()
     fig.savefig(path)
 

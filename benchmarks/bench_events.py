@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import secrets
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +58,8 @@ from server.auth import Tokens
 from server.db import migrate
 
 RESULTS = Path(__file__).resolve().parent / "results"
+WRTC_SCRIPT = Path(__file__).resolve().parent / "events_wrtc.js"
+NODE_MODULES = Path(__file__).resolve().parents[1] / ".venv" / "node" / "node_modules"
 API = "/api/v1"
 TARGET_US_PER_BATCH_PER_VIEWER = 30.0
 TARGET_PER_CORE = 100_000
@@ -87,6 +92,7 @@ class _Tally:
         self.measuring = False
         self.deliveries = self.messages = self.out_of_order = 0
         self.latencies: list[float] = []
+        self.lags: list[float] = []  # how late the client's own loop woke (its share of the latency)
         self.last: dict[int, float] = {}
 
     def feed(self, who: int, text: str) -> None:
@@ -106,7 +112,8 @@ class _Tally:
 
     def report(self) -> dict[str, Any]:
         return {"deliveries": self.deliveries, "messages": self.messages,
-                "sendOrderInversions": self.out_of_order, "latencies": self.latencies[:]}
+                "sendOrderInversions": self.out_of_order, "latencies": self.latencies[:],
+                "loopLags": self.lags[:]}
 
 
 async def _recipients(kind: str, base: str, livestream_id: str, count: int, pipe: Any) -> None:
@@ -119,6 +126,7 @@ async def _recipients(kind: str, base: str, livestream_id: str, count: int, pipe
         else:
             await _join_datachannels(http, base, livestream_id, count, tally, closers)
         pipe.send("ready")
+        probe = asyncio.create_task(_probe_lag(tally))
         while True:
             command = await loop.run_in_executor(None, pipe.recv)
             if command == "start":
@@ -127,12 +135,25 @@ async def _recipients(kind: str, base: str, livestream_id: str, count: int, pipe
                 tally.measuring = False
                 pipe.send(tally.report())
             elif command == "close":
+                probe.cancel()
                 await asyncio.gather(*(c() for c in closers), return_exceptions=True)
                 return
 
 
+async def _probe_lag(tally: _Tally, every: float = 0.01) -> None:
+    """Record how late this process's loop wakes from a 10 ms sleep while measuring: a
+    message that arrives meanwhile waits as long before the recipient sees it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(every)
+        if tally.measuring:
+            tally.lags.append(loop.time() - t - every)
+
+
 def _reset(tally: _Tally) -> _Tally:
     tally.latencies.clear()
+    tally.lags.clear()
     tally.last.clear()
     tally.deliveries = tally.messages = tally.out_of_order = 0
     tally.measuring = True
@@ -214,13 +235,56 @@ async def publish(http: aiohttp.ClientSession, base: str, livestream_id: str, st
 
 # -- one measurement -----------------------------------------------------------------
 
+class NodeRecipients:
+    """A client process of libwebrtc recipients (`events_wrtc.js` under Node), driven like
+    the Python ones: `send` a command, `recv` its answer (one JSON line), `join`."""
+
+    def __init__(self, base: str, livestream_id: str, count: int) -> None:
+        self.process = subprocess.Popen(
+            ["node", str(WRTC_SCRIPT), base, livestream_id, str(count)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "NODE_PATH": str(NODE_MODULES)},  # inherits the raised fd limit
+        )
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+
+    def recv(self) -> Any:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the libwebrtc recipients exited ({self.process.wait()})")
+        value = json.loads(line)
+        return "ready" if value == {"ready": True} else value
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
 async def start_recipients(kind: str, server: ServerProcess, livestream_id: str, count: int,
                            workers: int) -> tuple[list[Any], list[Any]]:
     ctx = mp.get_context("spawn")
-    pipes, procs = [], []
+    pipes: list[Any] = []
+    procs: list[Any] = []
     for i in range(workers):
         share = count // workers + (1 if i < count % workers else 0)
         if not share:
+            continue
+        if kind == "wrtc":
+            node = NodeRecipients(server.base, livestream_id, share)
+            pipes.append(node)
+            procs.append(node)
             continue
         ours, theirs = ctx.Pipe()
         proc = ctx.Process(target=recipient_process,
@@ -244,8 +308,15 @@ async def stop_recipients(pipes: list[Any], procs: list[Any]) -> None:
             proc.kill()
 
 
+async def _watch_sender(ws: aiohttp.ClientWebSocketResponse, tally: _Tally) -> None:
+    """Read one sender's socket: it is in the room too, so it gets every chat message back."""
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            tally.feed(0, msg.data)
+
+
 async def measure(server: ServerProcess, pipes: list[Any], senders: list[Any], *, recipients: int,
-                  rate: float, seconds: float, idle: float = 3.0) -> dict[str, Any]:
+                  rate: float, seconds: float, idle: float = 3.0, sender: _Tally | None = None) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     # The idle window: what the connected recipients cost with no events (consent checks,
     # SCTP heartbeats); subtracted from the measured window, pro rata.
@@ -255,6 +326,8 @@ async def measure(server: ServerProcess, pipes: list[Any], senders: list[Any], *
 
     for pipe in pipes:
         pipe.send("start")
+    if sender is not None:
+        _reset(sender)
     cpu0, t0 = server.cpu(), time.perf_counter()
     sent = await send_chat_at(rate, senders, t0, seconds)
     await asyncio.sleep(1.5)  # the last messages' deliveries
@@ -263,7 +336,14 @@ async def measure(server: ServerProcess, pipes: list[Any], senders: list[Any], *
     for pipe in pipes:
         pipe.send("stop")
     parts = [await loop.run_in_executor(None, pipe.recv) for pipe in pipes]
+    # One sender's own copies, in this (lightly loaded) process: the server's path alone
+    # (chat handling, its database write, the wait for the batch, this sender's place in
+    # the fan-out) without the recipients' client processes.
+    at_sender = sorted(sender.latencies) if sender is not None else []
+    if sender is not None:
+        sender.measuring = False
     latencies = sorted(x for p in parts for x in p["latencies"])
+    lags = sorted(x for p in parts for x in p.get("loopLags", []))
     deliveries = sum(p["deliveries"] for p in parts)
     messages = sum(p["messages"] for p in parts)
     net = max(0.0, cpu - idle_rate * wall)
@@ -275,6 +355,9 @@ async def measure(server: ServerProcess, pipes: list[Any], senders: list[Any], *
         "sendOrderInversions": sum(p["sendOrderInversions"] for p in parts), "seconds": round(wall, 2),
         "eventsPerMessage": round(deliveries / messages, 2) if messages else None,
         "p50Ms": round(1000 * _pct(latencies, 0.50), 1), "p99Ms": round(1000 * _pct(latencies, 0.99), 1),
+        "clientLoopLagP99Ms": round(1000 * _pct(lags, 0.99), 1) if lags else None,
+        "senderP50Ms": round(1000 * _pct(at_sender, 0.50), 1) if at_sender else None,
+        "senderP99Ms": round(1000 * _pct(at_sender, 0.99), 1) if at_sender else None,
         "serverCpuSeconds": round(cpu, 3), "serverIdleCpuPerSecond": round(idle_rate, 4),
         "serverNetCpuSeconds": round(net, 3),
         "cpuPerMessageUs": round(1e6 * net / max(1, messages), 1),
@@ -313,18 +396,20 @@ async def run_mode(mode: str, dsn: str, jwt_secret: str, livestream_id: str, str
             publisher = await publish(http, server.base, livestream_id, stream_key)
             url = server.base.replace("http", "ws") + f"{API}/livestreams/{livestream_id}/events"
             senders = [await http.ws_connect(f"{url}?token={t}") for t in tokens]
-            drains = [asyncio.create_task(_drain(ws)) for ws in senders]
+            sender = _Tally()
+            drains = [asyncio.create_task(_watch_sender(senders[0], sender))]
+            drains += [asyncio.create_task(_drain(ws)) for ws in senders[1:]]
             try:
                 # What the chat itself costs (chat:send handling, the database write, the
                 # senders' own copies) with no recipients: subtracted per viewer below.
                 ingest = {}
                 for rate in (args.rate, args.quiet_rate):
                     ingest[rate] = await measure(server, [], senders, recipients=0, rate=rate,
-                                                 seconds=args.seconds)
+                                                 seconds=args.seconds, sender=sender)
                     ingest[rate].update(mode=mode, transport="none")
                     runs.append(ingest[rate])
                     _print_run(ingest[rate])
-                for kind, count in (("datachannel", args.dc), ("websocket", args.ws)):
+                for kind, count in (("datachannel", args.dc), ("wrtc", args.wrtc), ("websocket", args.ws)):
                     if not count or (kind == "websocket" and mode == "stock"):  # no DataChannel: same as adaptive
                         continue
                     print(f"  {mode:>9} {kind:>11}: joining {count} recipients ...", flush=True)
@@ -335,7 +420,7 @@ async def run_mode(mode: str, dsn: str, jwt_secret: str, livestream_id: str, str
                         await asyncio.sleep(2.0)  # join traffic and viewer counts settle
                         for rate in (args.rate, args.quiet_rate):
                             run = await measure(server, pipes, senders, recipients=count, rate=rate,
-                                                seconds=args.seconds)
+                                                seconds=args.seconds, sender=sender)
                             run.update(mode=mode, transport=kind)
                             _per_viewer(run, ingest[rate])
                             runs.append(run)
@@ -398,7 +483,9 @@ def _print_run(run: dict[str, Any]) -> None:
     print(
         f"  {run['mode']:>9} {run['transport']:>11} x{run['recipients']} @ {run['rate']:g}/s: "
         f"{run['deliveries']}/{run['expected']} events in {run['messagesReceived']} messages, "
-        f"p50 {run['p50Ms']} ms, p99 {run['p99Ms']} ms, send-order inversions {run['sendOrderInversions']}; server CPU "
+        f"p50 {run['p50Ms']} ms, p99 {run['p99Ms']} ms (client loop lag p99 {run['clientLoopLagP99Ms']} ms; "
+        f"at a sender p50 {run['senderP50Ms']} ms, p99 {run['senderP99Ms']} ms), "
+        f"send-order inversions {run['sendOrderInversions']}; server CPU "
         f"{run['serverNetCpuSeconds']} s net of idle {run['serverIdleCpuPerSecond']:.3f} core{share}", flush=True,
     )
 
@@ -407,21 +494,22 @@ def summary(results: dict[str, Any]) -> None:
     """Print the table and the ratios the issue asks for."""
     runs = [r for r in results["runs"] if r["recipients"]]
     print("\nserver CPU per recipient is net of idle and of the same chat with no recipients")
-    print("mode       transport    rate  recip  deliv/expected   p50 ms   p99 ms  us/msg/viewer  "
+    print("mode       transport    rate  recip  deliv/expected   p50 ms   p99 ms  client lag p99  us/msg/viewer  "
           "us/event/viewer  events/core-s (all CPU)")
     for r in runs:
         print(f"{r['mode']:<10} {r['transport']:<11} {r['rate']:>5g} {r['recipients']:>6}  "
-              f"{r['deliveries']:>7}/{r['expected']:<8} {r['p50Ms']:>7} {r['p99Ms']:>8} "
+              f"{r['deliveries']:>7}/{r['expected']:<8} {r['p50Ms']:>7} {r['p99Ms']:>8} {r['clientLoopLagP99Ms']!s:>15} "
               f"{r['cpuPerMessagePerViewerUs']:>14} {r['cpuPerDeliveryPerViewerUs']:>16} "
               f"{r['deliveriesPerCoreSecond']!s:>14}")
     loaded = {(r["mode"], r["transport"]): r for r in runs if r["rate"] == results["rate"]}
     quiet = {(r["mode"], r["transport"]): r for r in runs if r["rate"] == results["quietRate"]}
     print()
-    lean, stock = loaded.get(("adaptive", "datachannel")), loaded.get(("stock", "datachannel"))
-    if lean and stock and lean["cpuPerMessagePerViewerUs"]:
-        print(f"lean DataChannel path: {lean['cpuPerMessagePerViewerUs']} us per batch per viewer against "
-              f"aiortc's stock path {stock['cpuPerMessagePerViewerUs']} us: "
-              f"{stock['cpuPerMessagePerViewerUs'] / lean['cpuPerMessagePerViewerUs']:.1f}x less")
+    for kind, receivers in (("datachannel", "aiortc"), ("wrtc", "libwebrtc")):
+        lean, stock = loaded.get(("adaptive", kind)), loaded.get(("stock", kind))
+        if lean and stock and lean["cpuPerMessagePerViewerUs"]:
+            print(f"lean DataChannel path ({receivers} receivers): {lean['cpuPerMessagePerViewerUs']} us per "
+                  f"batch per viewer against aiortc's stock path {stock['cpuPerMessagePerViewerUs']} us: "
+                  f"{stock['cpuPerMessagePerViewerUs'] / lean['cpuPerMessagePerViewerUs']:.1f}x less")
     for mode in ("adaptive", "stock", "tick"):
         dc, ws = loaded.get((mode, "datachannel")), loaded.get((mode, "websocket"))
         base = loaded.get(("unbatched", "datachannel"))
@@ -433,7 +521,7 @@ def summary(results: dict[str, Any]) -> None:
             print(f"{mode}: batching uses {base['cpuPerDeliveryPerViewerUs'] / dc['cpuPerDeliveryPerViewerUs']:.1f}x "
                   f"less server CPU per DataChannel event per viewer than unbatched")
     for (mode, kind), r in loaded.items():
-        if kind == "datachannel":
+        if kind in ("datachannel", "wrtc"):
             ok = r["cpuPerMessagePerViewerUs"] <= TARGET_US_PER_BATCH_PER_VIEWER
             print(f"target {mode} DataChannel <= {TARGET_US_PER_BATCH_PER_VIEWER:g} us per batch per viewer: "
                   f"{r['cpuPerMessagePerViewerUs']} us, {'met' if ok else 'NOT met'}")
@@ -451,6 +539,8 @@ def summary(results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dc", type=int, default=100, help="DataChannel viewers (aiortc, WHEP)")
+    parser.add_argument("--wrtc", type=int, default=0,
+                        help="DataChannel viewers on libwebrtc (@roamhq/wrtc under Node, WHEP)")
     parser.add_argument("--ws", type=int, default=100, help="WebSocket recipients")
     parser.add_argument("--rate", type=float, default=20.0, help="chat messages per second (loaded)")
     parser.add_argument("--quiet-rate", type=float, default=1.0, help="chat messages per second (quiet)")
@@ -461,10 +551,12 @@ def main() -> None:
     unknown = set(args.modes) - set(MODES)
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}; choose from {sorted(MODES)}")
+    if args.wrtc and (shutil.which("node") is None or not (NODE_MODULES / "@roamhq" / "wrtc").is_dir()):
+        parser.error(f"--wrtc needs node and @roamhq/wrtc under {NODE_MODULES} (scripts/test.sh installs it)")
     _raise_fd_limit()
     os.environ.setdefault("ICE_HOST_ADDRESSES", "127.0.0.1")
-    os.environ.setdefault("MAX_VIEWERS_PER_ROOM", str(max(500, args.dc + 10)))
-    print(f"events fan-out: {args.dc} DataChannel + {args.ws} WebSocket recipients, {args.rate:g} then "
+    os.environ.setdefault("MAX_VIEWERS_PER_ROOM", str(max(500, args.dc + args.wrtc + 10)))
+    print(f"events fan-out: {args.dc} aiortc + {args.wrtc} libwebrtc DataChannel + {args.ws} WebSocket recipients, {args.rate:g} then "
           f"{args.quiet_rate:g} msg/s, {args.seconds:g} s per point, modes {args.modes}", flush=True)
     results = asyncio.run(main_async(args))
     summary(results)

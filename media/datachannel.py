@@ -12,13 +12,16 @@ and one non-blocking ``send`` on the nominated ICE socket (connected, as for med
 
 SCTP stays correct because the chunks are handed to aiortc's own association exactly
 as ``RTCSctpTransport._transmit`` would have: appended to ``_sent_queue``, counted in
-the flight size, timestamped for RTT, T3 started. Retransmission, fast recovery and
-congestion control remain aiortc's. The lean path is taken only when aiortc's path
-would have sent at once: the association established, nothing queued ahead (so order
-is kept), no retransmission or FORWARD-TSN pending, not in fast recovery. A message
-longer than one DATA chunk is cut as ``_send`` cuts it (one packet per fragment). A
-full congestion window returns ``False`` ("would block": the hub keeps the backlog);
-anything else returns ``None`` and the caller uses ``RTCDataChannel.send``.
+the flight size, timestamped for RTT, T3 started (lazily: see ``LeanSender.t3_restart``).
+Retransmission, fast recovery and congestion control remain aiortc's. The lean path is
+taken only when aiortc's path would have sent at once: the association established,
+nothing queued ahead (so order is kept), no retransmission or FORWARD-TSN pending, not
+in fast recovery. A message longer than one DATA chunk is cut as ``_send`` cuts it (one
+packet per fragment). The window rule is aiortc's: a chunk goes out while the flight
+size is below the congestion window, at most a burst of four. A full window returns
+``False`` ("would block": the hub keeps the backlog, and the SACK that opens the window
+calls ``on_writable``); a message whose last fragments aiortc would hold back, and
+anything else, returns ``None`` and the caller uses ``RTCDataChannel.send``.
 
 :class:`SackIngress` takes the viewer's SACKs the same way on the way in (see there).
 
@@ -27,8 +30,8 @@ aiortc internals used here (pinned and checked at import):
 _sent_queue, _forward_tsn_chunk, _fast_recovery_exit, _flight_size, _cwnd, _ssthresh,
 _partial_bytes_acked, _last_sacked_tsn, _local_tsn, _outbound_stream_seq,
 _local_port, _remote_port, _local_verification_tag, _remote_verification_tag,
-_remote_max_message_size, _reconfig_queue, _t3_handle`` and ``_t3_start(),
-_t3_restart(), _t3_cancel(), _flight_size_increase(), _flight_size_decrease(),
+_remote_max_message_size, _reconfig_queue, _t3_handle, _rto`` and ``_t3_restart(),
+_t3_cancel(), _t3_expired(), _flight_size_decrease(),
 _update_rto(), _update_advanced_peer_ack_point(), _data_channel_flush(), _transmit(),
 _handle_data()``; ``DataChunk``'s bookkeeping attributes (``_abandoned, _acked,
 _book_size, _expiry, _in_flight, _max_retransmits, _misses, _retransmit, _sent_count,
@@ -44,12 +47,14 @@ import asyncio
 import contextlib
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiortc
 from aiortc import rtcsctptransport as sctp
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.utils import uint32_gt, uint32_gte
+from google_crc32c import extend as crc32c_extend
 from google_crc32c import value as crc32c
 from OpenSSL.SSL import _ffi as ssl_ffi  # type: ignore[attr-defined]
 from OpenSSL.SSL import _lib as ssl_lib  # type: ignore[attr-defined]
@@ -61,8 +66,8 @@ if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
 _NEEDED = ("_association_state", "_outbound_queue", "_data_channel_queue", "_sent_queue",
            "_flight_size", "_cwnd", "_partial_bytes_acked", "_last_sacked_tsn",
            "_local_tsn", "_outbound_stream_seq", "_t3_handle", "_fast_recovery_exit",
-           "_forward_tsn_chunk", "_reconfig_queue")
-_NEEDED_METHODS = ("_t3_start", "_t3_restart", "_t3_cancel", "_flight_size_increase",
+           "_forward_tsn_chunk", "_reconfig_queue", "_rto")
+_NEEDED_METHODS = ("_t3_restart", "_t3_cancel", "_t3_expired",
                    "_flight_size_decrease", "_update_rto", "_update_advanced_peer_ack_point",
                    "_data_channel_flush", "_transmit", "_handle_data")
 if not all(n in sctp.RTCSctpTransport.__init__.__code__.co_names for n in _NEEDED) \
@@ -77,13 +82,14 @@ _DATA_HEADER = struct.Struct("!BBHLHHL")
 _CRC = struct.Struct("<L")
 _ZERO = b"\x00\x00\x00\x00"
 _DATA = sctp.DataChunk.type
+_BURST = 4 * USERDATA_MAX_LENGTH  # aiortc's burst limit outside fast recovery
 _RECORD_BYTES = 2048  # one DTLS record of an SCTP packet (< 1200 bytes + overhead)
 
 
 class MessageScratch:
     """One text message, encoded and cut into DATA chunk payloads once for every viewer."""
 
-    __slots__ = ("fragments", "text", "user_data")
+    __slots__ = ("ahead", "fragments", "text", "user_data")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -96,12 +102,40 @@ class MessageScratch:
             flags = (sctp.SCTP_DATA_FIRST_FRAG if i == 0 else 0) | (sctp.SCTP_DATA_LAST_FRAG if i == count - 1 else 0)
             length = 16 + len(piece)
             self.fragments.append((flags, length, piece + b"\x00" * (-length % 4), piece))
+        # Bytes in flight when the last fragment leaves, beyond those before the message.
+        self.ahead = len(data) - len(self.fragments[-1][3])
+
+
+class _SentChunk(sctp.DataChunk):
+    """The DATA chunk aiortc keeps for SACKs and retransmission, as `_send` builds it.
+
+    What is the same for every chunk the lean path sends is a class attribute (aiortc's
+    later writes, e.g. ``_sent_count += 1`` on a retransmission, land on the instance),
+    so building one sets seven attributes instead of sixteen.
+    """
+
+    protocol = WEBRTC_STRING
+    _abandoned = _acked = _in_flight = _retransmit = False
+    _expiry = _max_retransmits = None
+    _misses = 0
+    _sent_count = 1
+
+    def __init__(self, flags: int, tsn: int, stream_id: int, stream_seq: int, user_data: bytes,
+                 sent_time: float) -> None:  # no super().__init__: it parses a body we do not have
+        self.flags = flags
+        self.tsn = tsn
+        self.stream_id = stream_id
+        self.stream_seq = stream_seq
+        self.user_data = user_data
+        self._book_size = len(user_data)
+        self._sent_time = sent_time
 
 
 class LeanSender:
     """Send messages on one open RTCDataChannel without aiortc's per-message machinery."""
 
-    __slots__ = ("channel", "dtls", "egress", "ingress", "sack_ingress", "sctp", "stats")
+    __slots__ = ("_common", "_crc0", "_t3", "_t3_since", "blocked", "channel", "dtls", "egress",
+                 "ingress", "on_writable", "sack_ingress", "sctp", "stats")
 
     # One buffer for every DTLS record read back: everything here is synchronous.
     _record = ssl_ffi.new("char[]", _RECORD_BYTES)
@@ -115,6 +149,18 @@ class LeanSender:
         self.stats = {"lean": 0, "stock": 0, "window_full": 0, "socket_full": 0}
         self.sack_ingress = sack_ingress
         self.ingress: SackIngress | None = None
+        # The packet's common header (ports, the peer's verification tag) and its CRC32C
+        # with a zero checksum field: the same for every packet of the association.
+        self._common = b""
+        self._crc0 = 0
+        # The lazy T3 timer (see `_t3_check`): our handle in `_t3_handle`, and since when
+        # the oldest outstanding chunk has waited (None: T3 stopped, the handle idles).
+        self._t3: asyncio.TimerHandle | None = None
+        self._t3_since: float | None = None
+        # After a "would block", the SACK that opens the window calls `on_writable` (the
+        # hub's retry), so a backlog does not wait for the room's next batch.
+        self.blocked = False
+        self.on_writable: Callable[[], None] | None = None
 
     def close(self) -> None:
         """Give back the ICE connection's ingress slot and the duplicated socket."""
@@ -142,14 +188,27 @@ class LeanSender:
             or (a._remote_max_message_size and size > a._remote_max_message_size)
             or a._outbound_queue or a._data_channel_queue or a._forward_tsn_chunk is not None
             or a._fast_recovery_exit is not None
-            or any(c._retransmit for c in a._sent_queue)
+            # A chunk waiting for retransmission: T3 expired (aiortc's handle, or none, is
+            # in `_t3_handle` until it resends) or a fast retransmit (in fast recovery, or
+            # the SACK that ended it moved the cumulative TSN, so aiortc restarted T3).
+            # While our own T3 handle is in place, no chunk can be marked: no scan.
+            or (a._sent_queue and (a._t3_handle is None or a._t3_handle is not self._t3)
+                and any(c._retransmit for c in a._sent_queue))
         ):
             self.stats["stock"] += 1
             return None
-        if a._flight_size + size > a._cwnd and a._flight_size:
+        flight = a._flight_size
+        if flight >= a._cwnd:
             # What aiortc would queue: the hub keeps it instead, bounded and by priority.
             self.stats["window_full"] += 1
+            self.blocked = True
             return False
+        if message.ahead and (flight + message.ahead >= a._cwnd or message.ahead >= _BURST):
+            # aiortc sends a chunk while the flight size is below the window (and at most
+            # a burst of four at once): this message's last fragments would wait, so
+            # aiortc's own path sends it chunk by chunk as SACKs open the window.
+            self.stats["stock"] += 1
+            return None
         egress = self.egress
         if egress is None or egress.send is None:
             egress = self.egress = Egress(self.dtls)
@@ -166,34 +225,26 @@ class LeanSender:
 
         stream_id = channel.id
         stream_seq = a._outbound_stream_seq.get(stream_id, 0)
-        common = _COMMON.pack(a._local_port, a._remote_port, a._remote_verification_tag)
+        common = self._common
+        if not common:  # ports and tags are fixed once the association is established
+            common = self._common = _COMMON.pack(a._local_port, a._remote_port, a._remote_verification_tag)
+            self._crc0 = crc32c(common + _ZERO)
         ssl = self.dtls._ssl
         record, view = self._record, self._record_view
         now = time.time()
+        sent = a._sent_queue
         for flags, length, padded, piece in message.fragments:
             tsn = a._local_tsn
-            packet = b"".join((common, _ZERO, _DATA_HEADER.pack(
-                _DATA, flags, length, tsn, stream_id, stream_seq, WEBRTC_STRING), padded))
-            packet = packet[:8] + _CRC.pack(crc32c(packet)) + packet[12:]
+            header = _DATA_HEADER.pack(_DATA, flags, length, tsn, stream_id, stream_seq, WEBRTC_STRING)
+            packet = b"".join((common, _CRC.pack(crc32c_extend(crc32c_extend(self._crc0, header), padded)),
+                               header, padded))
             if ssl_lib.SSL_write(ssl._ssl, ssl_ffi.from_buffer(packet), len(packet)) <= 0:
                 raise ConnectionError("DTLS refused an SCTP packet")  # aiortc raises too
-            # The chunk aiortc keeps for SACKs and retransmission, as `_send` builds it.
-            chunk = sctp.DataChunk()
-            chunk.flags = flags
-            chunk.tsn = tsn
-            chunk.stream_id = stream_id
-            chunk.stream_seq = stream_seq
-            chunk.protocol = WEBRTC_STRING
-            chunk.user_data = piece
-            chunk._abandoned = chunk._acked = chunk._in_flight = chunk._retransmit = False
-            chunk._book_size = len(piece)
-            chunk._expiry = chunk._max_retransmits = None
-            chunk._misses = 0
-            chunk._sent_count = 1
-            chunk._sent_time = now
+            chunk = _SentChunk(flags, tsn, stream_id, stream_seq, piece, now)
             a._local_tsn = sctp.tsn_plus_one(tsn)
-            a._sent_queue.append(chunk)
-            a._flight_size_increase(chunk)
+            sent.append(chunk)
+            chunk._in_flight = True  # `_flight_size_increase`, inline
+            a._flight_size += chunk._book_size
             while (n := ssl_lib.BIO_read(ssl._from_ssl, record, _RECORD_BYTES)) > 0:
                 try:
                     egress.send(view[:n])
@@ -203,11 +254,60 @@ class LeanSender:
                     # T3 retransmits it like a lost packet, so the message counts as
                     # sent (False would send it twice).
                     self.stats["socket_full"] += 1
+                if n < _RECORD_BYTES:
+                    break  # a memory BIO reads all it holds up to the size asked: none left
         a._outbound_stream_seq[stream_id] = (stream_seq + 1) & 0xFFFF
         if not a._t3_handle:
-            a._t3_start()
+            self._t3_since = now
+            self._t3 = a._t3_handle = asyncio.get_running_loop().call_later(a._rto, self._t3_check)
+        elif a._t3_handle is self._t3 and self._t3_since is None:
+            self._t3_since = now  # T3 starts: our handle is still armed
         self.stats["lean"] += 1
         return True
+
+    # T3 (RFC 9260 section 6.3.2) without a timer per SACK: aiortc cancels and re-arms
+    # its T3 handle on every SACK that acknowledges data (call_later + cancel per batch
+    # per viewer). The lean path keeps one handle armed and only notes when T3 was
+    # (re)started or stopped; when the handle fires, `_t3_check` re-arms it for the rest
+    # of the RTO, or expires T3 through aiortc's own `_t3_expired`. aiortc's own code
+    # (`_t3_restart`, `_t3_cancel`, `_t3_expired`) replaces or clears the handle as
+    # usual, and from then on T3 is aiortc's until the lean path starts it again.
+
+    def t3_restart(self, now: float) -> None:
+        """T3 restarts (the oldest outstanding chunk was acknowledged): what `_t3_restart` does."""
+        handle = self.sctp._t3_handle
+        if handle is not None and handle is self._t3:
+            self._t3_since = now
+        else:
+            self.sctp._t3_restart()  # aiortc's handle, or none at all: a real timer now
+
+    def t3_stop(self) -> None:
+        """Nothing is outstanding: what `_t3_cancel` does (our handle idles until it fires)."""
+        handle = self.sctp._t3_handle
+        if handle is not None and handle is self._t3:
+            self._t3_since = None
+        else:
+            self.sctp._t3_cancel()
+
+    def _t3_check(self) -> None:
+        a = self.sctp
+        if a._t3_handle is not self._t3:
+            return  # aiortc took T3 over (its handle replaced ours)
+        a._t3_handle = self._t3 = None
+        if not a._sent_queue:
+            self._t3_since = None
+            return
+        now = time.time()
+        since = self._t3_since
+        if since is None:
+            # aiortc's path sent while our handle idled: T3 runs from that chunk's send.
+            since = self._t3_since = a._sent_queue[0]._sent_time or now
+        if now - since < a._rto:
+            self._t3 = a._t3_handle = asyncio.get_running_loop().call_later(
+                since + a._rto - now, self._t3_check)
+        else:
+            self._t3_since = None
+            a._t3_expired()
 
 
 _SACK = struct.Struct("!BBHLLHH")  # chunk type, flags, length, cumulative TSN, a_rwnd, gaps, dups
@@ -276,6 +376,8 @@ class SackIngress:
             if egress is not None and egress.send is not None:
                 with contextlib.suppress(OSError):  # as a lost datagram: DTLS/SCTP recover
                     egress.send(view[:n])
+            if n < _RECORD_BYTES:
+                break
 
     def _sack(self, packet: bytes) -> bool:
         """Apply a packet that is one plain SACK; False if it is anything else."""
@@ -318,10 +420,15 @@ class SackIngress:
                         a._cwnd += USERDATA_MAX_LENGTH
         elif uint32_gte(cumulative_tsn, a._fast_recovery_exit):
             a._fast_recovery_exit = None
+        sender = self.sender
+        if sender.blocked and a._flight_size < a._cwnd:
+            sender.blocked = False
+            if sender.on_writable is not None:
+                sender.on_writable()
         if not sent:
-            a._t3_cancel()
+            sender.t3_stop()
         elif done:
-            a._t3_restart()
+            sender.t3_restart(received_time)
         a._update_advanced_peer_ack_point()
         if (a._data_channel_queue or a._outbound_queue or a._forward_tsn_chunk is not None
                 or a._reconfig_queue or any(c._retransmit for c in sent)):

@@ -168,6 +168,8 @@ async def attach_datachannel(
                 conn.send_direct(events.error("rate_limited", "too many messages on this channel"))
 
     transport = DataChannelTransport(channel, lean=realtime.hub.options.lean_datachannel)
+    if transport.lean is not None:
+        transport.lean.on_writable = realtime.hub.serve_soon  # a SACK opened the window
     transport.media_session = media_session
     conn = await realtime.open(livestream_id, transport, participant, publisher=publisher)
     session = conn

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -218,29 +219,16 @@ async def test_lean_datachannel_path_is_complete_and_ordered_for_three_webrtc_st
         assert hub.stats["dropped"] == 0 and hub.stats["shed"] == 0
 
 
-async def test_a_viewer_whose_link_goes_dark_is_skipped_then_catches_up_in_order(
-    client: TestClient, factory: Factory,
-) -> None:
-    """Blackhole one aiortc viewer's incoming datagrams while the room keeps talking.
-
-    Its SACKs stop, so the lean path finds the congestion window full and reports
-    "would block": the hub keeps the viewer's backlog (chat bounded, urgent kept) and
-    skips it. When the link comes back, aiortc retransmits the chunks the lean path had
-    sent (T3) and the backlog follows: every stock update arrives once, in order.
-    """
+@contextlib.asynccontextmanager
+async def _server_side_viewer(realtime: Any, livestream_id: str, receiver: Receiver) -> AsyncIterator[tuple[Any, Any]]:
+    """An aiortc viewer wired straight to an aiortc peer attached to the room: (conn, viewer_pc)."""
     from aiortc import RTCConfiguration, RTCPeerConnection
 
     from signaling.transports import attach_datachannel
 
-    seller = await factory.seller()
-    livestream_id = await make_livestream(factory, seller)
-    realtime = client.server.app[HUB]
-    hub: Hub = realtime.hub
-    hub.options.max_pending = 30
     config = RTCConfiguration(iceServers=[])
     viewer_pc, server_pc = RTCPeerConnection(config), RTCPeerConnection(config)
     channel = viewer_pc.createDataChannel("events")
-    receiver = Receiver("dark")
     channel.on("message", receiver.feed)
     attached: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
@@ -258,8 +246,46 @@ async def test_a_viewer_whose_link_goes_dark_is_skipped_then_catches_up_in_order
         await viewer_pc.setRemoteDescription(server_pc.localDescription)
         conn = await asyncio.wait_for(attached, 30)
         await _until(lambda: bool(receiver.of("welcome")), 30, "welcome")
+        yield conn, viewer_pc
+    finally:
+        await viewer_pc.close()
+        await server_pc.close()
+
+
+async def test_a_viewer_whose_link_goes_dark_is_skipped_then_catches_up_in_order(
+    client: TestClient, factory: Factory,
+) -> None:
+    """Blackhole one aiortc viewer's incoming datagrams while the room keeps talking.
+
+    Its SACKs stop, so the lean path finds the congestion window full and reports
+    "would block": the hub keeps the viewer's backlog (chat bounded, urgent kept) and
+    skips it. T3 expires through the lean path's lazy timer and aiortc retransmits the
+    chunks the lean path had sent; when the link comes back, the SACK that opens the
+    window retries the backlog: every stock update arrives once, in order.
+    """
+    seller = await factory.seller()
+    livestream_id = await make_livestream(factory, seller)
+    realtime = client.server.app[HUB]
+    hub: Hub = realtime.hub
+    hub.options.max_pending = 30
+    receiver = Receiver("dark")
+    async with _server_side_viewer(realtime, livestream_id, receiver) as (conn, viewer_pc):
         lean = conn.transport.lean
         assert lean is not None
+        expired = writable = 0
+        t3_expired, on_writable = lean.sctp._t3_expired, lean.on_writable
+
+        def count_expired() -> None:
+            nonlocal expired
+            expired += 1
+            t3_expired()
+
+        def count_writable() -> None:
+            nonlocal writable
+            writable += 1
+            on_writable()
+
+        lean.sctp._t3_expired, lean.on_writable = count_expired, count_writable
 
         ice = viewer_pc.sctp.transport.transport._connection  # aioice: the viewer's side
         ice.data_received = lambda data, component: None  # the link goes dark
@@ -274,6 +300,7 @@ async def test_a_viewer_whose_link_goes_dark_is_skipped_then_catches_up_in_order
         assert lean.stats["window_full"] > 0, lean.stats
         assert conn.backlog > 0 and conn.dropped > 0, "the dark viewer is skipped, its chat bounded"
         assert len(conn.chat) <= hub.options.max_pending
+        await _until(lambda: expired > 0, 10, "T3 expires while the link is dark")
         del ice.data_received  # the link is back: the class's method again
 
         await _until(lambda: receiver.of("stock:update") and receiver.of("stock:update")[-1]["stock"] == stock - 1
@@ -282,6 +309,51 @@ async def test_a_viewer_whose_link_goes_dark_is_skipped_then_catches_up_in_order
         chats = [p["id"] for p in receiver.of("chat:new")]
         assert chats == sorted(set(chats)), "chat in order, no duplicates"
         assert len(chats) + conn.dropped == chat, "every chat message arrived or was counted as dropped"
-    finally:
-        await viewer_pc.close()
-        await server_pc.close()
+        assert writable > 0, "a SACK that opened the window retried the backlog"
+
+
+async def test_lean_path_keeps_aiortc_window_rule_and_one_t3_timer(client: TestClient, factory: Factory) -> None:
+    """Quiet single events, then a message larger than aiortc's burst, on one aiortc viewer.
+
+    The lean path must not re-arm T3 per SACK (aiortc's `_t3_start`/`_t3_restart` are
+    never called while everything is acknowledged), and a message whose last fragments
+    aiortc would hold back goes through aiortc's own path, arriving whole and in order.
+    """
+    from aiortc import rtcsctptransport as sctp
+
+    seller = await factory.seller()
+    livestream_id = await make_livestream(factory, seller)
+    realtime = client.server.app[HUB]
+    hub: Hub = realtime.hub
+    receiver = Receiver("aiortc")
+    async with _server_side_viewer(realtime, livestream_id, receiver) as (conn, _viewer_pc):
+        lean = conn.transport.lean
+        assert lean is not None
+        association = lean.sctp
+        calls: list[str] = []
+        for name in ("_t3_start", "_t3_restart"):
+            original = getattr(association, name)
+
+            def counted(original: Any = original, name: str = name) -> None:
+                calls.append(name)
+                original()
+
+            setattr(association, name, counted)
+        for seq in range(20):
+            hub.deliver(livestream_id, "stock:update", {"productId": "p", "variantId": "v", "stock": seq})
+            await asyncio.sleep(0.03)
+        await _until(lambda: len(receiver.of("stock:update")) == 20, 10, "the quiet events")
+        await _until(lambda: not association._sent_queue, 5, "every chunk acknowledged")
+        assert lean.stats["lean"] >= 20 and lean.stats["stock"] == 0, lean.stats
+        assert lean.ingress is not None and lean.ingress.stats["sacks"] >= 20, lean.ingress.stats
+        assert calls == [], "T3 was not re-armed through aiortc per message or per SACK"
+
+        big = "y" * (5 * sctp.USERDATA_MAX_LENGTH)  # five DATA chunks: more than a burst of four
+        hub.deliver(livestream_id, "product:highlighted", {"id": "p", "note": big})
+        hub.deliver(livestream_id, "stock:update", {"productId": "p", "variantId": "v", "stock": 20})
+        await _until(lambda: len(receiver.of("stock:update")) == 21, 10, "the events after the large one")
+        assert lean.stats["stock"] >= 1, lean.stats
+        highlighted = receiver.of("product:highlighted")
+        assert len(highlighted) == 1 and highlighted[0]["note"] == big, "the large message arrived whole"
+        kinds = [e["type"] for e in receiver.events if e["type"] in ("product:highlighted", "stock:update")]
+        assert kinds[-2:] == ["product:highlighted", "stock:update"], "in order behind the large message"
