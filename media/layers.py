@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 REVIEW_SECONDS = 0.5
 QUALITIES = ("auto", "high", "low")
+# An auto viewer drops to a temporal rung only when its estimate is below this share of
+# the lowest encoding's rate (repeated loss there), not when it merely dips under it.
+RUNG_BELOW = 0.7
 
 
 @dataclass
@@ -60,6 +63,10 @@ class LayerPolicy:
             return ranked[-1]
         if not estimate:
             return lowest
+        if estimate >= RUNG_BELOW * (lowest.avg_bps or lowest.peak_bps):
+            # Near the lowest encoding's rate: its full frame rate, not a temporal rung (an
+            # estimate capped by what the viewer gets dips under its layer's rate at times).
+            ranked = [layer for layer in ranked if not is_rung(layer)]
         fitting = [layer for layer in ranked if (layer.avg_bps or layer.peak_bps) <= estimate]
         chosen = fitting[-1] if fitting else ranked[0]
         if (current in ranked and ranked.index(chosen) > ranked.index(current)
