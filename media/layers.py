@@ -35,6 +35,7 @@ QUALITIES = ("auto", "high", "low")
 # An auto viewer drops to a temporal rung only when its estimate is below this share of
 # the lowest encoding's rate (repeated loss there), not when it merely dips under it.
 RUNG_BELOW = 0.7
+SETTLE_SECONDS = 2.0  # a receiver report this soon after a switch may tell of the layer left
 
 
 @dataclass
@@ -102,6 +103,7 @@ class SimulcastForwarder:
         self._retired_in = [0, 0, 0]  # packets, bytes, NACKs missed of old streams' layers
         self._last_review = 0.0
         self.switches = 0
+        self._moved_at: dict[ViewerTrack, float] = {}  # when each viewer's last switch was asked
         self.prober = Prober()
         self.temporal = TemporalLayers(self)  # VP8 temporal rungs (media/temporal.py)
 
@@ -196,6 +198,7 @@ class SimulcastForwarder:
             target.add_viewer(viewer)
             return
         self.switches += 1
+        self._moved_at[viewer] = time.monotonic()
         viewer.next_layer = target
         target.waiting.append(viewer)
         target._keyframe_needed()
@@ -259,6 +262,14 @@ class SimulcastForwarder:
             loss, now, current_bps,
             (above[0].avg_bps or above[0].peak_bps) if above else None, rtt_for_loss,
         )
+        lowest = next((layer for layer in ranked if not is_rung(layer)), None)
+        if (lowest is not None and estimator.estimate_bps and not is_rung(current) and (
+                current is not lowest or probe is not None
+                or now - self._moved_at.get(viewer, -SETTLE_SECONDS) < SETTLE_SECONDS)):
+            # Loss seen above the lowest encoding, under a probe's padding or just after a
+            # switch says nothing against the lowest encoding itself: such a cut lands on
+            # it, not on a temporal rung (only loss while settled there thins the frames).
+            estimator.estimate_bps = max(estimator.estimate_bps, lowest.avg_bps or lowest.peak_bps)
         if estimator.probe_bps is not None and viewer not in self.prober.probes:
             layer = self.layer_of(viewer)
             if policy.quality != "auto" or viewer.next_layer is not None or layer is None:
@@ -344,6 +355,7 @@ class SimulcastForwarder:
     def remove_viewer(self, viewer: ViewerTrack) -> None:
         """Remove a viewer from its layer (and from a pending switch)."""
         self.policies.pop(viewer, None)
+        self._moved_at.pop(viewer, None)
         self.prober.stop(viewer)
         if viewer in self.unplaced:
             self.unplaced.remove(viewer)

@@ -79,7 +79,11 @@ async def test_a_chromium_viewer_settles_low_on_300_kbit_and_climbs_back(browser
                     await asyncio.sleep(0.25)
 
             def story() -> str:
-                return (f"probes passed {video.prober.passed}, failed {video.prober.failed}; "
+                policy = video.policies.get(track)
+                layers = [(layer.rid, layer.max_tid, round(layer.avg_bps)) for layer in video.ranked()]
+                return (f"on {video.ssrc_of(track)} estimate {policy and policy.estimate_bps} "
+                        f"of layers {layers}; "
+                        f"probes passed {video.prober.passed}, failed {video.prober.failed}; "
                         f"feedback {track.twcc and track.twcc.received} received; samples "
                         f"{[(t, r, s.get('framesDecoded'), s.get('frameWidth'), s.get('freezes')) for t, r, s in samples]}")
 
