@@ -7,7 +7,10 @@ single-layer room (``TrackForwarder``) and of a simulcast room (``SimulcastForwa
 three layers at 1:2:6 packets, the viewers spread over them by their policies: a third
 pinned low, a third on the middle layer by their bandwidth estimate, a third high).
 Real libsrtp sessions and real loopback UDP sockets as in ``bench_sfu.measure_fanout``;
-the simulcast figure includes the layer measurement the receiver does per packet.
+the simulcast figure includes the layer measurement the receiver does per packet. A
+further figure: the simulcast room with every viewer numbering its packets for
+transport-wide congestion control (the one-byte header extension and a send-time
+record per packet, media.twcc), as Chromium viewers negotiate it.
 With ``--temporal`` a third figure: the simulcast room again, its VP8 payloads carrying
 three temporal layers (TIDs 0, 2, 1, 2 as Chromium sends them), so each layer also has
 its thinned copies (media/temporal.py), and a quarter of the viewers, auto with an
@@ -43,8 +46,12 @@ from media.temporal import rung_key
 LAYERS = (("q", 11, 1, 150_000), ("h", 12, 2, 500_000), ("f", 13, 6, 1_500_000))  # rid, ssrc, packets/frame, bps
 
 
-async def viewers(count: int) -> tuple[list[ViewerTrack], list[Any], list[socket.socket]]:
-    """Make ``count`` viewer tracks with real SRTP sessions sending to loopback sinks."""
+async def viewers(count: int, twcc: bool = False) -> tuple[list[ViewerTrack], list[Any], list[socket.socket]]:
+    """Make ``count`` viewer tracks with real SRTP sessions sending to loopback sinks.
+
+    With ``twcc`` each viewer negotiated transport-wide-cc (a simulcast room numbers
+    its packets, media.twcc).
+    """
     loop = asyncio.get_running_loop()
     tracks, transports, sinks = [], [], []
     for index in range(count):
@@ -62,7 +69,7 @@ async def viewers(count: int) -> tuple[list[ViewerTrack], list[Any], list[socket
                                        send=_connected_send(transport._sock, sink.getsockname()))
         tracks.append(ViewerTrack(types.SimpleNamespace(  # type: ignore[arg-type]
             egress=egress, _ssrc=1000 + index, payload_type=96, rtx_payload_type=97,
-            _rtx_ssrc=2000 + index)))
+            _rtx_ssrc=2000 + index, twcc_extension_id=3 if twcc else None)))
     return tracks, transports, sinks
 
 
@@ -80,10 +87,11 @@ def temporal_payload(frame: int, body: bytes) -> bytes:
                   tid << 6 | 0x20]) + body
 
 
-async def measure(count: int, simulcast: bool, frames: int, temporal: bool = False) -> dict[str, float]:
+async def measure(count: int, simulcast: bool, frames: int, temporal: bool = False,
+                  twcc: bool = False) -> dict[str, float]:
     """Return CPU µs per forwarded packet (and per ingress packet) for one room."""
     codec = CODECS["video"][0]
-    tracks, transports, sinks = await viewers(count)
+    tracks, transports, sinks = await viewers(count, twcc)
     payload = base = bytes([0x10, 0x00]) + os.urandom(1100)  # a VP8 keyframe start, then data
     policies = ("low", "auto", "high", "thin") if temporal else ("low", "auto", "high")
     selector = LayerSelector(tuple(rid for rid, *_ in LAYERS))
@@ -165,10 +173,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for count in args.viewers:
         single = await measure(count, False, args.frames)
         layered = await measure(count, True, args.frames)
+        numbered = await measure(count, True, args.frames, twcc=True)
         results["rooms"][count] = {
             "single_us_per_packet": round(single["us_per_packet_out"], 2),
             "simulcast_us_per_packet": round(layered["us_per_packet_out"], 2),
             "ratio": round(layered["us_per_packet_out"] / single["us_per_packet_out"], 3),
+            # Every viewer numbering its packets for transport-wide congestion control.
+            "simulcast_twcc_us_per_packet": round(numbered["us_per_packet_out"], 2),
+            "twcc_ratio": round(numbered["us_per_packet_out"] / single["us_per_packet_out"], 3),
             "simulcast_viewers_per_layer": layered["viewers_per_layer"],
         }
         if args.temporal:

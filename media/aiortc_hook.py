@@ -34,6 +34,8 @@ rewritten RTP packets to each viewer. This module is the only place that knows h
   :func:`answer_dtls_passive` makes the SFU the DTLS server for ``actpass`` offers;
   :func:`dtls_failure` returns why a handshake failed (OpenSSL's reason, which aiortc
   only logs at debug level).
+* Transport-cc feedback (RTPFB FMT 15) keeps its FCI for :mod:`media.twcc` (the ninth
+  patch), and a :class:`ForwardingSender` learns the transport-wide-cc extension's ID.
 * A DataChannel text message that is not UTF-8, or a DCEP message that cannot be read,
   no longer ends the peer connection: aiortc's SCTP receive path is wrapped (the eighth
   patch) so the event protocol answers it with an ``error`` event.
@@ -105,6 +107,7 @@ from pylibsrtp._binding import lib as srtp_lib
 
 from .errors import MediaPortsExhausted
 from .simulcast import LayerSelector
+from .twcc import RTCP_RTPFB_TWCC, TWCC_URI
 
 SUPPORTED_AIORTC = "1.16."
 if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
@@ -597,6 +600,29 @@ async def _data_channel_receive(
 rtcsctptransport.RTCSctpTransport._data_channel_receive = _data_channel_receive  # type: ignore[method-assign]
 
 
+# --- transport-wide congestion control feedback ---------------------------------------
+#
+# aiortc 1.16 parses every RTPFB packet as a generic NACK, so transport-cc feedback (FMT
+# 15) reaches a sender as a list of nonsense sequence numbers. The ninth patch keeps an
+# FMT 15 packet's FCI (``packet.fci``) for :mod:`media.twcc` to read instead.
+
+_aiortc_rtpfb_parse = RtcpRtpfbPacket.parse
+
+
+def _rtpfb_parse(cls: type[RtcpRtpfbPacket], data: bytes, fmt: int) -> RtcpRtpfbPacket:
+    if fmt != RTCP_RTPFB_TWCC:
+        return _aiortc_rtpfb_parse(data, fmt)
+    if len(data) < 8:
+        raise ValueError("RTCP transport-cc feedback length is invalid")
+    ssrc, media_ssrc = struct.unpack("!LL", data[0:8])
+    packet = cls(fmt=fmt, ssrc=ssrc, media_ssrc=media_ssrc)
+    packet.fci = bytes(data[8:])  # type: ignore[attr-defined]
+    return packet
+
+
+RtcpRtpfbPacket.parse = classmethod(_rtpfb_parse)  # type: ignore[method-assign, assignment]
+
+
 # --- egress ----------------------------------------------------------------------------
 
 
@@ -997,7 +1023,8 @@ class ForwardingReceiver:
         layers = self.layers
         assert layers is not None
         extensions = packet.extensions
-        if is_rtx(codec):
+        repair = is_rtx(codec)
+        if repair:
             # Each layer has its own RTX SSRC, named by repaired-rtp-stream-id.
             if extensions.repaired_rtp_stream_id is not None:
                 media_ssrc = layers.ssrc_of(extensions.repaired_rtp_stream_id)
@@ -1013,7 +1040,8 @@ class ForwardingReceiver:
             layers.learn(packet.ssrc, extensions.rtp_stream_id)
         if packet.ssrc not in layers.layers:
             return  # no RID seen for this SSRC yet: cannot tell its layer
-        _, switched = layers.on_packet(packet.ssrc, len(packet.payload), _monotonic())
+        # RTX is not the layer's rate: Chromium pads its probes with RTX copies of packets.
+        _, switched = layers.on_packet(packet.ssrc, 0 if repair else len(packet.payload), _monotonic())
         if switched:
             logger.info("simulcast: top layer %r", layers.chosen_rid)
             self.media_ssrc = layers.chosen
@@ -1118,6 +1146,8 @@ class ForwardingSender:
         self.payload_type: int | None = None
         self.rtx_payload_type: int | None = None
         self.egress: Egress | None = None
+        # The transport-wide-cc header extension's ID, where the viewer negotiated it.
+        self.twcc_extension_id: int | None = None
 
     @property
     def track(self) -> None:
@@ -1147,6 +1177,9 @@ class ForwardingSender:
         for codec in parameters.codecs:
             if is_rtx(codec) and codec.parameters.get("apt") == self.payload_type:
                 self.rtx_payload_type = codec.payloadType
+        for extension in parameters.headerExtensions:
+            if extension.uri == TWCC_URI:
+                self.twcc_extension_id = extension.id
         self._transport._register_rtp_sender(self, parameters)
         self.egress = Egress(self._transport)
         self.started = self.egress.bind(raw_socket=True)
@@ -1170,6 +1203,11 @@ class ForwardingSender:
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             self.handler.on_nack(self, packet.lost)
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_TWCC:
+            on_feedback = getattr(self.handler, "on_transport_feedback", None)
+            fci = getattr(packet, "fci", None)
+            if on_feedback is not None and fci is not None:
+                on_feedback(self, fci)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             self.handler.on_keyframe_request(self)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:

@@ -1,43 +1,54 @@
 """A conservative bandwidth estimate per viewer, from its RTCP feedback.
 
 Loss-based as in GCC (draft-ietf-rmcat-gcc 6): more than 10 % loss cuts the estimate
-to the rate the viewer was getting times (1 - loss/2), at once; little loss (< 2 %)
-for a stable period lets it rise to the next layer's rate (a probe: the viewer tries
-that layer). A round-trip time (from the report's LSR/DLSR) well over the viewer's
-minimum counts as overuse too (a queue builds before loss shows), and during a probe
-even 2 % loss fails it. A failed probe doubles the next wait (up to 4 s),
-so a link that cannot carry the next layer is not flooded every few seconds; a probe
-that holds resets it. A REMB from the viewer (Chromium, where negotiated) caps the
-estimate. The layer policy turns the estimate into a layer (down fast, up after a
-stable period: the hysteresis lives here).
+to the rate the viewer was getting times (1 - loss/2), at once. A round-trip time
+(from the report's LSR/DLSR) well over the viewer's minimum counts as overuse too (a
+queue builds before loss shows). Going up never means trying the next layer on the
+viewer: little loss (< 2 %) for a stable period asks for a probe instead
+(:attr:`BandwidthEstimator.probe_bps`, sent as padding by :mod:`media.probe`), and only
+a probe that passes at the next layer's rate raises the estimate to it (the layer
+policy then switches up). A failed probe doubles the next wait (up to 4 s), so a link
+that cannot carry the next layer is not flooded every few seconds; a probe that passes
+resets it, and for a while after it even 2 % loss counts as the switch failing. A REMB
+from the viewer (Chromium, where negotiated) caps the estimate. The layer policy turns
+the estimate into a layer (down fast, up after a passed probe: the hysteresis lives here).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+START_BPS = 0.0  # a new viewer starts on the lowest layer
 HIGH_LOSS = 0.10
 LOW_LOSS = 0.02
 STABLE_SECONDS = 2.0  # loss-free time before the first step up
-MAX_STABLE_SECONDS = 4.0  # the longest back-off after failed probes (a lifted limit is found within ~10 s)
+MAX_STABLE_SECONDS = 3.0  # the longest back-off after failed probes (a lifted limit is found within ~10 s)
+AFTER_PASS_SECONDS = 0.5  # after a passed probe, the next one (a layer higher) may follow this soon
 PROBE_HEADROOM = 1.1  # a step up asks for the next layer's rate plus this margin
 REMB_MAX_AGE = 5.0
 # A round-trip time this much over the viewer's minimum means its link is queueing.
 DELAY_OVERUSE_SECONDS = 0.15
 OVERUSE_AS_LOSS = 0.3
+LIMITED_SECONDS = 10.0  # a cut this recent says the viewer's link is the limit
 
 
 @dataclass
 class BandwidthEstimator:
     """Estimate what one viewer's link carries (bit/s); None until there is a reason."""
 
-    estimate_bps: float | None = None
+    # Start low and probe up (as GCC starts at a low rate; layer rates are not even known
+    # while the publisher ramps up): a viewer started on a layer
+    # its link cannot carry loses packets at once, and a receiver's jitter buffer may
+    # stall on the holes long after the switch down (aiortc's waits for 512 packets).
+    estimate_bps: float | None = START_BPS
     remb_bps: float | None = None
     remb_at: float = -1e9
     wait: float = STABLE_SECONDS
-    changed_at: float = 0.0
-    probed_at: float | None = None  # when the last step up happened (until it holds)
+    probed_at: float | None = None  # when the last passed probe raised it (until that holds)
     min_rtt: float | None = None
+    probe_bps: float | None = None  # a probe at this rate is wanted (or running)
+    probe_after: float = STABLE_SECONDS  # no probe before then
+    limited_at: float | None = None  # when loss or delay last cut the estimate
 
     def on_loss(self, loss: float, now: float, current_bps: float, next_bps: float | None,
                 rtt: float | None = None) -> None:
@@ -52,25 +63,55 @@ class BandwidthEstimator:
             self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
             if rtt - self.min_rtt > DELAY_OVERUSE_SECONDS:
                 loss = max(loss, OVERUSE_AS_LOSS)
-        probing = self.probed_at is not None and now - self.probed_at < self.wait
-        if loss > HIGH_LOSS or (probing and loss >= LOW_LOSS):
-            base = current_bps if self.estimate_bps is None else min(self.estimate_bps, current_bps)
+        switched = self.probed_at is not None and now - self.probed_at < self.wait
+        if loss > HIGH_LOSS or (switched and loss >= LOW_LOSS):
+            base = min(self.estimate_bps, current_bps) if self.estimate_bps else current_bps
             self.estimate_bps = base * (1 - loss / 2)
+            self.limited_at = now
             if self.probed_at is not None and now - self.probed_at < self.wait * 2:
-                self.wait = min(self.wait * 2, MAX_STABLE_SECONDS)  # the probe failed
+                self.wait = min(self.wait * 2, MAX_STABLE_SECONDS)  # the switch up failed
             self.probed_at = None
-            self.changed_at = now
+            self.probe_bps = None
+            self.probe_after = now + self.wait
         elif loss < LOW_LOSS and self.estimate_bps is not None:
             if self.probed_at is not None and now - self.probed_at >= self.wait:
-                self.probed_at = None  # the probe held: the next one may come sooner
-                self.wait = STABLE_SECONDS
-            if now - self.changed_at >= self.wait:
-                self.changed_at = now
-                if next_bps is None:
-                    self.estimate_bps = None  # at the top with no loss: nothing limits it
+                self.probed_at = None  # the switch held
+            if now >= self.probe_after and self.probe_bps is None:
+                if next_bps is None:  # at the top with no loss: keep up with its rate
+                    self.estimate_bps = max(self.estimate_bps, current_bps * PROBE_HEADROOM)
                 else:
-                    self.estimate_bps = max(self.estimate_bps, next_bps * PROBE_HEADROOM)
-                    self.probed_at = now
+                    self.probe_bps = next_bps * PROBE_HEADROOM
+
+    def limited(self, now: float) -> bool:
+        """Return whether loss, delay or the viewer's REMB held the estimate back lately.
+
+        Otherwise the viewer may still be climbing (it starts low and probes up).
+        """
+        if self.remb_bps is not None and now - self.remb_at < REMB_MAX_AGE:
+            return True
+        return self.limited_at is not None and now - self.limited_at < LIMITED_SECONDS
+
+    def may_rise(self) -> bool:
+        """Return whether the viewer may switch up now: a probe has just passed.
+
+        Layer rates move (a publisher shifts its bits between layers), so an estimate
+        that a layer's rate merely dips under is no reason to try that layer.
+        """
+        return self.estimate_bps is None or self.probed_at is not None
+
+    def on_probe(self, passed: bool, now: float) -> None:
+        """Take the verdict on the probe at :attr:`probe_bps`: raise the estimate, or back off."""
+        if self.probe_bps is None:
+            return
+        if passed:
+            self.estimate_bps = max(self.estimate_bps or 0.0, self.probe_bps)
+            self.probed_at = now  # the switch it causes is watched for a while
+            self.wait = STABLE_SECONDS
+            self.probe_after = now + AFTER_PASS_SECONDS  # the link may carry more: go on
+        else:
+            self.wait = min(self.wait * 2, MAX_STABLE_SECONDS)
+            self.probe_after = now + self.wait
+        self.probe_bps = None
 
     def on_remb(self, bitrate_bps: float, now: float) -> None:
         """Take the viewer's own receive estimate (REMB)."""

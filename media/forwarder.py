@@ -54,17 +54,23 @@ from aiortc.rtp import (
 
 from .aiortc_hook import ForwardingReceiver, ForwardingSender, SrtpScratch
 from .codecs import is_keyframe
+from .twcc import SENT_MEMORY, TransportFeedbackAdapter
 
 logger = logging.getLogger(__name__)
 
 VIDEO_HISTORY = 512  # packets kept per video track to answer NACKs (~3 s at 1.5 Mbit/s)
 AUDIO_HISTORY = 64
-NACK_RESEND_INTERVAL = 0.1  # seconds between retransmissions of one packet to one viewer
+NACK_RESEND_INTERVAL = 0.1  # seconds between retransmissions of one packet (at least 1.5 RTT)
 NACK_RESEND_MEMORY = 1024  # retransmission times kept per viewer track
 RTP_VERSION_BYTE = 0x80  # V=2, no padding, no extension, no CSRC: extensions are not forwarded
 # Bytes 1-11 of an RTP header: marker|payload type, sequence number, timestamp, SSRC.
 HEADER_AFTER_FIRST_BYTE = struct.Struct("!BHII")
 RTX_HEADER = struct.Struct("!BBHIIH")
+# A one-byte header extension (RFC 8285) holding one 2-byte element: the transport-wide
+# sequence number (media.twcc); the element byte is ID << 4 | (2 - 1), then one pad byte.
+TWCC_EXTENSION = struct.Struct("!HHBHB")
+TWCC_HEADER = 12 + TWCC_EXTENSION.size
+TWCC_SENT_MASK = SENT_MEMORY - 1
 GOP_CACHE_BYTES = 2_000_000  # default bound of a video track's GOP cache
 CATCH_UP_CHUNK = 32  # cached packets sent to a joining viewer at a time
 # The pace of a catch-up (20 Mbit/s): a 5 s GOP at 800 kbit/s goes in 0.2 s, and a 2 MB
@@ -102,7 +108,8 @@ class ViewerTrack:
         "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
         "gop_ts", "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "send",
         "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
-        "layer", "next_layer", "sr_sent",
+        "layer", "next_layer", "prior", "sr_sent", "sr_hold_until", "rtt",
+        "twcc", "twcc_id", "twcc_seq",
     )
 
     def __init__(self, sender: ForwardingSender) -> None:
@@ -140,9 +147,28 @@ class ViewerTrack:
         # one it switches to at that layer's next keyframe (it waits there meanwhile).
         self.layer: TrackForwarder | None = None
         self.next_layer: TrackForwarder | None = None
+        # The layer it left at its last switch, with the offsets it had there
+        # (forwarder, seq_offset, ts_offset, start_seq): NACKs of packets from before the
+        # switch are answered from that layer's history.
+        self.prior: tuple[TrackForwarder, int, int, int] | None = None
         # Middle 32 bits of the NTP time of our recent sender reports -> when each went
         # out: a receiver report's LSR/DLSR then gives the round-trip time (RFC 3550 6.4.1).
         self.sr_sent: dict[int, float] = {}
+        # Periodic sender reports wait until then (a probe's report awaits its answer).
+        self.sr_hold_until = 0.0
+        self.rtt = 0.0  # the latest round-trip time its receiver reports gave (seconds)
+        # Transport-wide congestion control (media.twcc), where negotiated and enabled:
+        # the send times of its numbered packets; the extension's element byte; the next number.
+        self.twcc: TransportFeedbackAdapter | None = None
+        self.twcc_id = 0
+        self.twcc_seq = 0
+
+    def enable_twcc(self, extension_id: int) -> None:
+        """Number this viewer's forwarded packets in the transport-wide-cc extension."""
+        if not 0 < extension_id < 15:
+            raise ValueError(f"a one-byte header extension ID is 1-14, not {extension_id}")
+        self.twcc = TransportFeedbackAdapter()
+        self.twcc_id = extension_id << 4 | 1
 
 
 class CatchUp:
@@ -224,6 +250,13 @@ class TrackForwarder:
         """Forward one publisher packet to every active viewer."""
         started = time.perf_counter() if self.delay_probe is not None else 0.0
         seq = packet.sequence_number
+        in_order = self.highest_seq is None or _newer(seq, self.highest_seq)
+        if not in_order:
+            kept = self._history[seq & self._mask]
+            if kept is not None and kept[0] == seq:
+                # A copy of a packet already forwarded: Chromium pads its probes with RTX
+                # copies of recent packets; sent on, they only load the viewers' links.
+                return
         ts = packet.timestamp
         payload = packet.payload
         size = len(payload)
@@ -235,7 +268,6 @@ class TrackForwarder:
         self._history[seq & self._mask] = entry
         self.packets_in += 1
         self.bytes_in += size
-        in_order = self.highest_seq is None or _newer(seq, self.highest_seq)
         if in_order:
             if self.highest_seq is None or ts != self.highest_ts:
                 self.frame_start_seq = seq
@@ -265,15 +297,25 @@ class TrackForwarder:
         # The protected packet's view, re-sliced only when the SRTP trailer's length
         # changes (viewers normally share one SRTP profile): one object less per viewer.
         out, out_length = view, -1
+        sent_at = time.monotonic()  # for the viewers that number their packets (media.twcc)
         for viewer in self.viewers:
             if not in_order and not _newer(seq, (viewer.start_seq - 1) & 0xFFFF):
                 continue  # a late packet from before this viewer's first keyframe
-            view[:total] = buf
+            twcc = viewer.twcc
+            if twcc is None:
+                view[:total] = buf
+                length[0] = total
+            else:  # the transport-wide sequence number in a one-byte header extension
+                view[TWCC_HEADER:total + TWCC_EXTENSION.size] = payload
+                view[0] = RTP_VERSION_BYTE | 0x10
+                TWCC_EXTENSION.pack_into(view, 12, 0xBEDE, 1, viewer.twcc_id, viewer.twcc_seq, 0)
+                length[0] = total + TWCC_EXTENSION.size
+                twcc.sent[viewer.twcc_seq & TWCC_SENT_MASK] = (sent_at, total + TWCC_EXTENSION.size)
+                viewer.twcc_seq = (viewer.twcc_seq + 1) & 0xFFFF
             pack_into(
                 view, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
                 (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
             )
-            length[0] = total
             if protect(viewer.srtp, cdata, length):
                 viewer.drops += 1  # libsrtp refused (e.g. the session is gone)
                 continue
@@ -337,6 +379,7 @@ class TrackForwarder:
         if viewer in source.waiting:  # it never started there: nothing to continue
             source.waiting.remove(viewer)
             return
+        viewer.prior = (source, viewer.seq_offset, viewer.ts_offset, viewer.start_seq)
         if source.highest_seq is not None:
             viewer.next_seq = (source.highest_seq + viewer.seq_offset + 1) & 0xFFFF
             elapsed = max(time.monotonic() - source.last_packet_time, 0.0)
@@ -558,8 +601,12 @@ class TrackForwarder:
         resent = viewer.resent
         if len(resent) > NACK_RESEND_MEMORY:
             resent.clear()
+        # A receiver NACKs every packet still missing whenever a new one goes missing
+        # (aiortc does): on a queueing link, resending before the last copy could have
+        # arrived only adds to the queue that lost it.
+        interval = max(NACK_RESEND_INTERVAL, viewer.rtt * 1.5)
         for viewer_seq in lost:
-            if now - resent.get(viewer_seq, -1.0) < NACK_RESEND_INTERVAL:
+            if now - resent.get(viewer_seq, -1.0) < interval:
                 continue
             resent[viewer_seq] = now
             seq = (viewer_seq - viewer.seq_offset) & 0xFFFF
@@ -601,11 +648,28 @@ class TrackForwarder:
         """Send each active viewer a sender report, in the publisher's NTP timeline.
 
         Audio and video reports derive from the same publisher clock, which is what a
-        viewer needs to synchronise them.
+        viewer needs to synchronise them. A viewer whose probe waits for its verdict
+        (``sr_hold_until``, see media.probe) is skipped: its next receiver report must
+        answer the probe's own sender report.
         """
         if self.highest_seq is None or not self.viewers:
             return
         now = time.monotonic()
+        ntp, rtp_now = self._sender_clock(now)
+        for viewer in self.viewers:
+            if now >= viewer.sr_hold_until:
+                self._send_sender_report(viewer, ntp, rtp_now, now)
+
+    def send_sender_report(self, viewer: ViewerTrack) -> int | None:
+        """Send one viewer a sender report now; return its LSR key (None: not sent)."""
+        if self.highest_seq is None or viewer not in self.viewers:
+            return None
+        now = time.monotonic()
+        ntp, rtp_now = self._sender_clock(now)
+        return self._send_sender_report(viewer, ntp, rtp_now, now)
+
+    def _sender_clock(self, now: float) -> tuple[int, int]:
+        """Return the NTP and RTP times of ``now`` in the publisher's timeline."""
         if self._sender_report is not None:
             ntp, rtp_ts, received = self._sender_report
         else:  # no publisher report yet: our clock and the newest packet
@@ -613,32 +677,61 @@ class TrackForwarder:
         elapsed = max(now - received, 0.0)
         ntp = (ntp + int(elapsed * (1 << 32))) & 0xFFFFFFFFFFFFFFFF
         rtp_now = (rtp_ts + int(elapsed * self.codec.clockRate)) & 0xFFFFFFFF
-        for viewer in self.viewers:
-            sender = viewer.sender
-            if sender.egress is None:
-                continue
-            report = RtcpSrPacket(
-                ssrc=viewer.ssrc,
-                sender_info=RtcpSenderInfo(
-                    ntp_timestamp=ntp,
-                    rtp_timestamp=(rtp_now + viewer.ts_offset) & 0xFFFFFFFF,
-                    packet_count=viewer.packets & 0xFFFFFFFF,
-                    octet_count=viewer.octets & 0xFFFFFFFF,
-                ),
+        return ntp, rtp_now
+
+    def _send_sender_report(self, viewer: ViewerTrack, ntp: int, rtp_now: int, now: float) -> int | None:
+        sender = viewer.sender
+        if sender.egress is None:
+            return None
+        report = RtcpSrPacket(
+            ssrc=viewer.ssrc,
+            sender_info=RtcpSenderInfo(
+                ntp_timestamp=ntp,
+                rtp_timestamp=(rtp_now + viewer.ts_offset) & 0xFFFFFFFF,
+                packet_count=viewer.packets & 0xFFFFFFFF,
+                octet_count=viewer.octets & 0xFFFFFFFF,
+            ),
+        )
+        data = bytes(report)
+        if len(viewer.sr_sent) > 8:
+            viewer.sr_sent.clear()
+        key = (ntp >> 16) & 0xFFFFFFFF
+        viewer.sr_sent[key] = now
+        if sender.cname:
+            sdes = RtcpSdesPacket(
+                chunks=[RtcpSourceInfo(ssrc=viewer.ssrc, items=[(1, sender.cname.encode())])]
             )
-            data = bytes(report)
-            if len(viewer.sr_sent) > 8:
-                viewer.sr_sent.clear()
-            viewer.sr_sent[(ntp >> 16) & 0xFFFFFFFF] = now
-            if sender.cname:
-                sdes = RtcpSdesPacket(
-                    chunks=[RtcpSourceInfo(ssrc=viewer.ssrc, items=[(1, sender.cname.encode())])]
-                )
-                data += bytes(sdes)
-            try:
-                sender.egress.send_rtcp(data)
-            except (OSError, pylibsrtp.Error):
-                logger.debug("sender report to SSRC %d failed", viewer.ssrc)
+            data += bytes(sdes)
+        try:
+            sender.egress.send_rtcp(data)
+        except (OSError, pylibsrtp.Error):
+            logger.debug("sender report to SSRC %d failed", viewer.ssrc)
+            return None
+        return key
+
+    def send_padding(self, viewer: ViewerTrack, size: int) -> bool:
+        """Send a viewer one padding-only RTX packet of ``size`` padding bytes (1-255).
+
+        A bandwidth probe (media.probe): RFC 4588 padding in the viewer's RTX stream,
+        which receivers count and drop; False if it was not sent (no RTX, or dropped).
+        """
+        if viewer.rtx_pt is None or not viewer.active:
+            return False
+        twcc = viewer.twcc
+        header = 12 if twcc is None else TWCC_HEADER
+        packet = bytearray(header + size)
+        packet[0] = RTP_VERSION_BYTE | 0x20  # the padding bit
+        HEADER_AFTER_FIRST_BYTE.pack_into(packet, 1, viewer.rtx_pt, viewer.rtx_seq,
+                                          (self.highest_ts + viewer.ts_offset) & 0xFFFFFFFF,
+                                          viewer.rtx_ssrc)
+        if twcc is not None:
+            packet[0] |= 0x10
+            TWCC_EXTENSION.pack_into(packet, 12, 0xBEDE, 1, viewer.twcc_id, viewer.twcc_seq, 0)
+            twcc.on_sent(viewer.twcc_seq, time.monotonic(), len(packet))
+            viewer.twcc_seq = (viewer.twcc_seq + 1) & 0xFFFF
+        packet[-1] = size  # the padding's last byte is its length (RFC 3550 5.1)
+        viewer.rtx_seq = (viewer.rtx_seq + 1) & 0xFFFF
+        return self._protect_and_send(viewer, packet)
 
     def counters(self) -> TrackCounters:
         """Return the track's totals, including viewers that have left."""

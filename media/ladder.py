@@ -38,7 +38,8 @@ from typing import Any
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
-from .forwarder import TrackForwarder
+from .estimator import START_BPS
+from .forwarder import TrackForwarder, ViewerTrack
 from .layers import LayerPolicy, SimulcastForwarder
 from .simulcast import Layer, LayerSelector
 from .temporal import real_ssrc
@@ -298,6 +299,18 @@ class LadderForwarder(SimulcastForwarder):
 
     # --- when the ladder runs -------------------------------------------------------------
 
+    def add_viewer(self, viewer: ViewerTrack, policy: LayerPolicy | None = None) -> None:
+        """Add a viewer; an auto one starts on the source, not on a generated layer.
+
+        (In a simulcast room a new auto viewer starts on the lowest layer and probes up;
+        here the lower layers cost an encoder, so it starts where nothing is generated.)
+        """
+        policy = policy or self.policies.get(viewer) or LayerPolicy()
+        if policy.quality == "auto" and policy.estimator.estimate_bps == START_BPS \
+                and policy.estimator.limited_at is None:
+            policy.estimator.estimate_bps = None
+        super().add_viewer(viewer, policy)
+
     def wants_lower(self, policy: LayerPolicy) -> bool:
         """Return whether a viewer needs (or asked for) less than the source."""
         if policy.quality == "low":
@@ -306,7 +319,9 @@ class LadderForwarder(SimulcastForwarder):
         estimate = policy.estimate_bps
         if policy.quality != "auto" or source is None or estimate is None:
             return False
-        return estimate < (source.avg_bps or source.peak_bps)
+        # A new auto viewer's estimate starts at 0 and climbs by probes (media.probe):
+        # only one that loss or delay held back lately needs less than the source.
+        return policy.estimator.limited(time.monotonic()) and estimate < (source.avg_bps or source.peak_bps)
 
     def review(self, now: float | None = None) -> None:
         """Choose every viewer's layer, then start or stop the ladder for their needs."""

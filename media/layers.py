@@ -12,6 +12,7 @@ timestamps continue across it (see ``TrackForwarder._take_over``): it sees one s
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,12 +23,19 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 from .aiortc_hook import ForwardingReceiver
 from .codecs import vp8_keyframe_size
 from .estimator import BandwidthEstimator
-from .forwarder import TrackCounters, TrackForwarder, ViewerTrack
+from .forwarder import TrackCounters, TrackForwarder, ViewerTrack, _newer
+from .probe import Prober
 from .simulcast import Layer, LayerSelector
 from .temporal import TemporalLayers, is_rung, real_ssrc
 
+logger = logging.getLogger(__name__)
+
 REVIEW_SECONDS = 0.5
 QUALITIES = ("auto", "high", "low")
+# An auto viewer drops to a temporal rung only when its estimate is below this share of
+# the lowest encoding's rate (repeated loss there), not when it merely dips under it.
+RUNG_BELOW = 0.7
+SETTLE_SECONDS = 2.0  # a receiver report this soon after a switch may tell of the layer left
 
 
 @dataclass
@@ -42,15 +50,30 @@ class LayerPolicy:
         """Return the viewer's bandwidth estimate (bit/s); None: nothing limits it."""
         return self.estimator.value(time.monotonic())
 
-    def choose(self, ranked: list[Layer]) -> Layer:
-        """Return the layer to forward among ``ranked`` (lowest first, never empty)."""
+    def choose(self, ranked: list[Layer], current: Layer | None = None) -> Layer:
+        """Return the layer to forward among ``ranked`` (lowest first, never empty).
+
+        An auto viewer on ``current`` moves above it only after a passed probe; one not
+        measured yet (estimate 0) starts on the lowest encoding at its full frame rate.
+        """
+        lowest = next((layer for layer in ranked if not is_rung(layer)), ranked[0])
         if self.quality == "low":  # the lowest encoding at its full frame rate
-            return next((layer for layer in ranked if not is_rung(layer)), ranked[0])
+            return lowest
         estimate = self.estimate_bps
         if self.quality == "high" or estimate is None:
             return ranked[-1]
+        if not estimate:
+            return lowest
+        if estimate >= RUNG_BELOW * (lowest.avg_bps or lowest.peak_bps):
+            # Near the lowest encoding's rate: its full frame rate, not a temporal rung (an
+            # estimate capped by what the viewer gets dips under its layer's rate at times).
+            ranked = [layer for layer in ranked if not is_rung(layer)]
         fitting = [layer for layer in ranked if (layer.avg_bps or layer.peak_bps) <= estimate]
-        return fitting[-1] if fitting else ranked[0]
+        chosen = fitting[-1] if fitting else ranked[0]
+        if (current in ranked and ranked.index(chosen) > ranked.index(current)
+                and not self.estimator.may_rise()):
+            return current  # type: ignore[return-value]
+        return chosen
 
 
 class SimulcastForwarder:
@@ -80,6 +103,8 @@ class SimulcastForwarder:
         self._retired_in = [0, 0, 0]  # packets, bytes, NACKs missed of old streams' layers
         self._last_review = 0.0
         self.switches = 0
+        self._moved_at: dict[ViewerTrack, float] = {}  # when each viewer's last switch was asked
+        self.prober = Prober()
         self.temporal = TemporalLayers(self)  # VP8 temporal rungs (media/temporal.py)
 
     # --- publisher side (PacketSink) ----------------------------------------------------
@@ -149,7 +174,9 @@ class SimulcastForwarder:
         if not ranked:
             return
         for viewer, policy in self.policies.items():
-            target = self.layers[policy.choose(ranked).ssrc]
+            ssrc = self.ssrc_of(viewer)
+            current = self.selector.layers.get(ssrc) if self.selector and ssrc else None
+            target = self.layers[policy.choose(ranked, current).ssrc]
             self.move(viewer, target)
 
     def move(self, viewer: ViewerTrack, target: TrackForwarder) -> None:
@@ -171,6 +198,7 @@ class SimulcastForwarder:
             target.add_viewer(viewer)
             return
         self.switches += 1
+        self._moved_at[viewer] = time.monotonic()
         viewer.next_layer = target
         target.waiting.append(viewer)
         target._keyframe_needed()
@@ -201,10 +229,13 @@ class SimulcastForwarder:
                 return ssrc
         return None
 
-    def on_receiver_report(self, viewer: ViewerTrack, loss: float, rtt: float | None = None) -> None:
+    def on_receiver_report(self, viewer: ViewerTrack, loss: float, rtt: float | None = None,
+                           lsr: int = 0) -> None:
         """Feed a viewer's reported loss (0-1) and round-trip time to its estimate.
 
-        Move the viewer if that changes its layer.
+        ``lsr`` names the sender report the round-trip time answers: that of a probe
+        (media.probe) gives the probe's verdict. Start a probe when the estimate asks for
+        one; move the viewer if its layer changes.
         """
         policy = self.policies.get(viewer)
         ssrc = self.ssrc_of(viewer)
@@ -216,11 +247,54 @@ class SimulcastForwarder:
             return
         above = [layer for layer in ranked if ranked.index(layer) > ranked.index(current)] \
             if current in ranked else []
-        policy.estimator.on_loss(
-            loss, time.monotonic(), current.avg_bps or current.rate_bps,
-            (above[0].avg_bps or above[0].peak_bps) if above else None, rtt,
+        if not above and len(ranked) < len(self.selector.rids):
+            return  # the layers above are not sending (yet): nothing to probe or lift
+        estimator = policy.estimator
+        now = time.monotonic()
+        probe = self.prober.probes.get(viewer)
+        if probe is not None and lsr in probe.report_keys:
+            rtt_for_loss = None  # the probe's own queue: judged here, not overuse of the layer
+        else:
+            rtt_for_loss = rtt
+        self.prober.on_report(viewer, estimator, lsr, rtt, loss)
+        current_bps = current.avg_bps or current.rate_bps
+        estimator.on_loss(
+            loss, now, current_bps,
+            (above[0].avg_bps or above[0].peak_bps) if above else None, rtt_for_loss,
         )
+        lowest = next((layer for layer in ranked if not is_rung(layer)), None)
+        if (lowest is not None and estimator.estimate_bps and not is_rung(current) and (
+                current is not lowest or probe is not None
+                or now - self._moved_at.get(viewer, -SETTLE_SECONDS) < SETTLE_SECONDS)):
+            # Loss seen above the lowest encoding, under a probe's padding or just after a
+            # switch says nothing against the lowest encoding itself: such a cut lands on
+            # it, not on a temporal rung (only loss while settled there thins the frames).
+            estimator.estimate_bps = max(estimator.estimate_bps, lowest.avg_bps or lowest.peak_bps)
+        if estimator.probe_bps is not None and viewer not in self.prober.probes:
+            layer = self.layer_of(viewer)
+            if policy.quality != "auto" or viewer.next_layer is not None or layer is None:
+                pass  # pinned, or switching: no probe now
+            elif not self.prober.start(viewer, layer, estimator.probe_bps, current_bps):
+                estimator.on_probe(True, now)  # no RTX to pad with: try the layer itself
         self.review()
+
+    def on_transport_feedback(self, viewer: ViewerTrack, fci: bytes) -> None:
+        """Feed a viewer's transport-cc feedback to its delay-based detector.
+
+        Over-use (a queue building on its link) fails a running probe at once, before
+        the probe's own sender report is answered: no switch up into a queue.
+        """
+        policy = self.policies.get(viewer)
+        twcc = viewer.twcc
+        if policy is None or twcc is None:
+            return
+        try:
+            overuse = twcc.on_feedback(fci)
+        except ValueError as exc:
+            logger.debug("unreadable transport-cc feedback from SSRC %d: %s", viewer.ssrc, exc)
+            return
+        if overuse:
+            self.prober.fail(viewer, policy.estimator, time.monotonic())
 
     def on_remb(self, viewer: ViewerTrack, bitrate_bps: float) -> None:
         """Feed a viewer's REMB to its estimate."""
@@ -232,16 +306,21 @@ class SimulcastForwarder:
         """Return the REMB cap for the publisher: what the best layer any viewer needs takes.
 
         Layers above it would be sent for nobody. The cap stays at ``ceiling`` while any
-        viewer wants (or may probe) the top layer, or nothing is measured yet.
+        viewer wants (or may probe towards) the top layer: pinned high, estimated above
+        it, or auto and not held back by loss or delay lately (a viewer starts low and
+        probes up); or nothing is measured yet.
         """
         ranked = self.ranked()
         if not ranked or not self.policies or len(ranked) < 2:
             return ceiling
         top = ranked[-1]
         best = 0
+        now = time.monotonic()
         for viewer, policy in self.policies.items():
             estimate = policy.estimate_bps
-            if policy.quality == "high" or estimate is None or estimate >= (top.avg_bps or top.peak_bps):
+            if (policy.quality == "high" or estimate is None
+                    or estimate >= (top.avg_bps or top.peak_bps)
+                    or (policy.quality == "auto" and not policy.estimator.limited(now))):
                 return ceiling
             best = max(best, ranked.index(policy.choose(ranked)))
         # A temporal rung needs its whole encoding sent: the lowest encoding is the floor.
@@ -262,6 +341,9 @@ class SimulcastForwarder:
     def add_viewer(self, viewer: ViewerTrack, policy: LayerPolicy | None = None) -> None:
         """Add a connected viewer on the layer its policy chooses (or the first one)."""
         self.policies[viewer] = policy or self.policies.get(viewer) or LayerPolicy()
+        extension_id = viewer.sender.twcc_extension_id
+        if extension_id is not None and viewer.twcc is None:
+            viewer.enable_twcc(extension_id)  # its feedback drives the estimate (media.twcc)
         ranked = self.ranked()
         if ranked:
             self.layers[self.policies[viewer].choose(ranked).ssrc].add_viewer(viewer)
@@ -273,6 +355,8 @@ class SimulcastForwarder:
     def remove_viewer(self, viewer: ViewerTrack) -> None:
         """Remove a viewer from its layer (and from a pending switch)."""
         self.policies.pop(viewer, None)
+        self._moved_at.pop(viewer, None)
+        self.prober.stop(viewer)
         if viewer in self.unplaced:
             self.unplaced.remove(viewer)
         pending = viewer.next_layer
@@ -335,9 +419,28 @@ class SimulcastForwarder:
         old.waiting.clear()
 
     def on_nack(self, viewer: ViewerTrack, lost: list[int]) -> None:
-        """Answer a viewer's NACK from its current layer's history."""
+        """Answer a viewer's NACK from the history of the layer each packet came from.
+
+        Packets lost just before a switch belong to the layer the viewer left; left
+        unanswered, they stay a hole that stalls a receiver's jitter buffer (aiortc's
+        waits for 512 more packets: ~20 s of a low layer).
+        """
         layer = self.layer_of(viewer)
-        if layer is not None:
+        if layer is None:
+            return
+        prior = viewer.prior
+        if prior is not None and prior[0] in self.layers.values():
+            first = (viewer.start_seq + viewer.seq_offset) & 0xFFFF  # its first on this layer
+            before = [seq for seq in lost if _newer(first, seq)]
+            if before:
+                lost = [seq for seq in lost if not _newer(first, seq)]
+                now = (viewer.seq_offset, viewer.ts_offset, viewer.start_seq)
+                old, viewer.seq_offset, viewer.ts_offset, viewer.start_seq = prior
+                try:
+                    old.on_nack(viewer, before)
+                finally:
+                    viewer.seq_offset, viewer.ts_offset, viewer.start_seq = now
+        if lost:
             layer.on_nack(viewer, lost)
 
     def send_sender_reports(self) -> None:

@@ -370,7 +370,9 @@ class Room:
             if isinstance(video, SimulcastForwarder) and self._senders[sender][1] == "video":
                 sent = track.sr_sent.get(report.lsr) if report.lsr else None
                 rtt = time.monotonic() - sent - report.dlsr / 65536 if sent is not None else None
-                video.on_receiver_report(track, report.fraction_lost / 256, rtt)
+                if rtt is not None:
+                    track.rtt = rtt
+                video.on_receiver_report(track, report.fraction_lost / 256, rtt, report.lsr)
 
     def on_remb(self, sender: ForwardingSender, bitrate_bps: int) -> None:
         """Take a viewer's REMB (its receive-side estimate) into its layer choice."""
@@ -378,6 +380,13 @@ class Room:
         video = self.forwarders.get("video")
         if track is not None and isinstance(video, SimulcastForwarder):
             video.on_remb(track, bitrate_bps)
+
+    def on_transport_feedback(self, sender: ForwardingSender, fci: bytes) -> None:
+        """Take a viewer's transport-cc feedback (media.twcc) into its layer choice."""
+        track = self._track_of(sender)
+        video = self.forwarders.get("video")
+        if track is not None and isinstance(video, SimulcastForwarder):
+            video.on_transport_feedback(track, fci)
 
     def _track_of(self, sender: ForwardingSender) -> ViewerTrack | None:
         found = self._senders.get(sender)

@@ -42,6 +42,8 @@ _SUPPORTED_FEEDBACK = (
     RTCRtcpFeedback(type="ccm", parameter="fir"),
     RTCRtcpFeedback(type="goog-remb"),
 )
+# A viewer's answer also keeps transport-cc: the SFU numbers its packets (media.twcc).
+_VIEWER_FEEDBACK = (*_SUPPORTED_FEEDBACK, RTCRtcpFeedback(type="transport-cc"))
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ def plan_watch(text: str, video_codec: RTCRtpCodecParameters) -> OfferPlan:
     if exact is not None:
         answered = copy.deepcopy(video_codec)
         answered.payloadType = exact.payloadType
-        answered.rtcpFeedback = _answered(exact).rtcpFeedback
+        answered.rtcpFeedback = _answered(exact, _VIEWER_FEEDBACK).rtcpFeedback
     else:
         decoder = _first(video, lambda c: _decodes(c, video_codec))
         if decoder is None:
@@ -201,7 +203,7 @@ def plan_watch(text: str, video_codec: RTCRtpCodecParameters) -> OfferPlan:
                 f"this stream is {_describe(video_codec)}, which the offer cannot decode "
                 f"(offered: {_offered_formats(video)})"
             )
-        answered = _answered(decoder)
+        answered = _answered(decoder, _VIEWER_FEEDBACK)
     return OfferPlan(answered, _audio_codec(audio), _has_datachannel(description),
                      _rejected_mids(description), _dtls_actpass(description))
 
@@ -278,10 +280,11 @@ def _decodes(codec: RTCRtpCodecParameters, stream: RTCRtpCodecParameters) -> boo
     return receiver is not None and sent is not None and receiver.decodes(sent)
 
 
-def _answered(offered: RTCRtpCodecParameters) -> RTCRtpCodecParameters:
+def _answered(offered: RTCRtpCodecParameters,
+              feedback: tuple[RTCRtcpFeedback, ...] = _SUPPORTED_FEEDBACK) -> RTCRtpCodecParameters:
     """Return a copy of an offered codec with only the RTCP feedback the SFU handles."""
     codec = copy.deepcopy(offered)
-    codec.rtcpFeedback = [f for f in offered.rtcpFeedback if f in _SUPPORTED_FEEDBACK]
+    codec.rtcpFeedback = [f for f in offered.rtcpFeedback if f in feedback]
     return codec
 
 

@@ -31,6 +31,7 @@ from .layers import QUALITIES
 from .room import Room, RoomState, RoomStats
 from .sdp import OfferPlan, answer_simulcast, plan_publish, plan_watch, reject_sections
 from .session import MediaSession
+from .twcc import TWCC_URI
 
 logger = logging.getLogger(__name__)
 
@@ -372,7 +373,10 @@ class SFU:
         if plan.audio_codec is not None:
             chosen["audio"] = plan.audio_codec
         try:
-            with negotiated_codecs(chosen, RID_EXTENSIONS if plan.simulcast_rids else ()):
+            # A viewer's video may carry transport-wide sequence numbers (media.twcc).
+            extensions = (RID_EXTENSIONS if plan.simulcast_rids
+                          else (TWCC_URI,) if session.role == "viewer" else ())
+            with negotiated_codecs(chosen, extensions):
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             if plan.dtls_actpass:
                 answer_dtls_passive(pc)

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PREFIX = f"sa{os.getpid() % 10000}"
 FREEZE_SECONDS = 0.5
 CLIMB_SECONDS = 10.0
+LADDER = {"q": 150_000, "h": 500_000, "f": 1_500_000}  # maxBitrate per layer (bit/s)
 
 
 def shaping_unavailable() -> str | None:
@@ -89,6 +90,8 @@ class ShapedLink:
 
     def up(self) -> ShapedLink:
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)  # a crash's leftover
+        # The host end of a namespace deleted a moment ago can outlive it briefly.
+        subprocess.run(["ip", "link", "del", self.host_dev], capture_output=True)
         run("ip", "netns", "add", self.ns)
         run("ip", "link", "add", self.host_dev, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
         run("ip", "addr", "add", f"{self.host_address}/24", "dev", self.host_dev)
@@ -182,10 +185,10 @@ async def test_constrained_viewer_settles_low_and_climbs_back(browser: Any) -> N
 
 
 @pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
-@pytest.mark.xfail(reason="known gap: an auto viewer probes the next layer by switching to it, and "
-                          "behind a 400 ms tbf queue the loss/RTT reports catch a failed probe late: "
-                          "on the 300 kbit/s link it climbs to 640/1280 and freezes 0.5-4 s "
-                          "(probing with RTX padding and TWCC arrival times is not built yet)")
+@pytest.mark.xfail(strict=False, reason=(
+    "issue 19 is open: with padding probes instead of layer switches the 300 kbit/s viewer "
+    "passed in most runs, but a failed probe (its padding overflowing the link) still froze "
+    "it for 0.70-0.73 s in 2 of ~12 runs once the temporal rungs were merged in"))
 async def test_constrained_viewer_never_freezes_once_settled(browser: Any) -> None:
     await scenario(browser, check_freezes=True)
 
@@ -206,7 +209,10 @@ async def scenario(browser: Any, *, check_freezes: bool) -> None:
             await context.grant_permissions(["camera"], origin=base)
             page = await context.new_page()
             await page.goto(base + "/")
-            await page.evaluate("(order) => window.publish(order)", ["q", "h", "f"])
+            # A ladder as apps configure it (LiveKit's defaults are close): the low layer fits
+            # the constrained link, the middle one does not.
+            await page.evaluate("([order, rates]) => window.publish(order, rates)",
+                                [["q", "h", "f"], LADDER])
             await wait_for(lambda: "shaped" in sfu.rooms and sfu.stats("shaped")["state"] == "live",
                            timeout=30)
             sessions: list[str] = []
@@ -268,8 +274,9 @@ async def scenario(browser: Any, *, check_freezes: bool) -> None:
                 story = (f"the constrained viewer froze for {gap:.2f} s; gaps {gaps}; layers "
                          f"{[(round(t - started, 2), r) for t, r in timeline]}; "
                          f"settled at {settled - started:.2f}")
-                entry = room.viewers[constrained.session_id or ""]
                 story += f"; 1280 frames at {[round(t - started, 2) for t, w in constrained.frames if t >= settled and w == 1280][:5]}"
+                story += (f"; probes passed {video.prober.passed}, failed {video.prober.failed}; layer "
+                          f"rates {[(lay.rid, round(lay.avg_bps)) for lay in video.ranked()]}")
                 if check_freezes:
                     # Once settled it should stay low and keep playing.
                     assert widths == {320} and gap < FREEZE_SECONDS, story
@@ -292,7 +299,8 @@ async def scenario(browser: Any, *, check_freezes: bool) -> None:
                 await asyncio.wait_for(hold(constrained, "q", 0.0), 20)
                 down = time.monotonic() - dropped
                 print(f"\nsettled after {settled - started:.1f} s; longest freeze when settled "
-                      f"{gap * 1000:.0f} ms; climbed back in {climbed:.1f} s; switched down in {down:.1f} s")
+                      f"{gap * 1000:.0f} ms; climbed back in {climbed:.1f} s; switched down in {down:.1f} s; "
+                      f"probes passed {video.prober.passed}, failed {video.prober.failed}")
     finally:
         with contextlib.suppress(NameError):
             sampler.cancel()

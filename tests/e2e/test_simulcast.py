@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>simulcast</title>
 <script>
-window.publish = async (order) => {
+window.publish = async (order, maxBitrates = {}) => {
   const stream = await navigator.mediaDevices.getUserMedia(
     {video: {width: 1280, height: 720, frameRate: 30}, audio: false});
   const layers = {q: {rid: 'q', scaleResolutionDownBy: 4}, h: {rid: 'h', scaleResolutionDownBy: 2},
@@ -29,7 +29,8 @@ window.publish = async (order) => {
   const pc = new RTCPeerConnection({iceServers: []});
   window.pc = pc;
   pc.addTransceiver(stream.getVideoTracks()[0],
-    {direction: 'sendonly', sendEncodings: order.map(rid => layers[rid])});
+    {direction: 'sendonly', sendEncodings: order.map(rid => maxBitrates[rid]
+      ? {...layers[rid], maxBitrate: maxBitrates[rid]} : layers[rid])});
   await pc.setLocalDescription(await pc.createOffer());
   if (pc.iceGatheringState !== 'complete') {
     await new Promise(done => pc.addEventListener('icegatheringstatechange',

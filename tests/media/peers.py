@@ -127,9 +127,13 @@ def longest_gap(viewer: Viewer, since: float) -> float:
 
 
 async def inbound(viewer: Viewer) -> tuple[set[int], int]:
-    """Return the SSRCs a viewer's video receiver saw and the packets it counts lost."""
+    """Return the media SSRCs a viewer's video receiver saw and the packets it counts lost.
+
+    The repair (RTX) stream is left out: retransmissions and probe padding arrive on it.
+    """
     receiver = next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "video")
-    ssrcs = set(receiver._RTCRtpReceiver__remote_streams)  # type: ignore[attr-defined]
+    repair = set(receiver._RTCRtpReceiver__rtx_ssrc)  # type: ignore[attr-defined]
+    ssrcs = set(receiver._RTCRtpReceiver__remote_streams) - repair  # type: ignore[attr-defined]
     stats = await receiver.getStats()
     lost = sum(s.packetsLost for s in stats.values() if s.type == "inbound-rtp")
     return ssrcs, lost

@@ -145,6 +145,8 @@ def test_rungs_rank_below_the_lowest_layer_only_and_serve_auto_viewers_only() ->
     assert auto.choose(ranked).ssrc == rung_key(1111, 1)
     auto.estimator.estimate_bps = 50_000
     assert auto.choose(ranked).ssrc == rung_key(1111, 0)  # the lowest rung is the floor
+    auto.estimator.estimate_bps = 250_000  # just under the low layer's 300k: its full rate
+    assert auto.choose(ranked).ssrc == 1111
     asked: list[int] = []
     forwarder._keyframe_needed = asked.append  # type: ignore[method-assign]
     forwarder.request_keyframe(rung_key(1111, 0))
@@ -152,6 +154,7 @@ def test_rungs_rank_below_the_lowest_layer_only_and_serve_auto_viewers_only() ->
     assert asked == [1111, 1111]  # a rung's keyframe is its layer's
     assert forwarder.needed_bps(5_000_000) == 5_000_000  # nobody watches: nothing measured
     forwarder.policies[object()] = auto  # type: ignore[index]  # a viewer on the TID 0 rung
+    auto.estimator.limited_at = time.monotonic()  # held back by its link (not still climbing)
     # The publisher is asked for the whole low layer (x1.5 headroom), not for the rung's rate.
     assert forwarder.needed_bps(5_000_000) == 450_000
     assert selector.ssrc_of("q") == 1111
