@@ -94,7 +94,10 @@ def hold_below_low_layer(video: SimulcastForwarder, track: Any, low: int) -> Non
     layer = video.selector.layers[low]  # type: ignore[union-attr]
     estimator = video.policies[track].estimator
     estimator.estimate_bps = (layer.avg_bps or layer.peak_bps) / 4
-    estimator.changed_at, estimator.probed_at = time.monotonic(), None
+    # No probing up meanwhile: a probe that passed would lift it to the next rung.
+    video.prober.stop(track)
+    estimator.probed_at, estimator.probe_bps = None, None
+    estimator.probe_after = time.monotonic() + 60
     video.review()
 
 
