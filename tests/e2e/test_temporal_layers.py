@@ -9,84 +9,20 @@ SSRC, sequence numbers without gaps); when the estimate recovers it climbs back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from media import SFU
 from media.layers import SimulcastForwarder
 from media.temporal import real_ssrc, rung_key
 from tests.e2e.test_simulcast import page_server
+from tests.e2e.test_twcc import viewer_server
 from tests.media.peers import frames_at, inbound, longest_gap, running_sfu, wait_for, watch
 
 pytestmark = pytest.mark.timeout(180)
 
 MAX_GAP_SECONDS = 1.5
-
-
-VIEWER_PAGE = """<!doctype html><meta charset="utf-8"><title>viewer</title>
-<video id="video" autoplay muted playsinline></video>
-<script>
-window.watch = async () => {
-  const pc = new RTCPeerConnection({iceServers: []});
-  window.vpc = pc;
-  pc.addTransceiver('video', {direction: 'recvonly'});
-  pc.ontrack = (event) => { document.getElementById('video').srcObject = new MediaStream([event.track]); };
-  await pc.setLocalDescription(await pc.createOffer());
-  if (pc.iceGatheringState !== 'complete') {
-    await new Promise(done => pc.addEventListener('icegatheringstatechange',
-      () => pc.iceGatheringState === 'complete' && done()));
-  }
-  const resp = await fetch('/whep', {method: 'POST', headers: {'Content-Type': 'application/sdp'},
-                                     body: pc.localDescription.sdp});
-  const answer = await resp.text();
-  if (resp.status !== 201) throw new Error(resp.status + ' ' + answer);
-  await pc.setRemoteDescription({type: 'answer', sdp: answer});
-  return resp.headers.get('Location');
-};
-window.videoStats = async () => {
-  let out = null;
-  (await window.vpc.getStats()).forEach(r => {
-    if (r.type === 'inbound-rtp' && r.kind === 'video') {
-      out = {decoded: r.framesDecoded || 0, width: r.frameWidth || 0, freezes: r.freezeCount || 0,
-             frozen: r.totalFreezesDuration || 0, lost: r.packetsLost || 0,
-             received: r.framesReceived || 0, dropped: r.framesDropped || 0, plis: r.pliCount || 0};
-    }
-  });
-  return out;
-};
-</script>
-"""
-
-
-@contextlib.asynccontextmanager
-async def viewer_server(sfu: SFU, room_id: str) -> AsyncIterator[str]:
-    """Serve a WHEP viewer page and its endpoint from one origin."""
-
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text=VIEWER_PAGE, content_type="text/html")
-
-    async def whep(request: web.Request) -> web.Response:
-        session = await sfu.watch(room_id, await request.text())
-        return web.Response(status=201, text=session.answer_sdp, content_type="application/sdp",
-                            headers={"Location": session.id})
-
-    app = web.Application()
-    app.router.add_get("/", page)
-    app.router.add_post("/whep", whep)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 def hold_below_low_layer(video: SimulcastForwarder, track: Any, low: int) -> None:
@@ -186,14 +122,14 @@ async def test_a_chromium_viewer_decodes_the_rung_and_the_switches(browser: Any)
             assert isinstance(video, SimulcastForwarder) and video.selector is not None
 
             async def stats() -> dict[str, float]:
-                return await viewer.evaluate("() => window.videoStats()") or {"decoded": 0, "width": 0}
+                return await viewer.evaluate("() => window.inbound()") or {"framesDecoded": 0, "frameWidth": 0}
 
             async def decoded_at(width: int, frames: int, timeout: float) -> None:
                 deadline = time.monotonic() + timeout
-                start = (await stats())["decoded"]
+                start = (await stats())["framesDecoded"]
                 while True:
                     now = await stats()
-                    if now["width"] == width and now["decoded"] >= start + frames:
+                    if now["frameWidth"] == width and now["framesDecoded"] >= start + frames:
                         return
                     assert time.monotonic() < deadline, (
                         f"{now} waiting for {frames} frames at {width}; on layer {video.ssrc_of(track)}")
@@ -216,8 +152,8 @@ async def test_a_chromium_viewer_decodes_the_rung_and_the_switches(browser: Any)
                 hold_below_low_layer(video, track, low)
                 await asyncio.sleep(0.2)
             after = await stats()
-            assert after["width"] == 320, after
-            fps = (after["decoded"] - before["decoded"]) / (time.monotonic() - thinned)
+            assert after["frameWidth"] == 320, after
+            fps = (after["framesDecoded"] - before["framesDecoded"]) / (time.monotonic() - thinned)
             assert 2 <= fps <= 14, f"{fps:.1f} fps decoded on the TID 0 rung: {before} -> {after}"
 
             # Back to the top layer. (Pinned: Chromium's own REMB, low after seconds of
@@ -228,12 +164,12 @@ async def test_a_chromium_viewer_decodes_the_rung_and_the_switches(browser: Any)
             up = await stats()
             await asyncio.sleep(4)
             settled = await stats()
-            fps_up = (settled["decoded"] - up["decoded"]) / 4
+            fps_up = (settled["framesDecoded"] - up["framesDecoded"]) / 4
             # Full rate again (20 fps from this fake camera, less on a loaded machine):
             # well above the rung's, so no frames are held back after the switch.
             assert fps_up >= max(10.0, 2 * fps), f"{fps_up:.1f} fps after climbing back: {up} -> {settled}"
             print(f"Chromium: {fps:.1f} fps on TID 0, {fps_up:.1f} fps back on top "
-                  f"({time.monotonic() - lifted:.1f} s); freezes {settled['freezes']}, "
-                  f"{settled['frozen']:.2f} s frozen, {settled['lost']} lost")
+                  f"({time.monotonic() - lifted:.1f} s); freezes {settled['freezeCount']}, "
+                  f"{settled['freezes']:.2f} s frozen, {settled['packetsLost']} lost")
         finally:
             await context.close()

@@ -52,7 +52,7 @@ window.inbound = async () => {
     if (r.type === 'inbound-rtp' && r.kind === 'video') {
       out = {framesDecoded: r.framesDecoded || 0, frameWidth: r.frameWidth || 0,
              freezeCount: r.freezeCount || 0, freezes: r.totalFreezesDuration || 0,
-             keyFramesDecoded: r.keyFramesDecoded || 0};
+             keyFramesDecoded: r.keyFramesDecoded || 0, packetsLost: r.packetsLost || 0};
     }
   });
   return out;
