@@ -9,7 +9,8 @@ constrained viewer must settle on the low layer and keep playing (no freeze over
 constrained viewer climbs back to the top layer within 10 s; when it returns, the time
 to switch down is measured.
 
-Addresses: 10.215.N.0/24, assigned here; the namespaces (and with them both veth ends)
+Addresses: 10.S.N.0/24 with S from 200 to 249 picked by the test process's id (two runs at
+once do not share a subnet), assigned here; the namespaces (and with them both veth ends)
 are deleted at the end. Without root or `tc` the test is skipped, saying why.
 """
 
@@ -40,6 +41,7 @@ pytestmark = pytest.mark.timeout(240)
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = f"sa{os.getpid() % 10000}"
+SUBNET = f"10.{200 + os.getpid() % 50}"  # 10.SUBNET.N.0/24 per link
 FREEZE_SECONDS = 0.5
 CLIMB_SECONDS = 10.0
 LADDER = {"q": 150_000, "h": 500_000, "f": 1_500_000}  # maxBitrate per layer (bit/s)
@@ -86,7 +88,7 @@ class ShapedLink:
 
     @property
     def host_address(self) -> str:
-        return f"10.215.{self.index}.1"
+        return f"{SUBNET}.{self.index}.1"
 
     def up(self) -> ShapedLink:
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)  # a crash's leftover
@@ -96,7 +98,7 @@ class ShapedLink:
         run("ip", "link", "add", self.host_dev, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
         run("ip", "addr", "add", f"{self.host_address}/24", "dev", self.host_dev)
         run("ip", "link", "set", self.host_dev, "up")
-        run("ip", "-n", self.ns, "addr", "add", f"10.215.{self.index}.2/24", "dev", "eth0")
+        run("ip", "-n", self.ns, "addr", "add", f"{SUBNET}.{self.index}.2/24", "dev", "eth0")
         run("ip", "-n", self.ns, "link", "set", "eth0", "up")
         run("ip", "-n", self.ns, "link", "set", "lo", "up")
         self.shape(self.rate, "add")
