@@ -10,8 +10,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import pytest
 
 from tests.e2e.test_cluster import RtpViewer, cluster
 from tests.factories import Factory
-from tests.media.peers import wait_for
+from tests.media.peers import local_offer, wait_for
 from tests.signaling.test_redis import RedisServer
 from tests.signaling.test_whip_http import SDP, livestream, publish_http, status_of
 
@@ -40,88 +43,97 @@ async def until_status(dsn: str, livestream_id: str, status: str, timeout: float
         await asyncio.sleep(0.3)
 
 
+@dataclass
+class Show:
+    """A seller live on a node, and every peer the test opened (closed at the end)."""
+
+    dsn: str
+    http: aiohttp.ClientSession
+    factory: Factory
+    seller: Any = None
+    stream: dict[str, Any] = field(default_factory=dict)
+    publisher: Any = None
+    peers: list[Any] = field(default_factory=list)
+
+    async def publish(self, http: aiohttp.ClientSession | None = None) -> None:
+        """Publish the show through ``http`` (its node); AssertionError when refused."""
+        self.publisher, _ = await publish_http(  # type: ignore[arg-type]
+            http or self.http, self.stream["id"], self.stream["streamKey"])
+        self.peers.append(self.publisher)
+
+    async def viewer(self, node_url: str, frames: int = 10) -> RtpViewer:
+        """Return a viewer watching on ``node_url`` once it has decoded ``frames`` frames."""
+        viewer = RtpViewer()
+        self.peers.append(viewer)
+        await viewer.watch(node_url, self.stream["id"])
+        if frames:
+            await frames_grow(viewer, frames)
+        return viewer
+
+
+@contextlib.asynccontextmanager
+async def live_show(dsn: str, origin_url: str) -> AsyncIterator[Show]:
+    """A seller's show published on ``origin_url``; every peer closes at the end."""
+    async with aiohttp.ClientSession(base_url=origin_url) as http:
+        show = Show(dsn, http, Factory(http, dsn))  # type: ignore[arg-type]
+        try:
+            show.seller = await show.factory.seller()
+            show.stream = await livestream(show.factory, show.seller)
+            await show.publish()
+            yield show
+        finally:
+            for peer in show.peers:
+                await peer.close()
+            await show.factory.close()
+
+
 async def test_relay_node_dies_its_viewers_reconnect_elsewhere(
     clean_db: str, redis_url: str, tmp_path: Path,
 ) -> None:
-    async with cluster(clean_db, redis_url, tmp_path, ("node-a", "node-b", "node-c")) as (a, b, c):
-        async with aiohttp.ClientSession(base_url=a.url) as http_a:
-            factory = Factory(http_a, clean_db)  # type: ignore[arg-type]
-            peers: list[Any] = []
-            try:
-                seller = await factory.seller()
-                stream = await livestream(factory, seller)
-                publisher, _ = await publish_http(http_a, stream["id"], stream["streamKey"])  # type: ignore[arg-type]
-                peers.append(publisher)
-                on_b = RtpViewer()
-                peers.append(on_b)
-                await on_b.watch(b.url, stream["id"])
-                await frames_grow(on_b, 10)
+    async with cluster(clean_db, redis_url, tmp_path, ("node-a", "node-b", "node-c")) as (a, b, c), \
+            live_show(clean_db, a.url) as show:
+        await show.viewer(b.url)
 
-                await b.kill()
-                # The page retries its WHEP POST elsewhere: node C relays the show too.
-                again = RtpViewer()
-                peers.append(again)
-                await again.watch(c.url, stream["id"])
-                await frames_grow(again, 20)
-                again.assert_continuous()
-                assert await status_of(clean_db, stream["id"]) == "live"
-            finally:
-                for peer in peers:
-                    await peer.close()
-                await factory.close()
+        await b.kill()
+        # The page retries its WHEP POST elsewhere: node C relays the show too.
+        again = await show.viewer(c.url, frames=20)
+        again.assert_continuous()
+        assert await status_of(clean_db, show.stream["id"]) == "live"
 
 
 async def test_origin_dies_show_pauses_seller_republishes_elsewhere_viewers_recover(
     clean_db: str, redis_url: str, tmp_path: Path,
 ) -> None:
-    async with cluster(clean_db, redis_url, tmp_path, ("node-a", "node-b", "node-c")) as (a, b, c):
-        async with aiohttp.ClientSession(base_url=a.url) as http_a, \
-                aiohttp.ClientSession(base_url=b.url) as http_b:
-            factory = Factory(http_a, clean_db)  # type: ignore[arg-type]
-            peers: list[Any] = []
+    async with cluster(clean_db, redis_url, tmp_path, ("node-a", "node-b", "node-c")) as (a, b, c), \
+            live_show(clean_db, a.url) as show, aiohttp.ClientSession(base_url=b.url) as http_b:
+        viewers = [await show.viewer(b.url), await show.viewer(c.url)]
+
+        await a.kill()
+        await show.publisher.close()
+        # The relays notice the origin is gone: the show is paused for everyone.
+        await until_status(clean_db, show.stream["id"], "paused", timeout=30)
+
+        # The seller's encoder retries; once A's registration has expired, node B
+        # takes the show (a 409 until then: A might only be slow).
+        deadline = time.monotonic() + 60
+        while True:
             try:
-                seller = await factory.seller()
-                stream = await livestream(factory, seller)
-                publisher, _ = await publish_http(http_a, stream["id"], stream["streamKey"])  # type: ignore[arg-type]
-                peers.append(publisher)
-                viewers = [RtpViewer(), RtpViewer()]
-                peers.extend(viewers)
-                await viewers[0].watch(b.url, stream["id"])
-                await viewers[1].watch(c.url, stream["id"])
-                for viewer in viewers:
-                    await frames_grow(viewer, 10)
-
-                await a.kill()
-                await publisher.close()
-                # The relays notice the origin is gone: the show is paused for everyone.
-                await until_status(clean_db, stream["id"], "paused", timeout=30)
-
-                # The seller's encoder retries; once A's registration has expired, node B
-                # takes the show (a 409 until then: A might only be slow).
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        publisher, _ = await publish_http(http_b, stream["id"], stream["streamKey"])  # type: ignore[arg-type]
-                        break
-                    except AssertionError:
-                        assert time.monotonic() < deadline, "republishing to node B never succeeded"
-                        await asyncio.sleep(1)
-                peers.append(publisher)
-                # Both viewers recover on the sessions they had: no new WHEP request.
-                for viewer in viewers:
-                    await frames_grow(viewer, 20)
-                    viewer.assert_continuous()
-                await until_status(clean_db, stream["id"], "live")
-                conn = await asyncpg.connect(clean_db)
-                try:
-                    node = await conn.fetchval("SELECT media_node FROM livestreams WHERE id = $1", stream["id"])
-                finally:
-                    await conn.close()
-                assert node == "node-b"
-            finally:
-                for peer in peers:
-                    await peer.close()
-                await factory.close()
+                await show.publish(http_b)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "republishing to node B never succeeded"
+                await asyncio.sleep(1)
+        # Both viewers recover on the sessions they had: no new WHEP request.
+        for viewer in viewers:
+            await frames_grow(viewer, 20)
+            viewer.assert_continuous()
+        await until_status(clean_db, show.stream["id"], "live")
+        conn = await asyncpg.connect(clean_db)
+        try:
+            node = await conn.fetchval("SELECT media_node FROM livestreams WHERE id = $1", show.stream["id"])
+        finally:
+            await conn.close()
+        assert node == "node-b"
 
 
 async def test_redis_lost_nodes_keep_their_rooms_new_cross_node_joins_get_503(
@@ -132,61 +144,40 @@ async def test_redis_lost_nodes_keep_their_rooms_new_cross_node_joins_get_503(
     redis = RedisServer()
     redis.start()
     try:
-        async with cluster(clean_db, redis.url, tmp_path, ("node-a", "node-b", "node-c")) as (a, b, c):
-            async with aiohttp.ClientSession(base_url=a.url) as http_a:
-                factory = Factory(http_a, clean_db)  # type: ignore[arg-type]
-                peers: list[Any] = []
+        async with cluster(clean_db, redis.url, tmp_path, ("node-a", "node-b", "node-c")) as (a, b, c), \
+                live_show(clean_db, a.url) as show:
+            on_b = await show.viewer(b.url)
+
+            redis.kill()
+            await asyncio.sleep(3)  # past a heartbeat: every node has noticed
+            # Rooms a node has go on: the relay keeps flowing, new viewers join it.
+            await frames_grow(on_b, 20)
+            await show.viewer(b.url)
+            # Node C has no relay and cannot look the origin up: a clear 503.
+            probe = RtpViewer()
+            show.peers.append(probe)
+            async with aiohttp.ClientSession() as http:
+                resp = await http.post(f"{c.url}/api/v1/livestreams/{show.stream['id']}/watch",
+                                       data=await local_offer(probe.pc), headers=SDP)
+                body = await resp.json()
+            assert resp.status == 503, body
+            assert body["error"]["code"] == "cluster_unavailable"
+
+            redis.start()  # same port, empty: the heartbeats write everything again
+            deadline = time.monotonic() + 60
+            while True:
+                late = RtpViewer()
+                show.peers.append(late)
                 try:
-                    seller = await factory.seller()
-                    stream = await livestream(factory, seller)
-                    publisher, _ = await publish_http(http_a, stream["id"], stream["streamKey"])  # type: ignore[arg-type]
-                    peers.append(publisher)
-                    on_b = RtpViewer()
-                    peers.append(on_b)
-                    await on_b.watch(b.url, stream["id"])
-                    await frames_grow(on_b, 10)
-
-                    redis.kill()
-                    await asyncio.sleep(3)  # past a heartbeat: every node has noticed
-                    # Rooms a node has go on: the relay keeps flowing, new viewers join it.
-                    await frames_grow(on_b, 20)
-                    second = RtpViewer()
-                    peers.append(second)
-                    await second.watch(b.url, stream["id"])
-                    await frames_grow(second, 10)
-                    # Node C has no relay and cannot look the origin up: a clear 503.
-                    probe = RtpViewer()
-                    peers.append(probe)
-                    async with aiohttp.ClientSession() as http:
-                        from tests.media.peers import local_offer
-
-                        resp = await http.post(f"{c.url}/api/v1/livestreams/{stream['id']}/watch",
-                                               data=await local_offer(probe.pc), headers=SDP)
-                        body = await resp.json()
-                    assert resp.status == 503, body
-                    assert body["error"]["code"] == "cluster_unavailable"
-
-                    redis.start()  # same port, empty: the heartbeats write everything again
-                    late = RtpViewer()
-                    peers.append(late)
-                    deadline = time.monotonic() + 60
-                    while True:
-                        try:
-                            await late.watch(c.url, stream["id"])
-                            break
-                        except AssertionError:
-                            assert time.monotonic() < deadline, "node C never joined after Redis returned"
-                            await late.close()
-                            late = RtpViewer()
-                            peers.append(late)
-                            await asyncio.sleep(1)
-                    await frames_grow(late, 10)
-                    late.assert_continuous(minimum=10)
-                    assert on_b.viewer.video_frames  # still the same session
-                finally:
-                    for peer in peers:
-                        await peer.close()
-                    await factory.close()
+                    await late.watch(c.url, show.stream["id"])
+                    break
+                except AssertionError:
+                    assert time.monotonic() < deadline, "node C never joined after Redis returned"
+                    await late.close()
+                    await asyncio.sleep(1)
+            await frames_grow(late, 10)
+            late.assert_continuous(minimum=10)
+            assert on_b.viewer.video_frames  # still the same session
     finally:
         redis.kill()
 
@@ -201,30 +192,16 @@ def redis_url() -> str:
     return url
 
 
-
 async def test_a_show_ended_at_its_origin_ends_at_once_on_every_relay(
     clean_db: str, redis_url: str, tmp_path: Path,
 ) -> None:
-    async with cluster(clean_db, redis_url, tmp_path, ("node-a", "node-b")) as (a, b):
-        async with aiohttp.ClientSession(base_url=a.url) as http_a:
-            factory = Factory(http_a, clean_db)  # type: ignore[arg-type]
-            peers: list[Any] = []
-            try:
-                seller = await factory.seller()
-                stream = await livestream(factory, seller)
-                publisher, _ = await publish_http(http_a, stream["id"], stream["streamKey"])  # type: ignore[arg-type]
-                peers.append(publisher)
-                on_b = RtpViewer()
-                peers.append(on_b)
-                await on_b.watch(b.url, stream["id"])
-                await frames_grow(on_b, 10)
-                resp = await http_a.post(f"/api/v1/seller/livestreams/{stream['id']}/end", headers=seller.headers)
-                assert resp.status == 200, await resp.text()
-                # Well within the publisher grace (20 s): the relay does not wait it out.
-                ended = time.monotonic()
-                await wait_for(lambda: on_b.pc.connectionState == "closed", timeout=15)
-                assert time.monotonic() - ended < 15
-            finally:
-                for peer in peers:
-                    await peer.close()
-                await factory.close()
+    async with cluster(clean_db, redis_url, tmp_path, ("node-a", "node-b")) as (a, b), \
+            live_show(clean_db, a.url) as show:
+        on_b = await show.viewer(b.url)
+        resp = await show.http.post(f"/api/v1/seller/livestreams/{show.stream['id']}/end",
+                                    headers=show.seller.headers)
+        assert resp.status == 200, await resp.text()
+        # Well within the publisher grace (20 s): the relay does not wait it out.
+        ended = time.monotonic()
+        await wait_for(lambda: on_b.pc.connectionState == "closed", timeout=15)
+        assert time.monotonic() - ended < 15
