@@ -18,6 +18,11 @@ reads `GET /api/v1/products?limit=20` and `GET /api/v1/products/{id}`, and, cach
 the same product with a matching `If-None-Match` (304). Prints req/s, p50/p99 and the
 ratio to bare; writes benchmarks/results/reads-<time>.json. Target (issue 16, item 7):
 >= 10,000 req/s per worker for both reads, p99 <= 20 ms.
+
+It also prints the server process's own CPU per request (user + system time over the
+run, from /proc, divided by the requests wrk completed) and what that makes per core-
+second: on a shared machine req/s follows whoever else runs, CPU per request much less.
+10,000 req/s on a worker's core is 100 us of CPU per request.
 """
 
 from __future__ import annotations
@@ -161,13 +166,22 @@ def wrk(url: str, *, seconds: float, connections: int, headers: dict[str, str] |
     latency = dict(re.findall(r"^\s*(50|75|90|99)%\s+([\d.]+(?:us|ms|s|m))\s*$", out, re.MULTILINE))
     if set(latency) != {"50", "75", "90", "99"}:
         raise RuntimeError(f"could not read wrk's output:\n{out}")
+    done = re.search(r"(\d+) requests in", out)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)$", out, re.MULTILINE)
     return {
         "rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))),  # type: ignore[union-attr]
         "p50Ms": _ms(latency["50"]), "p90Ms": _ms(latency["90"]), "p99Ms": _ms(latency["99"]),
         "non2xx": int(bad.group(1)) if bad else 0, "socketErrors": errors.group(1) if errors else None,
+        "requests": int(done.group(1)) if done else 0,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the user + system CPU time process ``pid`` has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(args: argparse.Namespace, dsn: str, product_id: str) -> dict[str, Any]:
@@ -198,26 +212,33 @@ def measure(args: argparse.Namespace, dsn: str, product_id: str) -> dict[str, An
                     # Warm-up: connections, prepared statements, the cache.
                     wrk(server.url(path), seconds=1, connections=args.connections, headers=headers)
                     print(f"  {name:>8} {read:<10} {args.seconds:.0f} s ...", end="", flush=True)
+                    cpu = cpu_seconds(server.process.pid)
                     run = wrk(server.url(path), seconds=args.seconds, connections=args.connections,
                               headers=headers)
+                    cpu = cpu_seconds(server.process.pid) - cpu
+                    run["cpuUsPerRequest"] = round(cpu * 1e6 / max(1, run["requests"]), 1)
+                    run["perCoreSecond"] = round(run["requests"] / cpu) if cpu else None
                     runs[f"{name}:{read}"] = run
                     print(f" {run['rps']:>7} req/s  p50 {run['p50Ms']:>6} ms  p99 {run['p99Ms']:>6} ms"
+                          f"  {run['cpuUsPerRequest']:>6} us CPU/request"
                           + (f"  non-2xx/3xx {run['non2xx']}" if run["non2xx"] else ""), flush=True)
             finally:
                 server.stop()
-    bare = runs["bare:product"]["rps"]
+    bare = runs["bare:product"]
     for run in runs.values():
-        run["ratioToBare"] = round(run["rps"] / bare, 3)
+        run["ratioToBare"] = round(run["rps"] / bare["rps"], 3)
+        run["cpuRatioToBare"] = round(bare["cpuUsPerRequest"] / max(0.1, run["cpuUsPerRequest"]), 3)
     return runs
 
 
 def _summary(rounds: list[dict[str, Any]]) -> None:
-    print("\nround  server    read        req/s    p50 ms   p99 ms   x bare")
+    print("\nround  server    read        req/s    p50 ms   p99 ms   x bare   CPU us/req  per core-s  x bare")
     for i, runs in enumerate(rounds, 1):
         for key, run in runs.items():
             name, read = key.split(":")
             print(f"{i:>5}  {name:<9} {read:<10} {run['rps']:>7} {run['p50Ms']:>9} {run['p99Ms']:>8} "
-                  f"{run['ratioToBare']:>8}")
+                  f"{run['ratioToBare']:>8} {run['cpuUsPerRequest']:>12} {run['perCoreSecond'] or '-':>11} "
+                  f"{run['cpuRatioToBare']:>7}")
     for i, runs in enumerate(rounds, 1):
         verdicts = []
         for read in ("list", "product"):

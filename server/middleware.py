@@ -149,15 +149,28 @@ def _record(request: web.Request, status: int, started: float) -> None:
     app[METRICS].observe(request.method, route, status, elapsed)
     if app[SETTINGS].log_requests and access_log.isEnabledFor(logging.INFO):
         identity = request.get(IDENTITY)
-        line = json.dumps({
-            "method": request.method, "route": route, "path": request.path,
-            "status": status, "ms": round(elapsed * 1000, 2),
-            "requestId": request[REQUEST_ID], "userId": identity.user_id if identity else None,
-        })
+        line = access_line(request.method, route, request.path, status, elapsed, request[REQUEST_ID],
+                           identity.user_id if identity else None)
         # Logger.info would look up its caller's file and line (sys._getframe, about
         # two thirds of a log call): the line says where it comes from, so hand the
         # record to the handlers directly; filters and handlers apply as with info().
         access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, line, None, None))
+
+
+def access_line(method: str, route: str, path: str, status: int, seconds: float,
+                request_id: str, user_id: str | None) -> str:
+    """Return one request's access-log line: a JSON object, as ``json.dumps`` of it would be.
+
+    Built from the encoder's string escaper (C) around fixed keys: a third of what
+    ``json.dumps`` of the dict costs, on a path every request takes.
+    """
+    user = "null" if user_id is None else _json_string(user_id)
+    return (f'{{"method": {_json_string(method)}, "route": {_json_string(route)}, '
+            f'"path": {_json_string(path)}, "status": {status}, "ms": {round(seconds * 1000, 2)!r}, '
+            f'"requestId": {_json_string(request_id)}, "userId": {user}}}')
+
+
+_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 async def _caller_is_gone(request: web.Request, exc: Exception) -> bool:

@@ -85,6 +85,19 @@ async def test_access_log_line_is_json(aiohttp_client, clean_db, tmp_path, caplo
     assert {"method", "ms", "userId"} <= set(line)
 
 
+def test_access_line_is_what_json_dumps_would_write() -> None:
+    import json
+
+    from server.middleware import access_line
+
+    for path, user, seconds in (("/api/v1/products/1", None, 0.000523456),
+                                ('/q"uote\\back\nline\u2028caf\u00e9\U0001f600', "u-1", 12.5)):
+        fields = {"method": "GET", "route": "/api/v1/products/{id}", "path": path, "status": 200,
+                  "ms": round(seconds * 1000, 2), "requestId": "req-1", "userId": user}
+        line = access_line("GET", "/api/v1/products/{id}", path, 200, seconds, "req-1", user)
+        assert line == json.dumps(fields) and json.loads(line) == fields
+
+
 async def test_bad_cursor_is_400_on_every_list(client, factory: Factory) -> None:
     seller = await factory.seller()
     created = await client.post("/api/v1/seller/livestreams", json={"title": "Cursor show"}, headers=seller.headers)
