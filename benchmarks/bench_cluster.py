@@ -58,7 +58,7 @@ RESULTS = Path(__file__).parent / "results"
 ROOM = "bench"
 TARGET_HOP_P99_MS, TARGET_WORKER_RATIO, TARGET_FANOUT_P99_MS, TARGET_CLIENT_VIEWERS = 5.0, 1.8, 5.0, 500
 JOINS_AT_ONCE = 8
-PHASES = ("client", "delay", "saturation")
+PHASES = ("hop", "client", "delay", "saturation")
 SATURATED_SHARE = 0.95  # a server using this much of its budget is saturated (reported beside loss)
 SATURATION_STEPS = 12
 
@@ -133,7 +133,58 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
         return web.json_response({"samples": len(values), "p50_ms": percentile(values, 50) * 1e3,
                                   "p99_ms": percentile(values, 99) * 1e3})
 
+    trace: dict[str, Any] = {"t_in": 0, "records": [], "ingress": [], "ssrcs": set()}
+
+    def traced_on_rtp(forwarder: Any) -> None:
+        """Note when each publisher packet enters the forwarder (its fan-out starts)."""
+        original = forwarder.on_rtp
+
+        def on_rtp(packet: Any, codec: Any) -> None:
+            trace["t_in"] = now = time.time_ns()
+            trace["ingress"].append((packet.ssrc, packet.sequence_number, now))
+            original(packet, codec)
+
+        on_rtp.traced = True  # type: ignore[attr-defined]
+        forwarder.on_rtp = on_rtp
+
+    def traced_send(viewer: Any) -> None:
+        """Note when the fan-out calls send for this viewer, and for which packet (header in clear)."""
+        original, ssrc = viewer.send, viewer.ssrc
+
+        def send(data: Any) -> None:
+            trace["records"].append((ssrc, data[2] << 8 | data[3], trace["t_in"], time.time_ns()))
+            original(data)
+
+        viewer.send = send
+
+    async def trace_packets(request: web.Request) -> web.Response:
+        """POST {"ssrcs": [...]} (or {"all": true}): time these viewers' video packets; GET: the records since.
+
+        A record is (SSRC, sequence number as the viewer gets it, ns the packet entered the
+        forwarder, ns its send for this viewer started), CLOCK_REALTIME like the clients'.
+        Only the named viewers' sends are wrapped: the others' cost does not change. Also
+        every video packet's (SSRC, sequence number, ns it entered the forwarder) as received.
+        """
+        room = sfu.rooms.get(ROOM)
+        forwarder = room.forwarders.get("video") if room else None
+        if request.method == "GET":
+            records, trace["records"] = trace["records"], []
+            ingress, trace["ingress"] = trace["ingress"], []
+            return web.json_response({"records": records, "ingress": ingress})
+        if forwarder is None:
+            return web.json_response({"traced": 0})
+        if not getattr(forwarder.on_rtp, "traced", False):
+            traced_on_rtp(forwarder)
+        body = await request.json()
+        wanted = {v.ssrc for v in forwarder.viewers} if body.get("all") else set(body["ssrcs"])
+        for viewer in forwarder.viewers:
+            if viewer.ssrc in wanted and viewer.ssrc not in trace["ssrcs"]:
+                trace["ssrcs"].add(viewer.ssrc)
+                traced_send(viewer)
+        return web.json_response({"traced": len(wanted & trace["ssrcs"])})
+
     app = web.Application()
+    app.router.add_route("*", "/trace", trace_packets)
     app.router.add_post("/publish", publish)
     app.router.add_post("/watch", watch)
     app.router.add_get("/stats", stats)
@@ -142,18 +193,6 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
 
 
 # --- this process: publisher and viewers ---------------------------------------------
-
-
-class ArrivalSink(CountingSink):
-    """Count like the SFU benchmark's sink, and note when each payload arrived."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.arrivals: dict[int, float] = {}
-
-    def on_rtp(self, packet: Any, codec: Any) -> None:
-        self.arrivals[hash(packet.payload)] = time.perf_counter()
-        super().on_rtp(packet, codec)
 
 
 async def connect(pc: RTCPeerConnection, url: str) -> None:
@@ -192,34 +231,107 @@ async def _get(url: str) -> dict[str, Any]:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def measure_hop(origin: str, relay: str, seconds: float) -> dict[str, Any]:
-    """Return the hop's added delay and the CPU per packet at origin and relay."""
-    direct_pc, direct = await viewer(f"{origin}/watch", ArrivalSink)
-    relayed_pc, relayed = await viewer(f"{relay}/watch", ArrivalSink)
-    await asyncio.sleep(2.0)
-    o0, r0 = await stats(origin), await stats(relay)
-    await asyncio.sleep(seconds)
-    o1, r1 = await stats(origin), await stats(relay)
-    assert isinstance(direct, ArrivalSink) and isinstance(relayed, ArrivalSink)
-    delays = [(relayed.arrivals[key] - at) * 1000 for key, at in direct.arrivals.items()
-              if key in relayed.arrivals]
-    for pc in (direct_pc, relayed_pc):
-        await pc.close()
+    """Return the hop's added delay, where it goes, and the CPU per packet at origin and relay.
+
+    One timed lean viewer on the origin and one on the relay: the kernel's arrival stamps
+    (SO_TIMESTAMPNS) of the same publisher packet at both, so this process's own scheduling
+    is not in the figure. Both servers trace every viewer's sends and their ingress
+    (``/trace``), which splits the hop into: the origin sending to the relay later than to
+    the direct viewer (loop order), the way to the relay's forwarder (loopback, the relay's
+    socket wait, its ingress), the relay's own fan-out, and the kernel's delivery.
+
+    Both viewers' first packets are catch-ups from their SFU's GOP cache (the relay also took
+    the origin's cache when it subscribed), sent at the catch-up pace after the same packets
+    went out live: counting them, as this benchmark did before, made the hop's p99 swing
+    with where in the clip's GOP the joins fell. Only packets sent in the window count.
+    """
+    async with aiohttp.ClientSession() as http:
+        gen = Generator(http)
+        await gen.add([origin, relay], 2, timing=2)
+        direct, relayed = gen.viewers
+        await asyncio.sleep(2.0)
+        for url in (origin, relay):
+            async with http.post(f"{url}/trace", json={"all": True}) as resp:
+                resp.raise_for_status()
+            await _get(f"{url}/trace")
+        warm = [(relayed.arrivals[key] - at) / 1e6 for key, at in direct.arrivals.items() if key in relayed.arrivals]
+        direct.arrivals.clear()
+        relayed.arrivals.clear()
+        o0, r0 = await stats(origin), await stats(relay)
+        await asyncio.sleep(seconds)
+        o1, r1 = await stats(origin), await stats(relay)
+        await asyncio.sleep(0.2)  # the last packets' arrivals are read
+        origin_trace, relay_trace = await _get(f"{origin}/trace"), await _get(f"{relay}/trace")
+        await gen.clear()
+        await gen.receiver.close()
+    matched = [(key, at) for key, at in direct.arrivals.items() if key in relayed.arrivals]
+    delays = [(relayed.arrivals[key] - at) / 1e6 for key, at in matched]
+    parts = hop_parts(direct, relayed, matched, origin_trace, relay_trace)
     relay_in = r1["packets_in"] - r0["packets_in"]
     origin_out = o1["packets_out"] - o0["packets_out"]
+    with_warm_up = warm + delays
     return {
         "matched_packets": len(delays),
         "hop_delay_p50_ms": percentile(delays, 50), "hop_delay_p99_ms": percentile(delays, 99),
-        "hop_delay_mean_ms": statistics.fmean(delays),
+        "hop_delay_mean_ms": statistics.fmean(delays), "hop_delay_max_ms": max(delays),
+        "unmatched_in_window": len(direct.arrivals) - len(matched),
+        "parts": parts,
+        # The packets before the window too (the joins' catch-ups, those the lean viewers saw).
+        "with_join_catch_up": {"matched_packets": len(with_warm_up), "p50_ms": percentile(with_warm_up, 50),
+                               "p99_ms": percentile(with_warm_up, 99), "max_ms": max(with_warm_up)},
         # The relay's CPU covers taking a packet in and sending it to its one viewer.
         "relay_us_per_packet_in": (r1["cpu"] - r0["cpu"]) / max(relay_in, 1) * 1e6,
         "origin_us_per_packet_out": (o1["cpu"] - o0["cpu"]) / max(origin_out, 1) * 1e6,
         "origin_packets_in": o1["packets_in"] - o0["packets_in"], "relay_packets_in": relay_in,
         "stream_bps": (o1["bytes_in"] - o0["bytes_in"]) * 8 / seconds,
     }
+
+
+HOP_PARTS = ("hop", "origin_order", "to_relay_forwarder", "relay_fanout", "kernel_difference")
+
+
+def hop_parts(direct: LeanViewer, relayed: LeanViewer, matched: list[tuple[int, int]],
+              origin_trace: dict[str, Any], relay_trace: dict[str, Any]) -> dict[str, Any]:
+    """Split each matched packet's hop delay (relayed arrival minus direct arrival), ms.
+
+    ``origin_order``: the origin's send to the relay minus its send to the direct viewer;
+    ``to_relay_forwarder``: that send to the packet entering the relay's forwarder;
+    ``relay_fanout``: entering it to the send to the relayed viewer; ``kernel_difference``:
+    the relayed viewer's send-to-arrival minus the direct one's. They add up to ``hop``.
+    """
+    sends = {(ssrc, seq): (t_in, t_out) for ssrc, seq, t_in, t_out in origin_trace["records"]}
+    # The origin's packet to the relay is the one the relay took in with that SSRC and number.
+    origin_seq = {(ssrc, seq): t_out for ssrc, seq, _, t_out in origin_trace["records"]}
+    relay_in = {t_in: (ssrc, seq) for ssrc, seq, t_in in relay_trace["ingress"]}
+    relay_sends = {(ssrc, seq): (t_in, t_out) for ssrc, seq, t_in, t_out in relay_trace["records"]}
+    rows = []
+    for key, direct_at in matched:
+        d_stamps = sends.get(direct.headers.get(key, (0, 0)))
+        r_stamps = relay_sends.get(relayed.headers.get(key, (0, 0)))
+        if d_stamps is None or r_stamps is None:
+            continue
+        relay_ingress = relay_in.get(r_stamps[0])
+        to_relay = origin_seq.get(relay_ingress) if relay_ingress is not None else None
+        if to_relay is None:
+            continue
+        relayed_at = relayed.arrivals[key]
+        rows.append(tuple(x / 1e6 for x in (
+            relayed_at - direct_at, to_relay - d_stamps[1], r_stamps[0] - to_relay, r_stamps[1] - r_stamps[0],
+            (relayed_at - r_stamps[1]) - (direct_at - d_stamps[1]))))
+    if not rows:
+        return {"packets": 0}
+    out: dict[str, Any] = {"packets": len(rows)}
+    for index, name in enumerate(HOP_PARTS):
+        column = [row[index] for row in rows]
+        out[name] = {"p50": percentile(column, 50), "p99": percentile(column, 99), "max": max(column)}
+    cut = out["hop"]["p99"]
+    tail = [row for row in rows if row[0] >= cut]
+    out["tail"] = {name: statistics.fmean(row[i] for row in tail) for i, name in enumerate(HOP_PARTS)}
+    return out
 
 
 class Generator:
@@ -331,13 +443,22 @@ async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seco
             log(f"delay: {viewers} lean viewers ({timing} timed) on {len(urls)} worker(s)")
             await gen.add(urls, viewers, timing)
             await asyncio.sleep(2.0)
+            timed = [v for v in gen.viewers if v.timing]
             for url in urls:
+                ssrcs = [ssrc for v in timed if v.url.startswith(url)
+                         for ssrc, stream in v.streams.items() if stream.kind == "video"]
+                async with http.post(f"{url}/trace", json={"ssrcs": ssrcs}) as resp:
+                    resp.raise_for_status()
+                await _get(f"{url}/trace")
                 await _get(f"{url}/probe")
             figures = await window(gen, urls, seconds, idle)
+            records = [r for url in urls for r in (await _get(f"{url}/trace"))["records"]]
             # The issue's measure: the SFU's own probe, one packet's walk over its worker's viewers.
             figures["sfu_probe_per_worker"] = [await _get(f"{url}/probe") for url in urls]
-            timed = [v for v in gen.viewers if v.timing]
             delays = send_log.delays_ms(timed)
+            figures["parts"] = decompose(send_log, timed, records)
+            figures["parts_per_worker"] = [decompose(send_log, [v for v in timed if v.url.startswith(url)], records)
+                                           for url in urls]
             figures |= {"timed_packets": len(delays), "delay_p50_ms": percentile(delays, 50),
                         "delay_p99_ms": percentile(delays, 99), "delay_max_ms": max(delays)}
             # Per worker: the relay's viewers have the hop on top of their own fan-out.
@@ -354,6 +475,56 @@ async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seco
     one, two = results["one_worker"]["delay_p99_ms"], results["two_workers"]["delay_p99_ms"]
     results["p99_ratio"] = one / two if two else 0.0
     return results
+
+
+PARTS = ("total", "to_forwarder", "in_fanout", "kernel")
+
+
+def decompose(send_log: SendLog, timed: list[LeanViewer], records: list[list[int]]) -> dict[str, Any]:
+    """Split each timed packet's publisher-to-viewer delay where it was spent (ms).
+
+    - ``to_forwarder``: publisher's send to the packet entering its worker's forwarder:
+      the loopback hop (microseconds), the wait in the worker's socket while it fans out
+      earlier packets or is not running, and the ingress (SRTP unprotect); for a relay's
+      viewers also the origin's fan-out and the hop;
+    - ``in_fanout``: entering the forwarder to the send for this viewer: the viewers before
+      it in this packet's loop (and any preemption meanwhile);
+    - ``kernel``: that send to the kernel's arrival stamp at the viewer (SO_TIMESTAMPNS);
+      the viewer process's own queueing is not in any of them.
+
+    Also ``burst``: how far into its frame's burst the publisher sent the packet (not a
+    delay: the publisher's pacing). ``tail``: each part's mean over the packets whose total
+    is at or above the total's p99, so the parts of the tail add up to its total.
+    """
+    server = {(ssrc, seq): (t_in, t_out) for ssrc, seq, t_in, t_out in records}
+    rows: list[tuple[float, ...]] = []
+    for viewer in timed:
+        for key, arrived in viewer.arrivals.items():
+            sent, header = send_log.sent.get(key), viewer.headers.get(key)
+            stamps = server.get(header) if header is not None else None
+            if sent is None or stamps is None:
+                continue
+            t_in, t_out = stamps
+            burst = sent - send_log.frame_start[send_log.frame_of[key]]
+            rows.append(tuple(x / 1e6 for x in (arrived - sent, t_in - sent, t_out - t_in, arrived - t_out, burst)))
+    if not rows:
+        return {"packets": 0}
+    columns = list(zip(*rows, strict=True))
+    out: dict[str, Any] = {"packets": len(rows)}
+    for name, column in zip((*PARTS, "burst"), columns, strict=True):
+        out[name] = {"p50": percentile(list(column), 50), "p99": percentile(list(column), 99)}
+    cut = out["total"]["p99"]
+    tail = [row for row in rows if row[0] >= cut]
+    out["tail"] = {name: statistics.fmean(row[i] for row in tail) for i, name in enumerate((*PARTS, "burst"))}
+    # Packets the publisher sent first in their frame (nothing of their burst ahead of them)
+    # against the rest: what queueing behind the same frame's packets adds.
+    first = [row[1] for row in rows if row[4] == 0]
+    rest = [row[1] for row in rows if row[4] > 0]
+    out["to_forwarder_first_of_frame"] = {"packets": len(first), "p50": percentile(first, 50) if first else 0.0,
+                                          "p99": percentile(first, 99) if first else 0.0}
+    out["to_forwarder_later_in_frame"] = {"packets": len(rest), "p50": percentile(rest, 50) if rest else 0.0,
+                                          "p99": percentile(rest, 99) if rest else 0.0}
+    return out
 
 
 async def saturate(gen: Generator, urls: list[str], limits: list[CpuLimit], budget: float, seconds: float,
@@ -510,6 +681,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         log("phase 1: one relay hop")  # always: it also subscribes the relay for the other phases
         results["hop"] = await measure_hop(origin, relay, args.seconds)
         log(json.dumps(results["hop"]))
+        results["hop_runs"] = [results["hop"]]
+        for run_index in range(1, args.hop_runs):  # a new pair of viewers each time
+            results["hop_runs"].append(await measure_hop(origin, relay, args.seconds))
+            log(f"hop run {run_index + 1}: {json.dumps(results['hop_runs'][-1])}")
         if "client" in args.phases:
             log(f"phase 2: client cost, {args.aiortc_viewers} aiortc viewers then {args.lean_viewers} lean ones")
             results["client"] = await measure_client(origin, args.lean_viewers, args.aiortc_viewers, args.seconds,
@@ -578,7 +753,8 @@ def main() -> None:
     parser.add_argument("--node-cores", type=int, default=os.cpu_count() or 2, help="projection: cores per node")
     parser.add_argument("--nic-gbps", type=float, default=10.0, help="projection: a node's network interface")
     parser.add_argument("--phases", type=lambda text: set(text.split(",")), default=set(PHASES),
-                        help=f"comma-separated, of {','.join(PHASES)} (the hop always runs)")
+                        help=f"comma-separated, of {','.join(PHASES)} (the hop always runs; 'hop': only it)")
+    parser.add_argument("--hop-runs", type=int, default=1, help="measure the relay hop this many times")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short windows: exercise the code")
     args = parser.parse_args()
     if not args.phases <= set(PHASES):
@@ -599,8 +775,18 @@ def main() -> None:
 def report(results: dict[str, Any]) -> None:
     """Print the figures, each with its target and whether it is measured or projected."""
     hop = results["hop"]
-    print(f"relay hop: +{hop['hop_delay_p50_ms']:.2f} ms p50, +{hop['hop_delay_p99_ms']:.2f} ms p99 "
-          f"(target p99 <= {TARGET_HOP_P99_MS} ms) over {hop['matched_packets']} packets")
+    for index, run in enumerate(results.get("hop_runs", [hop])):
+        warm = run["with_join_catch_up"]
+        print(f"relay hop, run {index + 1}: +{run['hop_delay_p50_ms']:.2f} ms p50, +{run['hop_delay_p99_ms']:.2f} ms "
+              f"p99, max +{run['hop_delay_max_ms']:.2f} (target p99 <= {TARGET_HOP_P99_MS} ms) over "
+              f"{run['matched_packets']} packets in the window; with the joins' catch-up packets as before: "
+              f"p99 +{warm['p99_ms']:.2f}, max +{warm['max_ms']:.2f} ms over {warm['matched_packets']}")
+        parts = run["parts"]
+        if parts.get("packets"):
+            print("  where it goes (p50/p99/max ms): " + ", ".join(
+                f"{name} {parts[name]['p50']:.2f}/{parts[name]['p99']:.2f}/{parts[name]['max']:.2f}"
+                for name in HOP_PARTS) + f"; tail {parts['tail']['hop']:.2f} = " + " + ".join(
+                f"{name} {parts['tail'][name]:.2f}" for name in HOP_PARTS[1:]))
     print(f"CPU per packet: relay {hop['relay_us_per_packet_in']:.1f} us in (+1 viewer out), "
           f"origin {hop['origin_us_per_packet_out']:.1f} us per packet out")
     if "client" in results:
@@ -632,6 +818,10 @@ def _report_delay(delay: dict[str, Any]) -> None:
           f"{delay['p99_ratio']:.2f}x; loss {one['loss']:.4%} / {two['loss']:.4%}")
     print("SFU probe (a packet in to its last viewer's sendto, the issue's measure), p50/p99 ms per worker: "
           f"1 worker {_probes(one)}; 2 workers {_probes(two)}")
+    for label, figures in (("1 worker", one), ("2 workers", two)):
+        for index, parts in enumerate(figures.get("parts_per_worker", [])):
+            if parts.get("packets"):
+                print(f"  where it goes, {label}, worker {index + 1} ({parts['packets']} packets): {_parts(parts)}")
     print(f"viewers per core from CPU per viewer (projected): 1 worker {one['projected_viewers_per_core']:.0f}, "
           f"2 workers {two['projected_viewers_per_core']:.0f} on two cores")
 
@@ -661,6 +851,15 @@ def _report_projection(projection: dict[str, Any]) -> None:
         shape = "flat" if row["flat"] else f"flat stops at {row['viewers']}; a 2-level relay tree (not built)"
         print(f"  {row['nodes']:>4} nodes: {row['two_level_viewers'] if not row['flat'] else row['viewers']:>9,} "
               f"viewers ({shape})")
+
+
+def _parts(parts: dict[str, Any]) -> str:
+    """p50/p99 of each part, and the parts of the tail (mean over the packets at or above the total's p99)."""
+    spread = ", ".join(f"{name} {parts[name]['p50']:.2f}/{parts[name]['p99']:.2f}" for name in (*PARTS, "burst"))
+    tail = " + ".join(f"{name} {parts['tail'][name]:.2f}" for name in PARTS[1:])
+    first, rest = parts["to_forwarder_first_of_frame"], parts["to_forwarder_later_in_frame"]
+    return (f"p50/p99 ms {spread}; tail {parts['tail']['total']:.2f} = {tail} (burst {parts['tail']['burst']:.2f}); "
+            f"to_forwarder p99 first of frame {first['p99']:.2f}, later {rest['p99']:.2f}")
 
 
 def _probes(figures: dict[str, Any]) -> str:
