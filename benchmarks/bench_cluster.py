@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
+import gc
 import json
 import multiprocessing
 import os
@@ -133,16 +135,43 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
         return web.json_response({"samples": len(values), "p50_ms": percentile(values, 50) * 1e3,
                                   "p99_ms": percentile(values, 99) * 1e3})
 
-    trace: dict[str, Any] = {"t_in": 0, "records": [], "ingress": [], "ssrcs": set()}
+    trace: dict[str, Any] = {"t_in": 0, "t_rx": 0, "records": [], "ingress": [], "gc": [], "ssrcs": set()}
+    import aioice
+
+    hooked = aioice.ice.Connection.data_received
+
+    def data_received(self: Any, data: bytes, component: int) -> None:
+        """Note when this process took a datagram from a socket (0 again once it is handled)."""
+        trace["t_rx"] = time.time_ns()
+        hooked(self, data, component)
+        trace["t_rx"] = 0
+
+    aioice.ice.Connection.data_received = data_received
+    collecting: dict[str, int] = {}
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        """Note each garbage collection: (generation, ns it started, ns it took)."""
+        if phase == "start":
+            collecting["at"] = time.time_ns()
+        elif "at" in collecting:
+            at = collecting.pop("at")
+            trace["gc"].append((info["generation"], at, time.time_ns() - at))
+
+    gc.callbacks.append(on_gc)
 
     def traced_on_rtp(forwarder: Any) -> None:
         """Note when each publisher packet enters the forwarder (its fan-out starts)."""
         original = forwarder.on_rtp
 
         def on_rtp(packet: Any, codec: Any) -> None:
+            # t_rx: the datagram's read, when the ingress fast path handed it over in that
+            # callback (0: it took aiortc's queued path); this thread's CPU time, to tell a
+            # wait spent working from one spent waiting for a core.
             trace["t_in"] = now = time.time_ns()
-            trace["ingress"].append((packet.ssrc, packet.sequence_number, now))
+            cpu = time.thread_time_ns()
             original(packet, codec)
+            trace["ingress"].append((packet.ssrc, packet.sequence_number, now, trace["t_rx"], cpu,
+                                     time.time_ns(), time.thread_time_ns()))
 
         on_rtp.traced = True  # type: ignore[attr-defined]
         forwarder.on_rtp = on_rtp
@@ -170,7 +199,8 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
         if request.method == "GET":
             records, trace["records"] = trace["records"], []
             ingress, trace["ingress"] = trace["ingress"], []
-            return web.json_response({"records": records, "ingress": ingress})
+            collections, trace["gc"] = trace["gc"], []
+            return web.json_response({"records": records, "ingress": ingress, "gc": collections})
         if forwarder is None:
             return web.json_response({"traced": 0})
         if not getattr(forwarder.on_rtp, "traced", False):
@@ -306,7 +336,7 @@ def hop_parts(direct: LeanViewer, relayed: LeanViewer, matched: list[tuple[int, 
     sends = {(ssrc, seq): (t_in, t_out) for ssrc, seq, t_in, t_out in origin_trace["records"]}
     # The origin's packet to the relay is the one the relay took in with that SSRC and number.
     origin_seq = {(ssrc, seq): t_out for ssrc, seq, _, t_out in origin_trace["records"]}
-    relay_in = {t_in: (ssrc, seq) for ssrc, seq, t_in in relay_trace["ingress"]}
+    relay_in = {row[2]: (row[0], row[1]) for row in relay_trace["ingress"]}
     relay_sends = {(ssrc, seq): (t_in, t_out) for ssrc, seq, t_in, t_out in relay_trace["records"]}
     rows = []
     for key, direct_at in matched:
@@ -452,13 +482,15 @@ async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seco
                 await _get(f"{url}/trace")
                 await _get(f"{url}/probe")
             figures = await window(gen, urls, seconds, idle)
-            records = [r for url in urls for r in (await _get(f"{url}/trace"))["records"]]
+            traces = [await _get(f"{url}/trace") for url in urls]
             # The issue's measure: the SFU's own probe, one packet's walk over its worker's viewers.
             figures["sfu_probe_per_worker"] = [await _get(f"{url}/probe") for url in urls]
             delays = send_log.delays_ms(timed)
-            figures["parts"] = decompose(send_log, timed, records)
-            figures["parts_per_worker"] = [decompose(send_log, [v for v in timed if v.url.startswith(url)], records)
-                                           for url in urls]
+            per_worker = [delay_rows(send_log, [v for v in timed if v.url.startswith(url)], trace)
+                          for url, trace in zip(urls, traces, strict=True)]
+            figures["parts"] = summarize([row for rows in per_worker for row in rows])
+            figures["parts_per_worker"] = [summarize(rows) for rows in per_worker]
+            figures["gc_per_worker"] = [gc_pauses(trace["gc"]) for trace in traces]
             figures |= {"timed_packets": len(delays), "delay_p50_ms": percentile(delays, 50),
                         "delay_p99_ms": percentile(delays, 99), "delay_max_ms": max(delays)}
             # Per worker: the relay's viewers have the hop on top of their own fan-out.
@@ -477,53 +509,84 @@ async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seco
     return results
 
 
-PARTS = ("total", "to_forwarder", "in_fanout", "kernel")
+PARTS = ("total", "socket_wait", "socket_wait_working", "ingress", "in_fanout", "kernel")
 
 
-def decompose(send_log: SendLog, timed: list[LeanViewer], records: list[list[int]]) -> dict[str, Any]:
-    """Split each timed packet's publisher-to-viewer delay where it was spent (ms).
+class CpuClock:
+    """A worker's event-loop thread CPU time at any wall time, interpolated between its samples."""
 
-    - ``to_forwarder``: publisher's send to the packet entering its worker's forwarder:
-      the loopback hop (microseconds), the wait in the worker's socket while it fans out
-      earlier packets or is not running, and the ingress (SRTP unprotect); for a relay's
-      viewers also the origin's fan-out and the hop;
-    - ``in_fanout``: entering the forwarder to the send for this viewer: the viewers before
-      it in this packet's loop (and any preemption meanwhile);
-    - ``kernel``: that send to the kernel's arrival stamp at the viewer (SO_TIMESTAMPNS);
-      the viewer process's own queueing is not in any of them.
+    def __init__(self, ingress: list[list[int]]) -> None:
+        samples = sorted((wall, cpu) for row in ingress for wall, cpu in ((row[2], row[4]), (row[5], row[6])))
+        self.walls = [wall for wall, _ in samples]
+        self.cpus = [cpu for _, cpu in samples]
 
-    Also ``burst``: how far into its frame's burst the publisher sent the packet (not a
-    delay: the publisher's pacing). ``tail``: each part's mean over the packets whose total
-    is at or above the total's p99, so the parts of the tail add up to its total.
-    """
-    server = {(ssrc, seq): (t_in, t_out) for ssrc, seq, t_in, t_out in records}
+    def at(self, wall: int) -> float:
+        index = bisect.bisect_right(self.walls, wall)
+        if index == 0 or index == len(self.walls):
+            return float(self.cpus[min(index, len(self.cpus) - 1)])
+        w0, w1, c0, c1 = self.walls[index - 1], self.walls[index], self.cpus[index - 1], self.cpus[index]
+        return c0 + (c1 - c0) * (wall - w0) / max(w1 - w0, 1)
+
+
+def delay_rows(send_log: SendLog, timed: list[LeanViewer], trace: dict[str, Any]) -> list[tuple[float, ...]]:
+    """Split each timed packet's publisher-to-viewer delay where it was spent (ms; see :func:`summarize`)."""
+    sends = {(row[0], row[1]): (row[2], row[3]) for row in trace["records"]}
+    reads = {row[2]: row[3] for row in trace["ingress"]}  # forwarder entry -> the datagram's read (0: queued)
+    clock = CpuClock(trace["ingress"])
     rows: list[tuple[float, ...]] = []
     for viewer in timed:
         for key, arrived in viewer.arrivals.items():
             sent, header = send_log.sent.get(key), viewer.headers.get(key)
-            stamps = server.get(header) if header is not None else None
+            stamps = sends.get(header) if header is not None else None
             if sent is None or stamps is None:
                 continue
             t_in, t_out = stamps
+            t_rx = reads.get(t_in) or t_in  # a packet aiortc queued: its wait counts as socket wait
+            working = min(max(clock.at(t_rx) - clock.at(sent), 0.0), t_rx - sent)
             burst = sent - send_log.frame_start[send_log.frame_of[key]]
-            rows.append(tuple(x / 1e6 for x in (arrived - sent, t_in - sent, t_out - t_in, arrived - t_out, burst)))
+            rows.append(tuple(x / 1e6 for x in (arrived - sent, t_rx - sent, working, t_in - t_rx, t_out - t_in,
+                                                 arrived - t_out, burst)))
+    return rows
+
+
+def gc_pauses(collections: list[list[int]]) -> dict[str, Any]:
+    """Return a worker's garbage collections in the window: how many per generation, and the longest (ms)."""
+    return {"count": [sum(1 for c in collections if c[0] == g) for g in range(3)],
+            "longest_ms": [max((c[2] / 1e6 for c in collections if c[0] == g), default=0.0) for g in range(3)]}
+
+
+def summarize(rows: list[tuple[float, ...]]) -> dict[str, Any]:
+    """Return p50/p99 of each part of the publisher-to-viewer delay, and the parts of its tail (ms).
+
+    - ``socket_wait``: publisher's send to the worker reading the datagram (loopback is
+      synchronous: microseconds), of which ``socket_wait_working`` the worker's event loop
+      was on a core running (fanning out earlier packets, audio, RTCP), the rest it waited
+      for a core; for a relay's viewers it also holds the origin's fan-out and the hop;
+    - ``ingress``: the read to the packet entering the forwarder (SRTP unprotect);
+    - ``in_fanout``: entering the forwarder to the send for this viewer (the viewers before
+      it in this packet's loop, any preemption meanwhile);
+    - ``kernel``: that send to the kernel's arrival stamp at the viewer (SO_TIMESTAMPNS):
+      the viewer process's own queueing is in none of them.
+
+    ``burst``: how far into its frame's burst the publisher sent the packet (its pacing,
+    not a delay). ``tail``: each part's mean over the packets whose total is at or above
+    the total's p99, so the tail's parts add up to its total.
+    """
     if not rows:
         return {"packets": 0}
-    columns = list(zip(*rows, strict=True))
+    names = (*PARTS, "burst")
     out: dict[str, Any] = {"packets": len(rows)}
-    for name, column in zip((*PARTS, "burst"), columns, strict=True):
-        out[name] = {"p50": percentile(list(column), 50), "p99": percentile(list(column), 99)}
+    for index, name in enumerate(names):
+        column = [row[index] for row in rows]
+        out[name] = {"p50": percentile(column, 50), "p99": percentile(column, 99)}
     cut = out["total"]["p99"]
     tail = [row for row in rows if row[0] >= cut]
-    out["tail"] = {name: statistics.fmean(row[i] for row in tail) for i, name in enumerate((*PARTS, "burst"))}
-    # Packets the publisher sent first in their frame (nothing of their burst ahead of them)
-    # against the rest: what queueing behind the same frame's packets adds.
-    first = [row[1] for row in rows if row[4] == 0]
-    rest = [row[1] for row in rows if row[4] > 0]
-    out["to_forwarder_first_of_frame"] = {"packets": len(first), "p50": percentile(first, 50) if first else 0.0,
-                                          "p99": percentile(first, 99) if first else 0.0}
-    out["to_forwarder_later_in_frame"] = {"packets": len(rest), "p50": percentile(rest, 50) if rest else 0.0,
-                                          "p99": percentile(rest, 99) if rest else 0.0}
+    out["tail"] = {name: statistics.fmean(row[index] for row in tail) for index, name in enumerate(names)}
+    # First packet of its frame (nothing of its own burst ahead of it) against the rest.
+    for label, chosen in (("first_of_frame", [r for r in rows if r[6] == 0]), ("later_in_frame", [r for r in rows if r[6] > 0])):
+        out[f"socket_wait_{label}"] = {"packets": len(chosen),
+                                       "p50": percentile([r[1] for r in chosen], 50) if chosen else 0.0,
+                                       "p99": percentile([r[1] for r in chosen], 99) if chosen else 0.0}
     return out
 
 
@@ -822,6 +885,9 @@ def _report_delay(delay: dict[str, Any]) -> None:
         for index, parts in enumerate(figures.get("parts_per_worker", [])):
             if parts.get("packets"):
                 print(f"  where it goes, {label}, worker {index + 1} ({parts['packets']} packets): {_parts(parts)}")
+        for index, pauses in enumerate(figures.get("gc_per_worker", [])):
+            print(f"  garbage collections, {label}, worker {index + 1}: per generation {pauses['count']}, "
+                  f"longest {', '.join(f'{ms:.1f}' for ms in pauses['longest_ms'])} ms")
     print(f"viewers per core from CPU per viewer (projected): 1 worker {one['projected_viewers_per_core']:.0f}, "
           f"2 workers {two['projected_viewers_per_core']:.0f} on two cores")
 
@@ -856,10 +922,11 @@ def _report_projection(projection: dict[str, Any]) -> None:
 def _parts(parts: dict[str, Any]) -> str:
     """p50/p99 of each part, and the parts of the tail (mean over the packets at or above the total's p99)."""
     spread = ", ".join(f"{name} {parts[name]['p50']:.2f}/{parts[name]['p99']:.2f}" for name in (*PARTS, "burst"))
-    tail = " + ".join(f"{name} {parts['tail'][name]:.2f}" for name in PARTS[1:])
-    first, rest = parts["to_forwarder_first_of_frame"], parts["to_forwarder_later_in_frame"]
-    return (f"p50/p99 ms {spread}; tail {parts['tail']['total']:.2f} = {tail} (burst {parts['tail']['burst']:.2f}); "
-            f"to_forwarder p99 first of frame {first['p99']:.2f}, later {rest['p99']:.2f}")
+    tail = " + ".join(f"{name} {parts['tail'][name]:.2f}" for name in ("socket_wait", "ingress", "in_fanout", "kernel"))
+    first, rest = parts["socket_wait_first_of_frame"], parts["socket_wait_later_in_frame"]
+    return (f"p50/p99 ms {spread}; tail {parts['tail']['total']:.2f} = {tail} (of the socket wait, working "
+            f"{parts['tail']['socket_wait_working']:.2f}; burst {parts['tail']['burst']:.2f}); socket wait p99 "
+            f"first of frame {first['p99']:.2f}, later {rest['p99']:.2f}")
 
 
 def _probes(figures: dict[str, Any]) -> str:
