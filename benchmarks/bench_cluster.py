@@ -60,6 +60,7 @@ RESULTS = Path(__file__).parent / "results"
 ROOM = "bench"
 TARGET_HOP_P99_MS, TARGET_WORKER_RATIO, TARGET_FANOUT_P99_MS, TARGET_CLIENT_VIEWERS = 5.0, 1.8, 5.0, 500
 JOINS_AT_ONCE = 8
+STREAM_BPS = 1_500_000  # the clip's target rate (bench_sfu.BITRATE); --pace multiplies it
 PHASES = ("hop", "client", "delay", "saturation")
 SATURATED_SHARE = 0.95  # a server using this much of its budget is saturated (reported beside loss)
 SATURATION_STEPS = 12
@@ -135,7 +136,7 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
         return web.json_response({"samples": len(values), "p50_ms": percentile(values, 50) * 1e3,
                                   "p99_ms": percentile(values, 99) * 1e3})
 
-    trace: dict[str, Any] = {"t_in": 0, "t_rx": 0, "records": [], "ingress": [], "gc": [], "ssrcs": set()}
+    trace: dict[str, Any] = {"t_in": 0, "t_rx": 0, "records": [], "ingress": [], "gc": [], "reports": [], "ssrcs": set()}
     import aioice
 
     hooked = aioice.ice.Connection.data_received
@@ -176,6 +177,16 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
         on_rtp.traced = True  # type: ignore[attr-defined]
         forwarder.on_rtp = on_rtp
 
+    def traced_reports(forwarder: Any) -> None:
+        original = forwarder.send_sender_reports
+
+        def send_sender_reports() -> None:
+            started = time.time_ns()
+            original()
+            trace["reports"].append((forwarder.kind, started, time.time_ns() - started, len(forwarder.viewers)))
+
+        forwarder.send_sender_reports = send_sender_reports
+
     def traced_send(viewer: Any) -> None:
         """Note when the fan-out calls send for this viewer, and for which packet (header in clear)."""
         original, ssrc = viewer.send, viewer.ssrc
@@ -200,11 +211,15 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
             records, trace["records"] = trace["records"], []
             ingress, trace["ingress"] = trace["ingress"], []
             collections, trace["gc"] = trace["gc"], []
-            return web.json_response({"records": records, "ingress": ingress, "gc": collections})
+            reports, trace["reports"] = trace["reports"], []
+            return web.json_response({"records": records, "ingress": ingress, "gc": collections,
+                                      "reports": reports})
         if forwarder is None:
             return web.json_response({"traced": 0})
         if not getattr(forwarder.on_rtp, "traced", False):
             traced_on_rtp(forwarder)
+            for each in room.forwarders.values():  # how long each round of sender reports holds the loop
+                traced_reports(each)
         body = await request.json()
         wanted = {v.ssrc for v in forwarder.viewers} if body.get("all") else set(body["ssrcs"])
         for viewer in forwarder.viewers:
@@ -293,9 +308,11 @@ async def measure_hop(origin: str, relay: str, seconds: float) -> dict[str, Any]
         relayed.arrivals.clear()
         o0, r0 = await stats(origin), await stats(relay)
         await asyncio.sleep(seconds)
+        arrivals = (direct.arrivals, relayed.arrivals)
+        direct.arrivals, relayed.arrivals = {}, {}  # none from while the servers answer the requests below
         o1, r1 = await stats(origin), await stats(relay)
-        await asyncio.sleep(0.2)  # the last packets' arrivals are read
         origin_trace, relay_trace = await _get(f"{origin}/trace"), await _get(f"{relay}/trace")
+        direct.arrivals, relayed.arrivals = arrivals
         await gen.clear()
         await gen.receiver.close()
     matched = [(key, at) for key, at in direct.arrivals.items() if key in relayed.arrivals]
@@ -411,6 +428,9 @@ async def window(gen: Generator, urls: list[str], seconds: float, idle_share: fl
         viewer.arrivals.clear()
     g0, d0, cpu0, t0 = gen.totals(), gen.receiver.datagrams, time.process_time(), time.monotonic()
     await asyncio.sleep(seconds)
+    for viewer in gen.viewers:  # the window's arrivals: none from while the servers answer requests after it
+        if viewer.timing:
+            viewer.window_arrivals, viewer.arrivals = viewer.arrivals, {}
     g1, d1, cpu1, elapsed = gen.totals(), gen.receiver.datagrams, time.process_time(), time.monotonic() - t0
     after = [await stats(u) for u in urls]
     packets, lost = g1["packets"] - g0["packets"], g1["lost"] - g0["lost"]
@@ -485,12 +505,20 @@ async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seco
             traces = [await _get(f"{url}/trace") for url in urls]
             # The issue's measure: the SFU's own probe, one packet's walk over its worker's viewers.
             figures["sfu_probe_per_worker"] = [await _get(f"{url}/probe") for url in urls]
+            for viewer in timed:
+                viewer.arrivals = viewer.window_arrivals
             delays = send_log.delays_ms(timed)
             per_worker = [delay_rows(send_log, [v for v in timed if v.url.startswith(url)], trace)
                           for url, trace in zip(urls, traces, strict=True)]
             figures["parts"] = summarize([row for rows in per_worker for row in rows])
             figures["parts_per_worker"] = [summarize(rows) for rows in per_worker]
             figures["gc_per_worker"] = [gc_pauses(trace["gc"]) for trace in traces]
+            # Each video packet's whole fan-out (the probe's measure) in wall time and in the
+            # worker's CPU time: the difference is time the worker was off its core mid-loop.
+            figures["fanout_wall_cpu_ms_per_worker"] = [fanout_wall_cpu(trace["ingress"]) for trace in traces]
+            # Each round of RTCP sender reports, video and audio: (kind, ns, ns it held the loop, viewers).
+            figures["sender_reports_ms_per_worker"] = [[[r[0], r[2] / 1e6] for r in trace["reports"]]
+                                                       for trace in traces]
             figures |= {"timed_packets": len(delays), "delay_p50_ms": percentile(delays, 50),
                         "delay_p99_ms": percentile(delays, 99), "delay_max_ms": max(delays)}
             # Per worker: the relay's viewers have the hop on top of their own fan-out.
@@ -547,6 +575,16 @@ def delay_rows(send_log: SendLog, timed: list[LeanViewer], trace: dict[str, Any]
             rows.append(tuple(x / 1e6 for x in (arrived - sent, t_rx - sent, working, t_in - t_rx, t_out - t_in,
                                                  arrived - t_out, burst)))
     return rows
+
+
+def fanout_wall_cpu(ingress: list[list[int]]) -> dict[str, float]:
+    """Return p50/p99 of each packet's fan-out in wall time and in the worker's thread CPU time (ms)."""
+    wall = [(row[5] - row[2]) / 1e6 for row in ingress]
+    cpu = [(row[6] - row[4]) / 1e6 for row in ingress]
+    if not wall:
+        return {}
+    return {"wall_p50": percentile(wall, 50), "wall_p99": percentile(wall, 99),
+            "cpu_p50": percentile(cpu, 50), "cpu_p99": percentile(cpu, 99)}
 
 
 def gc_pauses(collections: list[list[int]]) -> dict[str, Any]:
@@ -738,7 +776,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
         await connect(publisher, f"{origin}/publish")
         send_log = SendLog()
-        send_log.attach(publisher)
+        send_log.attach(publisher, args.pace * STREAM_BPS)
+        results["publisher_pacing_bps"] = args.pace * STREAM_BPS
         await asyncio.sleep(1.0)
         idle = results["client_idle_share"] = await idle_share()
         log("phase 1: one relay hop")  # always: it also subscribes the relay for the other phases
@@ -817,6 +856,8 @@ def main() -> None:
     parser.add_argument("--nic-gbps", type=float, default=10.0, help="projection: a node's network interface")
     parser.add_argument("--phases", type=lambda text: set(text.split(",")), default=set(PHASES),
                         help=f"comma-separated, of {','.join(PHASES)} (the hop always runs; 'hop': only it)")
+    parser.add_argument("--pace", type=float, default=0.0,
+                        help="pace the publisher at this factor x 1.5 Mbit/s (libwebrtc: 2.5); 0: back to back, as aiortc")
     parser.add_argument("--hop-runs", type=int, default=1, help="measure the relay hop this many times")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short windows: exercise the code")
     args = parser.parse_args()
@@ -859,6 +900,8 @@ def report(results: dict[str, Any]) -> None:
     _report_saturation(results.get("saturation"))
     if "projection" in results:
         _report_projection(results["projection"])
+    if results.get("publisher_pacing_bps"):
+        print(f"publisher paced at {results['publisher_pacing_bps'] / 1e6:.2f} Mbit/s")
     print(f"load average before/after: {results['load_average_before']} / {results['load_average_after']}")
 
 
@@ -888,6 +931,15 @@ def _report_delay(delay: dict[str, Any]) -> None:
         for index, pauses in enumerate(figures.get("gc_per_worker", [])):
             print(f"  garbage collections, {label}, worker {index + 1}: per generation {pauses['count']}, "
                   f"longest {', '.join(f'{ms:.1f}' for ms in pauses['longest_ms'])} ms")
+        for index, fanout in enumerate(figures.get("fanout_wall_cpu_ms_per_worker", [])):
+            if fanout:
+                print(f"  one packet's fan-out, {label}, worker {index + 1}: wall p50/p99 {fanout['wall_p50']:.2f}/"
+                      f"{fanout['wall_p99']:.2f} ms, its CPU p50/p99 {fanout['cpu_p50']:.2f}/{fanout['cpu_p99']:.2f} ms")
+        for index, rounds in enumerate(figures.get("sender_reports_ms_per_worker", [])):
+            held = [ms for _, ms in rounds]
+            if held:
+                print(f"  sender-report rounds, {label}, worker {index + 1}: {len(held)}, each held the loop "
+                      f"{min(held):.1f}-{max(held):.1f} ms (mean {statistics.fmean(held):.1f})")
     print(f"viewers per core from CPU per viewer (projected): 1 worker {one['projected_viewers_per_core']:.0f}, "
           f"2 workers {two['projected_viewers_per_core']:.0f} on two cores")
 

@@ -83,6 +83,7 @@ class LeanViewer:
         # timing: hash(video payload) -> (SSRC, sequence number) as this viewer got it: the key
         # of the server's own record of that packet (bench_cluster's /trace).
         self.headers: dict[int, tuple[int, int]] = {}
+        self.window_arrivals: dict[int, int] = {}  # timing: the arrivals of a measuring window, set aside
         self.sock: socket.socket | None = None
         self.location = ""
         self._dispatch: Any = None
@@ -293,16 +294,28 @@ class SendLog:
         self.frame_of: dict[int, int] = {}  # hash(payload) -> RTP timestamp of its frame
         self.frame_start: dict[int, int] = {}  # RTP timestamp -> its first packet's send, ns
 
-    def attach(self, pc: RTCPeerConnection) -> None:
-        """Wrap the publisher's DTLS transport(s) of its video sender(s)."""
+    def attach(self, pc: RTCPeerConnection, pace_bps: float = 0.0) -> None:
+        """Wrap the publisher's DTLS transport(s) of its video sender(s).
+
+        ``pace_bps`` > 0 paces the RTP packets (audio too, with BUNDLE) at that rate, as
+        libwebrtc's pacer does (2.5x the target rate): a keyframe's packets are spread out
+        instead of sent back to back as aiortc (and ffmpeg) send them. 0: unpaced.
+        """
         for sender in pc.getSenders():
             if sender.kind != "video":
                 continue
             transport = sender.transport
             original = transport._send_rtp
+            slot = [0.0]
 
-            async def send(data: bytes, original: Any = original) -> None:
+            async def send(data: bytes, original: Any = original, slot: list[float] = slot) -> None:
                 if _is_rtp(data):  # aiortc sends its RTCP through here too
+                    if pace_bps > 0:
+                        now = time.monotonic()
+                        start = max(now, slot[0])
+                        slot[0] = start + len(data) * 8 / pace_bps
+                        if start > now:
+                            await asyncio.sleep(start - now)
                     packet = RtpPacket.parse(data)
                     key, now = hash(packet.payload), time.time_ns()
                     if key not in self.sent:
