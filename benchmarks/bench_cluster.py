@@ -178,14 +178,16 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
         forwarder.on_rtp = on_rtp
 
     def traced_reports(forwarder: Any) -> None:
-        original = forwarder.send_sender_reports
+        """Time what a round of sender reports holds the loop for: each chunk where they go out in chunks."""
+        name = "_send_report_chunk" if hasattr(forwarder, "_send_report_chunk") else "send_sender_reports"
+        original = getattr(forwarder, name)
 
-        def send_sender_reports() -> None:
+        def send(*args: Any) -> None:
             started = time.time_ns()
-            original()
+            original(*args)
             trace["reports"].append((forwarder.kind, started, time.time_ns() - started, len(forwarder.viewers)))
 
-        forwarder.send_sender_reports = send_sender_reports
+        setattr(forwarder, name, send)
 
     def traced_send(viewer: Any) -> None:
         """Note when the fan-out calls send for this viewer, and for which packet (header in clear)."""
@@ -938,7 +940,7 @@ def _report_delay(delay: dict[str, Any]) -> None:
         for index, rounds in enumerate(figures.get("sender_reports_ms_per_worker", [])):
             held = [ms for _, ms in rounds]
             if held:
-                print(f"  sender-report rounds, {label}, worker {index + 1}: {len(held)}, each held the loop "
+                print(f"  sender reports, {label}, worker {index + 1}: {len(held)} calls, each held the loop "
                       f"{min(held):.1f}-{max(held):.1f} ms (mean {statistics.fmean(held):.1f})")
     print(f"viewers per core from CPU per viewer (projected): 1 worker {one['projected_viewers_per_core']:.0f}, "
           f"2 workers {two['projected_viewers_per_core']:.0f} on two cores")
