@@ -147,7 +147,6 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
         hooked(self, data, component)
         trace["t_rx"] = 0
 
-    aioice.ice.Connection.data_received = data_received
     collecting: dict[str, int] = {}
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -158,7 +157,17 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
             at = collecting.pop("at")
             trace["gc"].append((info["generation"], at, time.time_ns() - at))
 
-    gc.callbacks.append(on_gc)
+    def install_hooks() -> None:
+        """Hook this process's datagram reads and garbage collections, once tracing is asked for."""
+        if not trace.get("hooked"):
+            trace["hooked"] = True
+            aioice.ice.Connection.data_received = data_received
+            gc.callbacks.append(on_gc)
+
+    async def remove_hooks(app: web.Application) -> None:
+        if trace.get("hooked"):
+            aioice.ice.Connection.data_received = hooked
+            gc.callbacks.remove(on_gc)
 
     def traced_on_rtp(forwarder: Any) -> None:
         """Note when each publisher packet enters the forwarder (its fan-out starts)."""
@@ -218,6 +227,7 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
                                       "reports": reports})
         if forwarder is None:
             return web.json_response({"traced": 0})
+        install_hooks()
         if not getattr(forwarder.on_rtp, "traced", False):
             traced_on_rtp(forwarder)
             for each in room.forwarders.values():  # how long each round of sender reports holds the loop
@@ -231,6 +241,7 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
         return web.json_response({"traced": len(wanted & trace["ssrcs"])})
 
     app = web.Application()
+    app.on_cleanup.append(remove_hooks)
     app.router.add_route("*", "/trace", trace_packets)
     app.router.add_post("/publish", publish)
     app.router.add_post("/watch", watch)
@@ -429,10 +440,12 @@ async def window(gen: Generator, urls: list[str], seconds: float, idle_share: fl
     for viewer in gen.viewers:
         viewer.arrivals.clear()
     g0, d0, cpu0, t0 = gen.totals(), gen.receiver.datagrams, time.process_time(), time.monotonic()
+    start_ns = time.time_ns()  # a packet read late (the receiver drains every 20 ms) arrived before it
     await asyncio.sleep(seconds)
     for viewer in gen.viewers:  # the window's arrivals: none from while the servers answer requests after it
         if viewer.timing:
-            viewer.window_arrivals, viewer.arrivals = viewer.arrivals, {}
+            viewer.window_arrivals = {key: at for key, at in viewer.arrivals.items() if at >= start_ns}
+            viewer.arrivals = {}
     g1, d1, cpu1, elapsed = gen.totals(), gen.receiver.datagrams, time.process_time(), time.monotonic() - t0
     after = [await stats(u) for u in urls]
     packets, lost = g1["packets"] - g0["packets"], g1["lost"] - g0["lost"]
