@@ -10,16 +10,22 @@ SO_REUSEPORT spreads viewers over them. Each reports its own CPU time. This proc
 publishes a pre-encoded 640x360 VP8 clip (30 fps, ~1.5 Mbit/s, plus Opus; no encoding
 while measuring) and runs the viewers.
 
-1. Hop: one aiortc viewer on the origin and one on the relay record when each packet
-   arrives (matched by payload); the difference is the delay the hop adds (p50/p99).
-   CPU per relayed packet: the relay's CPU over the packets it took in, and the
-   origin's CPU per packet forwarded (the relay is one viewer to it).
+1. Hop (``--hop-runs`` times): one timed lean viewer on the origin and one on the relay;
+   the kernel's arrival stamps of the same packet (matched by payload) in the window,
+   relayed minus direct, is the delay the hop adds (p50/p99), split with both servers'
+   traces (``/trace``) into origin order, the way to the relay's forwarder, the relay's
+   fan-out and the kernel. CPU per relayed packet: the relay's CPU over the packets it
+   took in, and the origin's CPU per packet forwarded (the relay is one viewer to it).
 2. Client: this process's CPU per received packet with counting aiortc viewers (the
    baseline), then with lean viewers (``benchmarks/lean.py``: real ICE/DTLS, media
    counted from the socket without decrypting), and the viewers one client core runs.
 3. Delay: ``--viewers`` lean viewers on one worker, then split over two; a few of them
-   timed: publisher send to kernel arrival at the viewer, per packet (p50/p99), and
-   each worker's CPU share (viewers per core projected from CPU per viewer).
+   timed: publisher send to kernel arrival at the viewer, per packet (p50/p99), split
+   with each worker's trace into socket wait (working / waiting for a core), ingress,
+   place in the fan-out and kernel (:func:`summarize`); the SFU's own probe per worker
+   (the issue's measure), garbage collections and sender-report rounds; each worker's
+   CPU share (viewers per core projected from CPU per viewer). ``--pace 2.5`` paces the
+   publisher as libwebrtc does (a keyframe spread out rather than sent back to back).
 4. Saturation (measured): each worker in its own cgroup capped at ``--budget`` cores;
    viewers added in steps until loss starts (noting where a worker passes 95 % of its
    budget), for one worker and for two: viewers at 0 % loss, per core, and the 2-vs-1
@@ -352,6 +358,9 @@ async def measure_hop(origin: str, relay: str, seconds: float) -> dict[str, Any]
 
 
 HOP_PARTS = ("hop", "origin_order", "to_relay_forwarder", "relay_fanout", "kernel_difference")
+# to_relay_forwarder's own split: until the relay read the datagram (and of that, the relay's
+# event loop on a core, working), the rest its ingress.
+HOP_EXTRA = ("relay_socket_wait", "relay_socket_wait_working")
 
 
 def hop_parts(direct: LeanViewer, relayed: LeanViewer, matched: list[tuple[int, int]],
@@ -367,6 +376,8 @@ def hop_parts(direct: LeanViewer, relayed: LeanViewer, matched: list[tuple[int, 
     # The origin's packet to the relay is the one the relay took in with that SSRC and number.
     origin_seq = {(ssrc, seq): t_out for ssrc, seq, _, t_out in origin_trace["records"]}
     relay_in = {row[2]: (row[0], row[1]) for row in relay_trace["ingress"]}
+    relay_read = {row[2]: row[3] for row in relay_trace["ingress"]}  # forwarder entry -> datagram read (0: queued)
+    relay_clock = CpuClock(relay_trace["ingress"])
     relay_sends = {(ssrc, seq): (t_in, t_out) for ssrc, seq, t_in, t_out in relay_trace["records"]}
     rows = []
     for key, direct_at in matched:
@@ -379,18 +390,20 @@ def hop_parts(direct: LeanViewer, relayed: LeanViewer, matched: list[tuple[int, 
         if to_relay is None:
             continue
         relayed_at = relayed.arrivals[key]
+        read = relay_read.get(r_stamps[0]) or r_stamps[0]
+        working = min(max(relay_clock.at(read) - relay_clock.at(to_relay), 0.0), read - to_relay)
         rows.append(tuple(x / 1e6 for x in (
             relayed_at - direct_at, to_relay - d_stamps[1], r_stamps[0] - to_relay, r_stamps[1] - r_stamps[0],
-            (relayed_at - r_stamps[1]) - (direct_at - d_stamps[1]))))
+            (relayed_at - r_stamps[1]) - (direct_at - d_stamps[1]), read - to_relay, working)))
     if not rows:
         return {"packets": 0}
-    out: dict[str, Any] = {"packets": len(rows)}
-    for index, name in enumerate(HOP_PARTS):
+    out: dict[str, Any] = {"packets": len(rows), "relay_gc": gc_pauses(relay_trace.get("gc", []))}
+    for index, name in enumerate((*HOP_PARTS, *HOP_EXTRA)):
         column = [row[index] for row in rows]
         out[name] = {"p50": percentile(column, 50), "p99": percentile(column, 99), "max": max(column)}
     cut = out["hop"]["p99"]
     tail = [row for row in rows if row[0] >= cut]
-    out["tail"] = {name: statistics.fmean(row[i] for row in tail) for i, name in enumerate(HOP_PARTS)}
+    out["tail"] = {name: statistics.fmean(row[i] for row in tail) for i, name in enumerate((*HOP_PARTS, *HOP_EXTRA))}
     return out
 
 
@@ -905,7 +918,10 @@ def report(results: dict[str, Any]) -> None:
             print("  where it goes (p50/p99/max ms): " + ", ".join(
                 f"{name} {parts[name]['p50']:.2f}/{parts[name]['p99']:.2f}/{parts[name]['max']:.2f}"
                 for name in HOP_PARTS) + f"; tail {parts['tail']['hop']:.2f} = " + " + ".join(
-                f"{name} {parts['tail'][name]:.2f}" for name in HOP_PARTS[1:]))
+                f"{name} {parts['tail'][name]:.2f}" for name in HOP_PARTS[1:])
+                + f" (the relay read it after {parts['tail']['relay_socket_wait']:.2f}, of which its loop "
+                f"worked {parts['tail']['relay_socket_wait_working']:.2f}; relay garbage collections "
+                f"{parts['relay_gc']['count']}, longest {max(parts['relay_gc']['longest_ms']):.1f} ms)")
     print(f"CPU per packet: relay {hop['relay_us_per_packet_in']:.1f} us in (+1 viewer out), "
           f"origin {hop['origin_us_per_packet_out']:.1f} us per packet out")
     if "client" in results:
