@@ -538,6 +538,8 @@ async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seco
             delays = send_log.delays_ms(timed)
             per_worker = [delay_rows(send_log, [v for v in timed if v.url.startswith(url)], trace)
                           for url, trace in zip(urls, traces, strict=True)]
+            figures["frames_per_worker"] = [frame_delays(send_log, [v for v in timed if v.url.startswith(url)])
+                                            for url in urls]
             figures["parts"] = summarize([row for rows in per_worker for row in rows])
             figures["parts_per_worker"] = [summarize(rows) for rows in per_worker]
             figures["gc_per_worker"] = [gc_pauses(trace["gc"]) for trace in traces]
@@ -613,6 +615,41 @@ def fanout_wall_cpu(ingress: list[list[int]]) -> dict[str, float]:
         return {}
     return {"wall_p50": percentile(wall, 50), "wall_p99": percentile(wall, 99),
             "cpu_p50": percentile(cpu, 50), "cpu_p99": percentile(cpu, 99)}
+
+
+KEYFRAME_PACKETS = 20  # the clip's keyframe is ~27 packets, its other frames 3-11
+
+
+def frame_delays(send_log: SendLog, timed: list[LeanViewer]) -> dict[str, Any]:
+    """Return what the servers added to each frame's completion at a timed viewer (ms).
+
+    A frame can be decoded when its last packet is in: its last packet's arrival minus the
+    publisher's send of its last packet, per viewer and frame; p50/p99 over all frames and
+    the largest over keyframe-sized ones (a packet's p99 falls in the keyframes' bursts,
+    which are 1 frame in 60 here).
+    """
+    frames: dict[tuple[int, int], list[int]] = {}  # (viewer, RTP timestamp) -> [packets, last send, last arrival]
+    for index, viewer in enumerate(timed):
+        for key, arrived in viewer.arrivals.items():
+            sent = send_log.sent.get(key)
+            if sent is None:
+                continue
+            entry = frames.setdefault((index, send_log.frame_of[key]), [0, 0, 0])
+            entry[0] += 1
+            entry[1] = max(entry[1], sent)
+            entry[2] = max(entry[2], arrived)
+    # A frame counts once its publisher sent no more packets of it than the viewer got (whole).
+    sent_per_frame: dict[int, int] = {}
+    for ts in send_log.frame_of.values():
+        sent_per_frame[ts] = sent_per_frame.get(ts, 0) + 1
+    whole = [(count, (last_in - last_out) / 1e6) for (_, ts), (count, last_out, last_in) in frames.items()
+             if count == sent_per_frame.get(ts)]
+    if not whole:
+        return {"frames": 0}
+    delays = [delay for _, delay in whole]
+    keyframes = [delay for count, delay in whole if count >= KEYFRAME_PACKETS]
+    return {"frames": len(whole), "p50_ms": percentile(delays, 50), "p99_ms": percentile(delays, 99),
+            "keyframes": len(keyframes), "keyframe_max_ms": max(keyframes, default=0.0)}
 
 
 def gc_pauses(collections: list[list[int]]) -> dict[str, Any]:
@@ -959,6 +996,11 @@ def _report_delay(delay: dict[str, Any]) -> None:
         for index, parts in enumerate(figures.get("parts_per_worker", [])):
             if parts.get("packets"):
                 print(f"  where it goes, {label}, worker {index + 1} ({parts['packets']} packets): {_parts(parts)}")
+        for index, frames in enumerate(figures.get("frames_per_worker", [])):
+            if frames.get("frames"):
+                print(f"  whole frames, {label}, worker {index + 1}: last packet in minus last packet sent, p50/p99 "
+                      f"{frames['p50_ms']:.2f}/{frames['p99_ms']:.2f} ms over {frames['frames']} frames; "
+                      f"{frames['keyframes']} keyframes, the slowest {frames['keyframe_max_ms']:.2f} ms")
         for index, pauses in enumerate(figures.get("gc_per_worker", [])):
             print(f"  garbage collections, {label}, worker {index + 1}: per generation {pauses['count']}, "
                   f"longest {', '.join(f'{ms:.1f}' for ms in pauses['longest_ms'])} ms")
