@@ -39,6 +39,8 @@ def test_bench_cluster_quick_measures_every_phase() -> None:
         tail = parts["tail"]
         assert abs(tail["total"] - sum(tail[k] for k in ("socket_wait", "ingress", "in_fanout", "kernel"))) < 1e-3
         assert all(w["count"][0] >= 0 for w in delay["gc_per_worker"])
+        for frames in delay["frames_per_worker"]:  # whole frames: last packet in minus last packet sent
+            assert frames["frames"] > 10 and 0 < frames["p50_ms"] <= frames["p99_ms"]
     assert figures["delay"]["two_workers"]["server_viewers"][1] > 0  # viewers did reach the relay worker
     saturation = figures["saturation"]
     if "skipped" in saturation:
