@@ -299,7 +299,7 @@ class SendLog:
 
         ``pace_bps`` > 0 paces the RTP packets (audio too, with BUNDLE) at that rate, as
         libwebrtc's pacer does (2.5x the target rate): a keyframe's packets are spread out
-        instead of sent back to back as aiortc (and ffmpeg) send them. 0: unpaced.
+        instead of sent back to back as aiortc sends them. 0: unpaced.
         """
         for sender in pc.getSenders():
             if sender.kind != "video":
