@@ -10,16 +10,22 @@ SO_REUSEPORT spreads viewers over them. Each reports its own CPU time. This proc
 publishes a pre-encoded 640x360 VP8 clip (30 fps, ~1.5 Mbit/s, plus Opus; no encoding
 while measuring) and runs the viewers.
 
-1. Hop: one aiortc viewer on the origin and one on the relay record when each packet
-   arrives (matched by payload); the difference is the delay the hop adds (p50/p99).
-   CPU per relayed packet: the relay's CPU over the packets it took in, and the
-   origin's CPU per packet forwarded (the relay is one viewer to it).
+1. Hop (``--hop-runs`` times): one timed lean viewer on the origin and one on the relay;
+   the kernel's arrival stamps of the same packet (matched by payload) in the window,
+   relayed minus direct, is the delay the hop adds (p50/p99), split with both servers'
+   traces (``/trace``) into origin order, the way to the relay's forwarder, the relay's
+   fan-out and the kernel. CPU per relayed packet: the relay's CPU over the packets it
+   took in, and the origin's CPU per packet forwarded (the relay is one viewer to it).
 2. Client: this process's CPU per received packet with counting aiortc viewers (the
    baseline), then with lean viewers (``benchmarks/lean.py``: real ICE/DTLS, media
    counted from the socket without decrypting), and the viewers one client core runs.
 3. Delay: ``--viewers`` lean viewers on one worker, then split over two; a few of them
-   timed: publisher send to kernel arrival at the viewer, per packet (p50/p99), and
-   each worker's CPU share (viewers per core projected from CPU per viewer).
+   timed: publisher send to kernel arrival at the viewer, per packet (p50/p99), split
+   with each worker's trace into socket wait (working / waiting for a core), ingress,
+   place in the fan-out and kernel (:func:`summarize`); the SFU's own probe per worker
+   (the issue's measure), garbage collections and sender-report rounds; each worker's
+   CPU share (viewers per core projected from CPU per viewer). ``--pace 2.5`` paces the
+   publisher as libwebrtc does (a keyframe spread out rather than sent back to back).
 4. Saturation (measured): each worker in its own cgroup capped at ``--budget`` cores;
    viewers added in steps until loss starts (noting where a worker passes 95 % of its
    budget), for one worker and for two: viewers at 0 % loss, per core, and the 2-vs-1
@@ -32,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
+import gc
 import json
 import multiprocessing
 import os
@@ -58,7 +66,8 @@ RESULTS = Path(__file__).parent / "results"
 ROOM = "bench"
 TARGET_HOP_P99_MS, TARGET_WORKER_RATIO, TARGET_FANOUT_P99_MS, TARGET_CLIENT_VIEWERS = 5.0, 1.8, 5.0, 500
 JOINS_AT_ONCE = 8
-PHASES = ("client", "delay", "saturation")
+STREAM_BPS = 1_500_000  # the clip's target rate (bench_sfu.BITRATE); --pace multiplies it
+PHASES = ("hop", "client", "delay", "saturation")
 SATURATED_SHARE = 0.95  # a server using this much of its budget is saturated (reported beside loss)
 SATURATION_STEPS = 12
 
@@ -133,7 +142,113 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
         return web.json_response({"samples": len(values), "p50_ms": percentile(values, 50) * 1e3,
                                   "p99_ms": percentile(values, 99) * 1e3})
 
+    trace: dict[str, Any] = {"t_in": 0, "t_rx": 0, "records": [], "ingress": [], "gc": [], "reports": [], "ssrcs": set()}
+    import aioice
+
+    hooked = aioice.ice.Connection.data_received
+
+    def data_received(self: Any, data: bytes, component: int) -> None:
+        """Note when this process took a datagram from a socket (0 again once it is handled)."""
+        trace["t_rx"] = time.time_ns()
+        hooked(self, data, component)
+        trace["t_rx"] = 0
+
+    collecting: dict[str, int] = {}
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        """Note each garbage collection: (generation, ns it started, ns it took)."""
+        if phase == "start":
+            collecting["at"] = time.time_ns()
+        elif "at" in collecting:
+            at = collecting.pop("at")
+            trace["gc"].append((info["generation"], at, time.time_ns() - at))
+
+    def install_hooks() -> None:
+        """Hook this process's datagram reads and garbage collections, once tracing is asked for."""
+        if not trace.get("hooked"):
+            trace["hooked"] = True
+            aioice.ice.Connection.data_received = data_received
+            gc.callbacks.append(on_gc)
+
+    async def remove_hooks(app: web.Application) -> None:
+        if trace.get("hooked"):
+            aioice.ice.Connection.data_received = hooked
+            gc.callbacks.remove(on_gc)
+
+    def traced_on_rtp(forwarder: Any) -> None:
+        """Note when each publisher packet enters the forwarder (its fan-out starts)."""
+        original = forwarder.on_rtp
+
+        def on_rtp(packet: Any, codec: Any) -> None:
+            # t_rx: the datagram's read, when the ingress fast path handed it over in that
+            # callback (0: it took aiortc's queued path); this thread's CPU time, to tell a
+            # wait spent working from one spent waiting for a core.
+            trace["t_in"] = now = time.time_ns()
+            cpu = time.thread_time_ns()
+            original(packet, codec)
+            trace["ingress"].append((packet.ssrc, packet.sequence_number, now, trace["t_rx"], cpu,
+                                     time.time_ns(), time.thread_time_ns()))
+
+        on_rtp.traced = True  # type: ignore[attr-defined]
+        forwarder.on_rtp = on_rtp
+
+    def traced_reports(forwarder: Any) -> None:
+        """Time what a round of sender reports holds the loop for: each chunk where they go out in chunks."""
+        name = "_send_report_chunk" if hasattr(forwarder, "_send_report_chunk") else "send_sender_reports"
+        original = getattr(forwarder, name)
+
+        def send(*args: Any) -> None:
+            started = time.time_ns()
+            original(*args)
+            trace["reports"].append((forwarder.kind, started, time.time_ns() - started, len(forwarder.viewers)))
+
+        setattr(forwarder, name, send)
+
+    def traced_send(viewer: Any) -> None:
+        """Note when the fan-out calls send for this viewer, and for which packet (header in clear)."""
+        original, ssrc = viewer.send, viewer.ssrc
+
+        def send(data: Any) -> None:
+            trace["records"].append((ssrc, data[2] << 8 | data[3], trace["t_in"], time.time_ns()))
+            original(data)
+
+        viewer.send = send
+
+    async def trace_packets(request: web.Request) -> web.Response:
+        """POST {"ssrcs": [...]} (or {"all": true}): time these viewers' video packets; GET: the records since.
+
+        A record is (SSRC, sequence number as the viewer gets it, ns the packet entered the
+        forwarder, ns its send for this viewer started), CLOCK_REALTIME like the clients'.
+        Only the named viewers' sends are wrapped: the others' cost does not change. Also
+        every video packet's (SSRC, sequence number, ns it entered the forwarder) as received.
+        """
+        room = sfu.rooms.get(ROOM)
+        forwarder = room.forwarders.get("video") if room else None
+        if request.method == "GET":
+            records, trace["records"] = trace["records"], []
+            ingress, trace["ingress"] = trace["ingress"], []
+            collections, trace["gc"] = trace["gc"], []
+            reports, trace["reports"] = trace["reports"], []
+            return web.json_response({"records": records, "ingress": ingress, "gc": collections,
+                                      "reports": reports})
+        if forwarder is None:
+            return web.json_response({"traced": 0})
+        install_hooks()
+        if not getattr(forwarder.on_rtp, "traced", False):
+            traced_on_rtp(forwarder)
+            for each in room.forwarders.values():  # how long each round of sender reports holds the loop
+                traced_reports(each)
+        body = await request.json()
+        wanted = {v.ssrc for v in forwarder.viewers} if body.get("all") else set(body["ssrcs"])
+        for viewer in forwarder.viewers:
+            if viewer.ssrc in wanted and viewer.ssrc not in trace["ssrcs"]:
+                trace["ssrcs"].add(viewer.ssrc)
+                traced_send(viewer)
+        return web.json_response({"traced": len(wanted & trace["ssrcs"])})
+
     app = web.Application()
+    app.on_cleanup.append(remove_hooks)
+    app.router.add_route("*", "/trace", trace_packets)
     app.router.add_post("/publish", publish)
     app.router.add_post("/watch", watch)
     app.router.add_get("/stats", stats)
@@ -142,18 +257,6 @@ def build_app(sfu: SFU, role: str, origin: str | None) -> web.Application:
 
 
 # --- this process: publisher and viewers ---------------------------------------------
-
-
-class ArrivalSink(CountingSink):
-    """Count like the SFU benchmark's sink, and note when each payload arrived."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.arrivals: dict[int, float] = {}
-
-    def on_rtp(self, packet: Any, codec: Any) -> None:
-        self.arrivals[hash(packet.payload)] = time.perf_counter()
-        super().on_rtp(packet, codec)
 
 
 async def connect(pc: RTCPeerConnection, url: str) -> None:
@@ -192,34 +295,116 @@ async def _get(url: str) -> dict[str, Any]:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def measure_hop(origin: str, relay: str, seconds: float) -> dict[str, Any]:
-    """Return the hop's added delay and the CPU per packet at origin and relay."""
-    direct_pc, direct = await viewer(f"{origin}/watch", ArrivalSink)
-    relayed_pc, relayed = await viewer(f"{relay}/watch", ArrivalSink)
-    await asyncio.sleep(2.0)
-    o0, r0 = await stats(origin), await stats(relay)
-    await asyncio.sleep(seconds)
-    o1, r1 = await stats(origin), await stats(relay)
-    assert isinstance(direct, ArrivalSink) and isinstance(relayed, ArrivalSink)
-    delays = [(relayed.arrivals[key] - at) * 1000 for key, at in direct.arrivals.items()
-              if key in relayed.arrivals]
-    for pc in (direct_pc, relayed_pc):
-        await pc.close()
+    """Return the hop's added delay, where it goes, and the CPU per packet at origin and relay.
+
+    One timed lean viewer on the origin and one on the relay: the kernel's arrival stamps
+    (SO_TIMESTAMPNS) of the same publisher packet at both, so this process's own scheduling
+    is not in the figure. Both servers trace every viewer's sends and their ingress
+    (``/trace``), which splits the hop into: the origin sending to the relay later than to
+    the direct viewer (loop order), the way to the relay's forwarder (loopback, the relay's
+    socket wait, its ingress), the relay's own fan-out, and the kernel's delivery.
+
+    Both viewers' first packets are catch-ups from their SFU's GOP cache (the relay also took
+    the origin's cache when it subscribed), sent at the catch-up pace after the same packets
+    went out live: counting them, as this benchmark did before, made the hop's p99 swing
+    with where in the clip's GOP the joins fell. Only packets sent in the window count.
+    """
+    async with aiohttp.ClientSession() as http:
+        gen = Generator(http)
+        await gen.add([origin, relay], 2, timing=2)
+        direct, relayed = gen.viewers
+        await asyncio.sleep(2.0)
+        for url in (origin, relay):
+            async with http.post(f"{url}/trace", json={"all": True}) as resp:
+                resp.raise_for_status()
+            await _get(f"{url}/trace")
+        warm = [(relayed.arrivals[key] - at) / 1e6 for key, at in direct.arrivals.items() if key in relayed.arrivals]
+        direct.arrivals.clear()
+        relayed.arrivals.clear()
+        o0, r0 = await stats(origin), await stats(relay)
+        await asyncio.sleep(seconds)
+        arrivals = (direct.arrivals, relayed.arrivals)
+        direct.arrivals, relayed.arrivals = {}, {}  # none from while the servers answer the requests below
+        o1, r1 = await stats(origin), await stats(relay)
+        origin_trace, relay_trace = await _get(f"{origin}/trace"), await _get(f"{relay}/trace")
+        direct.arrivals, relayed.arrivals = arrivals
+        await gen.clear()
+        await gen.receiver.close()
+    matched = [(key, at) for key, at in direct.arrivals.items() if key in relayed.arrivals]
+    delays = [(relayed.arrivals[key] - at) / 1e6 for key, at in matched]
+    parts = hop_parts(direct, relayed, matched, origin_trace, relay_trace)
     relay_in = r1["packets_in"] - r0["packets_in"]
     origin_out = o1["packets_out"] - o0["packets_out"]
+    with_warm_up = warm + delays
     return {
         "matched_packets": len(delays),
         "hop_delay_p50_ms": percentile(delays, 50), "hop_delay_p99_ms": percentile(delays, 99),
-        "hop_delay_mean_ms": statistics.fmean(delays),
+        "hop_delay_mean_ms": statistics.fmean(delays), "hop_delay_max_ms": max(delays),
+        "unmatched_in_window": len(direct.arrivals) - len(matched),
+        "parts": parts,
+        # The packets before the window too (the joins' catch-ups, those the lean viewers saw).
+        "with_join_catch_up": {"matched_packets": len(with_warm_up), "p50_ms": percentile(with_warm_up, 50),
+                               "p99_ms": percentile(with_warm_up, 99), "max_ms": max(with_warm_up)},
         # The relay's CPU covers taking a packet in and sending it to its one viewer.
         "relay_us_per_packet_in": (r1["cpu"] - r0["cpu"]) / max(relay_in, 1) * 1e6,
         "origin_us_per_packet_out": (o1["cpu"] - o0["cpu"]) / max(origin_out, 1) * 1e6,
         "origin_packets_in": o1["packets_in"] - o0["packets_in"], "relay_packets_in": relay_in,
         "stream_bps": (o1["bytes_in"] - o0["bytes_in"]) * 8 / seconds,
     }
+
+
+HOP_PARTS = ("hop", "origin_order", "to_relay_forwarder", "relay_fanout", "kernel_difference")
+# to_relay_forwarder's own split: until the relay read the datagram (and of that, the relay's
+# event loop on a core, working), the rest its ingress.
+HOP_EXTRA = ("relay_socket_wait", "relay_socket_wait_working")
+
+
+def hop_parts(direct: LeanViewer, relayed: LeanViewer, matched: list[tuple[int, int]],
+              origin_trace: dict[str, Any], relay_trace: dict[str, Any]) -> dict[str, Any]:
+    """Split each matched packet's hop delay (relayed arrival minus direct arrival), ms.
+
+    ``origin_order``: the origin's send to the relay minus its send to the direct viewer;
+    ``to_relay_forwarder``: that send to the packet entering the relay's forwarder;
+    ``relay_fanout``: entering it to the send to the relayed viewer; ``kernel_difference``:
+    the relayed viewer's send-to-arrival minus the direct one's. They add up to ``hop``.
+    """
+    sends = {(ssrc, seq): (t_in, t_out) for ssrc, seq, t_in, t_out in origin_trace["records"]}
+    # The origin's packet to the relay is the one the relay took in with that SSRC and number.
+    origin_seq = {(ssrc, seq): t_out for ssrc, seq, _, t_out in origin_trace["records"]}
+    relay_in = {row[2]: (row[0], row[1]) for row in relay_trace["ingress"]}
+    relay_read = {row[2]: row[3] for row in relay_trace["ingress"]}  # forwarder entry -> datagram read (0: queued)
+    relay_clock = CpuClock(relay_trace["ingress"])
+    relay_sends = {(ssrc, seq): (t_in, t_out) for ssrc, seq, t_in, t_out in relay_trace["records"]}
+    rows = []
+    for key, direct_at in matched:
+        d_stamps = sends.get(direct.headers.get(key, (0, 0)))
+        r_stamps = relay_sends.get(relayed.headers.get(key, (0, 0)))
+        if d_stamps is None or r_stamps is None:
+            continue
+        relay_ingress = relay_in.get(r_stamps[0])
+        to_relay = origin_seq.get(relay_ingress) if relay_ingress is not None else None
+        if to_relay is None:
+            continue
+        relayed_at = relayed.arrivals[key]
+        read = relay_read.get(r_stamps[0]) or r_stamps[0]
+        working = min(max(relay_clock.at(read) - relay_clock.at(to_relay), 0.0), read - to_relay)
+        rows.append(tuple(x / 1e6 for x in (
+            relayed_at - direct_at, to_relay - d_stamps[1], r_stamps[0] - to_relay, r_stamps[1] - r_stamps[0],
+            (relayed_at - r_stamps[1]) - (direct_at - d_stamps[1]), read - to_relay, working)))
+    if not rows:
+        return {"packets": 0}
+    out: dict[str, Any] = {"packets": len(rows), "relay_gc": gc_pauses(relay_trace.get("gc", []))}
+    for index, name in enumerate((*HOP_PARTS, *HOP_EXTRA)):
+        column = [row[index] for row in rows]
+        out[name] = {"p50": percentile(column, 50), "p99": percentile(column, 99), "max": max(column)}
+    cut = out["hop"]["p99"]
+    tail = [row for row in rows if row[0] >= cut]
+    out["tail"] = {name: statistics.fmean(row[i] for row in tail) for i, name in enumerate((*HOP_PARTS, *HOP_EXTRA))}
+    return out
 
 
 class Generator:
@@ -268,7 +453,12 @@ async def window(gen: Generator, urls: list[str], seconds: float, idle_share: fl
     for viewer in gen.viewers:
         viewer.arrivals.clear()
     g0, d0, cpu0, t0 = gen.totals(), gen.receiver.datagrams, time.process_time(), time.monotonic()
+    start_ns = time.time_ns()  # a packet read late (the receiver drains every 20 ms) arrived before it
     await asyncio.sleep(seconds)
+    for viewer in gen.viewers:  # the window's arrivals: none from while the servers answer requests after it
+        if viewer.timing:
+            viewer.window_arrivals = {key: at for key, at in viewer.arrivals.items() if at >= start_ns}
+            viewer.arrivals = {}
     g1, d1, cpu1, elapsed = gen.totals(), gen.receiver.datagrams, time.process_time(), time.monotonic() - t0
     after = [await stats(u) for u in urls]
     packets, lost = g1["packets"] - g0["packets"], g1["lost"] - g0["lost"]
@@ -331,13 +521,34 @@ async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seco
             log(f"delay: {viewers} lean viewers ({timing} timed) on {len(urls)} worker(s)")
             await gen.add(urls, viewers, timing)
             await asyncio.sleep(2.0)
+            timed = [v for v in gen.viewers if v.timing]
             for url in urls:
+                ssrcs = [ssrc for v in timed if v.url.startswith(url)
+                         for ssrc, stream in v.streams.items() if stream.kind == "video"]
+                async with http.post(f"{url}/trace", json={"ssrcs": ssrcs}) as resp:
+                    resp.raise_for_status()
+                await _get(f"{url}/trace")
                 await _get(f"{url}/probe")
             figures = await window(gen, urls, seconds, idle)
+            traces = [await _get(f"{url}/trace") for url in urls]
             # The issue's measure: the SFU's own probe, one packet's walk over its worker's viewers.
             figures["sfu_probe_per_worker"] = [await _get(f"{url}/probe") for url in urls]
-            timed = [v for v in gen.viewers if v.timing]
+            for viewer in timed:
+                viewer.arrivals = viewer.window_arrivals
             delays = send_log.delays_ms(timed)
+            per_worker = [delay_rows(send_log, [v for v in timed if v.url.startswith(url)], trace)
+                          for url, trace in zip(urls, traces, strict=True)]
+            figures["frames_per_worker"] = [frame_delays(send_log, [v for v in timed if v.url.startswith(url)])
+                                            for url in urls]
+            figures["parts"] = summarize([row for rows in per_worker for row in rows])
+            figures["parts_per_worker"] = [summarize(rows) for rows in per_worker]
+            figures["gc_per_worker"] = [gc_pauses(trace["gc"]) for trace in traces]
+            # Each video packet's whole fan-out (the probe's measure) in wall time and in the
+            # worker's CPU time: the difference is time the worker was off its core mid-loop.
+            figures["fanout_wall_cpu_ms_per_worker"] = [fanout_wall_cpu(trace["ingress"]) for trace in traces]
+            # Each round of RTCP sender reports, video and audio: (kind, ns, ns it held the loop, viewers).
+            figures["sender_reports_ms_per_worker"] = [[[r[0], r[2] / 1e6] for r in trace["reports"]]
+                                                       for trace in traces]
             figures |= {"timed_packets": len(delays), "delay_p50_ms": percentile(delays, 50),
                         "delay_p99_ms": percentile(delays, 99), "delay_max_ms": max(delays)}
             # Per worker: the relay's viewers have the hop on top of their own fan-out.
@@ -354,6 +565,132 @@ async def measure_delay(origin: str, relay: str, viewers: int, timing: int, seco
     one, two = results["one_worker"]["delay_p99_ms"], results["two_workers"]["delay_p99_ms"]
     results["p99_ratio"] = one / two if two else 0.0
     return results
+
+
+PARTS = ("total", "socket_wait", "socket_wait_working", "ingress", "in_fanout", "kernel")
+
+
+class CpuClock:
+    """A worker's event-loop thread CPU time at any wall time, interpolated between its samples."""
+
+    def __init__(self, ingress: list[list[int]]) -> None:
+        samples = sorted((wall, cpu) for row in ingress for wall, cpu in ((row[2], row[4]), (row[5], row[6])))
+        self.walls = [wall for wall, _ in samples]
+        self.cpus = [cpu for _, cpu in samples]
+
+    def at(self, wall: int) -> float:
+        index = bisect.bisect_right(self.walls, wall)
+        if index == 0 or index == len(self.walls):
+            return float(self.cpus[min(index, len(self.cpus) - 1)])
+        w0, w1, c0, c1 = self.walls[index - 1], self.walls[index], self.cpus[index - 1], self.cpus[index]
+        return c0 + (c1 - c0) * (wall - w0) / max(w1 - w0, 1)
+
+
+def delay_rows(send_log: SendLog, timed: list[LeanViewer], trace: dict[str, Any]) -> list[tuple[float, ...]]:
+    """Split each timed packet's publisher-to-viewer delay where it was spent (ms; see :func:`summarize`)."""
+    sends = {(row[0], row[1]): (row[2], row[3]) for row in trace["records"]}
+    reads = {row[2]: row[3] for row in trace["ingress"]}  # forwarder entry -> the datagram's read (0: queued)
+    clock = CpuClock(trace["ingress"])
+    rows: list[tuple[float, ...]] = []
+    for viewer in timed:
+        for key, arrived in viewer.arrivals.items():
+            sent, header = send_log.sent.get(key), viewer.headers.get(key)
+            stamps = sends.get(header) if header is not None else None
+            if sent is None or stamps is None:
+                continue
+            t_in, t_out = stamps
+            t_rx = reads.get(t_in) or t_in  # a packet aiortc queued: its wait counts as socket wait
+            working = min(max(clock.at(t_rx) - clock.at(sent), 0.0), t_rx - sent)
+            burst = sent - send_log.frame_start[send_log.frame_of[key]]
+            rows.append(tuple(x / 1e6 for x in (arrived - sent, t_rx - sent, working, t_in - t_rx, t_out - t_in,
+                                                 arrived - t_out, burst)))
+    return rows
+
+
+def fanout_wall_cpu(ingress: list[list[int]]) -> dict[str, float]:
+    """Return p50/p99 of each packet's fan-out in wall time and in the worker's thread CPU time (ms)."""
+    wall = [(row[5] - row[2]) / 1e6 for row in ingress]
+    cpu = [(row[6] - row[4]) / 1e6 for row in ingress]
+    if not wall:
+        return {}
+    return {"wall_p50": percentile(wall, 50), "wall_p99": percentile(wall, 99),
+            "cpu_p50": percentile(cpu, 50), "cpu_p99": percentile(cpu, 99)}
+
+
+KEYFRAME_PACKETS = 20  # the clip's keyframe is ~27 packets, its other frames 3-11
+
+
+def frame_delays(send_log: SendLog, timed: list[LeanViewer]) -> dict[str, Any]:
+    """Return what the servers added to each frame's completion at a timed viewer (ms).
+
+    A frame can be decoded when its last packet is in: its last packet's arrival minus the
+    publisher's send of its last packet, per viewer and frame; p50/p99 over all frames and
+    the largest over keyframe-sized ones (a packet's p99 falls in the keyframes' bursts,
+    which are 1 frame in 60 here).
+    """
+    frames: dict[tuple[int, int], list[int]] = {}  # (viewer, RTP timestamp) -> [packets, last send, last arrival]
+    for index, viewer in enumerate(timed):
+        for key, arrived in viewer.arrivals.items():
+            sent = send_log.sent.get(key)
+            if sent is None:
+                continue
+            entry = frames.setdefault((index, send_log.frame_of[key]), [0, 0, 0])
+            entry[0] += 1
+            entry[1] = max(entry[1], sent)
+            entry[2] = max(entry[2], arrived)
+    # A frame counts once its publisher sent no more packets of it than the viewer got (whole).
+    sent_per_frame: dict[int, int] = {}
+    for ts in send_log.frame_of.values():
+        sent_per_frame[ts] = sent_per_frame.get(ts, 0) + 1
+    whole = [(count, (last_in - last_out) / 1e6) for (_, ts), (count, last_out, last_in) in frames.items()
+             if count == sent_per_frame.get(ts)]
+    if not whole:
+        return {"frames": 0}
+    delays = [delay for _, delay in whole]
+    keyframes = [delay for count, delay in whole if count >= KEYFRAME_PACKETS]
+    return {"frames": len(whole), "p50_ms": percentile(delays, 50), "p99_ms": percentile(delays, 99),
+            "keyframes": len(keyframes), "keyframe_max_ms": max(keyframes, default=0.0)}
+
+
+def gc_pauses(collections: list[list[int]]) -> dict[str, Any]:
+    """Return a worker's garbage collections in the window: how many per generation, and the longest (ms)."""
+    return {"count": [sum(1 for c in collections if c[0] == g) for g in range(3)],
+            "longest_ms": [max((c[2] / 1e6 for c in collections if c[0] == g), default=0.0) for g in range(3)]}
+
+
+def summarize(rows: list[tuple[float, ...]]) -> dict[str, Any]:
+    """Return p50/p99 of each part of the publisher-to-viewer delay, and the parts of its tail (ms).
+
+    - ``socket_wait``: publisher's send to the worker reading the datagram (loopback is
+      synchronous: microseconds), of which ``socket_wait_working`` the worker's event loop
+      was on a core running (fanning out earlier packets, audio, RTCP), the rest it waited
+      for a core; for a relay's viewers it also holds the origin's fan-out and the hop;
+    - ``ingress``: the read to the packet entering the forwarder (SRTP unprotect);
+    - ``in_fanout``: entering the forwarder to the send for this viewer (the viewers before
+      it in this packet's loop, any preemption meanwhile);
+    - ``kernel``: that send to the kernel's arrival stamp at the viewer (SO_TIMESTAMPNS):
+      the viewer process's own queueing is in none of them.
+
+    ``burst``: how far into its frame's burst the publisher sent the packet (its pacing,
+    not a delay). ``tail``: each part's mean over the packets whose total is at or above
+    the total's p99, so the tail's parts add up to its total.
+    """
+    if not rows:
+        return {"packets": 0}
+    names = (*PARTS, "burst")
+    out: dict[str, Any] = {"packets": len(rows)}
+    for index, name in enumerate(names):
+        column = [row[index] for row in rows]
+        out[name] = {"p50": percentile(column, 50), "p99": percentile(column, 99)}
+    cut = out["total"]["p99"]
+    tail = [row for row in rows if row[0] >= cut]
+    out["tail"] = {name: statistics.fmean(row[index] for row in tail) for index, name in enumerate(names)}
+    # First packet of its frame (nothing of its own burst ahead of it) against the rest.
+    for label, chosen in (("first_of_frame", [r for r in rows if r[6] == 0]), ("later_in_frame", [r for r in rows if r[6] > 0])):
+        out[f"socket_wait_{label}"] = {"packets": len(chosen),
+                                       "p50": percentile([r[1] for r in chosen], 50) if chosen else 0.0,
+                                       "p99": percentile([r[1] for r in chosen], 99) if chosen else 0.0}
+    return out
 
 
 async def saturate(gen: Generator, urls: list[str], limits: list[CpuLimit], budget: float, seconds: float,
@@ -504,12 +841,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
         await connect(publisher, f"{origin}/publish")
         send_log = SendLog()
-        send_log.attach(publisher)
+        send_log.attach(publisher, args.pace * STREAM_BPS)
+        results["publisher_pacing_bps"] = args.pace * STREAM_BPS
         await asyncio.sleep(1.0)
         idle = results["client_idle_share"] = await idle_share()
         log("phase 1: one relay hop")  # always: it also subscribes the relay for the other phases
         results["hop"] = await measure_hop(origin, relay, args.seconds)
         log(json.dumps(results["hop"]))
+        results["hop_runs"] = [results["hop"]]
+        for run_index in range(1, args.hop_runs):  # a new pair of viewers each time
+            results["hop_runs"].append(await measure_hop(origin, relay, args.seconds))
+            log(f"hop run {run_index + 1}: {json.dumps(results['hop_runs'][-1])}")
         if "client" in args.phases:
             log(f"phase 2: client cost, {args.aiortc_viewers} aiortc viewers then {args.lean_viewers} lean ones")
             results["client"] = await measure_client(origin, args.lean_viewers, args.aiortc_viewers, args.seconds,
@@ -578,7 +920,10 @@ def main() -> None:
     parser.add_argument("--node-cores", type=int, default=os.cpu_count() or 2, help="projection: cores per node")
     parser.add_argument("--nic-gbps", type=float, default=10.0, help="projection: a node's network interface")
     parser.add_argument("--phases", type=lambda text: set(text.split(",")), default=set(PHASES),
-                        help=f"comma-separated, of {','.join(PHASES)} (the hop always runs)")
+                        help=f"comma-separated, of {','.join(PHASES)} (the hop always runs; 'hop': only it)")
+    parser.add_argument("--pace", type=float, default=0.0,
+                        help="pace the publisher at this factor x 1.5 Mbit/s (libwebrtc: 2.5); 0: back to back, as aiortc")
+    parser.add_argument("--hop-runs", type=int, default=1, help="measure the relay hop this many times")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short windows: exercise the code")
     args = parser.parse_args()
     if not args.phases <= set(PHASES):
@@ -599,8 +944,21 @@ def main() -> None:
 def report(results: dict[str, Any]) -> None:
     """Print the figures, each with its target and whether it is measured or projected."""
     hop = results["hop"]
-    print(f"relay hop: +{hop['hop_delay_p50_ms']:.2f} ms p50, +{hop['hop_delay_p99_ms']:.2f} ms p99 "
-          f"(target p99 <= {TARGET_HOP_P99_MS} ms) over {hop['matched_packets']} packets")
+    for index, run in enumerate(results.get("hop_runs", [hop])):
+        warm = run["with_join_catch_up"]
+        print(f"relay hop, run {index + 1}: +{run['hop_delay_p50_ms']:.2f} ms p50, +{run['hop_delay_p99_ms']:.2f} ms "
+              f"p99, max +{run['hop_delay_max_ms']:.2f} (target p99 <= {TARGET_HOP_P99_MS} ms) over "
+              f"{run['matched_packets']} packets in the window; with the joins' catch-up packets as before: "
+              f"p99 +{warm['p99_ms']:.2f}, max +{warm['max_ms']:.2f} ms over {warm['matched_packets']}")
+        parts = run["parts"]
+        if parts.get("packets"):
+            print("  where it goes (p50/p99/max ms): " + ", ".join(
+                f"{name} {parts[name]['p50']:.2f}/{parts[name]['p99']:.2f}/{parts[name]['max']:.2f}"
+                for name in HOP_PARTS) + f"; tail {parts['tail']['hop']:.2f} = " + " + ".join(
+                f"{name} {parts['tail'][name]:.2f}" for name in HOP_PARTS[1:])
+                + f" (the relay read it after {parts['tail']['relay_socket_wait']:.2f}, of which its loop "
+                f"worked {parts['tail']['relay_socket_wait_working']:.2f}; relay garbage collections "
+                f"{parts['relay_gc']['count']}, longest {max(parts['relay_gc']['longest_ms']):.1f} ms)")
     print(f"CPU per packet: relay {hop['relay_us_per_packet_in']:.1f} us in (+1 viewer out), "
           f"origin {hop['origin_us_per_packet_out']:.1f} us per packet out")
     if "client" in results:
@@ -610,6 +968,8 @@ def report(results: dict[str, Any]) -> None:
     _report_saturation(results.get("saturation"))
     if "projection" in results:
         _report_projection(results["projection"])
+    if results.get("publisher_pacing_bps"):
+        print(f"publisher paced at {results['publisher_pacing_bps'] / 1e6:.2f} Mbit/s")
     print(f"load average before/after: {results['load_average_before']} / {results['load_average_after']}")
 
 
@@ -632,6 +992,27 @@ def _report_delay(delay: dict[str, Any]) -> None:
           f"{delay['p99_ratio']:.2f}x; loss {one['loss']:.4%} / {two['loss']:.4%}")
     print("SFU probe (a packet in to its last viewer's sendto, the issue's measure), p50/p99 ms per worker: "
           f"1 worker {_probes(one)}; 2 workers {_probes(two)}")
+    for label, figures in (("1 worker", one), ("2 workers", two)):
+        for index, parts in enumerate(figures.get("parts_per_worker", [])):
+            if parts.get("packets"):
+                print(f"  where it goes, {label}, worker {index + 1} ({parts['packets']} packets): {_parts(parts)}")
+        for index, frames in enumerate(figures.get("frames_per_worker", [])):
+            if frames.get("frames"):
+                print(f"  whole frames, {label}, worker {index + 1}: last packet in minus last packet sent, p50/p99 "
+                      f"{frames['p50_ms']:.2f}/{frames['p99_ms']:.2f} ms over {frames['frames']} frames; "
+                      f"{frames['keyframes']} keyframes, the slowest {frames['keyframe_max_ms']:.2f} ms")
+        for index, pauses in enumerate(figures.get("gc_per_worker", [])):
+            print(f"  garbage collections, {label}, worker {index + 1}: per generation {pauses['count']}, "
+                  f"longest {', '.join(f'{ms:.1f}' for ms in pauses['longest_ms'])} ms")
+        for index, fanout in enumerate(figures.get("fanout_wall_cpu_ms_per_worker", [])):
+            if fanout:
+                print(f"  one packet's fan-out, {label}, worker {index + 1}: wall p50/p99 {fanout['wall_p50']:.2f}/"
+                      f"{fanout['wall_p99']:.2f} ms, its CPU p50/p99 {fanout['cpu_p50']:.2f}/{fanout['cpu_p99']:.2f} ms")
+        for index, rounds in enumerate(figures.get("sender_reports_ms_per_worker", [])):
+            held = [ms for _, ms in rounds]
+            if held:
+                print(f"  sender reports, {label}, worker {index + 1}: {len(held)} calls, each held the loop "
+                      f"{min(held):.1f}-{max(held):.1f} ms (mean {statistics.fmean(held):.1f})")
     print(f"viewers per core from CPU per viewer (projected): 1 worker {one['projected_viewers_per_core']:.0f}, "
           f"2 workers {two['projected_viewers_per_core']:.0f} on two cores")
 
@@ -661,6 +1042,16 @@ def _report_projection(projection: dict[str, Any]) -> None:
         shape = "flat" if row["flat"] else f"flat stops at {row['viewers']}; a 2-level relay tree (not built)"
         print(f"  {row['nodes']:>4} nodes: {row['two_level_viewers'] if not row['flat'] else row['viewers']:>9,} "
               f"viewers ({shape})")
+
+
+def _parts(parts: dict[str, Any]) -> str:
+    """p50/p99 of each part, and the parts of the tail (mean over the packets at or above the total's p99)."""
+    spread = ", ".join(f"{name} {parts[name]['p50']:.2f}/{parts[name]['p99']:.2f}" for name in (*PARTS, "burst"))
+    tail = " + ".join(f"{name} {parts['tail'][name]:.2f}" for name in ("socket_wait", "ingress", "in_fanout", "kernel"))
+    first, rest = parts["socket_wait_first_of_frame"], parts["socket_wait_later_in_frame"]
+    return (f"p50/p99 ms {spread}; tail {parts['tail']['total']:.2f} = {tail} (of the socket wait, working "
+            f"{parts['tail']['socket_wait_working']:.2f}; burst {parts['tail']['burst']:.2f}); socket wait p99 "
+            f"first of frame {first['p99']:.2f}, later {rest['p99']:.2f}")
 
 
 def _probes(figures: dict[str, Any]) -> str:

@@ -80,6 +80,10 @@ class LeanViewer:
         self.streams: dict[int, Stream] = {}
         self.pt_kind: dict[int, str] = {}
         self.arrivals: dict[int, int] = {}  # timing: hash(video payload) -> arrival, ns (CLOCK_REALTIME)
+        # timing: hash(video payload) -> (SSRC, sequence number) as this viewer got it: the key
+        # of the server's own record of that packet (bench_cluster's /trace).
+        self.headers: dict[int, tuple[int, int]] = {}
+        self.window_arrivals: dict[int, int] = {}  # timing: the arrivals of a measuring window, set aside
         self.sock: socket.socket | None = None
         self.location = ""
         self._dispatch: Any = None
@@ -190,9 +194,10 @@ class LeanViewer:
             arrived = next((TIMESPEC.unpack(d) for level, kind, d in ancillary
                             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS), None)
             with contextlib.suppress(Exception):
-                payload = RtpPacket.parse(self._srtp.unprotect(data)).payload
-                if arrived is not None:
-                    self.arrivals.setdefault(hash(payload), arrived[0] * 1_000_000_000 + arrived[1])
+                key = hash(RtpPacket.parse(self._srtp.unprotect(data)).payload)
+                if arrived is not None and key not in self.arrivals:
+                    self.arrivals[key] = arrived[0] * 1_000_000_000 + arrived[1]
+                    self.headers[key] = (ssrc, seq)
 
     def snapshot(self) -> dict[str, int]:
         """Return packets, expected packets, lost packets and frames, summed over the SSRCs."""
@@ -278,22 +283,45 @@ class LeanReceiver:
 
 
 class SendLog:
-    """Note when the publisher sends each video payload (CLOCK_REALTIME ns, like SO_TIMESTAMPNS)."""
+    """Note when the publisher sends each video payload (CLOCK_REALTIME ns, like SO_TIMESTAMPNS).
+
+    Also when it sent the first packet of each frame (by RTP timestamp): a packet's send
+    minus its frame's first is how far into the frame's burst the publisher sent it.
+    """
 
     def __init__(self) -> None:
         self.sent: dict[int, int] = {}
+        self.frame_of: dict[int, int] = {}  # hash(payload) -> RTP timestamp of its frame
+        self.frame_start: dict[int, int] = {}  # RTP timestamp -> its first packet's send, ns
 
-    def attach(self, pc: RTCPeerConnection) -> None:
-        """Wrap the publisher's DTLS transport(s) of its video sender(s)."""
+    def attach(self, pc: RTCPeerConnection, pace_bps: float = 0.0) -> None:
+        """Wrap the publisher's DTLS transport(s) of its video sender(s).
+
+        ``pace_bps`` > 0 paces the RTP packets (audio too, with BUNDLE) at that rate, as
+        libwebrtc's pacer does (2.5x the target rate): a keyframe's packets are spread out
+        instead of sent back to back as aiortc sends them. 0: unpaced.
+        """
         for sender in pc.getSenders():
             if sender.kind != "video":
                 continue
             transport = sender.transport
             original = transport._send_rtp
+            slot = [0.0]
 
-            async def send(data: bytes, original: Any = original) -> None:
+            async def send(data: bytes, original: Any = original, slot: list[float] = slot) -> None:
                 if _is_rtp(data):  # aiortc sends its RTCP through here too
-                    self.sent.setdefault(hash(RtpPacket.parse(data).payload), time.time_ns())
+                    if pace_bps > 0:
+                        now = time.monotonic()
+                        start = max(now, slot[0])
+                        slot[0] = start + len(data) * 8 / pace_bps
+                        if start > now:
+                            await asyncio.sleep(start - now)
+                    packet = RtpPacket.parse(data)
+                    key, now = hash(packet.payload), time.time_ns()
+                    if key not in self.sent:
+                        self.sent[key] = now
+                        self.frame_of[key] = packet.timestamp
+                        self.frame_start.setdefault(packet.timestamp, now)
                 await original(data)
 
             transport._send_rtp = send

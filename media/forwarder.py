@@ -80,6 +80,8 @@ CATCH_UP_BYTES_PER_SECOND = 2_500_000
 # timeline; with paced timestamps, as many as the frame's bytes take to send.
 CATCH_UP_TICKS_PER_FRAME = 1
 CATCH_UP_PACED_TIMESTAMPS = True
+# Sender reports go to this many viewers per event-loop turn (see send_sender_reports).
+SENDER_REPORT_CHUNK = 32
 # A joining viewer sent a GOP longer than this also asks for a keyframe (see add_viewer).
 LONG_GOP_SECONDS = 1.0
 
@@ -654,11 +656,27 @@ class TrackForwarder:
         """
         if self.highest_seq is None or not self.viewers:
             return
+        self._send_report_chunk(list(self.viewers), 0)
+
+    def _send_report_chunk(self, viewers: list[ViewerTrack], start: int) -> None:
+        """Send the reports of ``SENDER_REPORT_CHUNK`` viewers from ``start``; the rest on a later loop turn.
+
+        A round to every viewer at once held the event loop 3-9 ms at 200 viewers (measured
+        in bench_cluster), which every packet arriving meanwhile waited for; in chunks,
+        packets are forwarded between them. A viewer that left or changed layers since the
+        round began is skipped.
+        """
+        if self.highest_seq is None:
+            return
         now = time.monotonic()
         ntp, rtp_now = self._sender_clock(now)
-        for viewer in self.viewers:
-            if now >= viewer.sr_hold_until:
+        end = start + SENDER_REPORT_CHUNK
+        present = set(self.viewers) if start else None  # the first chunk is this turn's own list
+        for viewer in viewers[start:end]:
+            if now >= viewer.sr_hold_until and (present is None or viewer in present):
                 self._send_sender_report(viewer, ntp, rtp_now, now)
+        if end < len(viewers):
+            asyncio.get_running_loop().call_soon(self._send_report_chunk, viewers, end)
 
     def send_sender_report(self, viewer: ViewerTrack) -> int | None:
         """Send one viewer a sender report now; return its LSR key (None: not sent)."""

@@ -12,7 +12,15 @@ import pytest
 from aiohttp import web
 from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection
 
-from benchmarks.bench_cluster import LOOPBACK, ROOM, build_app, connect, viewer
+from benchmarks.bench_cluster import (
+    LOOPBACK,
+    ROOM,
+    build_app,
+    connect,
+    delay_rows,
+    summarize,
+    viewer,
+)
 from benchmarks.bench_sfu import CountingSink, ReplayTrack, encode_clip
 from benchmarks.lean import LeanReceiver, LeanViewer, SendLog
 from media import SFU, MediaSettings
@@ -118,6 +126,41 @@ async def test_lean_viewer_reports_packets_the_server_did_not_send(show: tuple[s
         assert dropped > 40
         assert lost == dropped, (lost, dropped)
         assert lean.socket_drops() == 0  # the client kept up: the loss is the server's
+        receiver.remove(lean)
+        await lean.leave(http)
+    await receiver.close()
+
+
+async def test_trace_splits_each_packets_delay_into_parts_that_add_up(show: tuple[str, SFU, SendLog]) -> None:
+    """bench_cluster's /trace: the server's stamps of a timed viewer's packets, joined with the
+    publisher's send and the viewer's kernel arrival, split each delay into its parts."""
+    base, _, log = show
+    receiver = LeanReceiver()
+    async with aiohttp.ClientSession() as http:
+        lean = LeanViewer(f"{base}/watch", timing=True)
+        await lean.join(http)
+        receiver.add(lean)
+        await asyncio.sleep(1.0)
+        video = [ssrc for ssrc, stream in lean.streams.items() if stream.kind == "video"]
+        async with http.post(f"{base}/trace", json={"ssrcs": video}) as resp:
+            assert (await resp.json())["traced"] == 1
+        async with http.get(f"{base}/trace") as resp:
+            await resp.json()
+        lean.arrivals.clear()
+        await asyncio.sleep(2.0)
+        async with http.get(f"{base}/trace") as resp:
+            trace = await resp.json()
+        lean.drain()
+        rows = delay_rows(log, [lean], trace)
+        assert len(rows) > 100, len(rows)
+        for total, wait, working, ingress, fanout, kernel, burst in rows:
+            assert abs(total - (wait + ingress + fanout + kernel)) < 1e-3
+            assert 0 <= working <= wait + 1e-6 and ingress >= 0 and fanout >= 0 and burst >= 0
+            assert 0 <= kernel < 50  # loopback: the send is the arrival, give or take a busy core
+        figures = summarize(rows)
+        assert figures["packets"] == len(rows) and figures["total"]["p50"] <= figures["total"]["p99"]
+        tail = figures["tail"]
+        assert abs(tail["total"] - sum(tail[k] for k in ("socket_wait", "ingress", "in_fanout", "kernel"))) < 1e-3
         receiver.remove(lean)
         await lean.leave(http)
     await receiver.close()
