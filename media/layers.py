@@ -150,6 +150,7 @@ class SimulcastForwarder:
             gop_cache_bytes=self._gop_cache_bytes,
         )
         layer.receiver = self.receiver
+        layer.vp8_ids = self.codec.name == "VP8"  # viewers switch: their ids continue
         self.layers[ssrc] = layer
         unplaced, self.unplaced = self.unplaced, []
         for viewer in unplaced:  # the first layer: start there, move when others rank
@@ -199,6 +200,8 @@ class SimulcastForwarder:
             return
         self.switches += 1
         self._moved_at[viewer] = time.monotonic()
+        logger.debug("SSRC %d switches to layer %s", viewer.ssrc,
+                     next((key for key, layer in self.layers.items() if layer is target), None))
         viewer.next_layer = target
         target.waiting.append(viewer)
         target._keyframe_needed()
@@ -256,12 +259,17 @@ class SimulcastForwarder:
             rtt_for_loss = None  # the probe's own queue: judged here, not overuse of the layer
         else:
             rtt_for_loss = rtt
+        before = estimator.estimate_bps
         self.prober.on_report(viewer, estimator, lsr, rtt, loss)
         current_bps = current.avg_bps or current.rate_bps
         estimator.on_loss(
             loss, now, current_bps,
             (above[0].avg_bps or above[0].peak_bps) if above else None, rtt_for_loss,
         )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("report from SSRC %d on %s/%s: loss %.3f rtt %s (min %s) estimate %s -> %s",
+                         viewer.ssrc, current.rid, current.max_tid, loss, rtt, estimator.min_rtt,
+                         before, estimator.estimate_bps)
         lowest = next((layer for layer in ranked if not is_rung(layer)), None)
         if (lowest is not None and estimator.estimate_bps and not is_rung(current) and (
                 current is not lowest or probe is not None
@@ -434,12 +442,15 @@ class SimulcastForwarder:
             before = [seq for seq in lost if _newer(first, seq)]
             if before:
                 lost = [seq for seq in lost if not _newer(first, seq)]
-                now = (viewer.seq_offset, viewer.ts_offset, viewer.start_seq)
-                old, viewer.seq_offset, viewer.ts_offset, viewer.start_seq = prior
+                now = (viewer.seq_offset, viewer.ts_offset, viewer.start_seq,
+                       viewer.pic_offset, viewer.tl0_offset)
+                (old, viewer.seq_offset, viewer.ts_offset, viewer.start_seq,
+                 viewer.pic_offset, viewer.tl0_offset) = prior
                 try:
                     old.on_nack(viewer, before)
                 finally:
-                    viewer.seq_offset, viewer.ts_offset, viewer.start_seq = now
+                    (viewer.seq_offset, viewer.ts_offset, viewer.start_seq,
+                     viewer.pic_offset, viewer.tl0_offset) = now
         if lost:
             layer.on_nack(viewer, lost)
 

@@ -12,6 +12,8 @@ goes to 5 Mbit/s it must reach the top layer within 10 s and decode it.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -27,6 +29,25 @@ from tests.e2e.test_twcc import viewer_server
 from tests.media.peers import running_sfu, wait_for
 
 pytestmark = pytest.mark.timeout(240)
+logger = logging.getLogger(__name__)
+
+# More of the viewer's inbound-rtp stats than window.inbound() gives: what happens at a
+# switch (frames dropped, PLIs/NACKs it sent, freezes, keyframes decoded).
+DETAIL = """() => window.vpc.getStats().then(all => {
+  let out = null;
+  all.forEach(r => {
+    if (r.type === 'inbound-rtp' && r.kind === 'video') {
+      out = {framesDecoded: r.framesDecoded || 0, frameWidth: r.frameWidth || 0,
+             framesReceived: r.framesReceived || 0, framesDropped: r.framesDropped || 0,
+             keyFramesDecoded: r.keyFramesDecoded || 0, pliCount: r.pliCount || 0,
+             firCount: r.firCount || 0, nackCount: r.nackCount || 0,
+             freezeCount: r.freezeCount || 0, freezes: r.totalFreezesDuration || 0,
+             packetsLost: r.packetsLost || 0, packetsReceived: r.packetsReceived || 0,
+             decoder: r.decoderImplementation || ''};
+    }
+  });
+  return out;
+})"""
 
 
 def namespaced_chromium(tmp_path: Path, ns: str) -> str:
@@ -41,6 +62,14 @@ def namespaced_chromium(tmp_path: Path, ns: str) -> str:
 async def test_a_chromium_viewer_settles_low_on_300_kbit_and_climbs_back(browser: Any, tmp_path: Path) -> None:
     link = ShapedLink(3, "300kbit")
     viewer_browser = context = None
+    samples: list[tuple[float, str | None, dict[str, Any]]] = []
+    dump = os.environ.get("SHAPED_CHROMIUM_DUMP")
+    if dump:  # the layer decisions, next to the samples
+        handler = logging.FileHandler(dump + ".log", mode="w")
+        handler.setFormatter(logging.Formatter("%(relativeCreated)d %(name)s %(message)s"))
+        for name in ("media.layers", "media.probe", __name__):
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).setLevel(logging.DEBUG)
     try:
         link.up()
         async with running_sfu(remb_bitrate_bps=4_000_000, connect_timeout_seconds=30.0,
@@ -67,13 +96,13 @@ async def test_a_chromium_viewer_settles_low_on_300_kbit_and_climbs_back(browser
             await wait_for(lambda: bool(video.policies), timeout=30)
             track = next(iter(video.policies))
             started = time.monotonic()
-            samples: list[tuple[float, str | None, dict[str, Any]]] = []
 
             async def sample(seconds: float, until: Any = None) -> None:
                 end = time.monotonic() + seconds
                 while time.monotonic() < end:
-                    stats = await viewer.evaluate("() => window.inbound()")
+                    stats = await viewer.evaluate(DETAIL)
                     samples.append((round(time.monotonic() - started, 1), video.rid_of(track), stats or {}))
+                    logger.debug("sample %s", samples[-1])
                     if until is not None and until():
                         return
                     await asyncio.sleep(0.25)
@@ -124,6 +153,8 @@ async def test_a_chromium_viewer_settles_low_on_300_kbit_and_climbs_back(browser
             print(f"\nChromium viewer: settled on q, {frozen:.2f} s frozen in 8 s there; "
                   f"climbed to f in {climbed:.1f} s; {story()[:200]}")
     finally:
+        if dump:  # every sample, for a look at what happens around the switches
+            Path(dump).write_text(json.dumps(samples))
         if viewer_browser is not None:
             await viewer_browser.close()
         if context is not None:
