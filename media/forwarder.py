@@ -105,11 +105,11 @@ class ViewerTrack:
     """One viewer's copy of one track: its SSRC, offsets, egress and counters."""
 
     __slots__ = (
-        "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
-        "gop_ts", "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "send",
-        "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
-        "layer", "next_layer", "prior", "sr_sent", "sr_hold_until", "rtt",
-        "twcc", "twcc_id", "twcc_seq", "pic_offset", "tl0_offset", "next_pic", "next_tl0",
+        "active", "anchor_time", "drops", "egress", "fraction_lost", "gop_ts", "layer",
+        "nacks_served", "next_layer", "next_pic", "next_seq", "next_tl0", "next_ts", "octets",
+        "packets", "pic_offset", "prior", "pt", "resent", "rtt", "rtx_pt", "rtx_seq", "rtx_ssrc",
+        "send", "sender", "seq_offset", "sr_hold_until", "sr_sent", "srtp", "ssrc", "start_seq",
+        "tl0_offset", "ts_offset", "twcc", "twcc_id", "twcc_seq",
     )
 
     def __init__(self, sender: ForwardingSender) -> None:

@@ -267,9 +267,10 @@ class SimulcastForwarder:
             (above[0].avg_bps or above[0].peak_bps) if above else None, rtt_for_loss,
         )
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("report from SSRC %d on %s/%s: loss %.3f rtt %s (min %s) estimate %s -> %s",
-                         viewer.ssrc, current.rid, current.max_tid, loss, rtt, estimator.min_rtt,
-                         before, estimator.estimate_bps)
+            logger.debug("report from SSRC %d on %s/%s: loss %.3f rtt %s (min %s) estimate %s -> %s; "
+                         "layers %s", viewer.ssrc, current.rid, current.max_tid, loss, rtt,
+                         estimator.min_rtt, before, estimator.estimate_bps,
+                         " ".join(f"{layer.rid}/{layer.max_tid}:{layer.avg_bps / 1000:.0f}k" for layer in ranked))
         lowest = next((layer for layer in ranked if not is_rung(layer)), None)
         if (lowest is not None and estimator.estimate_bps and not is_rung(current) and (
                 current is not lowest or probe is not None
@@ -324,7 +325,7 @@ class SimulcastForwarder:
         top = ranked[-1]
         best = 0
         now = time.monotonic()
-        for viewer, policy in self.policies.items():
+        for policy in self.policies.values():
             estimate = policy.estimate_bps
             if (policy.quality == "high" or estimate is None
                     or estimate >= (top.avg_bps or top.peak_bps)
@@ -335,7 +336,9 @@ class SimulcastForwarder:
         floor = next(index for index, layer in enumerate(ranked) if not is_rung(layer))
         needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: max(best, floor) + 1]
                      if not is_rung(layer))
-        return int(min(ceiling, max(needed * 1.5, 100_000)))
+        cap = int(min(ceiling, max(needed * 1.5, 100_000)))
+        logger.debug("publisher capped at %d bit/s (viewers limited)", cap)
+        return cap
 
     def set_quality(self, viewer: ViewerTrack, quality: str) -> None:
         """Pin a viewer's quality (``auto``, ``high`` or ``low``) and apply it at once."""

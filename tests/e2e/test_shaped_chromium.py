@@ -12,6 +12,7 @@ goes to 5 Mbit/s it must reach the top layer within 10 s and decode it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -23,7 +24,13 @@ import pytest
 
 from media.layers import SimulcastForwarder
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, playwright_api
-from tests.e2e.test_shaped_links import CLIMB_SECONDS, FREEZE_SECONDS, LADDER, UNAVAILABLE, ShapedLink
+from tests.e2e.test_shaped_links import (
+    CLIMB_SECONDS,
+    FREEZE_SECONDS,
+    LADDER,
+    UNAVAILABLE,
+    ShapedLink,
+)
 from tests.e2e.test_simulcast import page_server
 from tests.e2e.test_twcc import viewer_server
 from tests.media.peers import running_sfu, wait_for
@@ -128,13 +135,13 @@ async def test_a_chromium_viewer_settles_low_on_300_kbit_and_climbs_back(browser
             window = samples[first - 1:]
             assert {r for _, r, _ in window} == {"q"}, story()
             decoded = [s.get("framesDecoded", 0) for _, _, s in window]
-            assert all(b >= a for a, b in zip(decoded, decoded[1:], strict=False)), story()
+            assert all(b >= a for a, b in itertools.pairwise(decoded)), story()
             assert decoded[-1] - decoded[0] > 8 * 10, story()  # ~15 fps or more
             # A freeze Chromium counts shows in totalFreezesDuration; none may exceed 500 ms,
             # and all of them together stay under that here.
             frozen = window[-1][2].get("freezes", 0) - window[0][2].get("freezes", 0)
             assert frozen < FREEZE_SECONDS, story()
-            stalls = [b[0] - a[0] for a, b in zip(window, window[1:], strict=False)
+            stalls = [b[0] - a[0] for a, b in itertools.pairwise(window)
                       if b[2].get("framesDecoded") == a[2].get("framesDecoded")]
             assert sum(stalls) < FREEZE_SECONDS * 2, story()
 
