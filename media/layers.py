@@ -22,7 +22,7 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from .aiortc_hook import ForwardingReceiver
 from .codecs import vp8_keyframe_size
-from .estimator import BandwidthEstimator
+from .estimator import REMB_MAX_AGE, BandwidthEstimator
 from .forwarder import TrackCounters, TrackForwarder, ViewerTrack, _newer
 from .probe import Prober
 from .simulcast import Layer, LayerSelector
@@ -177,8 +177,37 @@ class SimulcastForwarder:
         for viewer, policy in self.policies.items():
             ssrc = self.ssrc_of(viewer)
             current = self.selector.layers.get(ssrc) if self.selector and ssrc else None
-            target = self.layers[policy.choose(ranked, current).ssrc]
-            self.move(viewer, target)
+            chosen = policy.choose(ranked, current)
+            if self._holds(viewer, policy, ranked, chosen):
+                continue
+            self.move(viewer, self.layers[chosen.ssrc])
+
+    def _holds(self, viewer: ViewerTrack, policy: LayerPolicy, ranked: list[Layer], chosen: Layer) -> bool:
+        """Return whether an auto viewer stays on (or keeps switching to) a layer despite ``chosen``.
+
+        A passed probe raised its estimate to the rate the layer had then; a publisher
+        whose layers ramp up (its bandwidth cap just lifted) soon sends that layer faster
+        than the estimate. That is no sign the viewer's link cannot carry it: without a
+        cut of its estimate (loss, delay or its REMB) since its last switch, the viewer
+        is not moved down (measured: Chromium viewers moved back down 0.1-0.5 s after
+        each switch up, no loss reported, when the climb missed 10 s).
+        """
+        if policy.quality != "auto" or self.selector is None:
+            return False
+        moved = self._moved_at.get(viewer)
+        layer = viewer.next_layer or viewer.layer
+        key = next((k for k, forwarder in self.layers.items() if forwarder is layer), None)
+        held = self.selector.layers.get(key) if key is not None else None
+        if moved is None or held is None or held not in ranked:
+            return False
+        if ranked.index(chosen) >= ranked.index(held):
+            return False  # not a move down
+        estimator = policy.estimator
+        if estimator.limited_at is not None and estimator.limited_at >= moved:
+            return False  # its link showed loss or delay since: down it goes
+        remb = estimator.remb_bps
+        return not (remb is not None and time.monotonic() - estimator.remb_at < REMB_MAX_AGE
+                    and remb < (held.avg_bps or held.peak_bps))
 
     def move(self, viewer: ViewerTrack, target: TrackForwarder) -> None:
         """Switch ``viewer`` to ``target`` at its next keyframe (or cancel a switch)."""
