@@ -354,13 +354,13 @@ class SimulcastForwarder:
         top = ranked[-1]
         best = 0
         now = time.monotonic()
-        for policy in self.policies.values():
+        for viewer, policy in self.policies.items():
             estimate = policy.estimate_bps
             if (policy.quality == "high" or estimate is None
                     or estimate >= (top.avg_bps or top.peak_bps)
                     or (policy.quality == "auto" and not policy.estimator.limited(now))):
                 return ceiling
-            best = max(best, ranked.index(policy.choose(ranked)))
+            best = max(best, ranked.index(policy.choose(ranked)), self._needed_index(viewer, ranked))
         # A temporal rung needs its whole encoding sent: the lowest encoding is the floor.
         floor = next(index for index, layer in enumerate(ranked) if not is_rung(layer))
         needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: max(best, floor) + 1]
@@ -368,6 +368,23 @@ class SimulcastForwarder:
         cap = int(min(ceiling, max(needed * 1.5, 100_000)))
         logger.debug("publisher capped at %d bit/s (viewers limited)", cap)
         return cap
+
+    def _needed_index(self, viewer: ViewerTrack, ranked: list[Layer]) -> int:
+        """Return the rank of the layer ``viewer`` is on or switching to (one more while it probes).
+
+        The publisher must keep sending it: a cap below it paused the layer a held viewer
+        was on (:meth:`_holds`; measured: 0.6 s without a decoded frame), and the layer a
+        probe aims at must be there when the probe passes.
+        """
+        layer = viewer.next_layer or viewer.layer
+        key = next((k for k, forwarder in self.layers.items() if forwarder is layer), None)
+        found = self.selector.layers.get(key) if self.selector is not None and key is not None else None
+        if found is None or found not in ranked:
+            return 0
+        index = ranked.index(found)
+        if viewer in self.prober.probes:
+            index = min(index + 1, len(ranked) - 1)
+        return index
 
     def set_quality(self, viewer: ViewerTrack, quality: str) -> None:
         """Pin a viewer's quality (``auto``, ``high`` or ``low``) and apply it at once."""
