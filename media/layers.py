@@ -289,7 +289,15 @@ class SimulcastForwarder:
         else:
             rtt_for_loss = rtt
         before = estimator.estimate_bps
+        passed = self.prober.passed
         self.prober.on_report(viewer, estimator, lsr, rtt, loss)
+        if self.prober.passed > passed and above:
+            # The probe aimed at the next layer's rate when it started; a publisher's layers
+            # ramping up (its cap just lifted) outgrow that within the probe's 1-3 s, and
+            # the passed probe then moved nobody (measured: climbs missing 10 s). Up to
+            # that layer now; loss or delay on it cuts the estimate (and moves it back).
+            estimator.estimate_bps = max(estimator.estimate_bps or 0.0,
+                                         above[0].avg_bps or above[0].peak_bps)
         current_bps = current.avg_bps or current.rate_bps
         estimator.on_loss(
             loss, now, current_bps,
