@@ -125,10 +125,12 @@ async def viewer() -> AsyncIterator[Viewer]:
     sink.setblocking(False)
     transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
         asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    rtcp: list[bytes] = []  # the sender reports it was sent (unprotected), kept here
     egress = types.SimpleNamespace(srtp=outbound, srtp_handle=outbound._srtp[0],
-                                   send=_connected_send(transport._sock, sink.getsockname()))  # type: ignore[attr-defined]
+                                   send=_connected_send(transport._sock, sink.getsockname()),  # type: ignore[attr-defined]
+                                   send_rtcp=rtcp.append)
     # The forwarding sender's few attributes a ViewerTrack reads (media.aiortc_hook.ForwardingSender).
-    sender = types.SimpleNamespace(egress=egress, _ssrc=4242, payload_type=96,
+    sender = types.SimpleNamespace(egress=egress, _ssrc=4242, payload_type=96, cname=None,
                                    rtx_payload_type=PAD_RTX_PT, _rtx_ssrc=4343, twcc_extension_id=None)
     out = Viewer(ViewerTrack(sender), inbound, sink, transport)  # type: ignore[arg-type]
     yield out
