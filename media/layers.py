@@ -104,6 +104,7 @@ class SimulcastForwarder:
         self._last_review = 0.0
         self.switches = 0
         self._moved_at: dict[ViewerTrack, float] = {}  # when each viewer's last switch was asked
+        self._moved_estimate: dict[ViewerTrack, float | None] = {}  # its estimate then
         self.prober = Prober()
         self.temporal = TemporalLayers(self)  # VP8 temporal rungs (media/temporal.py)
 
@@ -187,14 +188,15 @@ class SimulcastForwarder:
 
         A passed probe raised its estimate to the rate the layer had then; a publisher
         whose layers ramp up (its bandwidth cap just lifted) soon sends that layer faster
-        than the estimate. That is no sign the viewer's link cannot carry it: without a
-        cut of its estimate (loss, delay or its REMB) since its last switch, the viewer
-        is not moved down (measured: Chromium viewers moved back down 0.1-0.5 s after
-        each switch up, no loss reported, when the climb missed 10 s).
+        than the estimate. That is no sign the viewer's link cannot carry it: while its
+        estimate is no lower than at its last switch (no cut for loss or delay) and no
+        REMB of its says less than the layer, the viewer is not moved down (measured:
+        Chromium viewers moved back down 0.1-0.5 s after each switch up, no loss
+        reported, when the climb missed 10 s).
         """
         if policy.quality != "auto" or self.selector is None:
             return False
-        moved = self._moved_at.get(viewer)
+        moved = self._moved_estimate.get(viewer)
         layer = viewer.next_layer or viewer.layer
         key = next((k for k, forwarder in self.layers.items() if forwarder is layer), None)
         held = self.selector.layers.get(key) if key is not None else None
@@ -203,8 +205,8 @@ class SimulcastForwarder:
         if ranked.index(chosen) >= ranked.index(held):
             return False  # not a move down
         estimator = policy.estimator
-        if estimator.limited_at is not None and estimator.limited_at >= moved:
-            return False  # its link showed loss or delay since: down it goes
+        if estimator.estimate_bps is None or estimator.estimate_bps < moved:
+            return False  # cut for loss or delay since: down it goes
         remb = estimator.remb_bps
         return not (remb is not None and time.monotonic() - estimator.remb_at < REMB_MAX_AGE
                     and remb < (held.avg_bps or held.peak_bps))
@@ -229,6 +231,8 @@ class SimulcastForwarder:
             return
         self.switches += 1
         self._moved_at[viewer] = time.monotonic()
+        policy = self.policies.get(viewer)
+        self._moved_estimate[viewer] = policy.estimator.estimate_bps if policy is not None else None
         logger.debug("SSRC %d switches to layer %s", viewer.ssrc,
                      next((key for key, layer in self.layers.items() if layer is target), None))
         viewer.next_layer = target
@@ -421,6 +425,7 @@ class SimulcastForwarder:
         """Remove a viewer from its layer (and from a pending switch)."""
         self.policies.pop(viewer, None)
         self._moved_at.pop(viewer, None)
+        self._moved_estimate.pop(viewer, None)
         self.prober.stop(viewer)
         if viewer in self.unplaced:
             self.unplaced.remove(viewer)
