@@ -293,15 +293,7 @@ class SimulcastForwarder:
         else:
             rtt_for_loss = rtt
         before = estimator.estimate_bps
-        passed = self.prober.passed
         self.prober.on_report(viewer, estimator, lsr, rtt, loss)
-        if self.prober.passed > passed and above:
-            # The probe aimed at the next layer's rate when it started; a publisher's layers
-            # ramping up (its cap just lifted) outgrow that within the probe's 1-3 s, and
-            # the passed probe then moved nobody (measured: climbs missing 10 s). Up to
-            # that layer now; loss or delay on it cuts the estimate (and moves it back).
-            estimator.estimate_bps = max(estimator.estimate_bps or 0.0,
-                                         above[0].avg_bps or above[0].peak_bps)
         current_bps = current.avg_bps or current.rate_bps
         estimator.on_loss(
             loss, now, current_bps,
@@ -382,21 +374,17 @@ class SimulcastForwarder:
         return cap
 
     def _needed_index(self, viewer: ViewerTrack, ranked: list[Layer]) -> int:
-        """Return the rank of the layer ``viewer`` is on or switching to (one more while it probes).
+        """Return the rank of the layer ``viewer`` is on or switching to (0 if none).
 
         The publisher must keep sending it: a cap below it paused the layer a held viewer
-        was on (:meth:`_holds`; measured: 0.6 s without a decoded frame), and the layer a
-        probe aims at must be there when the probe passes.
+        was on (:meth:`_holds`; measured: 0.6 s without a decoded frame).
         """
         layer = viewer.next_layer or viewer.layer
         key = next((k for k, forwarder in self.layers.items() if forwarder is layer), None)
         found = self.selector.layers.get(key) if self.selector is not None and key is not None else None
         if found is None or found not in ranked:
             return 0
-        index = ranked.index(found)
-        if viewer in self.prober.probes:
-            index = min(index + 1, len(ranked) - 1)
-        return index
+        return ranked.index(found)
 
     def set_quality(self, viewer: ViewerTrack, quality: str) -> None:
         """Pin a viewer's quality (``auto``, ``high`` or ``low``) and apply it at once."""

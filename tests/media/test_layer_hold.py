@@ -83,27 +83,3 @@ async def test_a_remb_under_the_layer_moves_the_viewer_down(viewer: Viewer) -> N
     forwarder.review()
     assert viewer.track.next_layer is forwarder.layers[q.ssrc]
 
-
-async def test_a_passed_probe_moves_the_viewer_up_though_the_layer_grew_meanwhile(viewer: Viewer) -> None:  # noqa: F811
-    q = Encoding(ssrc=1111, seq=100, ts_base=0, picture_id=10, tl0=1)
-    f = Encoding(ssrc=2222, seq=900, ts_base=5000, picture_id=20000, tl0=90)
-    forwarder = simulcast(q, f)
-    feed(forwarder, [q, f], 0, keyframes=(q, f))
-    forwarder.add_viewer(viewer.track)
-    feed(forwarder, [q, f], 4, keyframes=(q,))
-    policy = forwarder.policies[viewer.track]
-    policy.estimator.estimate_bps = 160_000
-    policy.estimator.probe_after = 0.0  # loss-free long enough: the next report asks for a probe
-    rates(forwarder, 150_000, 700_000)
-    forwarder.on_receiver_report(viewer.track, 0.0, 0.001)
-    probe = forwarder.prober.probes[viewer.track]
-    assert round(probe.target_bps) == 770_000  # the top layer's rate then, +10 %
-    await asyncio.sleep(0.35)  # its first sender report goes out after REPORT_EVERY
-    # The top layer ramps up to 900k while the probe runs; the probe's padding got through
-    # (a report answering one of its sender reports, sent after PROBE_BYTES, no queue).
-    rates(forwarder, 150_000, 900_000)
-    lsr = next(iter(probe.report_keys))
-    probe.report_keys[lsr] = PROBE_BYTES
-    forwarder.on_receiver_report(viewer.track, 0.0, 0.001, lsr)
-    assert forwarder.prober.passed == 1
-    assert viewer.track.next_layer is forwarder.layers[f.ssrc]
