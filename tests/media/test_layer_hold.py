@@ -11,11 +11,9 @@ keeps the layer it stays on (a cap under it paused that layer: 0.6 s without a f
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from media.layers import SimulcastForwarder
-from media.probe import PROBE_BYTES
 from tests.media.test_vp8_ids import Encoding, Viewer, feed, simulcast, viewer  # noqa: F401
 
 
