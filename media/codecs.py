@@ -93,6 +93,33 @@ def vp8_temporal(payload: bytes) -> tuple[int, int, int] | None:
     return payload[index] >> 6, picture_id, id_bytes
 
 
+def vp8_ids(payload: bytes) -> tuple[int, int, int, int] | None:
+    """Return where a VP8 payload's picture id and TL0PICIDX are, and their values.
+
+    (picture id offset, picture id, TL0PICIDX offset, TL0PICIDX) in the payload
+    descriptor (RFC 7741 4.2): an offset is 0 where the field is absent (a field never
+    starts at byte 0); a picture id offset is negated for a 7-bit id (M unset). None if
+    the descriptor has neither (no X bit, or neither I nor L).
+    """
+    if len(payload) < 4 or not payload[0] & 0x80:
+        return None
+    extension = payload[1]
+    if not extension & 0xC0:
+        return None
+    index = 2
+    id_at = picture_id = 0
+    if extension & 0x80:  # I: picture id, 15 bits (M set) or 7
+        if payload[2] & 0x80:
+            id_at, picture_id = 2, (payload[2] & 0x7F) << 8 | payload[3]
+            index = 4
+        else:
+            id_at, picture_id = -2, payload[2]
+            index = 3
+    if extension & 0x40 and index < len(payload):  # L: TL0PICIDX
+        return id_at, picture_id, index, payload[index]
+    return id_at, picture_id, 0, 0
+
+
 def is_h264_keyframe(payload: bytes) -> bool:
     """Return whether an H.264 payload (RFC 6184) carries an SPS or starts an IDR."""
     if not payload:

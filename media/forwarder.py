@@ -53,7 +53,7 @@ from aiortc.rtp import (
 )
 
 from .aiortc_hook import ForwardingReceiver, ForwardingSender, SrtpScratch
-from .codecs import is_keyframe
+from .codecs import is_keyframe, vp8_ids
 from .twcc import SENT_MEMORY, TransportFeedbackAdapter
 
 logger = logging.getLogger(__name__)
@@ -107,11 +107,11 @@ class ViewerTrack:
     """One viewer's copy of one track: its SSRC, offsets, egress and counters."""
 
     __slots__ = (
-        "sender", "ssrc", "pt", "rtx_pt", "rtx_ssrc", "rtx_seq", "seq_offset", "ts_offset",
-        "gop_ts", "start_seq", "next_seq", "next_ts", "anchor_time", "active", "egress", "srtp", "send",
-        "packets", "octets", "drops", "nacks_served", "fraction_lost", "resent",
-        "layer", "next_layer", "prior", "sr_sent", "sr_hold_until", "rtt",
-        "twcc", "twcc_id", "twcc_seq",
+        "active", "anchor_time", "drops", "egress", "fraction_lost", "gop_ts", "layer",
+        "nacks_served", "next_layer", "next_pic", "next_seq", "next_tl0", "next_ts", "octets",
+        "packets", "pic_offset", "prior", "pt", "resent", "rtt", "rtx_pt", "rtx_seq", "rtx_ssrc",
+        "send", "sender", "seq_offset", "sr_hold_until", "sr_sent", "srtp", "ssrc", "start_seq",
+        "tl0_offset", "ts_offset", "twcc", "twcc_id", "twcc_seq",
     )
 
     def __init__(self, sender: ForwardingSender) -> None:
@@ -150,9 +150,9 @@ class ViewerTrack:
         self.layer: TrackForwarder | None = None
         self.next_layer: TrackForwarder | None = None
         # The layer it left at its last switch, with the offsets it had there
-        # (forwarder, seq_offset, ts_offset, start_seq): NACKs of packets from before the
-        # switch are answered from that layer's history.
-        self.prior: tuple[TrackForwarder, int, int, int] | None = None
+        # (forwarder, seq_offset, ts_offset, start_seq, pic_offset, tl0_offset): NACKs of
+        # packets from before the switch are answered from that layer's history.
+        self.prior: tuple[TrackForwarder, int, int, int, int, int] | None = None
         # Middle 32 bits of the NTP time of our recent sender reports -> when each went
         # out: a receiver report's LSR/DLSR then gives the round-trip time (RFC 3550 6.4.1).
         self.sr_sent: dict[int, float] = {}
@@ -164,6 +164,13 @@ class ViewerTrack:
         self.twcc: TransportFeedbackAdapter | None = None
         self.twcc_id = 0
         self.twcc_seq = 0
+        # VP8 picture id and TL0PICIDX (simulcast layers, see TrackForwarder.vp8_ids): the
+        # offsets added to the publisher's, and the values its next keyframe gets after a
+        # switch (None: keep the offsets, e.g. a new viewer keeps the publisher's ids).
+        self.pic_offset = 0
+        self.tl0_offset = 0
+        self.next_pic: int | None = None
+        self.next_tl0: int | None = None
 
     def enable_twcc(self, extension_id: int) -> None:
         """Number this viewer's forwarded packets in the transport-wide-cc extension."""
@@ -231,6 +238,12 @@ class TrackForwarder:
         self._sender_report: tuple[int, int, float] | None = None
         # Set by the benchmark to record added forwarding delay (seconds) per packet.
         self.delay_probe: deque[float] | None = None
+        # VP8 picture ids and TL0PICIDX rewritten per viewer (a simulcast layer: viewers
+        # switch between layers whose ids are unrelated; media.layers sets it), and the
+        # newest of each forwarded, which a viewer switching away continues from.
+        self.vp8_ids = False
+        self.highest_pic: int | None = None
+        self.highest_tl0: int | None = None
 
     # --- publisher side (PacketSink) ----------------------------------------------------
 
@@ -270,7 +283,13 @@ class TrackForwarder:
         self._history[seq & self._mask] = entry
         self.packets_in += 1
         self.bytes_in += size
+        ids = vp8_ids(payload) if self.vp8_ids else None
         if in_order:
+            if ids is not None:
+                if ids[0]:
+                    self.highest_pic = ids[1]
+                if ids[2]:
+                    self.highest_tl0 = ids[3]
             if self.highest_seq is None or ts != self.highest_ts:
                 self.frame_start_seq = seq
                 self._frame_is_key = False
@@ -318,6 +337,17 @@ class TrackForwarder:
                 view, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
                 (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
             )
+            if ids is not None and (viewer.pic_offset or viewer.tl0_offset):
+                base = 12 if twcc is None else TWCC_HEADER
+                id_at, picture_id, tl0_at, tl0 = ids
+                if id_at > 0:
+                    picture_id = (picture_id + viewer.pic_offset) & 0x7FFF
+                    view[base + 2] = 0x80 | picture_id >> 8
+                    view[base + 3] = picture_id & 0xFF
+                elif id_at:
+                    view[base + 2] = (picture_id + viewer.pic_offset) & 0x7F
+                if tl0_at:
+                    view[base + tl0_at] = (tl0 + viewer.tl0_offset) & 0xFF
             if protect(viewer.srtp, cdata, length):
                 viewer.drops += 1  # libsrtp refused (e.g. the session is gone)
                 continue
@@ -350,6 +380,8 @@ class TrackForwarder:
             if viewer.anchor_time is not None:  # continue the old timeline after a gap
                 next_ts += int((now - viewer.anchor_time) * self.codec.clockRate)
             viewer.ts_offset = (next_ts - ts) & 0xFFFFFFFF
+            if self.vp8_ids:
+                self._continue_vp8(viewer, payload)
             viewer.active = True
             self.viewers.append(viewer)
             # Earlier packets of the keyframe (e.g. SPS/PPS) arrived before we saw it.
@@ -381,13 +413,79 @@ class TrackForwarder:
         if viewer in source.waiting:  # it never started there: nothing to continue
             source.waiting.remove(viewer)
             return
-        viewer.prior = (source, viewer.seq_offset, viewer.ts_offset, viewer.start_seq)
+        viewer.prior = (source, viewer.seq_offset, viewer.ts_offset, viewer.start_seq,
+                        viewer.pic_offset, viewer.tl0_offset)
         if source.highest_seq is not None:
             viewer.next_seq = (source.highest_seq + viewer.seq_offset + 1) & 0xFFFF
-            elapsed = max(time.monotonic() - source.last_packet_time, 0.0)
-            ticks = max(int(elapsed * self.codec.clockRate), 1)
-            viewer.next_ts = (source.highest_ts + viewer.ts_offset + ticks) & 0xFFFFFFFF
+            viewer.next_ts = (source.highest_ts + viewer.ts_offset
+                              + self._ticks_after(source)) & 0xFFFFFFFF
             viewer.anchor_time = None
+        source._continued_by(viewer)
+
+    def _ticks_after(self, source: TrackForwarder) -> int:
+        """Return how far this layer's newest frame is after ``source``'s newest (ticks, >= 1).
+
+        Simulcast layers capture their frames at the same instants but number them from
+        unrelated timestamp bases: the publisher's sender reports of both layers (one NTP
+        clock) place this frame on the source's timeline, so a viewer switching here
+        sees its timestamps advance by the capture time between the two frames (a frame
+        period, or a little less). Without both reports (or with a nonsense answer), by
+        the time elapsed since the source's newest packet.
+        """
+        clock_rate = self.codec.clockRate
+        mine, theirs = self._sender_report, source._sender_report
+        if mine is not None and theirs is not None:
+            ntp_diff = ((mine[0] - theirs[0] + (1 << 63)) & 0xFFFFFFFFFFFFFFFF) - (1 << 63)
+            mine_since = ((self.highest_ts - mine[1] + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+            theirs_since = ((source.highest_ts - theirs[1] + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+            ticks = int(ntp_diff * clock_rate / (1 << 32)) + mine_since - theirs_since
+            if -clock_rate <= ticks <= clock_rate:  # a second apart at most: both make sense
+                return max(ticks, 1)  # (a frame captured no later than the last one sent)
+        elapsed = max(time.monotonic() - source.last_packet_time, 0.0)
+        return max(int(elapsed * clock_rate), 1)
+
+    def _continued_by(self, viewer: ViewerTrack) -> None:
+        """Note where ``viewer``'s VP8 ids stop on this layer: its next keyframe continues them."""
+        if self.highest_pic is not None:
+            viewer.next_pic = (self.highest_pic + viewer.pic_offset + 1) & 0x7FFF
+        if self.highest_tl0 is not None:
+            viewer.next_tl0 = (self.highest_tl0 + viewer.tl0_offset + 1) & 0xFF
+
+    @staticmethod
+    def _continue_vp8(viewer: ViewerTrack, payload: bytes | bytearray) -> None:
+        """Give ``viewer`` the VP8 id offsets that continue its ids at this keyframe.
+
+        After a switch (or a publisher's new stream) its picture ids continue by one and
+        its TL0PICIDX by one (a keyframe is a new TL0 picture): a receiver's frame
+        buffer sees no ids jumping back or ahead (RFC 7741 4.2; libwebrtc's VP8
+        reference finder tracks frames and temporal layers by them).
+        """
+        ids = vp8_ids(payload[:8])
+        if ids is None:
+            return
+        if viewer.next_pic is not None and ids[0]:
+            viewer.pic_offset = (viewer.next_pic - ids[1]) & 0x7FFF
+        if viewer.next_tl0 is not None and ids[2]:
+            viewer.tl0_offset = (viewer.next_tl0 - ids[3]) & 0xFF
+        viewer.next_pic = viewer.next_tl0 = None
+
+    @staticmethod
+    def _patch_vp8(viewer: ViewerTrack, packet: bytearray, base: int) -> None:
+        """Rewrite the VP8 ids of a packet sent off the hot path (payload at ``base``)."""
+        if not (viewer.pic_offset or viewer.tl0_offset):
+            return
+        ids = vp8_ids(packet[base: base + 8])
+        if ids is None:
+            return
+        id_at, picture_id, tl0_at, tl0 = ids
+        if id_at > 0:
+            picture_id = (picture_id + viewer.pic_offset) & 0x7FFF
+            packet[base + 2] = 0x80 | picture_id >> 8
+            packet[base + 3] = picture_id & 0xFF
+        elif id_at:
+            packet[base + 2] = (picture_id + viewer.pic_offset) & 0x7F
+        if tl0_at:
+            packet[base + tl0_at] = (tl0 + viewer.tl0_offset) & 0xFF
 
     # --- GOP cache ------------------------------------------------------------------------
 
@@ -446,6 +544,8 @@ class TrackForwarder:
         viewer.start_seq = gop[0][0]
         viewer.seq_offset = (viewer.next_seq - viewer.start_seq) & 0xFFFF
         viewer.ts_offset = (viewer.next_ts - newest) & 0xFFFFFFFF
+        if self.vp8_ids:
+            self._continue_vp8(viewer, gop[0][3][12:20])
         last = len(frames) - 1 if frames[-1] == newest else len(frames)
         ticks_before_newest = [(last - i) * CATCH_UP_TICKS_PER_FRAME for i in range(len(frames))]
         if CATCH_UP_PACED_TIMESTAMPS:
@@ -508,6 +608,8 @@ class TrackForwarder:
             packet, 1, marker | viewer.pt, (seq + viewer.seq_offset) & 0xFFFF,
             viewer_ts, viewer.ssrc,
         )
+        if self.vp8_ids:
+            self._patch_vp8(viewer, packet, 12)
         if self._protect_and_send(viewer, packet):
             viewer.packets += 1
             viewer.octets += len(buf) - 12
@@ -577,11 +679,13 @@ class TrackForwarder:
                 viewer.next_seq = (self.highest_seq + viewer.seq_offset + 1) & 0xFFFF
                 viewer.next_ts = (self.highest_ts + viewer.ts_offset) & 0xFFFFFFFF
                 viewer.anchor_time = now
+                self._continued_by(viewer)
             viewer.active = False
             self.waiting.append(viewer)
         self.viewers.clear()
         self._history = [None] * len(self._history)
         self.highest_seq = None
+        self.highest_pic = self.highest_tl0 = None
         self._sender_report = None
         self._media_seen = False
 
@@ -631,6 +735,8 @@ class TrackForwarder:
                     viewer_ts, viewer.rtx_ssrc, viewer_seq,
                 )
                 viewer.rtx_seq = (viewer.rtx_seq + 1) & 0xFFFF
+                if self.vp8_ids:
+                    self._patch_vp8(viewer, rtx, RTX_HEADER.size)
                 if not self._protect_and_send(viewer, rtx):
                     continue
             viewer.nacks_served += 1

@@ -22,7 +22,7 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from .aiortc_hook import ForwardingReceiver
 from .codecs import vp8_keyframe_size
-from .estimator import BandwidthEstimator
+from .estimator import REMB_MAX_AGE, BandwidthEstimator
 from .forwarder import TrackCounters, TrackForwarder, ViewerTrack, _newer
 from .probe import Prober
 from .simulcast import Layer, LayerSelector
@@ -104,6 +104,7 @@ class SimulcastForwarder:
         self._last_review = 0.0
         self.switches = 0
         self._moved_at: dict[ViewerTrack, float] = {}  # when each viewer's last switch was asked
+        self._moved_estimate: dict[ViewerTrack, float | None] = {}  # its estimate then
         self.prober = Prober()
         self.temporal = TemporalLayers(self)  # VP8 temporal rungs (media/temporal.py)
 
@@ -150,6 +151,7 @@ class SimulcastForwarder:
             gop_cache_bytes=self._gop_cache_bytes,
         )
         layer.receiver = self.receiver
+        layer.vp8_ids = self.codec.name == "VP8"  # viewers switch: their ids continue
         self.layers[ssrc] = layer
         unplaced, self.unplaced = self.unplaced, []
         for viewer in unplaced:  # the first layer: start there, move when others rank
@@ -176,8 +178,38 @@ class SimulcastForwarder:
         for viewer, policy in self.policies.items():
             ssrc = self.ssrc_of(viewer)
             current = self.selector.layers.get(ssrc) if self.selector and ssrc else None
-            target = self.layers[policy.choose(ranked, current).ssrc]
-            self.move(viewer, target)
+            chosen = policy.choose(ranked, current)
+            if self._holds(viewer, policy, ranked, chosen):
+                continue
+            self.move(viewer, self.layers[chosen.ssrc])
+
+    def _holds(self, viewer: ViewerTrack, policy: LayerPolicy, ranked: list[Layer], chosen: Layer) -> bool:
+        """Return whether an auto viewer stays on (or keeps switching to) a layer despite ``chosen``.
+
+        A passed probe raised its estimate to the rate the layer had then; a publisher
+        whose layers ramp up (its bandwidth cap just lifted) soon sends that layer faster
+        than the estimate. That is no sign the viewer's link cannot carry it: while its
+        estimate is no lower than at its last switch (no cut for loss or delay) and no
+        REMB of its says less than the layer, the viewer is not moved down (measured:
+        Chromium viewers moved back down 0.1-0.5 s after each switch up, no loss
+        reported, when the climb missed 10 s).
+        """
+        if policy.quality != "auto" or self.selector is None:
+            return False
+        moved = self._moved_estimate.get(viewer)
+        layer = viewer.next_layer or viewer.layer
+        key = next((k for k, forwarder in self.layers.items() if forwarder is layer), None)
+        held = self.selector.layers.get(key) if key is not None else None
+        if moved is None or held is None or held not in ranked:
+            return False
+        if ranked.index(chosen) >= ranked.index(held):
+            return False  # not a move down
+        estimator = policy.estimator
+        if estimator.estimate_bps is None or estimator.estimate_bps < moved:
+            return False  # cut for loss or delay since: down it goes
+        remb = estimator.remb_bps
+        return not (remb is not None and time.monotonic() - estimator.remb_at < REMB_MAX_AGE
+                    and remb < (held.avg_bps or held.peak_bps))
 
     def move(self, viewer: ViewerTrack, target: TrackForwarder) -> None:
         """Switch ``viewer`` to ``target`` at its next keyframe (or cancel a switch)."""
@@ -199,6 +231,10 @@ class SimulcastForwarder:
             return
         self.switches += 1
         self._moved_at[viewer] = time.monotonic()
+        policy = self.policies.get(viewer)
+        self._moved_estimate[viewer] = policy.estimator.estimate_bps if policy is not None else None
+        logger.debug("SSRC %d switches to layer %s", viewer.ssrc,
+                     next((key for key, layer in self.layers.items() if layer is target), None))
         viewer.next_layer = target
         target.waiting.append(viewer)
         target._keyframe_needed()
@@ -256,12 +292,18 @@ class SimulcastForwarder:
             rtt_for_loss = None  # the probe's own queue: judged here, not overuse of the layer
         else:
             rtt_for_loss = rtt
+        before = estimator.estimate_bps
         self.prober.on_report(viewer, estimator, lsr, rtt, loss)
         current_bps = current.avg_bps or current.rate_bps
         estimator.on_loss(
             loss, now, current_bps,
             (above[0].avg_bps or above[0].peak_bps) if above else None, rtt_for_loss,
         )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("report from SSRC %d on %s/%s: loss %.3f rtt %s (min %s) estimate %s -> %s; "
+                         "layers %s", viewer.ssrc, current.rid, current.max_tid, loss, rtt,
+                         estimator.min_rtt, before, estimator.estimate_bps,
+                         " ".join(f"{layer.rid}/{layer.max_tid}:{layer.avg_bps / 1000:.0f}k" for layer in ranked))
         lowest = next((layer for layer in ranked if not is_rung(layer)), None)
         if (lowest is not None and estimator.estimate_bps and not is_rung(current) and (
                 current is not lowest or probe is not None
@@ -322,12 +364,27 @@ class SimulcastForwarder:
                     or estimate >= (top.avg_bps or top.peak_bps)
                     or (policy.quality == "auto" and not policy.estimator.limited(now))):
                 return ceiling
-            best = max(best, ranked.index(policy.choose(ranked)))
+            best = max(best, ranked.index(policy.choose(ranked)), self._needed_index(viewer, ranked))
         # A temporal rung needs its whole encoding sent: the lowest encoding is the floor.
         floor = next(index for index, layer in enumerate(ranked) if not is_rung(layer))
         needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: max(best, floor) + 1]
                      if not is_rung(layer))
-        return int(min(ceiling, max(needed * 1.5, 100_000)))
+        cap = int(min(ceiling, max(needed * 1.5, 100_000)))
+        logger.debug("publisher capped at %d bit/s (viewers limited)", cap)
+        return cap
+
+    def _needed_index(self, viewer: ViewerTrack, ranked: list[Layer]) -> int:
+        """Return the rank of the layer ``viewer`` is on or switching to (0 if none).
+
+        The publisher must keep sending it: a cap below it paused the layer a held viewer
+        was on (:meth:`_holds`; measured: 0.6 s without a decoded frame).
+        """
+        layer = viewer.next_layer or viewer.layer
+        key = next((k for k, forwarder in self.layers.items() if forwarder is layer), None)
+        found = self.selector.layers.get(key) if self.selector is not None and key is not None else None
+        if found is None or found not in ranked:
+            return 0
+        return ranked.index(found)
 
     def set_quality(self, viewer: ViewerTrack, quality: str) -> None:
         """Pin a viewer's quality (``auto``, ``high`` or ``low``) and apply it at once."""
@@ -356,6 +413,7 @@ class SimulcastForwarder:
         """Remove a viewer from its layer (and from a pending switch)."""
         self.policies.pop(viewer, None)
         self._moved_at.pop(viewer, None)
+        self._moved_estimate.pop(viewer, None)
         self.prober.stop(viewer)
         if viewer in self.unplaced:
             self.unplaced.remove(viewer)
@@ -434,12 +492,15 @@ class SimulcastForwarder:
             before = [seq for seq in lost if _newer(first, seq)]
             if before:
                 lost = [seq for seq in lost if not _newer(first, seq)]
-                now = (viewer.seq_offset, viewer.ts_offset, viewer.start_seq)
-                old, viewer.seq_offset, viewer.ts_offset, viewer.start_seq = prior
+                now = (viewer.seq_offset, viewer.ts_offset, viewer.start_seq,
+                       viewer.pic_offset, viewer.tl0_offset)
+                (old, viewer.seq_offset, viewer.ts_offset, viewer.start_seq,
+                 viewer.pic_offset, viewer.tl0_offset) = prior
                 try:
                     old.on_nack(viewer, before)
                 finally:
-                    viewer.seq_offset, viewer.ts_offset, viewer.start_seq = now
+                    (viewer.seq_offset, viewer.ts_offset, viewer.start_seq,
+                     viewer.pic_offset, viewer.tl0_offset) = now
         if lost:
             layer.on_nack(viewer, lost)
 

@@ -156,6 +156,7 @@ class TemporalLayers:
                 gop_cache_bytes=owner._gop_cache_bytes,
             )
             forwarder.receiver = owner.receiver
+            forwarder.vp8_ids = True  # viewers switch to and from it: their ids continue
             owner.layers[key] = forwarder
             layer = Layer(parent.rid, key, max_tid=cap)
             owner.selector.layers[key] = layer  # type: ignore[union-attr]

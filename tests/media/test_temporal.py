@@ -153,7 +153,9 @@ def test_rungs_rank_below_the_lowest_layer_only_and_serve_auto_viewers_only() ->
     forwarder.layers[rung_key(1111, 1)]._keyframe_needed()
     assert asked == [1111, 1111]  # a rung's keyframe is its layer's
     assert forwarder.needed_bps(5_000_000) == 5_000_000  # nobody watches: nothing measured
-    forwarder.policies[object()] = auto  # type: ignore[index]  # a viewer on the TID 0 rung
+    # A viewer on the TID 0 rung (only what needed_bps reads of a ViewerTrack).
+    on_rung = type("OnRung", (), {"layer": forwarder.layers[rung_key(1111, 0)], "next_layer": None})()
+    forwarder.policies[on_rung] = auto
     auto.estimator.limited_at = time.monotonic()  # held back by its link (not still climbing)
     # The publisher is asked for the whole low layer (x1.5 headroom), not for the rung's rate.
     assert forwarder.needed_bps(5_000_000) == 450_000
