@@ -52,6 +52,7 @@ from server.db import migrate
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_P99_MS = 100.0  # what a buyer tapping "buy now" should wait at most, fan-out or not
 KINDS = ("product", "list", "checkout")
+JOINS_AT_ONCE = 8  # lean viewers joining at the same time (WHEP POST, ICE, DTLS)
 
 
 def log(message: str) -> None:
@@ -106,6 +107,7 @@ def publisher_main(base: str, livestream_id: str, stream_key: str, inbox: Any, o
 
 
 async def _media(base: str, livestream_id: str, viewers: int, inbox: Any, outbox: Any) -> None:
+    """aiortc viewers (``--viewer-kind aiortc``): SRTP and RTP parsing per packet, no decoding."""
     from aiortc import RTCConfiguration, RTCPeerConnection
 
     from benchmarks.bench_sfu import CountingSink
@@ -115,33 +117,88 @@ async def _media(base: str, livestream_id: str, viewers: int, inbox: Any, outbox
         pcs, sinks = [], []
         for index in range(viewers):
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-            sink = CountingSink()
-            install_receiver(pc.addTransceiver("video", direction="recvonly"), sink)
-            install_receiver(pc.addTransceiver("audio", direction="recvonly"), CountingSink())
+            video, audio = CountingSink(), CountingSink()
+            install_receiver(pc.addTransceiver("video", direction="recvonly"), video)
+            install_receiver(pc.addTransceiver("audio", direction="recvonly"), audio)
             await _connect(http, f"{base}/api/v1/livestreams/{livestream_id}/watch", pc, {})
             pcs.append(pc)
-            sinks.append(sink)
+            sinks.append((video, audio))
             if (index + 1) % 25 == 0 or index + 1 == viewers:
                 outbox.put(("progress", f"viewers connected: {index + 1}/{viewers}"))
         deadline = time.monotonic() + 30
-        while any(s.frames == 0 for s in sinks) and time.monotonic() < deadline:
+        while any(v.frames == 0 for v, _ in sinks) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        outbox.put(("ready", sum(1 for s in sinks if s.frames)))
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, inbox.get)  # "start"
-        before = [s.snapshot() for s in sinks]
-        await loop.run_in_executor(None, inbox.get)  # "stop"
-        after = [s.snapshot() for s in sinks]
-        outbox.put(("result", {
-            "videoFrames": [a["frames"] - b["frames"] for b, a in zip(before, after, strict=True)],
-            "videoPackets": sum(a["packets"] - b["packets"] for b, a in zip(before, after, strict=True)),
-        }))
+        outbox.put(("ready", sum(1 for v, _ in sinks if v.frames)))
+
+        def counts() -> list[dict[str, int]]:
+            out = []
+            for video, audio in sinks:
+                v, a = video.snapshot(), audio.snapshot()
+                out.append({"packets": v["packets"] + a["packets"], "expected": v["expected"] + a["expected"],
+                            "video_packets": v["packets"], "frames": v["frames"], "socket_drops": 0})
+            return out
+
+        outbox.put(("result", await _window(inbox, counts)))
         for pc in pcs:
             await pc.close()
 
 
-def media_main(base: str, livestream_id: str, viewers: int, inbox: Any, outbox: Any) -> None:
-    asyncio.run(_media(base, livestream_id, viewers, inbox, outbox))
+async def _window(inbox: Any, counts: Any) -> dict[str, Any]:
+    """Wait for "start", count, wait for "stop", count: each viewer's figures over the window."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, inbox.get)  # "start"
+    before, cpu0, t0 = counts(), time.process_time(), time.monotonic()
+    await loop.run_in_executor(None, inbox.get)  # "stop"
+    after, cpu, elapsed = counts(), time.process_time() - cpu0, time.monotonic() - t0
+    per_viewer = [{key: a[key] - b[key] for key in a} for b, a in zip(before, after, strict=True)]
+    return {"seconds": elapsed, "clientCpu": cpu / elapsed, "perViewer": per_viewer}
+
+
+async def _lean_media(base: str, livestream_id: str, viewers: int, inbox: Any, outbox: Any) -> None:
+    """Lean viewers (benchmarks/lean.py, the default): real ICE/DTLS, packets counted at the socket."""
+    from benchmarks.lean import LeanReceiver, LeanViewer, udp_socket_drops
+
+    async with _session() as http:
+        receiver = LeanReceiver()
+        lean = [LeanViewer(f"{base}/api/v1/livestreams/{livestream_id}/watch") for _ in range(viewers)]
+        gate = asyncio.Semaphore(JOINS_AT_ONCE)
+        joined = 0
+
+        async def join(viewer: LeanViewer) -> None:
+            nonlocal joined
+            async with gate:
+                await viewer.join(http)
+                receiver.add(viewer)
+            joined += 1
+            if joined % 50 == 0 or joined == viewers:
+                outbox.put(("progress", f"lean viewers connected: {joined}/{viewers}"))
+
+        await asyncio.gather(*(join(v) for v in lean))
+        deadline = time.monotonic() + 30
+        while any(v.snapshot()["frames"] == 0 for v in lean) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        outbox.put(("ready", sum(1 for v in lean if v.snapshot()["frames"])))
+
+        def counts() -> list[dict[str, int]]:
+            drops = udp_socket_drops()
+            out = []
+            for viewer in lean:
+                snap = viewer.snapshot()
+                out.append({"packets": snap["packets"], "expected": snap["expected"],
+                            "video_packets": snap["video_packets"], "frames": snap["frames"],
+                            "socket_drops": drops.get(viewer.sock.getsockname()[1], 0) if viewer.sock else 0})
+            return out
+
+        outbox.put(("result", await _window(inbox, counts)))
+        for viewer in lean:
+            receiver.remove(viewer)
+        await receiver.close()
+        await asyncio.gather(*(v.leave(http) for v in lean))
+
+
+def media_main(kind: str, base: str, livestream_id: str, viewers: int, inbox: Any, outbox: Any) -> None:
+    main = _lean_media if kind == "lean" else _media
+    asyncio.run(main(base, livestream_id, viewers, inbox, outbox))
 
 
 # -- the probe --------------------------------------------------------------------------
@@ -244,6 +301,39 @@ def _cpu_rates(before: list[float], after: list[float], seconds: float) -> dict[
     return {"serverCpu": round(sum(rates), 3), "workerCpu": rates[1:]}
 
 
+def delivery(media_result: dict[str, Any]) -> dict[str, Any]:
+    """Summarise what each viewer received over the window: loss, packet rate, fps.
+
+    Loss is a viewer's gaps in the sequence numbers of its SSRCs (video and audio) over
+    the packets expected in the window; the client's own socket drops (its buffer full
+    because it read too late) are counted apart, so a slow load generator is not read as
+    a slow server. Packets per second against the expected rate shows whether fan-out ran
+    at the stream's full rate.
+    """
+    seconds, viewers = media_result["seconds"], media_result["perViewer"]
+    losses = sorted(max(0, v["expected"] - v["packets"]) / v["expected"] if v["expected"] else 1.0
+                    for v in viewers)
+    rates = sorted(v["packets"] / seconds for v in viewers)
+    expected = sorted(v["expected"] / seconds for v in viewers)
+    fps = sorted(v["frames"] / seconds for v in viewers)
+    packets, wanted = sum(v["packets"] for v in viewers), sum(v["expected"] for v in viewers)
+    return {
+        "viewers": len(viewers), "seconds": round(seconds, 2),
+        "lossPercent": {"mean": round(100 * (1 - packets / wanted), 3) if wanted else None,
+                        "median": round(100 * _pct(losses, 0.5), 3), "p99": round(100 * _pct(losses, 0.99), 3),
+                        "max": round(100 * losses[-1], 3) if losses else None},
+        "viewersWithLoss": sum(1 for loss in losses if loss > 0),
+        "viewersWithoutPackets": sum(1 for v in viewers if v["packets"] == 0),
+        "clientSocketDrops": sum(v["socket_drops"] for v in viewers),
+        "packetsPerViewerSecond": {"min": round(rates[0], 1) if rates else None,
+                                   "median": round(_pct(rates, 0.5), 1)},
+        "expectedPerViewerSecond": round(_pct(expected, 0.5), 1),
+        "fps": {"min": round(fps[0], 1) if fps else None, "median": round(_pct(fps, 0.5), 1)},
+        "receivedPacketsPerSecond": round(packets / seconds),
+        "clientCpu": round(media_result["clientCpu"], 3),
+    }
+
+
 # -- setup ------------------------------------------------------------------------------
 
 async def seed(dsn: str, tokens: Tokens, buyers: int, livestreams: int) -> dict[str, Any]:
@@ -343,7 +433,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str], index: int, wor
             publisher = ctx.Process(target=publisher_main, args=(base, *show, to_publisher, from_publisher))
             publisher.start()
             inbox, outbox = ctx.Queue(), ctx.Queue()
-            media = ctx.Process(target=media_main, args=(base, show[0], args.viewers, inbox, outbox))
+            media = ctx.Process(target=media_main, args=(args.viewer_kind, base, show[0], args.viewers, inbox, outbox))
             try:
                 await loop.run_in_executor(None, from_publisher.get)  # "published"
                 await asyncio.sleep(1.0)
@@ -368,11 +458,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str], index: int, wor
                     (await _packets_out(private or [base], show[0]) - sent0) / elapsed)
                 inbox.put("stop")
                 kind, media_result = await loop.run_in_executor(None, outbox.get)
-                frames = media_result["videoFrames"]
-                fanout["viewerFps"] = {
-                    "min": round(min(frames) / elapsed, 1), "median": round(sorted(frames)[len(frames) // 2] / elapsed, 1),
-                }
-                fanout["forwardedVideoPacketsPerSecond"] = round(media_result["videoPackets"] / elapsed)
+                fanout["delivery"] = delivery(media_result)
                 result["phases"]["fanout"] = fanout
             finally:
                 to_publisher.put("stop")
@@ -401,7 +487,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     dsn = _with_database(admin, name)
     jwt_secret = secrets.token_urlsafe(48)
     results: dict[str, Any] = {
-        "benchmark": "commerce_fanout", "viewers": args.viewers, "seconds": args.seconds, "rate": args.rate,
+        "benchmark": "commerce_fanout", "viewers": args.viewers, "viewerKind": args.viewer_kind, "seconds": args.seconds, "rate": args.rate,
         "workers": args.workers, "redis": bool(redis_url), "cores": os.cpu_count(),
         "loadavgBefore": os.getloadavg(), "targetP99Ms": TARGET_P99_MS, "runs": [],
     }
@@ -446,13 +532,26 @@ def _summary(results: dict[str, Any]) -> None:
                 print(f"requests over {TARGET_P99_MS:g} ms during fan-out: {len(late)}, sent at "
                       f"{late[0]}-{late[-1]} s into the phase")
             split = f" (workers {', '.join(str(c) for c in fanout['workerCpu'])})" if fanout["workerCpu"] else ""
+            d = fanout["delivery"]
             print(f"server CPU: idle {idle['serverCpu']} cores, fan-out {fanout['serverCpu']} cores{split}; "
-                  f"{results['viewers']} viewers at {fanout['viewerFps']['median']} fps median "
-                  f"(min {fanout['viewerFps']['min']}), {fanout['forwardedVideoPacketsPerSecond']} video packets/s "
-                  f"received, {fanout['serverPacketsOutPerSecond']} packets/s sent by the server")
+                  f"{fanout['serverPacketsOutPerSecond']} packets/s sent by the server")
+            print(f"viewers ({results['viewerKind']}): {d['viewers']} at {d['fps']['median']} fps median "
+                  f"(min {d['fps']['min']}), {d['packetsPerViewerSecond']['median']} packets/s each "
+                  f"(min {d['packetsPerViewerSecond']['min']}, stream {d['expectedPerViewerSecond']}); "
+                  f"loss per viewer mean {d['lossPercent']['mean']} % / p99 {d['lossPercent']['p99']} % / "
+                  f"max {d['lossPercent']['max']} %, {d['viewersWithLoss']} viewers with any loss, "
+                  f"client socket drops {d['clientSocketDrops']}, client CPU {d['clientCpu']} cores")
             print(f"target: every p99 <= {TARGET_P99_MS:g} ms during fan-out: "
                   f"{'met' if worst <= TARGET_P99_MS else 'NOT met'} (worst {worst} ms)")
         first = first or run
+    if len(results["runs"]) > 1:
+        base = results["runs"][0]
+        print(f"\nfan-out p99 of each run against the first ({base['workers']} worker(s)):")
+        for run in results["runs"][1:]:
+            if run["phases"].get("fanout") and base["phases"].get("fanout"):
+                ratios = ", ".join(f"{k} {run['phases']['fanout'][k]['p99Ms'] / base['phases']['fanout'][k]['p99Ms']:.2f}"
+                                   for k in KINDS if base["phases"]["fanout"][k]["p99Ms"])
+                print(f"  {run['workers']} worker(s): p99 / {base['workers']}w p99 = {ratios} (under 1: faster)")
 
 
 def _worker_counts(text: str) -> list[int]:
@@ -472,6 +571,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="probe requests per second, all kinds")
     parser.add_argument("--workers", type=_worker_counts, default=[1],
                         help="worker counts to measure in turn, e.g. 1,2 (more than 1 needs Redis)")
+    parser.add_argument("--viewer-kind", choices=("lean", "aiortc"), default="lean",
+                        help="lean: benchmarks/lean.py (counted at the socket, ~3 us/packet); "
+                             "aiortc: SRTP + RTP parsing per packet (~20 us/packet)")
     args = parser.parse_args()
     results = asyncio.run(run(args))
     _summary(results)
