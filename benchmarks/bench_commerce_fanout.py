@@ -289,16 +289,30 @@ async def _packets_out(bases: list[str], livestream_id: str) -> float:
     return total
 
 
-def _server_cpu(pid: int) -> list[float]:
-    """Return the CPU seconds of the server and of each worker it supervises (in pid order)."""
+def _server_cpu(pid: int) -> list[tuple[float, float]]:
+    """Return (CPU seconds, run-queue wait seconds of its main thread) for the server and each worker.
+
+    The wait is how long the event loop's thread was runnable but not running (the kernel's
+    schedstat): time the machine, not the server's own work, added to every answer.
+    """
     children = sorted(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
-    return [_cpu_seconds(pid)] + [_cpu_seconds(c) for c in children]
+    return [(_cpu_seconds(p), _runqueue_wait(p)) for p in [pid, *children]]
 
 
-def _cpu_rates(before: list[float], after: list[float], seconds: float) -> dict[str, Any]:
-    """Return the server's total CPU (cores) and each worker's, over `seconds`."""
-    rates = [round((b - a) / seconds, 3) for a, b in zip(before, after, strict=True)]
-    return {"serverCpu": round(sum(rates), 3), "workerCpu": rates[1:]}
+def _runqueue_wait(pid: int) -> float:
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def _cpu_rates(before: list[tuple[float, float]], after: list[tuple[float, float]], seconds: float) -> dict[str, Any]:
+    """Return the server's total CPU (cores) and each worker's, and each loop's run-queue wait (ms per s)."""
+    rates = [round((b[0] - a[0]) / seconds, 3) for a, b in zip(before, after, strict=True)]
+    waits = [round((b[1] - a[1]) / seconds * 1000, 1) for a, b in zip(before, after, strict=True)]
+    return {"serverCpu": round(sum(rates), 3), "workerCpu": rates[1:],
+            # one process: its own; workers: each worker's (the supervisor only waits)
+            "runqueueWaitMsPerS": waits[1:] or waits}
 
 
 def delivery(media_result: dict[str, Any]) -> dict[str, Any]:
@@ -535,6 +549,8 @@ def _summary(results: dict[str, Any]) -> None:
             d = fanout["delivery"]
             print(f"server CPU: idle {idle['serverCpu']} cores, fan-out {fanout['serverCpu']} cores{split}; "
                   f"{fanout['serverPacketsOutPerSecond']} packets/s sent by the server")
+            print(f"server loop waiting for a CPU (control, ms per s): idle {idle['runqueueWaitMsPerS']}, "
+                  f"fan-out {fanout['runqueueWaitMsPerS']}")
             print(f"viewers ({results['viewerKind']}): {d['viewers']} at {d['fps']['median']} fps median "
                   f"(min {d['fps']['min']}), {d['packetsPerViewerSecond']['median']} packets/s each "
                   f"(min {d['packetsPerViewerSecond']['min']}, stream {d['expectedPerViewerSecond']}); "
