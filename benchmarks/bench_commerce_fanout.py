@@ -590,11 +590,12 @@ def main() -> None:
     parser.add_argument("--viewer-kind", choices=("lean", "aiortc"), default="lean",
                         help="lean: benchmarks/lean.py (counted at the socket, ~3 us/packet); "
                              "aiortc: SRTP + RTP parsing per packet (~20 us/packet)")
+    parser.add_argument("--out", type=Path, help="write the JSON here (default benchmarks/results/commerce_fanout-<time>.json)")
     args = parser.parse_args()
     results = asyncio.run(run(args))
     _summary(results)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"commerce_fanout-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = args.out or RESULTS / f"commerce_fanout-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")
 
