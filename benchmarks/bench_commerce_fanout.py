@@ -289,6 +289,45 @@ async def _packets_out(bases: list[str], livestream_id: str) -> float:
     return total
 
 
+async def _loop_lag(bases: list[str]) -> list[dict[float, float]]:
+    """Return each server's (worker's) event-loop lag histogram: upper bound (s) -> cumulative count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = []
+    async with aiohttp.ClientSession() as http:
+        for base in bases:
+            async with http.get(base + "/metrics") as resp:
+                text = await resp.text()
+            buckets: dict[float, float] = {}
+            for family in text_string_to_metric_families(text):
+                if family.name == "shopstream_event_loop_lag_seconds":
+                    for sample in family.samples:
+                        if sample.name.endswith("_bucket"):
+                            buckets[float(sample.labels["le"])] = sample.value
+            out.append(buckets)
+    return out
+
+
+def _lag_figures(before: list[dict[float, float]], after: list[dict[float, float]]) -> list[dict[str, Any]]:
+    """Return, per worker, the loop lag p50/p99 over a phase (bucket upper bounds, ms) and the samples."""
+    figures = []
+    for a, b in zip(before, after, strict=True):
+        if not b:  # a server without the metric
+            figures.append({})
+            continue
+        bounds = sorted(b)
+        counts = [b[le] - a.get(le, 0.0) for le in bounds]
+        total = counts[-1]
+
+        def bound(q: float, bounds: list[float] = bounds, counts: list[float] = counts, total: float = total) -> float:
+            return next((le for le, c in zip(bounds, counts, strict=True) if c >= q * total), bounds[-1]) * 1000
+
+        over = total - counts[bounds.index(0.1)] if 0.1 in bounds else None
+        figures.append({"samples": int(total), "p50LeMs": bound(0.5), "p99LeMs": bound(0.99),
+                        "over100Ms": int(over) if over is not None else None})
+    return figures
+
+
 def _server_cpu(pid: int) -> list[tuple[float, float]]:
     """Return (CPU seconds, run-queue wait seconds of its main thread) for the server and each worker.
 
@@ -436,9 +475,11 @@ async def measure(args: argparse.Namespace, env: dict[str, str], index: int, wor
             await _ready([base, *private])
             probe_args = (base, seeded["productId"], seeded["variantId"], seeded["buyers"])
             log(f"{workers} worker(s), idle: probing {args.seconds:.0f} s at {args.rate:g} req/s ...")
+            lag0 = await _loop_lag(private or [base])
             cpu0, t0 = _server_cpu(server.pid), time.perf_counter()
             idle = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase=f"{index}-w{workers}-idle")
             idle.update(_cpu_rates(cpu0, _server_cpu(server.pid), time.perf_counter() - t0))
+            idle["loopLag"] = _lag_figures(lag0, await _loop_lag(private or [base]))
             result["phases"]["idle"] = idle
 
             ctx = multiprocessing.get_context("spawn")
@@ -463,10 +504,12 @@ async def measure(args: argparse.Namespace, env: dict[str, str], index: int, wor
                 log(f"{workers} worker(s), fanout: probing {args.seconds:.0f} s at {args.rate:g} req/s ...")
                 inbox.put("start")
                 sent0 = await _packets_out(private or [base], show[0])
+                lag0 = await _loop_lag(private or [base])
                 cpu0, t0 = _server_cpu(server.pid), time.perf_counter()
                 fanout = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase=f"{index}-w{workers}-fanout")
                 elapsed = time.perf_counter() - t0
                 fanout.update(_cpu_rates(cpu0, _server_cpu(server.pid), elapsed))
+                fanout["loopLag"] = _lag_figures(lag0, await _loop_lag(private or [base]))
                 # What the server sent (to viewers and relays), whether or not the viewers kept up.
                 fanout["serverPacketsOutPerSecond"] = round(
                     (await _packets_out(private or [base], show[0]) - sent0) / elapsed)
@@ -551,6 +594,11 @@ def _summary(results: dict[str, Any]) -> None:
                   f"{fanout['serverPacketsOutPerSecond']} packets/s sent by the server")
             print(f"server loop waiting for a CPU (control, ms per s): idle {idle['runqueueWaitMsPerS']}, "
                   f"fan-out {fanout['runqueueWaitMsPerS']}")
+            if all(fanout["loopLag"]):
+                print("server event-loop lag per worker, p50 / p99 (bucket bounds, ms): idle "
+                      + ", ".join(f"{w['p50LeMs']:g} / {w['p99LeMs']:g}" for w in idle["loopLag"])
+                      + "; fan-out " + ", ".join(f"{w['p50LeMs']:g} / {w['p99LeMs']:g} ({w['over100Ms']} of "
+                                                  f"{w['samples']} samples over 100 ms)" for w in fanout["loopLag"]))
             print(f"viewers ({results['viewerKind']}): {d['viewers']} at {d['fps']['median']} fps median "
                   f"(min {d['fps']['min']}), {d['packetsPerViewerSecond']['median']} packets/s each "
                   f"(min {d['packetsPerViewerSecond']['min']}, stream {d['expectedPerViewerSecond']}); "
