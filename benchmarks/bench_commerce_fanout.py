@@ -164,16 +164,28 @@ async def _lean_media(base: str, livestream_id: str, viewers: int, inbox: Any, o
         gate = asyncio.Semaphore(JOINS_AT_ONCE)
         joined = 0
 
+        failures: list[str] = []
+
         async def join(viewer: LeanViewer) -> None:
             nonlocal joined
             async with gate:
-                await viewer.join(http)
+                try:
+                    await viewer.join(http, timeout=60.0)
+                except (RuntimeError, TimeoutError, aiohttp.ClientError) as exc:
+                    failures.append(repr(exc)[:200])  # reported; the run goes on without it
+                    return
                 receiver.add(viewer)
             joined += 1
             if joined % 50 == 0 or joined == viewers:
                 outbox.put(("progress", f"lean viewers connected: {joined}/{viewers}"))
 
+        started = time.monotonic()
         await asyncio.gather(*(join(v) for v in lean))
+        outbox.put(("joined", {"joined": joined, "seconds": round(time.monotonic() - started, 1),
+                               "failures": failures[:5], "failed": len(failures)}))
+        failed = [v for v in lean if v.sock is None]
+        await asyncio.gather(*(v.leave(http) for v in failed))
+        lean = [v for v in lean if v.sock is not None]
         deadline = time.monotonic() + 30
         while any(v.snapshot()["frames"] == 0 for v in lean) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -454,6 +466,19 @@ async def _ready(bases: list[str]) -> None:
     raise RuntimeError("server did not start")
 
 
+async def _next(outbox: Any, process: Any) -> tuple[str, Any]:
+    """Return the next message of a client process; fail (not hang) if the process died."""
+    import queue
+
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return await loop.run_in_executor(None, lambda: outbox.get(timeout=1.0))
+        except queue.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"the viewers' process exited ({process.exitcode})") from None
+
+
 async def measure(args: argparse.Namespace, env: dict[str, str], index: int, workers: int,
                   seeded: dict[str, Any], show: tuple[str, str]) -> dict[str, Any]:
     """Start the server with `workers` workers; probe it idle, then during fan-out.
@@ -494,9 +519,13 @@ async def measure(args: argparse.Namespace, env: dict[str, str], index: int, wor
                 await asyncio.sleep(1.0)
                 media.start()
                 while True:
-                    kind, value = await loop.run_in_executor(None, outbox.get)
+                    kind, value = await _next(outbox, media)
                     if kind == "progress":
                         log(value)
+                    elif kind == "joined":
+                        result["joins"] = value
+                        log(f"lean viewers joined: {value['joined']}/{args.viewers} in {value['seconds']} s"
+                            + (f"; {value['failed']} failed, e.g. {value['failures'][0]}" if value["failed"] else ""))
                     elif kind == "ready":
                         log(f"viewers receiving frames: {value}/{args.viewers}")
                         result["viewersReceiving"] = value
@@ -514,7 +543,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str], index: int, wor
                 fanout["serverPacketsOutPerSecond"] = round(
                     (await _packets_out(private or [base], show[0]) - sent0) / elapsed)
                 inbox.put("stop")
-                kind, media_result = await loop.run_in_executor(None, outbox.get)
+                kind, media_result = await _next(outbox, media)
                 fanout["delivery"] = delivery(media_result)
                 result["phases"]["fanout"] = fanout
             finally:
