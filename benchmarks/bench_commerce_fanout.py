@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing
 import os
 import secrets
@@ -331,8 +332,11 @@ def _lag_figures(before: list[dict[float, float]], after: list[dict[float, float
         counts = [b[le] - a.get(le, 0.0) for le in bounds]
         total = counts[-1]
 
-        def bound(q: float, bounds: list[float] = bounds, counts: list[float] = counts, total: float = total) -> float:
-            return next((le for le, c in zip(bounds, counts, strict=True) if c >= q * total), bounds[-1]) * 1000
+        def bound(q: float, bounds: list[float] = bounds, counts: list[float] = counts,
+                  total: float = total) -> float | None:
+            """The bucket bound (ms) under which a share q of the samples fell; None past the last bound."""
+            le = next((le for le, c in zip(bounds, counts, strict=True) if c >= q * total), math.inf)
+            return None if math.isinf(le) else le * 1000
 
         over = total - counts[bounds.index(0.1)] if 0.1 in bounds else None
         figures.append({"samples": int(total), "p50LeMs": bound(0.5), "p99LeMs": bound(0.99),
@@ -624,9 +628,12 @@ def _summary(results: dict[str, Any]) -> None:
             print(f"server loop waiting for a CPU (control, ms per s): idle {idle['runqueueWaitMsPerS']}, "
                   f"fan-out {fanout['runqueueWaitMsPerS']}")
             if all(fanout["loopLag"]):
+                def ms(value: float | None) -> str:
+                    return ">5000" if value is None else f"{value:g}"
+
                 print("server event-loop lag per worker, p50 / p99 (bucket bounds, ms): idle "
-                      + ", ".join(f"{w['p50LeMs']:g} / {w['p99LeMs']:g}" for w in idle["loopLag"])
-                      + "; fan-out " + ", ".join(f"{w['p50LeMs']:g} / {w['p99LeMs']:g} ({w['over100Ms']} of "
+                      + ", ".join(f"{ms(w['p50LeMs'])} / {ms(w['p99LeMs'])}" for w in idle["loopLag"])
+                      + "; fan-out " + ", ".join(f"{ms(w['p50LeMs'])} / {ms(w['p99LeMs'])} ({w['over100Ms']} of "
                                                   f"{w['samples']} samples over 100 ms)" for w in fanout["loopLag"]))
             print(f"viewers ({results['viewerKind']}): {d['viewers']} at {d['fps']['median']} fps median "
                   f"(min {d['fps']['min']}), {d['packetsPerViewerSecond']['median']} packets/s each "
