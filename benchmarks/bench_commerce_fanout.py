@@ -1,6 +1,7 @@
 """Commerce while the SFU forwards: API and checkout latency with and without viewers.
 
     python -m benchmarks.bench_commerce_fanout [--viewers 100] [--seconds 15] [--rate 40] [--workers 1,2]
+        [--viewer-kind lean|aiortc] [--out FILE]
 
 Issue 16, item 6: API and checkout latency must not be hostage to media fan-out. A
 server (`python -m server serve --workers N`, for each N of `--workers` in turn: one
@@ -9,22 +10,29 @@ run measures each server twice with the same probe:
 
 - `idle`: no media (the baseline);
 - `fanout`: a publisher replaying a pre-encoded 640x360 VP8 clip (~1.5 Mbit/s, plus
-  Opus) and `--viewers` aiortc viewers that count packets without decoding, each side in
-  a client process of its own (viewers that fall behind do not slow the publisher), while
-  the SFU forwards to all of them; the packets the server sent are read from /metrics.
+  Opus) in a client process of its own, and `--viewers` viewers in another (viewers that
+  fall behind do not slow the publisher), while the SFU forwards to all of them. Viewers
+  are lean by default (benchmarks/lean.py: a real WHEP join over ICE/DTLS, then packets
+  counted from the socket without SRTP, ~3 us per packet, so the client keeps up with
+  hundreds); `--viewer-kind aiortc` uses aiortc peers (SRTP and RTP parsing per packet).
 
 The probe, in this process, sends at `--rate` requests/s in total, open loop (a slow
 answer does not slow the sending): `GET /api/v1/products/{id}` (cached read),
 `GET /api/v1/products?limit=20`, and `POST /api/v1/checkout/session` (a real stock hold
 and payment with the offline provider; one in four requests). Prints p50/p99 per request
-kind, the fan-out phase's ratio to idle, viewer delivery and server CPU (per worker),
-and with several worker counts the fan-out p99 of each against the first's; writes
-benchmarks/results/commerce_fanout-<time>.json. Needs PostgreSQL (BENCH_DATABASE_URL or
-TEST_DATABASE_URL; a database is created and dropped), and Redis for more than one
-worker (BENCH_REDIS_URL or TEST_REDIS_URL; then every server of the run uses it, so that
-only the worker count differs). Every viewer and probe request opens its own connection
-or keeps one open: with workers, the kernel (SO_REUSEPORT) picks the worker per
-connection, so viewers spread over the workers and are relayed from the publisher's.
+kind, the fan-out phase's ratio to idle, and with several worker counts the fan-out p99
+of each against the first's. Beside them: what each viewer received over the window
+(fps, packets/s against the stream's rate, loss per viewer, the client's own socket
+drops), the packets the server sent (/metrics), server CPU per worker, and two controls:
+each server loop's run-queue wait (schedstat: runnable, but the machine gave it no CPU)
+and each worker's event-loop lag (`shopstream_event_loop_lag_seconds`). Writes
+benchmarks/results/commerce_fanout-<time>.json (or `--out`). Needs PostgreSQL
+(BENCH_DATABASE_URL or TEST_DATABASE_URL; a database is created and dropped), and Redis
+for more than one worker (BENCH_REDIS_URL or TEST_REDIS_URL; then every server of the
+run uses it, so that only the worker count differs). Every viewer and probe request
+opens its own connection or keeps one open: with workers, the kernel (SO_REUSEPORT)
+picks the worker per connection, so viewers spread over the workers and are relayed
+from the publisher's.
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ def test_commerce_fanout_runs_and_reports_delivery(kind: str, workers: str, tmp_
             for request in KINDS:
                 assert run["phases"][phase][request]["count"] > 0, (phase, request, run["phases"][phase])
             assert len(run["phases"][phase]["runqueueWaitMsPerS"]) == run["workers"]
+            # Each worker's event-loop lag, sampled 20 times a second over the phase.
+            lags = run["phases"][phase]["loopLag"]
+            assert len(lags) == run["workers"] and all(lag["samples"] >= 20 for lag in lags), lags
         fanout = run["phases"]["fanout"]
         delivery = fanout["delivery"]
         assert delivery["viewers"] == 6 and delivery["viewersWithoutPackets"] == 0
