@@ -60,7 +60,7 @@ from server.db import migrate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_P99_MS = 100.0  # what a buyer tapping "buy now" should wait at most, fan-out or not
-KINDS = ("product", "list", "checkout")
+KINDS = ("product", "list", "cart", "checkout")
 JOINS_AT_ONCE = 8  # lean viewers joining at the same time (WHEP POST, ICE, DTLS)
 
 
@@ -235,10 +235,18 @@ async def probe(base: str, product_id: str, variant_id: str, buyers: list[tuple[
     async with aiohttp.ClientSession(connector=connector) as http:
 
         async def one(n: int) -> None:
-            kind = "checkout" if n % 4 == 3 else ("product" if n % 2 == 0 else "list")
+            # Half product reads, a quarter checkouts, an eighth list reads, an eighth cart adds.
+            kind = "checkout" if n % 4 == 3 else "product" if n % 2 == 0 else "list" if n % 8 == 1 else "cart"
             started = time.perf_counter()
             try:
-                if kind == "checkout":
+                if kind == "cart":  # a viewer adding the product to the cart (one line per buyer)
+                    token, _ = buyers[(n // 8) % len(buyers)]
+                    resp = await http.post(
+                        f"{base}/api/v1/me/cart/items",
+                        json={"productId": product_id, "variantId": variant_id, "qty": 1},
+                        headers={"Authorization": f"Bearer {token}"})
+                    ok = resp.status in (200, 201)
+                elif kind == "checkout":
                     token, address = buyers[n % len(buyers)]
                     resp = await http.post(
                         f"{base}/api/v1/checkout/session",

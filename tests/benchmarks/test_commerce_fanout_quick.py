@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-KINDS = ("product", "list", "checkout")
+KINDS = ("product", "list", "cart", "checkout")
 
 
 @pytest.mark.timeout(300)
