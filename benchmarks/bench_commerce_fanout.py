@@ -318,7 +318,7 @@ async def _packets_out(bases: list[str], livestream_id: str) -> float:
     return total
 
 
-async def _loop_lag(bases: list[str]) -> list[dict[float, float]]:
+async def _loop_lag(bases: list[str], metric: str = "shopstream_event_loop_lag_seconds") -> list[dict[float, float]]:
     """Return each server's (worker's) event-loop lag histogram: upper bound (s) -> cumulative count."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -329,7 +329,7 @@ async def _loop_lag(bases: list[str]) -> list[dict[float, float]]:
                 text = await resp.text()
             buckets: dict[float, float] = {}
             for family in text_string_to_metric_families(text):
-                if family.name == "shopstream_event_loop_lag_seconds":
+                if family.name == metric:
                     for sample in family.samples:
                         if sample.name.endswith("_bucket"):
                             buckets[float(sample.labels["le"])] = sample.value
@@ -554,11 +554,14 @@ async def measure(args: argparse.Namespace, env: dict[str, str], index: int, wor
                 inbox.put("start")
                 sent0 = await _packets_out(private or [base], show[0])
                 lag0 = await _loop_lag(private or [base])
+                gc0 = await _loop_lag(private or [base], "shopstream_gc_pause_seconds")
                 cpu0, t0 = _server_cpu(server.pid), time.perf_counter()
                 fanout = await probe(*probe_args, rate=args.rate, seconds=args.seconds, phase=f"{index}-w{workers}-fanout")
                 elapsed = time.perf_counter() - t0
                 fanout.update(_cpu_rates(cpu0, _server_cpu(server.pid), elapsed))
                 fanout["loopLag"] = _lag_figures(lag0, await _loop_lag(private or [base]))
+                # Garbage collections during the phase: their count, p99 and how many took over 100 ms.
+                fanout["gcPauses"] = _lag_figures(gc0, await _loop_lag(private or [base], "shopstream_gc_pause_seconds"))
                 # What the server sent (to viewers and relays), whether or not the viewers kept up.
                 fanout["serverPacketsOutPerSecond"] = round(
                     (await _packets_out(private or [base], show[0]) - sent0) / elapsed)
@@ -651,6 +654,10 @@ def _summary(results: dict[str, Any]) -> None:
                       + ", ".join(f"{ms(w['p50LeMs'])} / {ms(w['p99LeMs'])}" for w in idle["loopLag"])
                       + "; fan-out " + ", ".join(f"{ms(w['p50LeMs'])} / {ms(w['p99LeMs'])} ({w['over100Ms']} of "
                                                   f"{w['samples']} samples over 100 ms)" for w in fanout["loopLag"]))
+                if all(fanout.get("gcPauses") or [{}]):
+                    print("server garbage collections during fan-out per worker: "
+                          + ", ".join(f"{w['samples']}, p99 {ms(w['p99LeMs'])} ms, {w['over100Ms']} over 100 ms"
+                                      for w in fanout["gcPauses"]))
             print(f"viewers ({results['viewerKind']}): {d['viewers']} at {d['fps']['median']} fps median "
                   f"(min {d['fps']['min']}), {d['packetsPerViewerSecond']['median']} packets/s each "
                   f"(min {d['packetsPerViewerSecond']['min']}, stream {d['expectedPerViewerSecond']}); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator
 
@@ -117,6 +118,7 @@ async def loop_lag_context(app: web.Application) -> AsyncIterator[None]:
     A task sleeps LOOP_LAG_INTERVAL and records how much later than that it woke: what
     any await of a request (a database answer, the next read of its body) waits for its
     turn on this loop, whether behind media fan-out, other requests or a busy machine.
+    Each garbage collection's duration goes to `shopstream_gc_pause_seconds`.
     """
     histogram = app[METRICS].loop_lag
 
@@ -127,8 +129,19 @@ async def loop_lag_context(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(LOOP_LAG_INTERVAL)
             histogram.observe(max(0.0, clock() - before - LOOP_LAG_INTERVAL))
 
+    pauses = app[METRICS].gc_pause
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
     task = asyncio.get_running_loop().create_task(sample())
     yield
+    gc.callbacks.remove(on_gc)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

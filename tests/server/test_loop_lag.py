@@ -24,3 +24,17 @@ async def test_a_blocked_loop_is_counted_as_lag(client) -> None:
     after = await _lag_buckets(client)
     late = (after["+Inf"] - after["0.1"]) - (before["+Inf"] - before["0.1"])
     assert late >= 1, (before, after)  # the sample due during the block woke about 250-300 ms late
+
+
+async def test_garbage_collections_are_timed(client) -> None:
+    import gc
+
+    async def collections() -> float:
+        text = await (await client.get("/metrics")).text()
+        return next(s.value for family in text_string_to_metric_families(text)
+                    if family.name == "shopstream_gc_pause_seconds" for s in family.samples
+                    if s.name.endswith("_count"))
+
+    before = await collections()
+    gc.collect()
+    assert await collections() >= before + 1
