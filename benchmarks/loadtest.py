@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks import report as reporting
-from benchmarks.peers import MediaViewer, Publisher
+from benchmarks.peers import LeanMediaViewer, MediaViewer, Publisher
 from benchmarks.scenario import Scenario, ScenarioError, add_arguments, from_arguments
 from benchmarks.shop import (API, Account, Api, EventsClient, LoadError, Show, add_shoppers, buy_now, set_up,
                              within)
@@ -82,7 +82,8 @@ class LoadTest:
         self.cluster_room: dict[str, Any] | None = None  # the room in the admin cluster view
         self.show: Show | None = None
         self.publisher: Publisher | None = None
-        self.viewers: list[MediaViewer] = []
+        self.viewers: list[MediaViewer | LeanMediaViewer] = []
+        self.lean_receiver: Any = None  # benchmarks.lean.LeanReceiver, made with the first lean viewer
         self.events: dict[int, EventsClient] = {}
         self.shopper_events: dict[int, EventsClient] = {}
         self.ws_joined = 0
@@ -123,7 +124,7 @@ class LoadTest:
         self.log(f"setup: {len(self.show.shoppers)} shopper(s) signed up; starting the {s.publisher} publisher")
         await self._start_publisher()
         self.t0 = time.monotonic()
-        self.log(f"live: {s.media_viewers} media + {s.ws_viewers} WS viewers at {s.join_rate}/s, "
+        self.log(f"live: {s.media_viewers} media ({s.lean_viewers} lean) + {s.ws_viewers} WS viewers at {s.join_rate}/s, "
                  f"{s.duration:.0f} s" + (f", over {len(self.apis)} nodes" if len(self.apis) > 1 else ""))
         for name, coro in (("sample", self._sample()), ("join", self._join_all()),
                            ("chat", self._chat()), ("drop", self._drop())):
@@ -190,7 +191,15 @@ class LoadTest:
         node = self.node_of[index] = index % len(self.apis)
         api = self.apis[node]
         if not ws_only:
-            viewer = MediaViewer(api.base, show.livestream_id, self.s.decode_first_frames)
+            viewer: MediaViewer | LeanMediaViewer
+            if self.s.is_lean(index):
+                if self.lean_receiver is None:
+                    from benchmarks.lean import LeanReceiver
+
+                    self.lean_receiver = LeanReceiver()
+                viewer = LeanMediaViewer(api.base, show.livestream_id, self.lean_receiver)
+            else:
+                viewer = MediaViewer(api.base, show.livestream_id, self.s.decode_first_frames)
             self.viewers.append(viewer)
             self.viewer_nodes.append(node)
             try:
@@ -351,6 +360,7 @@ class LoadTest:
             await self._read_cluster_view()
         self.log(f"stop: leaving {len(self.viewers)} media and {len(self.events)} events session(s)")
         await self._bounded("leaving a WHEP session", [v.leave(self.api.http) for v in self.viewers])
+        await self._close_lean_receiver()
         await self._bounded("closing an events socket", [e.close() for e in self.events.values()])
         if self.publisher is not None:
             self.log("stop: stopping the publisher")
@@ -361,6 +371,11 @@ class LoadTest:
             await self._bounded("stopping the publisher", [self.publisher.stop()])
         self.stopped = True
         self.log("stop: done")
+
+    async def _close_lean_receiver(self) -> None:
+        receiver, self.lean_receiver = self.lean_receiver, None
+        if receiver is not None:
+            await self._bounded("stopping the lean viewers' receiver", [receiver.close()])
 
     async def _read_metrics(self, timeout: float) -> list[dict[str, float]]:
         """Read every node's `/metrics` at once; return each node's figures (target first)."""
@@ -449,6 +464,7 @@ class LoadTest:
         frames = [m["frames"] for m in joined]
         packets = [m["video_packets"] + m["audio_packets"] for m in joined]
         losses = [m["loss"] for m in joined if m["loss"] is not None]
+        full = [m for m in joined if m.get("kind") != "lean"]  # first-frame and freeze figures
         report = {
             "scenario": s.as_dict(),
             "notes": self.show.notes if self.show else [],
@@ -466,8 +482,10 @@ class LoadTest:
                 "frames_min": min(frames, default=None), "frames_mean": _mean(frames),
                 "packets_min": min(packets, default=None), "packets_mean": _mean(packets),
                 "loss_mean": _mean(losses), "loss_max": max(losses, default=None),
-                "freezes": sum(m["freezes"] for m in joined),
-                "viewers_with_freezes": sum(1 for m in joined if m["freezes"]),
+                "freezes": sum(m["freezes"] for m in full),
+                "viewers_with_freezes": sum(1 for m in full if m["freezes"]),
+                "lean_viewers": len(joined) - len(full), "aiortc_viewers": len(full),
+                "client_socket_drops": sum(m.get("socket_drops", 0) for m in joined),
                 "per_viewer": media,
             },
             "chat": {
@@ -534,6 +552,7 @@ class LoadTest:
         if not self.stopped:
             await self._bounded("closing an events socket", [e.close() for e in self.events.values()])
             await self._bounded("closing a viewer", [v.leave(self.api.http) for v in self.viewers])
+        await self._close_lean_receiver()
         for api in self.apis:
             with contextlib.suppress(Exception):  # noqa: BLE001 - best-effort cleanup
                 await within(STOP_SECONDS, api.close(), "closing the HTTP client")
@@ -596,7 +615,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        # Lean viewers take their sockets from the loop (pause_reading), which uvloop's UDP
+        # transport cannot do: with any, the run uses the default asyncio loop.
+        factory = None if scenario.lean_viewers else uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
             result = runner.run(run(scenario))
     except LoadError as exc:
         print(f"load test failed: {exc}", file=sys.stderr)

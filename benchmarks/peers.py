@@ -5,6 +5,11 @@ Viewers are aiortc peers joining over WHEP whose receivers are replaced by
 the first video frames, which are depacketized and decoded once to time the first
 decoded frame. A video frame ends at an RTP packet with the marker bit set; a gap of
 more than ``FREEZE_SECONDS`` between frames counts as a freeze.
+
+:class:`LeanMediaViewer` is the bulk of a large audience (scenario ``lean_share``): a
+``benchmarks.lean.LeanViewer`` (real ICE/DTLS, packets counted from its socket without
+SRTP, several times cheaper per packet) behind the same interface. It gives packets,
+frames and loss, not first-frame or freeze times: those come from the aiortc viewers.
 """
 
 from __future__ import annotations
@@ -128,6 +133,8 @@ async def _post_sdp(http: aiohttp.ClientSession, url: str, sdp: str, headers: di
 class MediaViewer:
     """A WHEP viewer that counts packets and frames without decoding (but the first)."""
 
+    kind = "aiortc"
+
     def __init__(self, base: str, livestream_id: str, decode: bool) -> None:
         self.url = f"{base}{API}/livestreams/{livestream_id}/watch"
         self.base = base
@@ -174,6 +181,7 @@ class MediaViewer:
         packets = self.video.packets + self.audio.packets
         expected = self.video.expected + self.audio.expected
         return {
+            "kind": "aiortc",
             "connect_s": since_join(self.connected_at),
             "first_packet_s": since_join(self.video.first_packet_at),
             "first_frame_s": since_join(self.video.first_decoded_at),
@@ -181,6 +189,68 @@ class MediaViewer:
             "frames": self.video.frames, "loss": max(0.0, 1 - packets / expected) if expected else None,
             "freezes": self.video.freezes, "longest_gap_s": self.video.longest_gap,
             "failed": self.failed,
+        }
+
+
+class LeanMediaViewer:
+    """A lean WHEP viewer (benchmarks/lean.py) with :class:`MediaViewer`'s interface.
+
+    Its socket is drained by a :class:`benchmarks.lean.LeanReceiver` shared by every lean
+    viewer of the run (one event-loop wake-up per tick for all of them). It needs the
+    default asyncio loop: uvloop's UDP transport cannot pause reading.
+    """
+
+    kind = "lean"
+
+    def __init__(self, base: str, livestream_id: str, receiver: Any) -> None:
+        from benchmarks.lean import LeanViewer
+
+        self.url = f"{base}{API}/livestreams/{livestream_id}/watch"
+        self.lean = LeanViewer(self.url)
+        self.receiver = receiver
+        self.joined_at = time.monotonic()
+        self.connected_at: float | None = None
+        self.failed: str | None = None
+        self.video = self  # the progress line reads `viewer.video.frames`
+
+    @property
+    def frames(self) -> int:
+        return self.lean.snapshot()["frames"] if self.lean.sock is not None else 0
+
+    async def join(self, http: aiohttp.ClientSession, timeout: float = 20.0) -> None:
+        """Offer, post to WHEP, connect (ICE, DTLS), then hand the socket to the receiver."""
+        self.joined_at = time.monotonic()
+        try:
+            await self.lean.join(http, timeout)
+        except TimeoutError:
+            raise LoadError("timeout", f"lean viewer of {self.url}: not connected within {timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise LoadError("network", f"POST {self.url}: {exc!r}") from None
+        except RuntimeError as exc:
+            raise LoadError("ice_failed" if "ICE/DTLS" in str(exc) else "refused", str(exc)) from None
+        self.connected_at = time.monotonic()
+        self.receiver.add(self.lean)
+
+    async def leave(self, http: aiohttp.ClientSession) -> None:
+        """Stop draining, DELETE the session (best effort), close the socket and peer."""
+        self.receiver.remove(self.lean)
+        with contextlib.suppress(Exception):  # closing a half-open peer
+            await within(15, self.lean.leave(http), "closing a lean viewer")
+
+    def figures(self) -> dict[str, Any]:
+        """Return this viewer's join and media figures (no first-frame or freeze times)."""
+        snap = self.lean.snapshot() if self.lean.sock is not None else {}
+        expected = snap.get("expected", 0)
+        return {
+            "kind": "lean",
+            "connect_s": None if self.connected_at is None else self.connected_at - self.joined_at,
+            "first_packet_s": None, "first_frame_s": None,
+            "video_packets": snap.get("video_packets", 0),
+            "audio_packets": snap.get("packets", 0) - snap.get("video_packets", 0),
+            "frames": snap.get("frames", 0),
+            "loss": snap["lost"] / expected if expected else None,
+            "socket_drops": self.lean.socket_drops(),
+            "freezes": 0, "longest_gap_s": None, "failed": self.failed,
         }
 
 

@@ -61,7 +61,8 @@ def table(report: dict[str, Any]) -> str:
     joins, media, chat, drop, server = (report[k] for k in ("joins", "media", "chat", "drop", "server"))
     ms = {"unit": " ms", "scale": 1000.0}
     rows = [
-        ("joins", "media viewers joined", f"{joins['media_joined']}/{joins['media_planned']}"),
+        ("joins", "media viewers joined", f"{joins['media_joined']}/{joins['media_planned']}"
+         + (f" ({media['lean_viewers']} lean)" if media.get("lean_viewers") else "")),
         ("", "WS viewers joined", f"{joins['ws_joined']}/{joins['ws_planned']}"),
         ("", "connect p50 / p95", f"{_fmt(joins['connect']['p50'], **ms)} / {_fmt(joins['connect']['p95'], **ms)}"),
         ("", "first decoded frame p50 / p95",
@@ -73,7 +74,8 @@ def table(report: dict[str, Any]) -> str:
         ("", "frames per viewer (min / mean)", f"{_fmt(media['frames_min'])} / {_fmt(media['frames_mean'])}"),
         ("", "viewers without frames", str(media["viewers_without_frames"])),
         ("", "loss (mean / max)", f"{_fmt(media['loss_mean'], ' %', 100, 2)} / {_fmt(media['loss_max'], ' %', 100, 2)}"),
-        ("", "freezes >500 ms (total / viewers)", f"{media['freezes']} / {media['viewers_with_freezes']}"),
+        ("", "freezes >500 ms (total / viewers)", f"{media['freezes']} / {media['viewers_with_freezes']}"
+         + (f" (of {media['aiortc_viewers']} aiortc viewers)" if media.get("lean_viewers") else "")),
         ("chat", "sent / delivered share", f"{chat['sent']} / {_fmt(chat['delivered_share'], ' %', 100, 1)}"),
         ("", "latency p50 / p99", f"{_fmt(chat['latency']['p50'], **ms, digits=1)} / {_fmt(chat['latency']['p99'], **ms, digits=1)}"),
         ("drop", "units / buyers", f"{drop['units']} / {drop['buyers']}"),

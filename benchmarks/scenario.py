@@ -38,6 +38,11 @@ class Scenario:
     join_rate: float = 5.0
     ws_share: float = 0.25  # share of viewers on WebSocket events only (no media)
     decode_first_frames: bool = True  # decode until the first frame to time it
+    # Share of the media viewers that are lean (benchmarks/lean.py: packets counted at the
+    # socket, no SRTP; several times cheaper, so one client core holds a large audience).
+    # The rest are aiortc viewers, spread over the ramp: first-frame and freeze figures
+    # come from them. 0 = every media viewer is an aiortc viewer.
+    lean_share: float = 0.0
     # Publisher: an aiortc peer (VP8 + Opus) or ffmpeg's WHIP muxer (H.264 + Opus). The
     # ffmpeg publisher is dropped by the SFU after ~35 s (ICE consent expires: see
     # benchmarks/README.md), so it is the default only for short scenarios.
@@ -73,6 +78,7 @@ class Scenario:
             "viewers": self.viewers >= 0,
             "join_rate": self.join_rate > 0,
             "ws_share": 0.0 <= self.ws_share <= 1.0,
+            "lean_share": 0.0 <= self.lean_share <= 1.0,
             "buy_share": 0.0 <= self.buy_share <= 1.0,
             "publisher": self.publisher in ("ffmpeg", "aiortc", "none"),
             "video_kbps": 50 <= self.video_kbps <= 20_000,
@@ -109,6 +115,17 @@ class Scenario:
     @property
     def media_viewers(self) -> int:
         return self.viewers - self.ws_viewers
+
+    @property
+    def lean_viewers(self) -> int:
+        return round(self.media_viewers * self.lean_share)
+
+    def is_lean(self, index: int) -> bool:
+        """Say whether media viewer `index` (in join order) is lean; the aiortc ones are spread evenly."""
+        media, full = self.media_viewers, self.media_viewers - self.lean_viewers
+        if not 0 <= index < media:
+            return False
+        return (index * full) // media == ((index + 1) * full) // media
 
     @property
     def buyers(self) -> int:

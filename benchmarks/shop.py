@@ -68,7 +68,10 @@ class Api:
 
     def __init__(self, base: str) -> None:
         self.base = base.rstrip("/")
-        self.http = aiohttp.ClientSession(timeout=HTTP_TIMEOUT)
+        # No connection limit: every events viewer holds a WebSocket on this session, and
+        # aiohttp's default of 100 connections would leave /metrics, the highlight and the
+        # buy-nows queued behind them once 100 are open.
+        self.http = aiohttp.ClientSession(timeout=HTTP_TIMEOUT, connector=aiohttp.TCPConnector(limit=0))
         self.paths: set[str] = set()
 
     async def close(self) -> None:

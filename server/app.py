@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -94,6 +98,7 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
         await app[SALES].close()
         await app[DB].close()
 
+    app.cleanup_ctx.append(loop_lag_context)
     app.cleanup_ctx.append(database)
     # Opened in this order, closed in reverse: media sessions end before the hub stops.
     app.cleanup_ctx.append(payments_ctx)  # needs app[DB]
@@ -102,6 +107,44 @@ def create_app(settings: Settings, dsn: str, *, run_migrations: bool = True) -> 
     app.cleanup_ctx.append(media_context)
     app.cleanup_ctx.append(cluster_routes.cluster_context)  # with Redis: needs the gateway
     return app
+
+
+LOOP_LAG_INTERVAL = 0.05  # seconds between samples: 20 wake-ups a second
+
+
+async def loop_lag_context(app: web.Application) -> AsyncIterator[None]:
+    """Sample the event loop's lag into `shopstream_event_loop_lag_seconds` (see /metrics).
+
+    A task sleeps LOOP_LAG_INTERVAL and records how much later than that it woke: what
+    any await of a request (a database answer, the next read of its body) waits for its
+    turn on this loop, whether behind media fan-out, other requests or a busy machine.
+    Each garbage collection's duration goes to `shopstream_gc_pause_seconds`.
+    """
+    histogram = app[METRICS].loop_lag
+
+    async def sample() -> None:
+        clock = time.perf_counter
+        while True:
+            before = clock()
+            await asyncio.sleep(LOOP_LAG_INTERVAL)
+            histogram.observe(max(0.0, clock() - before - LOOP_LAG_INTERVAL))
+
+    pauses = app[METRICS].gc_pause
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
+    task = asyncio.get_running_loop().create_task(sample())
+    yield
+    gc.callbacks.remove(on_gc)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def media_context(app: web.Application) -> AsyncIterator[None]:

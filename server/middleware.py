@@ -49,6 +49,19 @@ class HttpMetrics:
             ["method", "route"], registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        # How late the event loop runs a callback that is due (sampled by loop_lag_context):
+        # every await of a request waits that long for its turn, behind media fan-out too.
+        self.loop_lag = Histogram(
+            "shopstream_event_loop_lag_seconds", "How late a due callback runs on this process's event loop",
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        # How long each garbage collection held the loop (gc.callbacks, loop_lag_context).
+        self.gc_pause = Histogram(
+            "shopstream_gc_pause_seconds", "How long a garbage collection of this process took",
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         # `labels()` validates and locks on every call (about 4 us each, twice per
         # request): keep each labelled child. Routes are templates and statuses few, so
         # this stays small.
