@@ -248,6 +248,8 @@ def main() -> None:
     from media import datachannel as dc
 
     print(f"media.datachannel from {dc.__file__}")
+    if args.source:  # `benchmarks` (the viewers' process under spawn) from this checkout
+        sys.path.remove(args.source)
     if args.viewers:
         # (the viewers' process imports this checkout's `media`: only this process is measured)
         for n in range(args.rounds):

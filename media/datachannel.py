@@ -354,7 +354,7 @@ class SackIngress:
     def receive(self, data: bytes, queue: Any) -> bool:
         """Apply ``data`` if it carries SCTP for this association; False: aiortc's path."""
         dtls = self.dtls
-        if not data or data[0] != _DTLS_APPLICATION_DATA or queue._queue \
+        if not data or data[0] != _DTLS_APPLICATION_DATA or not queue.empty() \
                 or dtls._state is not DtlsState.CONNECTED:
             return False
         ssl = dtls._ssl
