@@ -28,7 +28,8 @@ anything else, returns ``None`` and the caller uses ``RTCDataChannel.send``.
 aiortc internals used here (pinned and checked at import):
 ``RTCSctpTransport``: ``_association_state, _outbound_queue, _data_channel_queue,
 _sent_queue, _forward_tsn_chunk, _fast_recovery_exit, _flight_size, _cwnd, _ssthresh,
-_partial_bytes_acked, _last_sacked_tsn, _local_tsn, _outbound_stream_seq,
+_partial_bytes_acked, _last_sacked_tsn, _advanced_peer_ack_tsn, _forward_tsn_streams,
+_local_tsn, _outbound_stream_seq,
 _local_port, _remote_port, _local_verification_tag, _remote_verification_tag,
 _remote_max_message_size, _reconfig_queue, _t3_handle, _rto`` and ``_t3_restart(),
 _t3_cancel(), _t3_expired(), _flight_size_decrease(),
@@ -66,7 +67,8 @@ if not aiortc.__version__.startswith(SUPPORTED_AIORTC):
 _NEEDED = ("_association_state", "_outbound_queue", "_data_channel_queue", "_sent_queue",
            "_flight_size", "_cwnd", "_partial_bytes_acked", "_last_sacked_tsn",
            "_local_tsn", "_outbound_stream_seq", "_t3_handle", "_fast_recovery_exit",
-           "_forward_tsn_chunk", "_reconfig_queue", "_rto")
+           "_forward_tsn_chunk", "_reconfig_queue", "_rto", "_advanced_peer_ack_tsn",
+           "_forward_tsn_streams")
 _NEEDED_METHODS = ("_t3_restart", "_t3_cancel", "_t3_expired",
                    "_flight_size_decrease", "_update_rto", "_update_advanced_peer_ack_point",
                    "_data_channel_flush", "_transmit", "_handle_data")
