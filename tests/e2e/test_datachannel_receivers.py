@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,13 +151,28 @@ async def _publish(base: str, livestream_id: str, stream_key: str, stack: contex
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
 
-async def _until(predicate: Any, timeout: float, what: str) -> None:
+async def _until(predicate: Any, timeout: float, what: str | Callable[[], str]) -> None:
+    """Wait for ``predicate``; ``what`` (or what it returns, at the timeout) explains a failure."""
     try:
         async with asyncio.timeout(timeout):
             while not predicate():
                 await asyncio.sleep(0.05)
     except TimeoutError:
-        raise AssertionError(f"timed out: {what}") from None
+        raise AssertionError(f"timed out: {what() if callable(what) else what}") from None
+
+
+def _sctp_state(transport: DataChannelTransport) -> str:
+    """What a stalled viewer's association and lean sender hold (for a failure message)."""
+    a = transport.channel.transport
+    lean = transport.lean
+    return (f"flight {a._flight_size}/cwnd {a._cwnd}, sent {len(a._sent_queue)} "
+            f"(retransmit {sum(c._retransmit for c in a._sent_queue)}), outbound {len(a._outbound_queue)}, "
+            f"dc queue {len(a._data_channel_queue)}, buffered {transport.channel.bufferedAmount}, "
+            f"last sacked {a._last_sacked_tsn}, next tsn {a._local_tsn}, rto {a._rto:.2f}, "
+            f"t3 {'ours' if lean is not None and a._t3_handle is not None and a._t3_handle is lean._t3 else a._t3_handle}, "
+            f"fast recovery {a._fast_recovery_exit}, lean {lean.stats if lean else None}, "
+            f"blocked {lean.blocked if lean else None}, "
+            f"ingress {lean.ingress.stats if lean is not None and lean.ingress is not None else None}")
 
 
 async def test_lean_datachannel_path_is_complete_and_ordered_for_three_webrtc_stacks(
@@ -203,9 +218,9 @@ async def test_lean_datachannel_path_is_complete_and_ordered_for_three_webrtc_st
             return bool(stocks) and stocks[-1]["stock"] == seq - 1 and bool(chats) and chats[-1]["id"] == chat - 1
 
         await _until(lambda: all(complete(r) for r in receivers), 60,
-                     "every event at every viewer: " + ", ".join(
+                     lambda: "every event at every viewer: " + ", ".join(
                          f"{r.name} {len(r.of('stock:update'))}/{seq} stock, {len(r.of('chat:new'))}/{chat} chat"
-                         for r in receivers))
+                         for r in receivers) + "; associations: " + " | ".join(_sctp_state(t) for t in transports))
         for r in receivers:
             assert [p["stock"] for p in r.of("stock:update")] == list(range(seq)), f"{r.name}: stock in order"
             assert [p["id"] for p in r.of("chat:new")] == list(range(chat)), f"{r.name}: chat complete, in order"
