@@ -49,6 +49,8 @@ class BandwidthEstimator:
     probe_bps: float | None = None  # a probe at this rate is wanted (or running)
     probe_after: float = STABLE_SECONDS  # no probe before then
     limited_at: float | None = None  # when loss or delay last cut the estimate
+    last_loss: float = 0.0  # in the latest receiver report
+    cuts: int = 0  # how often loss, delay or a lower REMB cut it (the layer policy's cue to move down)
 
     def on_loss(self, loss: float, now: float, current_bps: float, next_bps: float | None,
                 rtt: float | None = None) -> None:
@@ -68,6 +70,7 @@ class BandwidthEstimator:
             base = min(self.estimate_bps, current_bps) if self.estimate_bps else current_bps
             self.estimate_bps = base * (1 - loss / 2)
             self.limited_at = now
+            self.cuts += 1
             if self.probed_at is not None and now - self.probed_at < self.wait * 2:
                 self.wait = min(self.wait * 2, MAX_STABLE_SECONDS)  # the switch up failed
             self.probed_at = None
@@ -76,11 +79,28 @@ class BandwidthEstimator:
         elif loss < LOW_LOSS and self.estimate_bps is not None:
             if self.probed_at is not None and now - self.probed_at >= self.wait:
                 self.probed_at = None  # the switch held
-            if now >= self.probe_after and self.probe_bps is None:
-                if next_bps is None:  # at the top with no loss: keep up with its rate
-                    self.estimate_bps = max(self.estimate_bps, current_bps * PROBE_HEADROOM)
-                else:
-                    self.probe_bps = next_bps * PROBE_HEADROOM
+            if self.probed_at is None and self.estimate_bps:
+                # Its layer arrives without loss: keep up with that layer's rate (a publisher
+                # ramping up would otherwise push a viewer off a layer its link carries).
+                self.estimate_bps = max(self.estimate_bps, current_bps * PROBE_HEADROOM)
+            if next_bps is not None:
+                self.wants_probe(now, next_bps)
+        self.last_loss = loss
+
+    def wants_probe(self, now: float, next_bps: float) -> bool:
+        """Return whether a probe towards ``next_bps`` is due (and ask for it: :attr:`probe_bps`).
+
+        It is once the back-off since the last cut or failed probe is over and the
+        latest report showed little loss; the layer policy asks on every review, not only
+        when a receiver report comes (aiortc's come every 0.5-1.5 s), so a probe that
+        passed is followed by the next one as soon as the switch it caused is done.
+        """
+        if self.probe_bps is not None:
+            return True
+        if self.estimate_bps is None or self.last_loss >= LOW_LOSS or now < self.probe_after:
+            return False
+        self.probe_bps = next_bps * PROBE_HEADROOM
+        return True
 
     def limited(self, now: float) -> bool:
         """Return whether loss, delay or the viewer's REMB held the estimate back lately.
@@ -115,6 +135,8 @@ class BandwidthEstimator:
 
     def on_remb(self, bitrate_bps: float, now: float) -> None:
         """Take the viewer's own receive estimate (REMB)."""
+        if self.remb_bps is None or bitrate_bps < self.remb_bps:
+            self.cuts += 1
         self.remb_bps = bitrate_bps
         self.remb_at = now
 

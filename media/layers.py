@@ -44,6 +44,7 @@ class LayerPolicy:
 
     quality: str = "auto"
     estimator: BandwidthEstimator = field(default_factory=BandwidthEstimator)
+    _cuts: int = 0  # the estimator's cuts at the last choice
 
     @property
     def estimate_bps(self) -> float | None:
@@ -70,9 +71,15 @@ class LayerPolicy:
             ranked = [layer for layer in ranked if not is_rung(layer)]
         fitting = [layer for layer in ranked if (layer.avg_bps or layer.peak_bps) <= estimate]
         chosen = fitting[-1] if fitting else ranked[0]
-        if (current in ranked and ranked.index(chosen) > ranked.index(current)
-                and not self.estimator.may_rise()):
-            return current  # type: ignore[return-value]
+        if current in ranked:
+            if ranked.index(chosen) > ranked.index(current) and not self.estimator.may_rise():
+                return current  # type: ignore[return-value]
+            if (ranked.index(chosen) < ranked.index(current)
+                    and self.estimator.cuts == self._cuts):
+                # Down only when loss, delay or a REMB cut the estimate since the last
+                # choice: a layer's rate rising past it (a publisher ramping up) is no cue.
+                return current  # type: ignore[return-value]
+            self._cuts = self.estimator.cuts
         return chosen
 
 
@@ -173,11 +180,16 @@ class SimulcastForwarder:
         ranked = self.ranked(_loop_time())
         if not ranked:
             return
-        for viewer, policy in self.policies.items():
+        now = time.monotonic()
+        for viewer, policy in list(self.policies.items()):
             ssrc = self.ssrc_of(viewer)
             current = self.selector.layers.get(ssrc) if self.selector and ssrc else None
             target = self.layers[policy.choose(ranked, current).ssrc]
             self.move(viewer, target)
+            if current in ranked and policy.quality == "auto":
+                # Not only when a receiver report comes: a passed probe's switch done,
+                # the next probe follows at once.
+                self._probe(viewer, policy, current, ranked[ranked.index(current) + 1:], now)
 
     def move(self, viewer: ViewerTrack, target: TrackForwarder) -> None:
         """Switch ``viewer`` to ``target`` at its next keyframe (or cancel a switch)."""
@@ -198,6 +210,7 @@ class SimulcastForwarder:
             target.add_viewer(viewer)
             return
         self.switches += 1
+        logger.debug("viewer SSRC %d: switch asked to layer %s", viewer.ssrc, self._rid_of_layer(target))
         self._moved_at[viewer] = time.monotonic()
         viewer.next_layer = target
         target.waiting.append(viewer)
@@ -213,7 +226,9 @@ class SimulcastForwarder:
 
     def rid_of(self, viewer: ViewerTrack) -> str | None:
         """Return the RID of the layer a viewer is on now."""
-        layer = self.layer_of(viewer)
+        return self._rid_of_layer(self.layer_of(viewer))
+
+    def _rid_of_layer(self, layer: TrackForwarder | None) -> str | None:
         if layer is None or self.selector is None:
             return None
         for ssrc, forwarder in self.layers.items():
@@ -270,13 +285,28 @@ class SimulcastForwarder:
             # switch says nothing against the lowest encoding itself: such a cut lands on
             # it, not on a temporal rung (only loss while settled there thins the frames).
             estimator.estimate_bps = max(estimator.estimate_bps, lowest.avg_bps or lowest.peak_bps)
-        if estimator.probe_bps is not None and viewer not in self.prober.probes:
-            layer = self.layer_of(viewer)
-            if policy.quality != "auto" or viewer.next_layer is not None or layer is None:
-                pass  # pinned, or switching: no probe now
-            elif not self.prober.start(viewer, layer, estimator.probe_bps, current_bps):
-                estimator.on_probe(True, now)  # no RTX to pad with: try the layer itself
+        logger.debug("viewer SSRC %d on %s: loss %.3f, rtt %s, estimate %s, probe %s, layers %s",
+                     viewer.ssrc, current.rid, loss, None if rtt is None else round(rtt, 3),
+                     estimator.estimate_bps and round(estimator.estimate_bps),
+                     estimator.probe_bps and round(estimator.probe_bps),
+                     [(layer.rid, round(layer.avg_bps or layer.peak_bps)) for layer in ranked])
+        self._probe(viewer, policy, current, above, now)
         self.review()
+
+    def _probe(self, viewer: ViewerTrack, policy: LayerPolicy, current: Layer,
+               above: list[Layer], now: float) -> None:
+        """Start a probe towards the layer above ``current`` if ``viewer``'s estimate wants one."""
+        estimator = policy.estimator
+        if (not above or viewer in self.prober.probes or policy.quality != "auto"
+                or viewer.next_layer is not None
+                or not estimator.wants_probe(now, above[0].avg_bps or above[0].peak_bps)):
+            return  # nothing to climb to, probing, pinned or switching: no probe now
+        layer = self.layer_of(viewer)
+        if layer is None or estimator.probe_bps is None:
+            return
+        if not self.prober.start(viewer, layer, estimator.probe_bps,
+                                 current.avg_bps or current.rate_bps, estimator):
+            estimator.on_probe(True, now)  # no RTX to pad with: try the layer itself
 
     def on_transport_feedback(self, viewer: ViewerTrack, fci: bytes) -> None:
         """Feed a viewer's transport-cc feedback to its delay-based detector.
@@ -308,26 +338,51 @@ class SimulcastForwarder:
         Layers above it would be sent for nobody. The cap stays at ``ceiling`` while any
         viewer wants (or may probe towards) the top layer: pinned high, estimated above
         it, or auto and not held back by loss or delay lately (a viewer starts low and
-        probes up); or nothing is measured yet.
+        probes up); or nothing is measured yet. Otherwise it covers the best layer any
+        viewer is on, and for an auto viewer the encoding above its own: the one it probes
+        towards and climbs to when its link lifts (not sent, it could not climb until the
+        cut is ``LIMITED_SECONDS`` old), unless its estimate does not even cover its own.
         """
         ranked = self.ranked()
         if not ranked or not self.policies or len(ranked) < 2:
             return ceiling
         top = ranked[-1]
         best = 0
+        above = 0
         now = time.monotonic()
-        for viewer, policy in self.policies.items():
+        encodings = self._encodings()
+        for policy in self.policies.values():
             estimate = policy.estimate_bps
             if (policy.quality == "high" or estimate is None
                     or estimate >= (top.avg_bps or top.peak_bps)
                     or (policy.quality == "auto" and not policy.estimator.limited(now))):
                 return ceiling
-            best = max(best, ranked.index(policy.choose(ranked)))
+            chosen = policy.choose(ranked)
+            best = max(best, ranked.index(chosen))
+            if (policy.quality == "auto" and not is_rung(chosen)
+                    and estimate >= (chosen.avg_bps or chosen.peak_bps)):
+                above = max(above, encodings.index(chosen) + 1 if chosen in encodings else 0)
         # A temporal rung needs its whole encoding sent: the lowest encoding is the floor.
         floor = next(index for index, layer in enumerate(ranked) if not is_rung(layer))
         needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: max(best, floor) + 1]
                      if not is_rung(layer))
+        # An auto viewer whose estimate covers its encoding probes the one above (and
+        # climbs to it when its link lifts): that one is sent too, paused or not (a
+        # paused one keeps its last rate).
+        sent = {layer.ssrc for layer in ranked[: max(best, floor) + 1]}
+        needed += sum(layer.avg_bps or layer.peak_bps for layer in encodings[:above + 1]
+                      if layer.ssrc not in sent)
         return int(min(ceiling, max(needed * 1.5, 100_000)))
+
+    def _encodings(self) -> list[Layer]:
+        """Return the publisher's encodings with a forwarder, sending now or not, lowest first."""
+        if self.selector is None:
+            return []
+        known = [layer for layer in self.selector.layers.values()
+                 if layer.ssrc in self.layers and not is_rung(layer)]
+        if known and all(layer.pixels for layer in known):
+            return sorted(known, key=lambda layer: (layer.pixels, layer.peak_bps))
+        return sorted(known, key=lambda layer: layer.peak_bps)
 
     def set_quality(self, viewer: ViewerTrack, quality: str) -> None:
         """Pin a viewer's quality (``auto``, ``high`` or ``low``) and apply it at once."""
@@ -356,7 +411,7 @@ class SimulcastForwarder:
         """Remove a viewer from its layer (and from a pending switch)."""
         self.policies.pop(viewer, None)
         self._moved_at.pop(viewer, None)
-        self.prober.stop(viewer)
+        self.prober.forget(viewer)
         if viewer in self.unplaced:
             self.unplaced.remove(viewer)
         pending = viewer.next_layer

@@ -89,5 +89,8 @@ def test_an_auto_viewer_moves_up_only_after_a_passed_probe() -> None:
     policy.estimator.probe_bps = 550_000
     policy.estimator.on_probe(True, 10.0)
     assert policy.choose(ranked, current=ranked[0]).rid == "h"
-    policy.estimator.estimate_bps = 100_000
+    # A layer's rate rising past the estimate is no reason to move down; a cut is, at once.
+    ranked[2].avg_bps = 3_000_000
+    assert policy.choose(ranked, current=ranked[2]).rid == "f"
+    policy.estimator.on_loss(0.5, 11.0, current_bps=2_000_000, next_bps=None)
     assert policy.choose(ranked, current=ranked[2]).rid == "q"  # down needs no probe
