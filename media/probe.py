@@ -22,7 +22,8 @@ second of media:
   ``QUEUE_DELAY_LIMIT`` over the viewer's fastest, or one that does not come within
   ``PING_TIMEOUT``, fail the probe at once and the padding stops: the link queued.
   A probe whose pings all came back clean, the last one sent after the padding ended,
-  passes.
+  passes. A ping out while this process's event loop stalled (``STALL_SECONDS`` late:
+  a loaded machine) is not counted either way; the next one asks again.
 * **Receiver reports**, for a viewer whose ICE connection cannot be pinged (and as a
   second opinion): a sender report every ``REPORT_EVERY`` (the viewer's periodic ones
   are held meanwhile), so the receiver report answering it gives the round-trip time at
@@ -69,6 +70,7 @@ PADDING_BYTES = 255  # the most one packet's padding length byte can say
 QUEUE_DELAY_LIMIT = 0.06  # round-trip time over the minimum that fails a probe
 PING_EVERY = 0.05
 PING_TIMEOUT = 0.5  # one try (aioice's first retransmission time)
+STALL_SECONDS = 0.05  # a probe's tick this late: the event loop stalled (pings meanwhile void)
 MIN_PINGS = 5  # answers a probe needs to pass on pings
 DELIVERED_SHARE = 0.85  # arrival rate over send rate of the last second's packets (TWCC)
 VERDICT_SECONDS = 2.0  # after the last padding: an RTCP interval or two of the viewer's
@@ -95,6 +97,7 @@ class Probe:
     pings: list[float] = field(default_factory=list)  # queue delay of each answer, in order
     final_ping: float | None = None  # when the ping after the padding's end left
     pinging: bool = True  # False: the viewer cannot be pinged (receiver reports decide)
+    tick_due: float = 0.0  # when the next tick should run (a later one: the loop stalled)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -107,6 +110,8 @@ class Prober:
         self.failed = 0
         self.min_ping: dict[ViewerTrack, float] = {}  # each viewer's fastest ICE answer
         self.worst_queue = 0.0  # the longest queue a ping saw (s): what a probe cost
+        self.stalled_at = -1.0  # when a probe's tick last found the event loop late
+        self.stalls = 0  # pings not counted: the loop stalled while they were out
 
     def start(self, viewer: ViewerTrack, layer: TrackForwarder, target_bps: float,
               current_bps: float, estimator: BandwidthEstimator | None = None) -> bool:
@@ -137,6 +142,8 @@ class Prober:
             self.stop(probe.viewer)
             return
         now = time.monotonic()
+        if probe.tick_due and now - probe.tick_due > STALL_SECONDS:
+            self.stalled_at = now
         if probe.ended is None:
             due = min(probe.padding_bps / 8 * (now - probe.started), probe.cluster_bytes) \
                 - probe.sent_bytes
@@ -165,14 +172,23 @@ class Prober:
             self._finish(probe, False, now)
             return
         wait = TICK_SECONDS if probe.ended is None else PING_EVERY
+        probe.tick_due = now + wait
         probe.handle = asyncio.get_running_loop().call_later(wait, self._tick, probe)
 
     async def _ping(self, probe: Probe, final: bool) -> None:
         """Time one ICE binding request to the viewer and judge the probe by it."""
+        sent = time.monotonic()
         rtt = await ping(probe.viewer)
         if self.probes.get(probe.viewer) is not probe:
             return  # judged (or stopped) meanwhile
         now = time.monotonic()
+        if self.stalled_at >= sent or now - probe.tick_due > STALL_SECONDS:
+            # This process stalled while the ping was out (a loaded machine): its time
+            # says nothing of the viewer's link. The next ping asks again.
+            self.stalls += 1
+            if final:
+                probe.final_ping = None
+            return
         if rtt is None:
             if ice_connection(probe.viewer) is None:  # gone: the reports decide
                 probe.pinging = False
@@ -209,6 +225,8 @@ class Prober:
         sent = probe.report_keys.get(lsr)
         if sent is not None and rtt is not None:
             queued = rtt - (estimator.min_rtt if estimator.min_rtt is not None else rtt)
+            if now - self.stalled_at < rtt + STALL_SECONDS:
+                queued = 0.0  # this process stalled meanwhile: not the viewer's queue
             logger.debug("probe of SSRC %d: %d bytes sent, %.3f s queued, loss %.3f",
                          viewer.ssrc, sent, queued, loss)
             if queued >= QUEUE_DELAY_LIMIT or loss >= LOW_LOSS:
