@@ -35,6 +35,7 @@ QUALITIES = ("auto", "high", "low")
 # An auto viewer drops to a temporal rung only when its estimate is below this share of
 # the lowest encoding's rate (repeated loss there), not when it merely dips under it.
 RUNG_BELOW = 0.7
+RISE_TOLERANCE = 1.3  # after a passed probe, a layer this much over the probed rate still counts
 SETTLE_SECONDS = 2.0  # a receiver report this soon after a switch may tell of the layer left
 
 
@@ -69,6 +70,10 @@ class LayerPolicy:
             # Near the lowest encoding's rate: its full frame rate, not a temporal rung (an
             # estimate capped by what the viewer gets dips under its layer's rate at times).
             ranked = [layer for layer in ranked if not is_rung(layer)]
+        if self.estimator.probed_at is not None:
+            # Just passed a probe at the layer's rate then: it may have risen since (a
+            # layer the publisher had paused ramps up), and a little is no reason to wait.
+            estimate *= RISE_TOLERANCE
         fitting = [layer for layer in ranked if (layer.avg_bps or layer.peak_bps) <= estimate]
         chosen = fitting[-1] if fitting else ranked[0]
         if current in ranked:
