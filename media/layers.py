@@ -35,7 +35,10 @@ QUALITIES = ("auto", "high", "low")
 # An auto viewer drops to a temporal rung only when its estimate is below this share of
 # the lowest encoding's rate (repeated loss there), not when it merely dips under it.
 RUNG_BELOW = 0.7
-RISE_TOLERANCE = 1.3  # after a passed probe, a layer this much over the probed rate still counts
+# Without a cut, an auto viewer stays on a layer whose rate rose past its estimate by up to
+# this factor (a publisher's rates move); beyond it (a layer ramping up at start-up to
+# twice what the probe verified) it moves down before the link loses packets.
+OUTGROWN = 1.2
 SETTLE_SECONDS = 2.0  # a receiver report this soon after a switch may tell of the layer left
 
 
@@ -70,19 +73,16 @@ class LayerPolicy:
             # Near the lowest encoding's rate: its full frame rate, not a temporal rung (an
             # estimate capped by what the viewer gets dips under its layer's rate at times).
             ranked = [layer for layer in ranked if not is_rung(layer)]
-        if self.estimator.probed_at is not None:
-            # Just passed a probe at the layer's rate then: it may have risen since (a
-            # layer the publisher had paused ramps up), and a little is no reason to wait.
-            estimate *= RISE_TOLERANCE
         fitting = [layer for layer in ranked if (layer.avg_bps or layer.peak_bps) <= estimate]
         chosen = fitting[-1] if fitting else ranked[0]
         if current in ranked:
             if ranked.index(chosen) > ranked.index(current) and not self.estimator.may_rise():
                 return current  # type: ignore[return-value]
             if (ranked.index(chosen) < ranked.index(current)
-                    and self.estimator.cuts == self._cuts):
-                # Down only when loss, delay or a REMB cut the estimate since the last
-                # choice: a layer's rate rising past it (a publisher ramping up) is no cue.
+                    and self.estimator.cuts == self._cuts
+                    and (current.avg_bps or current.peak_bps) <= estimate * OUTGROWN):
+                # Down when loss, delay or a REMB cut the estimate since the last choice,
+                # or the layer outgrew it: a layer's rate moving a little is no cue.
                 return current  # type: ignore[return-value]
             self._cuts = self.estimator.cuts
         return chosen

@@ -89,11 +89,16 @@ def test_an_auto_viewer_moves_up_only_after_a_passed_probe() -> None:
     policy.estimator.probe_bps = 550_000
     policy.estimator.on_probe(True, 10.0)
     assert policy.choose(ranked, current=ranked[0]).rid == "h"
-    # A layer's rate rising past the estimate is no reason to move down; a cut is, at once.
-    ranked[2].avg_bps = 3_000_000
+    # A layer's rate rising a little past the estimate is no reason to move down; a cut
+    # is, at once, and so is a layer that outgrew the estimate.
+    policy.estimator.estimate_bps = 2_000_000  # it climbed to f
+    ranked[2].avg_bps = 2_400_000
     assert policy.choose(ranked, current=ranked[2]).rid == "f"
-    policy.estimator.on_loss(0.5, 11.0, current_bps=2_000_000, next_bps=None)
-    assert policy.choose(ranked, current=ranked[2]).rid == "q"  # down needs no probe
+    ranked[2].avg_bps = 3_000_000
+    assert policy.choose(ranked, current=ranked[2]).rid == "h"
+    ranked[2].avg_bps = 2_000_000
+    policy.estimator.on_loss(0.5, 11.0, current_bps=2_000_000, next_bps=None)  # to 1.5 Mbit/s
+    assert policy.choose(ranked, current=ranked[2]).rid == "h"  # down needs no probe
 
 
 def test_the_publisher_is_asked_for_the_layer_above_a_held_back_auto_viewer() -> None:
