@@ -24,7 +24,10 @@ LOW_LOSS = 0.02
 STABLE_SECONDS = 2.0  # loss-free time before the first step up
 MAX_STABLE_SECONDS = 3.0  # the longest back-off after failed probes (a lifted limit is found within ~10 s)
 AFTER_PASS_SECONDS = 0.5  # after a passed probe, the next one (a layer higher) may follow this soon
-PROBE_HEADROOM = 1.1  # a step up asks for the next layer's rate plus this margin
+# A step up asks for the next layer's rate plus this margin: a publisher's layer rates move
+# by this much between the probe and the switch (with 1.1, a passed probe was often under
+# the layer's rate by the time it ended, and a second one was needed).
+PROBE_HEADROOM = 1.2
 REMB_MAX_AGE = 5.0
 # A round-trip time this much over the viewer's minimum means its link is queueing.
 DELAY_OVERUSE_SECONDS = 0.15
@@ -95,8 +98,9 @@ class BandwidthEstimator:
         when a receiver report comes (aiortc's come every 0.5-1.5 s), so a probe that
         passed is followed by the next one as soon as the switch it caused is done.
         """
-        if self.probe_bps is not None:
+        if self.probe_bps is not None and self.probe_bps >= next_bps:
             return True
+        self.probe_bps = None  # none, or one towards the layer it has reached since
         if self.estimate_bps is None or self.last_loss >= LOW_LOSS or now < self.probe_after:
             return False
         self.probe_bps = next_bps * PROBE_HEADROOM

@@ -140,6 +140,7 @@ class Prober:
         probe.handle = None
         if probe.viewer.layer is not probe.layer:  # it switched: probe again from the new layer
             self.stop(probe.viewer)
+            probe.estimator.probe_bps = None
             return
         now = time.monotonic()
         if probe.tick_due and now - probe.tick_due > STALL_SECONDS:
