@@ -32,6 +32,7 @@ REMB_MAX_AGE = 5.0
 # A round-trip time this much over the viewer's minimum means its link is queueing.
 DELAY_OVERUSE_SECONDS = 0.15
 OVERUSE_AS_LOSS = 0.3
+KEEP_UP_QUEUE_SECONDS = 0.05  # the estimate follows its layer's rate only with less queue than this
 LIMITED_SECONDS = 10.0  # a cut this recent says the viewer's link is the limit
 
 
@@ -64,9 +65,11 @@ class BandwidthEstimator:
         the viewer's link (RTT well over its minimum) counts as overuse before any loss
         shows (retransmissions hide loss from the reports).
         """
+        queued = 0.0
         if rtt is not None and rtt >= 0:
             self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
-            if rtt - self.min_rtt > DELAY_OVERUSE_SECONDS:
+            queued = rtt - self.min_rtt
+            if queued > DELAY_OVERUSE_SECONDS:
                 loss = max(loss, OVERUSE_AS_LOSS)
         switched = self.probed_at is not None and now - self.probed_at < self.wait
         if loss > HIGH_LOSS or (switched and loss >= LOW_LOSS):
@@ -82,9 +85,10 @@ class BandwidthEstimator:
         elif loss < LOW_LOSS and self.estimate_bps is not None:
             if self.probed_at is not None and now - self.probed_at >= self.wait:
                 self.probed_at = None  # the switch held
-            if self.probed_at is None and self.estimate_bps:
-                # Its layer arrives without loss: keep up with that layer's rate (a publisher
-                # ramping up would otherwise push a viewer off a layer its link carries).
+            if self.probed_at is None and self.estimate_bps and queued < KEEP_UP_QUEUE_SECONDS:
+                # Its layer arrives without loss or a queue: keep up with that layer's rate
+                # (a publisher's rates move; it would otherwise push a viewer off a layer
+                # its link carries).
                 self.estimate_bps = max(self.estimate_bps, current_bps * PROBE_HEADROOM)
             if next_bps is not None:
                 self.wants_probe(now, next_bps)

@@ -39,7 +39,11 @@ RUNG_BELOW = 0.7
 # this factor (a publisher's rates move); beyond it (a layer ramping up at start-up to
 # twice what the probe verified) it moves down before the link loses packets.
 OUTGROWN = 1.2
-SETTLE_SECONDS = 2.0  # a receiver report this soon after a switch may tell of the layer left
+SETTLE_SECONDS = 2.0
+# A layer is probed for only once it has been sending this long: a publisher starts its
+# layers low and ramps them up (Chromium: h from 190 to 350 kbit/s in ~5 s), and a probe
+# that passed at the start rate let a 300 kbit/s viewer onto a layer that outgrew its link.
+RAMP_SECONDS = 6.0  # a receiver report this soon after a switch may tell of the layer left
 
 
 @dataclass
@@ -117,6 +121,7 @@ class SimulcastForwarder:
         self.switches = 0
         self._moved_at: dict[ViewerTrack, float] = {}  # when each viewer's last switch was asked
         self.prober = Prober()
+        self._first_seen: dict[int, float] = {}  # when each layer was first there to probe for
         self.temporal = TemporalLayers(self)  # VP8 temporal rungs (media/temporal.py)
 
     # --- publisher side (PacketSink) ----------------------------------------------------
@@ -302,10 +307,14 @@ class SimulcastForwarder:
                above: list[Layer], now: float) -> None:
         """Start a probe towards the layer above ``current`` if ``viewer``'s estimate wants one."""
         estimator = policy.estimator
-        if (not above or viewer in self.prober.probes or policy.quality != "auto"
+        if not above:
+            return
+        if now - self._first_seen.setdefault(above[0].ssrc, now) < RAMP_SECONDS:
+            return  # a layer the publisher just started: its rate is still ramping up
+        if (viewer in self.prober.probes or policy.quality != "auto"
                 or viewer.next_layer is not None
                 or not estimator.wants_probe(now, above[0].avg_bps or above[0].peak_bps)):
-            return  # nothing to climb to, probing, pinned or switching: no probe now
+            return  # probing, pinned or switching: no probe now
         layer = self.layer_of(viewer)
         if layer is None or estimator.probe_bps is None:
             return
