@@ -6,10 +6,13 @@ to the rate the viewer was getting times (1 - loss/2), at once. A round-trip tim
 queue builds before loss shows). Going up never means trying the next layer on the
 viewer: little loss (< 2 %) for a stable period asks for a probe instead
 (:attr:`BandwidthEstimator.probe_bps`, sent as padding by :mod:`media.probe`), and only
-a probe that passes at the next layer's rate raises the estimate to it (the layer
-policy then switches up). A failed probe doubles the next wait (up to 4 s), so a link
-that cannot carry the next layer is not flooded every few seconds; a probe that passes
-resets it, and for a while after it even 2 % loss counts as the switch failing. A REMB
+a probe that passes at 1.2x the next layer's rate raises the estimate to it (the layer
+policy then switches up). Whether a probe is due is asked on every layer review
+(:meth:`BandwidthEstimator.wants_probe`), not only when a receiver report comes. A
+failed probe doubles the next wait (up to 3 s), so a link that cannot carry the next
+layer is not probed every second; a probe that passes resets it, and for a while after
+it even 2 % loss counts as the switch failing. Loss-free reports without a queue let
+the estimate keep up with the viewer's own layer's rate. A REMB
 from the viewer (Chromium, where negotiated) caps the estimate. The layer policy turns
 the estimate into a layer (down fast, up after a passed probe: the hysteresis lives here).
 """
