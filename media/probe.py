@@ -22,8 +22,9 @@ second of media:
   ``QUEUE_DELAY_LIMIT`` over the viewer's fastest, or one that does not come within
   ``PING_TIMEOUT``, fail the probe at once and the padding stops: the link queued.
   A probe whose pings all came back clean, the last one sent after the padding ended,
-  passes. A ping out while this process's event loop stalled (``STALL_SECONDS`` late:
-  a loaded machine) is not counted either way; the next one asks again.
+  passes. How late the probe's own timer ran while a ping was out (this process's
+  event loop busy: a loaded machine) is taken off its time, and a ping out while the
+  loop stalled outright (``STALL_SECONDS`` late) is not counted either way.
 * **Receiver reports**, for a viewer whose ICE connection cannot be pinged (and as a
   second opinion): a sender report every ``REPORT_EVERY`` (the viewer's periodic ones
   are held meanwhile), so the receiver report answering it gives the round-trip time at
@@ -98,6 +99,7 @@ class Probe:
     final_ping: float | None = None  # when the ping after the padding's end left
     pinging: bool = True  # False: the viewer cannot be pinged (receiver reports decide)
     tick_due: float = 0.0  # when the next tick should run (a later one: the loop stalled)
+    lag: float = 0.0  # how late its ticks ran, summed: this process's own delays
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -143,8 +145,10 @@ class Prober:
             probe.estimator.probe_bps = None
             return
         now = time.monotonic()
-        if probe.tick_due and now - probe.tick_due > STALL_SECONDS:
-            self.stalled_at = now
+        if probe.tick_due and now > probe.tick_due:
+            probe.lag += now - probe.tick_due
+            if now - probe.tick_due > STALL_SECONDS:
+                self.stalled_at = now
         if probe.ended is None:
             due = min(probe.padding_bps / 8 * (now - probe.started), probe.cluster_bytes) \
                 - probe.sent_bytes
@@ -179,10 +183,13 @@ class Prober:
     async def _ping(self, probe: Probe, final: bool) -> None:
         """Time one ICE binding request to the viewer and judge the probe by it."""
         sent = time.monotonic()
+        lag = probe.lag
         rtt = await ping(probe.viewer)
         if self.probes.get(probe.viewer) is not probe:
             return  # judged (or stopped) meanwhile
         now = time.monotonic()
+        # The time this process's busy event loop added (a loaded machine) is no queue.
+        lag = probe.lag - lag + max(now - probe.tick_due, 0.0)
         if self.stalled_at >= sent or now - probe.tick_due > STALL_SECONDS:
             # This process stalled while the ping was out (a loaded machine): its time
             # says nothing of the viewer's link. The next ping asks again.
@@ -198,7 +205,7 @@ class Prober:
         fastest = self.min_ping.get(probe.viewer)
         if rtt < PING_TIMEOUT:
             fastest = self.min_ping[probe.viewer] = rtt if fastest is None else min(fastest, rtt)
-        queued = rtt - (fastest if fastest is not None else rtt)
+        queued = max(rtt - (fastest if fastest is not None else rtt) - lag, 0.0)
         self.worst_queue = max(self.worst_queue, queued)
         probe.pings.append(queued)
         if rtt >= PING_TIMEOUT or queued >= 2.5 * QUEUE_DELAY_LIMIT or (
