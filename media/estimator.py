@@ -26,7 +26,7 @@ HIGH_LOSS = 0.10
 LOW_LOSS = 0.02
 STABLE_SECONDS = 2.0  # loss-free time before the first step up
 MAX_STABLE_SECONDS = 3.0  # the longest back-off after failed probes (a lifted limit is found within ~10 s)
-AFTER_PASS_SECONDS = 0.5  # after a passed probe, the next one (a layer higher) may follow this soon
+AFTER_PASS_SECONDS = 0.0  # after a passed probe, the next one (a layer higher, or the same if its rate rose) follows at once
 # A step up asks for the next layer's rate plus this margin: a publisher's layer rates move
 # by this much between the probe and the switch (with 1.1, a passed probe was often under
 # the layer's rate by the time it ended, and a second one was needed).

@@ -120,7 +120,7 @@ class SimulcastForwarder:
         self._last_review = 0.0
         self.switches = 0
         self._moved_at: dict[ViewerTrack, float] = {}  # when each viewer's last switch was asked
-        self.prober = Prober()
+        self.prober = Prober(self.review)
         self._first_seen: dict[int, float] = {}  # when each layer was first there to probe for
         self.temporal = TemporalLayers(self)  # VP8 temporal rungs (media/temporal.py)
 

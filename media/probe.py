@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +107,8 @@ class Probe:
 class Prober:
     """Run the probes of one simulcast track's viewers and judge them."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_verdict: Callable[[], None] | None = None) -> None:
+        self.on_verdict = on_verdict  # called after each verdict (the layer policy reviews)
         self.probes: dict[ViewerTrack, Probe] = {}
         self.passed = 0
         self.failed = 0
@@ -275,6 +277,8 @@ class Prober:
         else:
             self.failed += 1
         probe.estimator.on_probe(passed, now)
+        if self.on_verdict is not None:
+            self.on_verdict()  # switch up now, or probe again, not at the next review
 
     def stop(self, viewer: ViewerTrack) -> None:
         """Forget ``viewer``'s probe (it left, switched or was judged)."""
