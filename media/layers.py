@@ -307,6 +307,10 @@ class SimulcastForwarder:
                above: list[Layer], now: float) -> None:
         """Start a probe towards the layer above ``current`` if ``viewer``'s estimate wants one."""
         estimator = policy.estimator
+        # Only towards a layer that sends more (a temporal rung can rank above its own
+        # encoding while the encoding ramps up: a probe "up" to it passes and changes nothing).
+        above = [layer for layer in above if (layer.avg_bps or layer.peak_bps)
+                 > (current.avg_bps or current.peak_bps)]
         if not above:
             return
         if now - self._first_seen.setdefault(above[0].ssrc, now) < RAMP_SECONDS:
