@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -64,12 +65,12 @@ def shaping_unavailable() -> str | None:
     except RuntimeError as exc:
         return f"cannot shape a link here: {exc}"
     finally:
-        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+        subprocess.run(["ip", "netns", "del", probe], check=False, capture_output=True)
     return None
 
 
 def run(*args: str) -> None:
-    done = subprocess.run(list(args), capture_output=True, text=True)
+    done = subprocess.run(list(args), check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {done.stderr.strip()}")
 
@@ -92,9 +93,9 @@ class ShapedLink:
         return f"{SUBNET}.{self.index}.1"
 
     def up(self) -> ShapedLink:
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)  # a crash's leftover
+        subprocess.run(["ip", "netns", "del", self.ns], check=False, capture_output=True)  # a crash's leftover
         # The host end of a namespace deleted a moment ago can outlive it briefly.
-        subprocess.run(["ip", "link", "del", self.host_dev], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.host_dev], check=False, capture_output=True)
         run("ip", "netns", "add", self.ns)
         run("ip", "link", "add", self.host_dev, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
         run("ip", "addr", "add", f"{self.host_address}/24", "dev", self.host_dev)
@@ -111,7 +112,7 @@ class ShapedLink:
             "burst", "16kb", "latency", "400ms")
 
     def close(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)  # both veth ends go
+        subprocess.run(["ip", "netns", "del", self.ns], check=False, capture_output=True)  # both veth ends go
 
 
 @dataclass
@@ -143,7 +144,7 @@ class NsViewer:
 
     def longest_gap(self, since: float, until: float) -> float:
         times = [since] + [t for t, _ in self.frames if since <= t <= until] + [until]
-        return max(b - a for a, b in zip(times, times[1:], strict=False))
+        return max(b - a for a, b in itertools.pairwise(times))
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -221,7 +222,7 @@ async def scenario(browser: Any, *, check_freezes: bool) -> None:
                     viewers.append(viewer)
                     count = len(sessions)
                     await viewer.start(f"http://{link.host_address}:{port}/whep")
-                    await wait_for(lambda c=count: len(sessions) > c or viewer.errors, timeout=30)
+                    await wait_for(lambda c=count, v=viewer: len(sessions) > c or v.errors, timeout=30)
                     assert not viewer.errors, viewer.errors
                     viewer.session_id = sessions[-1]
                 constrained, free = viewers
@@ -269,7 +270,7 @@ async def scenario(browser: Any, *, check_freezes: bool) -> None:
                 assert rid(free) == "f"
                 times = [t for t, _ in constrained.frames if settled <= t <= window_end]
                 gaps = [(round(a - started, 2), round(b - a, 2))
-                        for a, b in zip(times, times[1:], strict=False) if b - a > 0.3]
+                        for a, b in itertools.pairwise(times) if b - a > 0.3]
                 story = (f"the constrained viewer froze for {gap:.2f} s; gaps {gaps}; layers "
                          f"{[(round(t - started, 2), r) for t, r in timeline]}; "
                          f"settled at {settled - started:.2f}")
