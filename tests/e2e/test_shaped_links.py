@@ -291,7 +291,14 @@ async def scenario(browser: Any, *, check_freezes: bool) -> None:
                 # The constraint lifts: back to the top within 10 s.
                 constrained.link.shape("5mbit")
                 lifted = time.monotonic()
-                await asyncio.wait_for(hold(constrained, "f", 0.0), CLIMB_SECONDS)
+                try:
+                    await asyncio.wait_for(hold(constrained, "f", 0.0), CLIMB_SECONDS)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"not on f {CLIMB_SECONDS} s after the link lifted at "
+                        f"{lifted - started:.2f}; layers "
+                        f"{[(round(t - started, 2), r) for t, r in timeline]}; probes passed "
+                        f"{video.prober.passed}, failed {video.prober.failed}") from None
                 climbed = time.monotonic() - lifted
                 await wait_for(lambda: any(w == 1280 and t > lifted for t, w in constrained.frames),
                                timeout=10)
