@@ -6,10 +6,13 @@ to the rate the viewer was getting times (1 - loss/2), at once. A round-trip tim
 queue builds before loss shows). Going up never means trying the next layer on the
 viewer: little loss (< 2 %) for a stable period asks for a probe instead
 (:attr:`BandwidthEstimator.probe_bps`, sent as padding by :mod:`media.probe`), and only
-a probe that passes at the next layer's rate raises the estimate to it (the layer
-policy then switches up). A failed probe doubles the next wait (up to 4 s), so a link
-that cannot carry the next layer is not flooded every few seconds; a probe that passes
-resets it, and for a while after it even 2 % loss counts as the switch failing. A REMB
+a probe that passes at 1.2x the next layer's rate raises the estimate to it (the layer
+policy then switches up). Whether a probe is due is asked on every layer review
+(:meth:`BandwidthEstimator.wants_probe`), not only when a receiver report comes. A
+failed probe doubles the next wait (up to 3 s), so a link that cannot carry the next
+layer is not probed every second; a probe that passes resets it, and for a while after
+it even 2 % loss counts as the switch failing. Loss-free reports without a queue let
+the estimate keep up with the viewer's own layer's rate. A REMB
 from the viewer (Chromium, where negotiated) caps the estimate. The layer policy turns
 the estimate into a layer (down fast, up after a passed probe: the hysteresis lives here).
 """
@@ -23,12 +26,16 @@ HIGH_LOSS = 0.10
 LOW_LOSS = 0.02
 STABLE_SECONDS = 2.0  # loss-free time before the first step up
 MAX_STABLE_SECONDS = 3.0  # the longest back-off after failed probes (a lifted limit is found within ~10 s)
-AFTER_PASS_SECONDS = 0.5  # after a passed probe, the next one (a layer higher) may follow this soon
-PROBE_HEADROOM = 1.1  # a step up asks for the next layer's rate plus this margin
+AFTER_PASS_SECONDS = 0.0  # after a passed probe, the next one (a layer higher, or the same if its rate rose) follows at once
+# A step up asks for the next layer's rate plus this margin: a publisher's layer rates move
+# by this much between the probe and the switch (with 1.1, a passed probe was often under
+# the layer's rate by the time it ended, and a second one was needed).
+PROBE_HEADROOM = 1.2
 REMB_MAX_AGE = 5.0
 # A round-trip time this much over the viewer's minimum means its link is queueing.
 DELAY_OVERUSE_SECONDS = 0.15
 OVERUSE_AS_LOSS = 0.3
+KEEP_UP_QUEUE_SECONDS = 0.05  # the estimate follows its layer's rate only with less queue than this
 LIMITED_SECONDS = 10.0  # a cut this recent says the viewer's link is the limit
 
 
@@ -49,6 +56,8 @@ class BandwidthEstimator:
     probe_bps: float | None = None  # a probe at this rate is wanted (or running)
     probe_after: float = STABLE_SECONDS  # no probe before then
     limited_at: float | None = None  # when loss or delay last cut the estimate
+    last_loss: float = 0.0  # in the latest receiver report
+    cuts: int = 0  # how often loss, delay or a lower REMB cut it (the layer policy's cue to move down)
 
     def on_loss(self, loss: float, now: float, current_bps: float, next_bps: float | None,
                 rtt: float | None = None) -> None:
@@ -59,15 +68,18 @@ class BandwidthEstimator:
         the viewer's link (RTT well over its minimum) counts as overuse before any loss
         shows (retransmissions hide loss from the reports).
         """
+        queued = 0.0
         if rtt is not None and rtt >= 0:
             self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
-            if rtt - self.min_rtt > DELAY_OVERUSE_SECONDS:
+            queued = rtt - self.min_rtt
+            if queued > DELAY_OVERUSE_SECONDS:
                 loss = max(loss, OVERUSE_AS_LOSS)
         switched = self.probed_at is not None and now - self.probed_at < self.wait
         if loss > HIGH_LOSS or (switched and loss >= LOW_LOSS):
             base = min(self.estimate_bps, current_bps) if self.estimate_bps else current_bps
             self.estimate_bps = base * (1 - loss / 2)
             self.limited_at = now
+            self.cuts += 1
             if self.probed_at is not None and now - self.probed_at < self.wait * 2:
                 self.wait = min(self.wait * 2, MAX_STABLE_SECONDS)  # the switch up failed
             self.probed_at = None
@@ -76,11 +88,30 @@ class BandwidthEstimator:
         elif loss < LOW_LOSS and self.estimate_bps is not None:
             if self.probed_at is not None and now - self.probed_at >= self.wait:
                 self.probed_at = None  # the switch held
-            if now >= self.probe_after and self.probe_bps is None:
-                if next_bps is None:  # at the top with no loss: keep up with its rate
-                    self.estimate_bps = max(self.estimate_bps, current_bps * PROBE_HEADROOM)
-                else:
-                    self.probe_bps = next_bps * PROBE_HEADROOM
+            if self.probed_at is None and self.estimate_bps and queued < KEEP_UP_QUEUE_SECONDS:
+                # Its layer arrives without loss or a queue: keep up with that layer's rate
+                # (a publisher's rates move; it would otherwise push a viewer off a layer
+                # its link carries).
+                self.estimate_bps = max(self.estimate_bps, current_bps * PROBE_HEADROOM)
+            if next_bps is not None:
+                self.wants_probe(now, next_bps)
+        self.last_loss = loss
+
+    def wants_probe(self, now: float, next_bps: float) -> bool:
+        """Return whether a probe towards ``next_bps`` is due (and ask for it: :attr:`probe_bps`).
+
+        It is once the back-off since the last cut or failed probe is over and the
+        latest report showed little loss; the layer policy asks on every review, not only
+        when a receiver report comes (aiortc's come every 0.5-1.5 s), so a probe that
+        passed is followed by the next one as soon as the switch it caused is done.
+        """
+        if self.probe_bps is not None and self.probe_bps >= next_bps:
+            return True
+        self.probe_bps = None  # none, or one towards the layer it has reached since
+        if self.estimate_bps is None or self.last_loss >= LOW_LOSS or now < self.probe_after:
+            return False
+        self.probe_bps = next_bps * PROBE_HEADROOM
+        return True
 
     def limited(self, now: float) -> bool:
         """Return whether loss, delay or the viewer's REMB held the estimate back lately.
@@ -115,6 +146,8 @@ class BandwidthEstimator:
 
     def on_remb(self, bitrate_bps: float, now: float) -> None:
         """Take the viewer's own receive estimate (REMB)."""
+        if self.remb_bps is None or bitrate_bps < self.remb_bps:
+            self.cuts += 1
         self.remb_bps = bitrate_bps
         self.remb_at = now
 

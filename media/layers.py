@@ -22,7 +22,7 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from .aiortc_hook import ForwardingReceiver
 from .codecs import vp8_keyframe_size
-from .estimator import REMB_MAX_AGE, BandwidthEstimator
+from .estimator import BandwidthEstimator
 from .forwarder import TrackCounters, TrackForwarder, ViewerTrack, _newer
 from .probe import Prober
 from .simulcast import Layer, LayerSelector
@@ -35,7 +35,15 @@ QUALITIES = ("auto", "high", "low")
 # An auto viewer drops to a temporal rung only when its estimate is below this share of
 # the lowest encoding's rate (repeated loss there), not when it merely dips under it.
 RUNG_BELOW = 0.7
-SETTLE_SECONDS = 2.0  # a receiver report this soon after a switch may tell of the layer left
+# Without a cut, an auto viewer stays on a layer whose rate rose past its estimate by up to
+# this factor (a publisher's rates move); beyond it (a layer ramping up at start-up to
+# twice what the probe verified) it moves down before the link loses packets.
+OUTGROWN = 1.2
+SETTLE_SECONDS = 2.0
+# A layer is probed for only once it has been sending this long: a publisher starts its
+# layers low and ramps them up (Chromium: h from 190 to 350 kbit/s in ~5 s), and a probe
+# that passed at the start rate let a 300 kbit/s viewer onto a layer that outgrew its link.
+RAMP_SECONDS = 6.0  # a receiver report this soon after a switch may tell of the layer left
 
 
 @dataclass
@@ -44,6 +52,7 @@ class LayerPolicy:
 
     quality: str = "auto"
     estimator: BandwidthEstimator = field(default_factory=BandwidthEstimator)
+    _cuts: int = 0  # the estimator's cuts at the last choice
 
     @property
     def estimate_bps(self) -> float | None:
@@ -70,9 +79,16 @@ class LayerPolicy:
             ranked = [layer for layer in ranked if not is_rung(layer)]
         fitting = [layer for layer in ranked if (layer.avg_bps or layer.peak_bps) <= estimate]
         chosen = fitting[-1] if fitting else ranked[0]
-        if (current in ranked and ranked.index(chosen) > ranked.index(current)
-                and not self.estimator.may_rise()):
-            return current  # type: ignore[return-value]
+        if current in ranked:
+            if ranked.index(chosen) > ranked.index(current) and not self.estimator.may_rise():
+                return current  # type: ignore[return-value]
+            if (ranked.index(chosen) < ranked.index(current)
+                    and self.estimator.cuts == self._cuts
+                    and (current.avg_bps or current.peak_bps) <= estimate * OUTGROWN):
+                # Down when loss, delay or a REMB cut the estimate since the last choice,
+                # or the layer outgrew it: a layer's rate moving a little is no cue.
+                return current  # type: ignore[return-value]
+            self._cuts = self.estimator.cuts
         return chosen
 
 
@@ -104,8 +120,8 @@ class SimulcastForwarder:
         self._last_review = 0.0
         self.switches = 0
         self._moved_at: dict[ViewerTrack, float] = {}  # when each viewer's last switch was asked
-        self._moved_estimate: dict[ViewerTrack, float | None] = {}  # its estimate then
-        self.prober = Prober()
+        self.prober = Prober(self.review)
+        self._first_seen: dict[int, float] = {}  # when each layer was first there to probe for
         self.temporal = TemporalLayers(self)  # VP8 temporal rungs (media/temporal.py)
 
     # --- publisher side (PacketSink) ----------------------------------------------------
@@ -175,41 +191,19 @@ class SimulcastForwarder:
         ranked = self.ranked(_loop_time())
         if not ranked:
             return
-        for viewer, policy in self.policies.items():
+        now = time.monotonic()
+        for viewer, policy in list(self.policies.items()):
             ssrc = self.ssrc_of(viewer)
             current = self.selector.layers.get(ssrc) if self.selector and ssrc else None
-            chosen = policy.choose(ranked, current)
-            if self._holds(viewer, policy, ranked, chosen):
-                continue
-            self.move(viewer, self.layers[chosen.ssrc])
-
-    def _holds(self, viewer: ViewerTrack, policy: LayerPolicy, ranked: list[Layer], chosen: Layer) -> bool:
-        """Return whether an auto viewer stays on (or keeps switching to) a layer despite ``chosen``.
-
-        A passed probe raised its estimate to the rate the layer had then; a publisher
-        whose layers ramp up (its bandwidth cap just lifted) soon sends that layer faster
-        than the estimate. That is no sign the viewer's link cannot carry it: while its
-        estimate is no lower than at its last switch (no cut for loss or delay) and no
-        REMB of its says less than the layer, the viewer is not moved down (measured:
-        Chromium viewers moved back down 0.1-0.5 s after each switch up, no loss
-        reported, when the climb missed 10 s).
-        """
-        if policy.quality != "auto" or self.selector is None:
-            return False
-        moved = self._moved_estimate.get(viewer)
-        layer = viewer.next_layer or viewer.layer
-        key = next((k for k, forwarder in self.layers.items() if forwarder is layer), None)
-        held = self.selector.layers.get(key) if key is not None else None
-        if moved is None or held is None or held not in ranked:
-            return False
-        if ranked.index(chosen) >= ranked.index(held):
-            return False  # not a move down
-        estimator = policy.estimator
-        if estimator.estimate_bps is None or estimator.estimate_bps < moved:
-            return False  # cut for loss or delay since: down it goes
-        remb = estimator.remb_bps
-        return not (remb is not None and time.monotonic() - estimator.remb_at < REMB_MAX_AGE
-                    and remb < (held.avg_bps or held.peak_bps))
+            # A switch under way is judged as if done: the layer it goes to ramping up a
+            # little before its keyframe comes does not call it off (see LayerPolicy.choose).
+            heading = self._heading(viewer) or current
+            target = self.layers[policy.choose(ranked, heading).ssrc]
+            self.move(viewer, target)
+            if current in ranked and policy.quality == "auto":
+                # Not only when a receiver report comes: a passed probe's switch done,
+                # the next probe follows at once.
+                self._probe(viewer, policy, current, ranked[ranked.index(current) + 1:], now)
 
     def move(self, viewer: ViewerTrack, target: TrackForwarder) -> None:
         """Switch ``viewer`` to ``target`` at its next keyframe (or cancel a switch)."""
@@ -230,11 +224,8 @@ class SimulcastForwarder:
             target.add_viewer(viewer)
             return
         self.switches += 1
+        logger.debug("viewer SSRC %d: switch asked to layer %s", viewer.ssrc, self._rid_of_layer(target))
         self._moved_at[viewer] = time.monotonic()
-        policy = self.policies.get(viewer)
-        self._moved_estimate[viewer] = policy.estimator.estimate_bps if policy is not None else None
-        logger.debug("SSRC %d switches to layer %s", viewer.ssrc,
-                     next((key for key, layer in self.layers.items() if layer is target), None))
         viewer.next_layer = target
         target.waiting.append(viewer)
         target._keyframe_needed()
@@ -249,7 +240,9 @@ class SimulcastForwarder:
 
     def rid_of(self, viewer: ViewerTrack) -> str | None:
         """Return the RID of the layer a viewer is on now."""
-        layer = self.layer_of(viewer)
+        return self._rid_of_layer(self.layer_of(viewer))
+
+    def _rid_of_layer(self, layer: TrackForwarder | None) -> str | None:
         if layer is None or self.selector is None:
             return None
         for ssrc, forwarder in self.layers.items():
@@ -312,13 +305,36 @@ class SimulcastForwarder:
             # switch says nothing against the lowest encoding itself: such a cut lands on
             # it, not on a temporal rung (only loss while settled there thins the frames).
             estimator.estimate_bps = max(estimator.estimate_bps, lowest.avg_bps or lowest.peak_bps)
-        if estimator.probe_bps is not None and viewer not in self.prober.probes:
-            layer = self.layer_of(viewer)
-            if policy.quality != "auto" or viewer.next_layer is not None or layer is None:
-                pass  # pinned, or switching: no probe now
-            elif not self.prober.start(viewer, layer, estimator.probe_bps, current_bps):
-                estimator.on_probe(True, now)  # no RTX to pad with: try the layer itself
+        logger.debug("viewer SSRC %d on %s: loss %.3f, rtt %s, estimate %s, probe %s, layers %s",
+                     viewer.ssrc, current.rid, loss, None if rtt is None else round(rtt, 3),
+                     estimator.estimate_bps and round(estimator.estimate_bps),
+                     estimator.probe_bps and round(estimator.probe_bps),
+                     [(layer.rid, round(layer.avg_bps or layer.peak_bps)) for layer in ranked])
+        self._probe(viewer, policy, current, above, now)
         self.review()
+
+    def _probe(self, viewer: ViewerTrack, policy: LayerPolicy, current: Layer,
+               above: list[Layer], now: float) -> None:
+        """Start a probe towards the layer above ``current`` if ``viewer``'s estimate wants one."""
+        estimator = policy.estimator
+        # Only towards a layer that sends more (a temporal rung can rank above its own
+        # encoding while the encoding ramps up: a probe "up" to it passes and changes nothing).
+        above = [layer for layer in above if (layer.avg_bps or layer.peak_bps)
+                 > (current.avg_bps or current.peak_bps)]
+        if not above:
+            return
+        if now - self._first_seen.setdefault(above[0].ssrc, now) < RAMP_SECONDS:
+            return  # a layer the publisher just started: its rate is still ramping up
+        if (viewer in self.prober.probes or policy.quality != "auto"
+                or viewer.next_layer is not None
+                or not estimator.wants_probe(now, above[0].avg_bps or above[0].peak_bps)):
+            return  # probing, pinned or switching: no probe now
+        layer = self.layer_of(viewer)
+        if layer is None or estimator.probe_bps is None:
+            return
+        if not self.prober.start(viewer, layer, estimator.probe_bps,
+                                 current.avg_bps or current.rate_bps, estimator):
+            estimator.on_probe(True, now)  # no RTX to pad with: try the layer itself
 
     def on_transport_feedback(self, viewer: ViewerTrack, fci: bytes) -> None:
         """Feed a viewer's transport-cc feedback to its delay-based detector.
@@ -350,41 +366,66 @@ class SimulcastForwarder:
         Layers above it would be sent for nobody. The cap stays at ``ceiling`` while any
         viewer wants (or may probe towards) the top layer: pinned high, estimated above
         it, or auto and not held back by loss or delay lately (a viewer starts low and
-        probes up); or nothing is measured yet.
+        probes up); or nothing is measured yet. Otherwise it covers the best layer any
+        viewer is on, and for an auto viewer the encoding above its own: the one it probes
+        towards and climbs to when its link lifts (not sent, it could not climb until the
+        cut is ``LIMITED_SECONDS`` old), unless its estimate does not even cover its own.
         """
         ranked = self.ranked()
         if not ranked or not self.policies or len(ranked) < 2:
             return ceiling
         top = ranked[-1]
         best = 0
+        above = 0
         now = time.monotonic()
+        encodings = self._encodings()
         for viewer, policy in self.policies.items():
             estimate = policy.estimate_bps
             if (policy.quality == "high" or estimate is None
                     or estimate >= (top.avg_bps or top.peak_bps)
                     or (policy.quality == "auto" and not policy.estimator.limited(now))):
                 return ceiling
-            best = max(best, ranked.index(policy.choose(ranked)), self._needed_index(viewer, ranked))
+            chosen = policy.choose(ranked)
+            best = max(best, ranked.index(chosen), self._needed_index(viewer, ranked))
+            if (policy.quality == "auto" and not is_rung(chosen)
+                    and estimate >= (chosen.avg_bps or chosen.peak_bps)):
+                above = max(above, encodings.index(chosen) + 1 if chosen in encodings else 0)
         # A temporal rung needs its whole encoding sent: the lowest encoding is the floor.
         floor = next(index for index, layer in enumerate(ranked) if not is_rung(layer))
         needed = sum(layer.avg_bps or layer.peak_bps for layer in ranked[: max(best, floor) + 1]
                      if not is_rung(layer))
-        cap = int(min(ceiling, max(needed * 1.5, 100_000)))
-        logger.debug("publisher capped at %d bit/s (viewers limited)", cap)
-        return cap
+        # An auto viewer whose estimate covers its encoding probes the one above (and
+        # climbs to it when its link lifts): that one is sent too, paused or not (a
+        # paused one keeps its last rate).
+        sent = {layer.ssrc for layer in ranked[: max(best, floor) + 1]}
+        needed += sum(layer.avg_bps or layer.peak_bps for layer in encodings[:above + 1]
+                      if layer.ssrc not in sent)
+        return int(min(ceiling, max(needed * 1.5, 100_000)))
+
+    def _heading(self, viewer: ViewerTrack) -> Layer | None:
+        """Return the layer ``viewer`` is switching to, or else the one it is on (None: none)."""
+        layer = viewer.next_layer or viewer.layer
+        key = next((k for k, forwarder in self.layers.items() if forwarder is layer), None)
+        return self.selector.layers.get(key) if self.selector is not None and key is not None else None
 
     def _needed_index(self, viewer: ViewerTrack, ranked: list[Layer]) -> int:
         """Return the rank of the layer ``viewer`` is on or switching to (0 if none).
 
-        The publisher must keep sending it: a cap below it paused the layer a held viewer
-        was on (:meth:`_holds`; measured: 0.6 s without a decoded frame).
+        The publisher must keep sending it: a cap below it paused the layer a viewer was
+        held on (measured: 0.6 s without a decoded frame).
         """
-        layer = viewer.next_layer or viewer.layer
-        key = next((k for k, forwarder in self.layers.items() if forwarder is layer), None)
-        found = self.selector.layers.get(key) if self.selector is not None and key is not None else None
-        if found is None or found not in ranked:
-            return 0
-        return ranked.index(found)
+        found = self._heading(viewer)
+        return ranked.index(found) if found in ranked else 0
+
+    def _encodings(self) -> list[Layer]:
+        """Return the publisher's encodings with a forwarder, sending now or not, lowest first."""
+        if self.selector is None:
+            return []
+        known = [layer for layer in self.selector.layers.values()
+                 if layer.ssrc in self.layers and not is_rung(layer)]
+        if known and all(layer.pixels for layer in known):
+            return sorted(known, key=lambda layer: (layer.pixels, layer.peak_bps))
+        return sorted(known, key=lambda layer: layer.peak_bps)
 
     def set_quality(self, viewer: ViewerTrack, quality: str) -> None:
         """Pin a viewer's quality (``auto``, ``high`` or ``low``) and apply it at once."""
@@ -413,8 +454,7 @@ class SimulcastForwarder:
         """Remove a viewer from its layer (and from a pending switch)."""
         self.policies.pop(viewer, None)
         self._moved_at.pop(viewer, None)
-        self._moved_estimate.pop(viewer, None)
-        self.prober.stop(viewer)
+        self.prober.forget(viewer)
         if viewer in self.unplaced:
             self.unplaced.remove(viewer)
         pending = viewer.next_layer

@@ -92,12 +92,6 @@ async def test_viewers_get_their_own_layer_and_switch_without_a_break(browser: A
             await context.close()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 19 is open: an auto viewer now climbs by padding probes (two of 40 kB each, each "
-    "judged by the aiortc viewer's next receiver report, 0.5-1.5 s apart) and did not reach "
-    "the top layer within the 10 s bound after injected loss in the runs here (the shaped-link "
-    "test, with real loss, climbed in 5.2-7.7 s)"
-))
 async def test_an_auto_viewer_follows_its_loss_down_at_once_and_back_up(browser: Any) -> None:
     """Reported loss moves an auto viewer down; loss-free reports bring it back up within 10 s.
 

@@ -89,5 +89,47 @@ def test_an_auto_viewer_moves_up_only_after_a_passed_probe() -> None:
     policy.estimator.probe_bps = 550_000
     policy.estimator.on_probe(True, 10.0)
     assert policy.choose(ranked, current=ranked[0]).rid == "h"
-    policy.estimator.estimate_bps = 100_000
-    assert policy.choose(ranked, current=ranked[2]).rid == "q"  # down needs no probe
+    # A layer's rate rising a little past the estimate is no reason to move down; a cut
+    # is, at once, and so is a layer that outgrew the estimate.
+    policy.estimator.estimate_bps = 2_000_000  # it climbed to f
+    ranked[2].avg_bps = 2_400_000
+    assert policy.choose(ranked, current=ranked[2]).rid == "f"
+    ranked[2].avg_bps = 3_000_000
+    assert policy.choose(ranked, current=ranked[2]).rid == "h"
+    ranked[2].avg_bps = 2_000_000
+    policy.estimator.on_loss(0.5, 11.0, current_bps=2_000_000, next_bps=None)  # to 1.5 Mbit/s
+    assert policy.choose(ranked, current=ranked[2]).rid == "h"  # down needs no probe
+
+
+def test_the_publisher_is_asked_for_the_layer_above_a_held_back_auto_viewer() -> None:
+    """The REMB cap covers an auto viewer's layer and the one it would climb to, sent or paused."""
+    import time
+
+    from media.forwarder import TrackForwarder
+    from media.layers import SimulcastForwarder
+    from media.simulcast import LayerSelector
+    from tests.media.test_temporal import CODEC
+
+    forwarder = SimulcastForwarder(CODEC, lambda ssrc: None, lambda layer: None)
+    selector = LayerSelector(("q", "h", "f"))
+    forwarder.selector = selector
+    now = time.monotonic()
+    for ssrc, rid, rate in ((1, "q", 150_000), (2, "h", 500_000), (3, "f", 2_000_000)):
+        selector.learn(ssrc, rid)
+        layer = selector.layers[ssrc]
+        layer.avg_bps = layer.peak_bps = rate
+        layer.last_packet = now
+        forwarder.layers[ssrc] = TrackForwarder("video", CODEC, lambda: None, lambda layer: None)
+    auto = LayerPolicy()
+
+    class Unplaced:  # a viewer on no layer yet
+        layer = next_layer = None
+
+    forwarder.policies[Unplaced()] = auto  # type: ignore[index]
+    auto.estimator.estimate_bps = 200_000
+    auto.estimator.limited_at = now  # loss held it back: not the full rate any more
+    assert forwarder.needed_bps(5_000_000) == int((150_000 + 500_000) * 1.5)
+    selector.layers[2].last_packet = now - 60  # the publisher paused h: still asked for
+    assert forwarder.needed_bps(5_000_000) == int((150_000 + 500_000) * 1.5)
+    auto.estimator.estimate_bps = 100_000  # it does not even carry q: no climb soon
+    assert forwarder.needed_bps(5_000_000) == int(150_000 * 1.5)
