@@ -120,6 +120,23 @@ def vp8_ids(payload: bytes) -> tuple[int, int, int, int] | None:
     return id_at, picture_id, 0, 0
 
 
+def write_vp8_ids(buf: bytearray | memoryview, base: int, id_at: int, picture_id: int,
+                  tl0_at: int, tl0: int) -> None:
+    """Write a picture id and TL0PICIDX into the VP8 payload descriptor at ``base``.
+
+    ``id_at`` and ``tl0_at`` are where :func:`vp8_ids` found them (0: absent; ``id_at``
+    negative: a 7-bit id); the values are taken modulo their field's width.
+    """
+    if id_at > 0:
+        picture_id &= 0x7FFF
+        buf[base + 2] = 0x80 | picture_id >> 8
+        buf[base + 3] = picture_id & 0xFF
+    elif id_at:
+        buf[base + 2] = picture_id & 0x7F
+    if tl0_at:
+        buf[base + tl0_at] = tl0 & 0xFF
+
+
 def is_h264_keyframe(payload: bytes) -> bool:
     """Return whether an H.264 payload (RFC 6184) carries an SPS or starts an IDR."""
     if not payload:

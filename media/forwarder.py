@@ -53,7 +53,7 @@ from aiortc.rtp import (
 )
 
 from .aiortc_hook import ForwardingReceiver, ForwardingSender, SrtpScratch
-from .codecs import is_keyframe, vp8_ids
+from .codecs import is_keyframe, vp8_ids, write_vp8_ids
 from .twcc import SENT_MEMORY, TransportFeedbackAdapter
 
 logger = logging.getLogger(__name__)
@@ -338,16 +338,8 @@ class TrackForwarder:
                 (ts + viewer.ts_offset) & 0xFFFFFFFF, viewer.ssrc,
             )
             if ids is not None and (viewer.pic_offset or viewer.tl0_offset):
-                base = 12 if twcc is None else TWCC_HEADER
-                id_at, picture_id, tl0_at, tl0 = ids
-                if id_at > 0:
-                    picture_id = (picture_id + viewer.pic_offset) & 0x7FFF
-                    view[base + 2] = 0x80 | picture_id >> 8
-                    view[base + 3] = picture_id & 0xFF
-                elif id_at:
-                    view[base + 2] = (picture_id + viewer.pic_offset) & 0x7F
-                if tl0_at:
-                    view[base + tl0_at] = (tl0 + viewer.tl0_offset) & 0xFF
+                write_vp8_ids(view, 12 if twcc is None else TWCC_HEADER, ids[0],
+                              ids[1] + viewer.pic_offset, ids[2], ids[3] + viewer.tl0_offset)
             if protect(viewer.srtp, cdata, length):
                 viewer.drops += 1  # libsrtp refused (e.g. the session is gone)
                 continue
@@ -475,17 +467,8 @@ class TrackForwarder:
         if not (viewer.pic_offset or viewer.tl0_offset):
             return
         ids = vp8_ids(packet[base: base + 8])
-        if ids is None:
-            return
-        id_at, picture_id, tl0_at, tl0 = ids
-        if id_at > 0:
-            picture_id = (picture_id + viewer.pic_offset) & 0x7FFF
-            packet[base + 2] = 0x80 | picture_id >> 8
-            packet[base + 3] = picture_id & 0xFF
-        elif id_at:
-            packet[base + 2] = (picture_id + viewer.pic_offset) & 0x7F
-        if tl0_at:
-            packet[base + tl0_at] = (tl0 + viewer.tl0_offset) & 0xFF
+        if ids is not None:
+            write_vp8_ids(packet, base, ids[0], ids[1] + viewer.pic_offset, ids[2], ids[3] + viewer.tl0_offset)
 
     # --- GOP cache ------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from .codecs import vp8_temporal
+from .codecs import vp8_temporal, write_vp8_ids
 from .forwarder import TrackForwarder
 from .simulcast import Layer
 
@@ -89,13 +89,8 @@ class TemporalRung:
             offset = found
         payload = packet.payload
         if id_bytes:
-            new_id = self._picture(picture_id, id_bytes)
             patched = bytearray(payload)
-            if id_bytes == 2:
-                patched[2] = 0x80 | new_id >> 8
-                patched[3] = new_id & 0xFF
-            else:
-                patched[2] = new_id
+            write_vp8_ids(patched, 0, 2 if id_bytes == 2 else -2, self._picture(picture_id, id_bytes), 0, 0)
             payload = bytes(patched)
         return RtpPacket(payload_type=packet.payload_type, marker=packet.marker,
                          sequence_number=(seq - offset) & 0xFFFF, timestamp=packet.timestamp,
