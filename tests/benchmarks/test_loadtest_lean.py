@@ -13,6 +13,7 @@ import pytest
 from benchmarks import report as reporting
 from benchmarks.loadtest import run
 from benchmarks.scenario import build
+from tests.e2e.test_loadtest_smoke import live_server, media_only_scenario  # noqa: F401
 from tests.factories import Factory
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -26,20 +27,9 @@ def test_lean_viewers_are_spread_and_counted() -> None:
     assert not build(viewers=4, ws_share=0.0).is_lean(0) and build(viewers=4, ws_share=0.0, lean_share=1.0).is_lean(3)
 
 
-async def test_lean_viewers_in_a_media_only_run(
-    aiohttp_server, clean_db, settings, factory: Factory, tmp_path: Path  # type: ignore[no-untyped-def]
-) -> None:
-    from server.app import create_app
-    from tests.signaling.test_whip_http import livestream
-
-    server = await aiohttp_server(create_app(settings, clean_db, run_migrations=False), host="127.0.0.1")
-    seller = await factory.seller()
-    stream = await livestream(factory, seller)
-    scenario = build(
-        "smoke", target=f"http://127.0.0.1:{server.port}", results_dir=str(tmp_path), publisher="aiortc",
-        livestream_id=stream["id"], stream_key=stream["streamKey"], duration=6.0, drop_at=-1.0,
-        viewers=6, ws_share=0.0, chat_rate=0.0, lean_share=0.67,
-    )
+async def test_lean_viewers_in_a_media_only_run(live_server, factory: Factory, tmp_path: Path) -> None:  # noqa: F811
+    scenario = await media_only_scenario(live_server.port, factory, tmp_path, publisher="aiortc",
+                                         viewers=6, lean_share=0.67)
     assert scenario.lean_viewers == 4
     result = await run(scenario, log=lambda line: None)
     media = result["media"]

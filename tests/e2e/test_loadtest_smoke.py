@@ -7,12 +7,13 @@ it is skipped on a tree where those routes are not registered yet.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from benchmarks import report as reporting
 from benchmarks.loadtest import run
-from benchmarks.scenario import build
+from benchmarks.scenario import Scenario, build
 from server.app import build_api
 from tests.factories import Factory
 
@@ -75,21 +76,23 @@ async def test_smoke_scenario_holds_its_invariants(live_server, factory: Factory
     assert "invariants" in reporting.table(result)
 
 
-async def test_media_only_run_on_an_existing_livestream(
-    aiohttp_server, clean_db, settings, factory: Factory, tmp_path: Path  # type: ignore[no-untyped-def]
-) -> None:
-    """The media half alone (publisher + WHEP viewers), as against the demo's livestream."""
-    from server.app import create_app
+async def media_only_scenario(server_port: int, factory: Factory, tmp_path: Path, **overrides: Any) -> Scenario:
+    """Return the smoke scenario's media half alone (publisher + WHEP viewers, no chat or
+    drop) against a new livestream on the server at ``server_port``, as against the demo's."""
     from tests.signaling.test_whip_http import livestream
 
-    server = await aiohttp_server(create_app(settings, clean_db, run_migrations=False), host="127.0.0.1")
     seller = await factory.seller()
     stream = await livestream(factory, seller)
-    scenario = build(
-        "smoke", target=f"http://127.0.0.1:{server.port}", results_dir=str(tmp_path),
+    return build(
+        "smoke", target=f"http://127.0.0.1:{server_port}", results_dir=str(tmp_path),
         livestream_id=stream["id"], stream_key=stream["streamKey"], duration=6.0, drop_at=-1.0,
-        viewers=2, ws_share=0.0, chat_rate=0.0,
+        ws_share=0.0, chat_rate=0.0, **overrides,
     )
+
+
+async def test_media_only_run_on_an_existing_livestream(live_server, factory: Factory, tmp_path: Path) -> None:
+    """The media half alone (publisher + WHEP viewers), as against the demo's livestream."""
+    scenario = await media_only_scenario(live_server.port, factory, tmp_path, viewers=2)
     result = await run(scenario, log=lambda line: None)
     assert result["invariants"]["every_viewer_got_frames"], result["media"]
     assert result["invariants"]["no_server_errors"], result["errors"]
